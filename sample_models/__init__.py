@@ -1,0 +1,1 @@
+"""Sample Neural ODEs shipped with dise: architectures, training scripts, weights and data."""
