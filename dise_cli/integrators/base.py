@@ -1,0 +1,87 @@
+"""The integrator interface and the per-sample result every integrator returns."""
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from dise_cli.integrators.vector_field import VectorField
+
+
+class Status(enum.IntEnum):
+    """Per-sample outcome of a solve. Numerical faults are statuses, never exceptions."""
+
+    OK = 0
+    MAX_STEPS = 1      # the adaptive solver hit max_steps before the end of the grid
+    NON_FINITE = 2     # the state or the error estimate became NaN or Inf
+    UNDERFLOW = 3      # the step size became too small to advance time
+
+
+@dataclass
+class Solution:
+    """What a solve returns, per sample.
+
+    Attributes:
+        ys: states at every time of the grid, time-major ``[T, N, *state]`` as ``odeint`` returns
+            them; rows of failed samples are NaN.
+        nfe: ``[N]`` int64, evaluations of f each sample took part in (rejected steps and the
+            initial step selection included).
+        status: ``[N]`` uint8 ``Status`` codes.
+        n_steps: ``[N]`` int64, accepted steps.
+        error_sum: ``[N]`` sum over accepted steps of the local error estimate (the RMS of
+            error / tolerance, DOPRI5's step-control quantity), with gradients; ``None`` unless
+            requested from an adaptive solver.
+        error_dt_sum: ``[N]`` the same weighted by each step's |dt| (ERNODE's variant), or ``None``.
+    """
+
+    ys: torch.Tensor
+    nfe: torch.Tensor
+    status: torch.Tensor
+    n_steps: torch.Tensor
+    error_sum: torch.Tensor | None = None
+    error_dt_sum: torch.Tensor | None = None
+
+    @property
+    def final(self) -> torch.Tensor:
+        """States at the last time of the grid, ``[N, *state]``."""
+        return self.ys[-1]
+
+
+class Integrator(ABC):
+    """Solves dh/dt = f(t, h) for a batch of initial states on a time grid, per sample."""
+
+    name: ClassVar[str]
+    adaptive: ClassVar[bool] = False
+
+    def solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, *,
+              record_errors: bool = False) -> Solution:
+        """Solve from ``h0`` ``[N, *state]`` over the grid ``t`` ``[T]`` (increasing or decreasing).
+
+        ``record_errors`` asks an adaptive solver for its per-step error estimates with gradients.
+        """
+        t = t.to(device=h0.device, dtype=torch.float64)
+        if t.ndim != 1 or len(t) < 2:
+            raise ValueError(f"the time grid must be 1-D with at least two points, got shape {tuple(t.shape)}")
+        steps = t[1:] - t[:-1]
+        if bool((steps > 0).all()):
+            return self._solve(field, h0, t, record_errors)
+        if bool((steps < 0).all()):
+            # Integrate backwards as torchdiffeq does: s = -t, dh/ds = -f(-s, h).
+            return self._solve(field.reversed(), h0, -t, record_errors)
+        raise ValueError(f"the time grid must be strictly increasing or decreasing, got {t.tolist()}")
+
+    @abstractmethod
+    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
+               record_errors: bool) -> Solution:
+        """Solve on a strictly increasing float64 grid."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The canonical candidate spec, e.g. ``rk4:steps=1``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec})"

@@ -1,0 +1,250 @@
+"""Dormand-Prince 5(4) with step-size control per sample inside the batch.
+
+Each sample has its own step size, accept/reject decisions, NFE and status. Samples that reach the
+end of the grid (or fail) leave the active set: later steps run f on fewer rows, so easy samples
+stop costing evaluations. Initial step selection, the RMS error norm, the step-size controller,
+the mixed precision (times in float64, stages in the state's dtype) and the dense output copy
+torchdiffeq 0.2.5's ``dopri5`` line by line, so a sample solved here takes the same steps as it
+would alone in torchdiffeq, whichever samples share its batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+
+import torch
+
+from dise_cli.integrators.base import Integrator, Solution, Status
+from dise_cli.integrators.tableaus import (DOPRI5_ALPHA, DOPRI5_BETA, DOPRI5_C_ERROR, DOPRI5_C_MID,
+                                           DOPRI5_ORDER)
+from dise_cli.integrators.vector_field import VectorField
+
+# torchdiffeq's controller constants (rk_common.RKAdaptiveStepsizeODESolver defaults).
+SAFETY = 0.9
+IFACTOR = 10.0
+DFACTOR = 0.2
+DEFAULT_MAX_STEPS = 10_000
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """torchdiffeq's ``_rms_norm``, per row: ``[N, ...] -> [N]``."""
+    return x.abs().pow(2).reshape(len(x), -1).mean(1).sqrt()
+
+
+def _rows(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``[N]`` -> ``[N, 1, ..., 1]`` to broadcast a per-row scalar against a state of rank ``ndim``."""
+    return v.view(-1, *([1] * (ndim - 1)))
+
+
+@dataclass
+class _Results:
+    """Per-sample results, filled in as samples leave the active set."""
+
+    nfe: torch.Tensor
+    status: torch.Tensor
+    n_steps: torch.Tensor
+    out_time: list = dc_field(default_factory=list)     # chunks of grid indices
+    out_sample: list = dc_field(default_factory=list)   # chunks of sample indices
+    out_value: list = dc_field(default_factory=list)    # chunks of states
+    err_sample: list = dc_field(default_factory=list)
+    err_value: list = dc_field(default_factory=list)
+    err_dt_value: list = dc_field(default_factory=list)
+
+    def output(self, time_idx: torch.Tensor, sample_idx: torch.Tensor, value: torch.Tensor) -> None:
+        self.out_time.append(time_idx)
+        self.out_sample.append(sample_idx)
+        self.out_value.append(value)
+
+
+class Dopri5(Integrator):
+    """Adaptive Dormand-Prince 5(4); NFE = 2 (initial step selection) + 6 per attempted step."""
+
+    name = "dopri5"
+    adaptive = True
+
+    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS):
+        if not rtol > 0 or not atol > 0:
+            raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.max_steps = int(max_steps)
+
+    @property
+    def spec(self) -> str:
+        spec = f"dopri5:rtol={self.rtol:g},atol={self.atol:g}"
+        if self.max_steps != DEFAULT_MAX_STEPS:
+            spec += f",max_steps={self.max_steps}"
+        return spec
+
+    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool) -> Solution:
+        dtype, device, n, n_t, ndim = h0.dtype, h0.device, len(h0), len(t), h0.ndim
+        beta = [torch.tensor(b, dtype=dtype, device=device) for b in DOPRI5_BETA]
+        alpha = torch.tensor(DOPRI5_ALPHA, dtype=dtype, device=device)
+        c_error = torch.tensor(DOPRI5_C_ERROR, dtype=dtype, device=device)
+        c_mid = torch.tensor(DOPRI5_C_MID, dtype=dtype, device=device)
+        rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
+        atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
+        exponent = torch.tensor(float(DOPRI5_ORDER), dtype=torch.float64, device=device).reciprocal()
+
+        res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),
+                       status=torch.zeros(n, dtype=torch.uint8, device=device),
+                       n_steps=torch.zeros(n, dtype=torch.int64, device=device))
+        idx = torch.arange(n, device=device)
+        res.output(torch.zeros(n, dtype=torch.long, device=device), idx, h0)
+
+        f = field(t[0].to(dtype), h0)
+        zeros = torch.zeros(n, dtype=dtype, device=device)
+        rows = {  # per active row; compacted together when rows leave
+            "idx": idx, "y": h0, "f": f,
+            "t_now": t[0].expand(n).clone(),
+            "dt": self._initial_step(field, t[0], h0, f, rtol, atol),
+            "ptr": torch.ones(n, dtype=torch.long, device=device),   # next grid index to output
+            "attempts": torch.zeros(n, dtype=torch.int64, device=device),
+            "accepted": torch.zeros(n, dtype=torch.int64, device=device),
+        }
+        if record_errors:
+            rows["err_sum"], rows["err_dt_sum"] = zeros, zeros
+
+        while len(rows["idx"]):
+            t_now, dt = rows["t_now"], rows["dt"]
+            t_next = t_now + dt
+            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), -1)   # also NaN dt
+            stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), stop)
+            if bool((stop >= 0).any()):
+                rows = self._retire(res, rows, stop, record_errors)
+                continue
+            y, f = rows["y"], rows["f"]
+
+            # One Dormand-Prince step for every active row (torchdiffeq's _runge_kutta_step).
+            a = len(y)
+            dty, t0y, t1y = dt.to(dtype), t_now.to(dtype), t_next.to(dtype)
+            k = y.new_empty(*y.shape, 7)
+            k[..., 0] = f
+            yi = y
+            for i in range(6):
+                coef = (beta[i] * dty[:, None]).view(a, *([1] * (ndim - 1)), i + 1)
+                yi = y + (k[..., :i + 1] * coef).sum(-1)
+                if DOPRI5_ALPHA[i] == 1.0:
+                    ti = torch.nextafter(t1y, t1y - 1)   # torchdiffeq's Perturb.PREV
+                else:
+                    ti = t0y + alpha[i] * dty
+                k[..., i + 1] = field.at_times(ti, yi)
+            y1, f1 = yi, k[..., 6]
+            y_err = (k * (dty[:, None] * c_error).view(a, *([1] * (ndim - 1)), 7)).sum(-1)
+            ratio = _rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
+            accept = ratio <= 1    # NaN compares False: rejected, and retired below
+
+            # torchdiffeq's _optimal_step_size, per row.
+            with torch.no_grad():
+                r64 = ratio.detach().double()
+                dfactor = torch.where(r64 < 1, 1.0, DFACTOR).to(torch.float64)
+                factor = torch.clamp(torch.maximum(SAFETY / r64 ** exponent, dfactor), max=IFACTOR)
+                factor = torch.where(r64 == 0, IFACTOR, factor)
+                rows["dt"] = (dt * factor).clamp(min=0.0)
+
+            if record_errors:
+                zero = torch.zeros_like(ratio)
+                rows["err_sum"] = rows["err_sum"] + torch.where(accept, ratio, zero)
+                rows["err_dt_sum"] = rows["err_dt_sum"] + torch.where(accept, ratio * dty.abs(), zero)
+            rows["attempts"] = rows["attempts"] + 1
+            rows["accepted"] = rows["accepted"] + accept.long()
+            self._dense_output(res, t, rows["ptr"], rows["idx"], accept, t_now, t_next, y, y1, k, dty, c_mid)
+
+            acc_rows = _rows(accept, ndim)
+            rows["y"] = torch.where(acc_rows, y1, y)
+            rows["f"] = torch.where(acc_rows, f1, f)
+            rows["t_now"] = torch.where(accept, t_next, t_now)
+            stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
+            stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
+            if bool((stop >= 0).any()):
+                rows = self._retire(res, rows, stop, record_errors)
+        return self._assemble(res, h0, n_t, record_errors)
+
+    @staticmethod
+    def _retire(res: _Results, rows: dict, stop: torch.Tensor, record_errors: bool) -> dict:
+        """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
+        leaving = stop >= 0
+        gone = rows["idx"][leaving]
+        res.status[gone] = stop[leaving].to(torch.uint8)
+        res.nfe[gone] = 2 + 6 * rows["attempts"][leaving]
+        res.n_steps[gone] = rows["accepted"][leaving]
+        if record_errors:
+            res.err_sample.append(gone)
+            res.err_value.append(rows["err_sum"][leaving])
+            res.err_dt_value.append(rows["err_dt_sum"][leaving])
+        keep = ~leaving
+        return {name: value[keep] for name, value in rows.items()}
+
+    @torch.no_grad()
+    def _initial_step(self, field: VectorField, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor,
+                      rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
+        """torchdiffeq's _select_initial_step (Hairer, Norsett & Wanner II.4), per row -> ``[N]`` float64."""
+        dtype = y0.dtype
+        scale = atol + torch.abs(y0) * rtol
+        d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.tensor(1e-6, dtype=dtype, device=y0.device),
+                         0.01 * d0 / d1).abs()
+        y1 = y0 + _rows(h0, y0.ndim) * f0
+        f1 = field.at_times((t0 + h0.double()).to(dtype), y1)
+        d2 = torch.abs(_rms((f1 - f0) / scale) / h0)
+        h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15),
+                         torch.clamp(h0 * 1e-3, min=1e-6),
+                         (0.01 / torch.maximum(d1, d2)) ** (1.0 / float(DOPRI5_ORDER)))
+        return torch.minimum(100 * h0, h1.abs()).double()
+
+    @staticmethod
+    def _dense_output(res: _Results, t: torch.Tensor, ptr: torch.Tensor, idx: torch.Tensor,
+                      accept: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor,
+                      y1: torch.Tensor, k: torch.Tensor, dty: torch.Tensor, c_mid: torch.Tensor) -> None:
+        """Emit every grid time an accepted step passed, by torchdiffeq's 4th-order interpolant.
+
+        Advances ``ptr`` in place for the rows that emitted.
+        """
+        n_t = len(t)
+        due = accept & (ptr < n_t) & (t[ptr.clamp(max=n_t - 1)] <= t1)
+        if not bool(due.any()):
+            return
+        rows = torch.nonzero(due).flatten()
+        y0r, y1r, kr = y0[rows], y1[rows], k[rows]
+        dtr = _rows(dty[rows], y0.ndim)
+        y_mid = y0r + (kr * (dtr[..., None] * c_mid)).sum(-1)
+        f0r, f1r = kr[..., 0], kr[..., -1]
+        coeffs = [
+            y0r,
+            dtr * f0r,
+            dtr * (f1r - 4 * f0r) - 11 * y0r - 5 * y1r + 16 * y_mid,
+            dtr * (5 * f0r - 3 * f1r) + 18 * y0r + 14 * y1r - 32 * y_mid,
+            2 * dtr * (f1r - f0r) - 8 * (y1r + y0r) + 16 * y_mid,
+        ]
+        while len(rows):
+            tq = t[ptr[rows]]
+            x = _rows(((tq - t0[rows]) / (t1[rows] - t0[rows])).to(y0.dtype), y0.ndim)
+            total = coeffs[0] + x * coeffs[1]
+            x_power = x
+            for c in coeffs[2:]:
+                x_power = x_power * x
+                total = total + x_power * c
+            res.output(ptr[rows].clone(), idx[rows], total)
+            ptr[rows] += 1
+            nxt = ptr[rows]
+            more = (nxt < n_t) & (t[nxt.clamp(max=n_t - 1)] <= t1[rows])
+            rows = rows[more]
+            coeffs = [c[more] for c in coeffs]
+
+    @staticmethod
+    def _assemble(res: _Results, h0: torch.Tensor, n_t: int, record_errors: bool) -> Solution:
+        n = len(h0)
+        time_idx = torch.cat(res.out_time)
+        sample_idx = torch.cat(res.out_sample)
+        values = torch.cat(res.out_value)
+        ys = torch.full((n_t, n, *h0.shape[1:]), float("nan"), dtype=h0.dtype, device=h0.device)
+        ys = ys.index_put((time_idx, sample_idx), values)
+        error_sum = error_dt_sum = None
+        if record_errors:
+            rows = torch.cat(res.err_sample)
+            zeros = torch.zeros(n, dtype=h0.dtype, device=h0.device)
+            error_sum = zeros.index_put((rows,), torch.cat(res.err_value))
+            error_dt_sum = zeros.index_put((rows,), torch.cat(res.err_dt_value))
+        return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps,
+                        error_sum=error_sum, error_dt_sum=error_dt_sum)

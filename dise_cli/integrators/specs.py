@@ -1,0 +1,75 @@
+"""Candidate specs: ``"euler:steps=1,rk4:steps=1,dopri5:rtol=1e-3,atol=1e-3"`` -> integrators.
+
+A token ``method[:opt=value]`` starts a candidate; a following ``opt=value`` token adds an option
+to it. ``;`` may also separate candidates. Unknown methods and options are errors that list the
+valid ones (torchdiffeq only warns about a misspelt option, then runs with defaults).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from dise_cli.errors import UsageError
+from dise_cli.integrators.base import Integrator
+from dise_cli.integrators.dopri5 import Dopri5
+from dise_cli.integrators.fixed_grid import RK4, Euler, Midpoint
+
+DEFAULT_CANDIDATES = "euler:steps=1,rk4:steps=1,dopri5:rtol=1e-3,atol=1e-3"
+
+METHODS: dict[str, type[Integrator]] = {cls.name: cls for cls in (Euler, Midpoint, RK4, Dopri5)}
+
+# Option name -> parser, per method.
+OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
+    "euler": {"steps": int},
+    "midpoint": {"steps": int},
+    "rk4": {"steps": int},
+    "dopri5": {"rtol": float, "atol": float, "max_steps": int},
+}
+
+
+def parse_candidates(text: str, flag: str = "--candidates") -> list[Integrator]:
+    """Parse a candidate list. Raises ``UsageError`` naming ``flag`` on any mistake."""
+    groups: list[tuple[str, dict[str, str]]] = []
+    for token in (tok.strip() for tok in text.replace(";", ",").split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token:
+            if not groups:
+                raise UsageError(f"{flag}: option '{token}' comes before any method; "
+                                 f"write e.g. '{DEFAULT_CANDIDATES}'")
+            key, _, value = token.partition("=")
+            groups[-1][1][key.strip()] = value.strip()
+            continue
+        method, _, option = token.partition(":")
+        groups.append((method.strip().lower(), {}))
+        if option:
+            key, eq, value = option.partition("=")
+            if not eq:
+                raise UsageError(f"{flag}: '{token}' needs option=value after ':'")
+            groups[-1][1][key.strip()] = value.strip()
+    if not groups:
+        raise UsageError(f"{flag}: no candidates given; write e.g. '{DEFAULT_CANDIDATES}'")
+    return [_build(method, options, flag) for method, options in groups]
+
+
+def _build(method: str, options: dict[str, str], flag: str) -> Integrator:
+    if method not in METHODS:
+        raise UsageError(f"{flag}: unknown method '{method}'; valid methods: {', '.join(METHODS)}")
+    valid = OPTIONS[method]
+    kwargs: dict[str, object] = {}
+    for key, value in options.items():
+        if key not in valid:
+            raise UsageError(f"{flag}: unknown option '{key}' for {method}; valid options: {', '.join(valid)}")
+        try:
+            kwargs[key] = valid[key](value)
+        except ValueError:
+            raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid "
+                             f"{valid[key].__name__}") from None
+    try:
+        return METHODS[method](**kwargs)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {method}: {exc}") from None
+
+
+def format_candidates(integrators: list[Integrator]) -> str:
+    """The canonical text of a candidate list (round-trips through ``parse_candidates``)."""
+    return ",".join(i.spec for i in integrators)
