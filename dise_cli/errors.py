@@ -36,3 +36,9 @@ class NumericsError(DiseError):
     """A failure inside dise or its numerics that is not the user's input (exit 3)."""
 
     exit_code = EXIT_INTERNAL
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, for one-line error reports."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

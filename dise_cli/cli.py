@@ -1,0 +1,189 @@
+"""The ``dise`` command line: one function per subcommand (parse flags -> call the library -> render)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import torch
+import typer
+
+from dise_cli import __version__
+from dise_cli import options as opt
+from dise_cli.config import pick, positive_int
+from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, UsageError
+from dise_cli.files import writable_target
+from dise_cli.integrators import DEFAULT_CANDIDATES, parse_candidates
+from dise_cli.judging import Judge, detect_task
+from dise_cli.output import Output, error_line
+from dise_cli.pipeline import make_inputs, open_inputs, read_config
+from dise_cli.profiles import write_profile
+from dise_cli.profiling import DEFAULT_REFERENCE, profile_candidates, select_rows
+from dise_cli.render import render_inspect, render_profile
+from dise_cli.inspection import describe_model
+
+app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
+                  pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False)
+
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_PROFILE_OUT = "profile.safetensors"
+
+
+def command(fn: Callable) -> Callable:
+    """Map every failure to one stderr line and an exit code (DESIGN.md); ``--debug`` re-raises."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DiseError as exc:
+            if debug:
+                raise
+            error_line(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error_line("interrupted; nothing was written")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                raise
+            error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                         help="Print the version and exit.")] = None) -> None:
+    """dise profiles a Neural ODE per integrator and per input, so that each input can get the
+    cheapest integrator that still answers it right."""
+
+
+@app.command()
+@command
+def profile(
+    model: opt.ModelArg,
+    data: opt.Data = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help=f"Integrators to profile [default: {DEFAULT_CANDIDATES}].")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help=f"Profile file to write [default: {DEFAULT_PROFILE_OUT}].")] = None,
+    json_path: opt.JsonOut = None,
+    batch_size: opt.BatchSize = None,
+    device: opt.Device = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Profile N samples drawn with --seed [default: all].")] = None,
+    seed: opt.Seed = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="classification or regression [default: from the labels].")] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Regression error Γ: mse, mae or package.module:fn [default: mse].")] = None,
+    time_major: Annotated[Optional[bool], typer.Option("--time-major/--no-time-major", help="Targets are [T, N, ...] (as odeint returns) [default: from the shapes].", show_default=False)] = None,
+    arch: opt.Arch = None,
+    trust_pickle: opt.TrustPickle = None,
+    code_path: opt.CodePath = None,
+    ode_block: opt.OdeBlock = None,
+    t_span: opt.TSpan = None,
+    data_factory: opt.DataFactory = None,
+    x_key: opt.XKey = None,
+    y_key: opt.YKey = None,
+    config: opt.Config = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Run every candidate integrator on every sample: accuracy or error, NFE, failures, time.
+
+    Writes the per-sample profile that train-selector reads, and prints a table with the oracle
+    (the cheapest right integrator per sample) and the best single integrator.
+
+    Examples:
+
+      dise profile sample_models/mnist_odenet/dise.yaml
+
+      dise profile model.pt --arch mypkg.nets:build --data test.npz --json report.json
+
+      dise profile model.safetensors --arch m:build --data d.pt --candidates "euler:steps=2,rk4:steps=1,dopri5:rtol=1e-4,atol=1e-4"
+    """
+    cfg, model_path = read_config(model, config)
+    integrators = parse_candidates(pick(candidates, cfg, "candidates", DEFAULT_CANDIDATES))
+    size = positive_int(pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE), "--batch-size")
+    n_limit = pick(limit, cfg, "limit")
+    n_limit = None if n_limit is None else positive_int(n_limit, "--limit")
+    rng_seed = int(pick(seed, cfg, "seed", 0))
+    out_path = writable_target(pick(out, {}, "out", DEFAULT_PROFILE_OUT), "--out")
+    if json_path not in (None, "-"):
+        writable_target(json_path, "--json")
+    inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
+                         ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
+                         x_key=x_key, y_key=y_key, device=device)
+    ui = Output(quiet=quiet, json_path=json_path)
+    torch.manual_seed(rng_seed)
+    opened = open_inputs(inputs)
+    ode, dataset = opened.model, opened.data
+    with torch.no_grad():
+        sample_out = ode.forward_with(dataset.x[:2].to(inputs.device),
+                                      lambda h: integrators[0].solve(ode.field, h, ode.t_span.to(inputs.device)).ys)
+    chosen_task = pick(task, cfg, "task") or detect_task(dataset.y, sample_out, ode.kind in ("sequential", "nested"))
+    judge = Judge(chosen_task, pick(metric, cfg, "metric", "mse"))
+    rows = select_rows(len(dataset), n_limit, rng_seed)
+    if n_limit is not None and n_limit < len(dataset):
+        ui.note(f"profiling {len(rows)} of {len(dataset)} samples (--limit {n_limit}, --seed {rng_seed})")
+    with ui.progress(len(rows), "profiling") as advance:
+        run = profile_candidates(ode, dataset, integrators, judge, rows=rows, batch_size=size,
+                                 device=inputs.device, time_major=pick(time_major, cfg, "time_major"),
+                                 progress=advance)
+    run.profile.meta.update({
+        "model_sha256": opened.loaded.sha256, "data_sha256": dataset.sha256,
+        "model": str(inputs.model.path), "data": dataset.name, "arch": inputs.model.arch or "",
+        "ode_block": ode.block_path, "labels": "data" if dataset.y is not None else f"reference:{DEFAULT_REFERENCE.spec}",
+        "metric": judge.metric_name if chosen_task == "regression" else "", "seed": str(rng_seed),
+    })
+    write_profile(run.profile, out_path)
+    render_profile(ui, run)
+    ui.note(f"wrote {out_path}")
+
+
+@app.command()
+@command
+def inspect(
+    model: opt.ModelArg,
+    data: opt.Data = None,
+    json_path: opt.JsonOut = None,
+    device: opt.Device = None,
+    arch: opt.Arch = None,
+    trust_pickle: opt.TrustPickle = None,
+    code_path: opt.CodePath = None,
+    ode_block: opt.OdeBlock = None,
+    t_span: opt.TSpan = None,
+    data_factory: opt.DataFactory = None,
+    x_key: opt.XKey = None,
+    y_key: opt.YKey = None,
+    config: opt.Config = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Show what dise finds in a model: the ODE block and its path, the time span, the shape of
+    h(0), parameter counts of encoder, ODE function and decoder, and the cost of one f call.
+
+    Examples:
+
+      dise inspect sample_models/mnist_odenet/dise.yaml
+
+      dise inspect model.pt --arch mypkg.nets:build --data test.npz
+    """
+    cfg, model_path = read_config(model, config)
+    if json_path not in (None, "-"):
+        writable_target(json_path, "--json")
+    inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
+                         ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
+                         x_key=x_key, y_key=y_key, device=device)
+    opened = open_inputs(inputs, need_data=False)
+    h0 = None
+    if opened.data is not None:
+        with torch.no_grad():
+            h0 = opened.model.encode(opened.data.x[:64].to(inputs.device))
+    ui = Output(quiet=quiet, json_path=json_path)
+    render_inspect(ui, describe_model(opened.model, h0))

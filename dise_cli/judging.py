@@ -1,0 +1,86 @@
+"""Per-sample verdicts: is a prediction right (classification) or how far off is it (regression, Γ)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from dise_cli.errors import InputError, UsageError
+from dise_cli.imports import import_object
+
+TASKS = ("classification", "regression")
+METRICS = ("mse", "mae")
+
+
+def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor, has_decoder: bool) -> str:
+    """classification for integer labels; regression for float targets; without labels, guess from
+    the output: a decoder producing one vector of scores per sample means classification."""
+    if y is not None:
+        return "regression" if y.is_floating_point() else "classification"
+    if has_decoder and sample_output.ndim == 2 and sample_output.shape[1] >= 2:
+        return "classification"
+    return "regression"
+
+
+def targets_batch_major(y: torch.Tensor, n: int, n_t: int, time_major: bool | None, data_name: str) -> torch.Tensor:
+    """Targets with the sample axis first. Time-major ``[T, N, ...]`` (as odeint returns them) is
+    told apart from batch-major ``[N, T, ...]`` by shape against the grid; ``time_major`` forces it."""
+    if time_major is None:
+        batch_first = y.shape[0] == n
+        time_first = y.ndim >= 2 and y.shape[0] == n_t and y.shape[1] == n
+        if batch_first and time_first and n != n_t:
+            time_first = False
+        if batch_first and time_first:
+            raise UsageError(f"--time-major: targets in '{data_name}' have shape {tuple(y.shape)}, which reads "
+                             f"both as [T, N, ...] and [N, T, ...]; pass --time-major or --no-time-major")
+        time_major = time_first
+    if time_major:
+        if y.ndim < 2 or y.shape[1] != n:
+            raise InputError(f"data '{data_name}': targets of shape {tuple(y.shape)} are not time-major [T, {n}, ...]")
+        return y.transpose(0, 1)
+    if y.shape[0] != n:
+        raise InputError(f"data '{data_name}': targets of shape {tuple(y.shape)} do not have {n} samples first")
+    return y
+
+
+class Judge:
+    """Scores a batch of model outputs against targets, one number per sample."""
+
+    def __init__(self, task: str, metric: str = "mse", n_classes: int | None = None):
+        if task not in TASKS:
+            raise UsageError(f"--task: unknown task '{task}'; valid tasks: {', '.join(TASKS)}")
+        self.task = task
+        self.metric_name = metric
+        self.n_classes = n_classes
+        self._metric = _metric(metric) if task == "regression" else None
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        """Class indices ``[N]`` (classification) or the outputs themselves."""
+        return out.argmax(1) if self.task == "classification" else out
+
+    def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: argmax equals the label; non-finite outputs are never correct."""
+        finite = torch.isfinite(out.reshape(len(out), -1)).all(1)
+        return (out.argmax(1) == labels.to(out.device)) & finite
+
+    def gamma(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[N]`` error Γ per sample; a trajectory output is compared at its last time when the
+        target is a single state. Non-finite outputs give +inf."""
+        target = target.to(out.device, out.dtype)
+        if out.shape[1:] != target.shape[1:] and out.ndim == target.ndim + 1 and out.shape[2:] == target.shape[1:]:
+            out = out[:, -1]
+        if out.shape != target.shape:
+            raise InputError(f"targets of shape {tuple(target.shape[1:])} per sample do not match the model's "
+                             f"output of shape {tuple(out.shape[1:])}")
+        g = self._metric(out, target).to(torch.float64)
+        return torch.where(torch.isfinite(g), g, torch.full_like(g, float("inf")))
+
+
+def _metric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if name == "mse":
+        return lambda a, b: (a - b).pow(2).reshape(len(a), -1).mean(1)
+    if name == "mae":
+        return lambda a, b: (a - b).abs().reshape(len(a), -1).mean(1)
+    if ":" in name:
+        return import_object(name, "--metric")
+    raise UsageError(f"--metric: unknown metric '{name}'; valid: {', '.join(METRICS)} or package.module:fn")

@@ -1,0 +1,137 @@
+"""Load the user's model: a state dict (.pt/.pth/.safetensors) plus --arch, or a pickled module
+with --trust-pickle. Nothing here runs code from a file unless --trust-pickle says so."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+import torch
+from torch import nn
+
+from dise_cli.errors import InputError, UsageError, first_line
+from dise_cli.files import existing_file, sha256_file
+from dise_cli.imports import call_factory, code_paths
+
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: the file and what is needed to rebuild it."""
+
+    path: Path
+    arch: str | None = None
+    trust_pickle: bool = False
+    code_path: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    spec: ModelSpec
+    format: str          # "state_dict" | "safetensors" | "pickle"
+    sha256: str
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load and rebuild the model named by ``spec``; ``InputError``/``UsageError`` with one clear line."""
+    path = existing_file(spec.path, "model")
+    suffix = path.suffix.lower()
+    if suffix not in STATE_DICT_SUFFIXES:
+        raise InputError(f"model '{path}': unknown format '{suffix or '(no suffix)'}'; dise reads "
+                         f".pt/.pth (state dict or, with --trust-pickle, a pickled module), .safetensors, "
+                         f"or a dise.yaml project file")
+    if suffix == ".safetensors":
+        state, fmt = _read_safetensors(path), "safetensors"
+    else:
+        state, fmt = _read_torch(path, spec)
+    if isinstance(state, nn.Module):
+        module = state
+        if spec.arch:
+            raise UsageError(f"--arch: model '{path}' is a whole pickled module; --arch is only for state dicts")
+    else:
+        module = _rebuild(path, state, spec)
+    module.eval()
+    return LoadedModel(module=module, spec=spec, format=fmt, sha256=sha256_file(path))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"model '{path}' is not a readable safetensors file ({first_line(exc)})") from None
+
+
+def _read_torch(path: Path, spec: ModelSpec):
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not spec.trust_pickle:
+            raise InputError(
+                f"model '{path}' holds pickled Python objects (a whole module?); unpickling runs code from "
+                f"the file, so dise refuses it. Save model.state_dict() and pass --arch package.module:factory, "
+                f"or pass --trust-pickle if you trust this file") from None
+        return _read_pickle(path, spec), "pickle"
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError(f"model '{path}' is not a readable PyTorch file ({first_line(exc)})") from None
+    return _unwrap_state(path, obj), "state_dict"
+
+
+def _read_pickle(path: Path, spec: ModelSpec) -> nn.Module:
+    with code_paths(spec.code_path):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            raise InputError(f"model '{path}' needs module '{exc.name}', which cannot be imported; run dise from "
+                             f"the folder that holds it or add --code-path DIR") from None
+        except AttributeError as exc:
+            raise InputError(f"model '{path}' names a class that cannot be found ({first_line(exc)}); "
+                             f"add --code-path DIR for the code that defines it") from None
+        except Exception as exc:  # noqa: BLE001 - arbitrary unpickling failures
+            raise InputError(f"model '{path}' could not be unpickled ({type(exc).__name__}: "
+                             f"{first_line(exc)})") from None
+    if isinstance(obj, dict):
+        return _unwrap_state(path, obj)
+    if not isinstance(obj, nn.Module):
+        raise InputError(f"model '{path}' holds a {type(obj).__name__}, not an nn.Module or a state dict")
+    return obj
+
+
+def _unwrap_state(path: Path, obj) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for key in NESTED_STATE_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+    raise InputError(f"model '{path}' is not a state dict (a dict of tensors, or one under "
+                     f"{', '.join(repr(k) for k in NESTED_STATE_KEYS)})")
+
+
+def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.Module:
+    if not spec.arch:
+        raise UsageError(f"--arch: model '{path}' is a state dict; name the code that builds the model with "
+                         f"--arch package.module:factory")
+    module = call_factory(spec.arch, "--arch", spec.code_path)
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"--arch: '{spec.arch}()' returned a {type(module).__name__}, not an nn.Module")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatch (file vs arch)", mismatched)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise InputError(f"model '{path}' does not fit --arch {spec.arch}: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+    return module

@@ -1,0 +1,85 @@
+"""Glue shared by the commands: settings from flags and dise.yaml -> a loaded, probed model and data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dise_cli.config import is_project_file, parse_t_span, pick, read_project, resolve_device
+from dise_cli.datasets import Dataset, DataSpec, load_data
+from dise_cli.errors import UsageError
+from dise_cli.loading import LoadedModel, ModelSpec, load_model
+from dise_cli.odeblock import OdeModel, probe, split_model
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What identifies the model and data of a command, validated before anything loads."""
+
+    model: ModelSpec
+    data: DataSpec | None
+    ode_block: str | None
+    t_span: tuple[float, ...] | None
+    device: torch.device
+
+
+@dataclass
+class Opened:
+    loaded: LoadedModel
+    data: Dataset | None
+    model: OdeModel
+
+
+def read_config(model_arg: str, config_flag: str | None) -> tuple[dict[str, Any], str | None]:
+    """The merged project settings, and the model path (None when the project file must name it)."""
+    config: dict[str, Any] = {}
+    if config_flag:
+        config.update(read_project(config_flag))
+    if is_project_file(model_arg):
+        config.update(read_project(model_arg))
+        return config, None
+    return config, model_arg
+
+
+def make_inputs(model_arg: str, config: dict[str, Any], model_path: str | None, *, arch: str | None,
+                trust_pickle: bool | None, code_path: list[str] | None, ode_block: str | None,
+                t_span: str | None, data: str | None, data_factory: str | None, x_key: str | None,
+                y_key: str | None, device: str | None) -> Inputs:
+    path = model_path or config.get("model")
+    if not path:
+        raise UsageError(f"MODEL: project file '{model_arg}' has no 'model' key")
+    paths = tuple(code_path or ()) + tuple(config.get("code_path") or ())
+    grid = parse_t_span(t_span) if t_span is not None else parse_t_span(config.get("t_span"), "t_span in config")
+    data_path = pick(data, config, "data")
+    factory = pick(data_factory, config, "data_factory")
+    data_spec = None
+    if data_path or factory:
+        data_spec = DataSpec(path=Path(data_path) if data_path and not data_factory else None,
+                             factory=factory, x_key=pick(x_key, config, "x_key"),
+                             y_key=pick(y_key, config, "y_key"), code_path=paths)
+    return Inputs(
+        model=ModelSpec(path=Path(path), arch=pick(arch, config, "arch"),
+                        trust_pickle=bool(pick(trust_pickle, config, "trust_pickle", False)), code_path=paths),
+        data=data_spec,
+        ode_block=pick(ode_block, config, "ode_block"),
+        t_span=None if grid is None else tuple(grid.tolist()),
+        device=resolve_device(pick(device, config, "device")),
+    )
+
+
+def open_inputs(inputs: Inputs, *, need_data: bool = True) -> Opened:
+    """Load model and data, find the ODE block, and probe it on a few samples."""
+    if need_data and inputs.data is None:
+        raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")
+    loaded = load_model(inputs.model)
+    data = load_data(inputs.data) if inputs.data is not None else None
+    module = loaded.module.to(inputs.device)
+    grid = None if inputs.t_span is None else torch.tensor(inputs.t_span, dtype=torch.float64)
+    model = split_model(module, ode_block=inputs.ode_block, t_span=grid,
+                        data_t=None if data is None else data.t, model_name=f"model '{inputs.model.path}'")
+    if data is not None:
+        n_probe = 3 if len(model.t_span) != 3 else 4
+        probe(model, data.x[:n_probe].to(inputs.device), data.name)
+    return Opened(loaded=loaded, data=data, model=model)

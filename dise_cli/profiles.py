@@ -1,0 +1,108 @@
+"""The profile file: per-sample, per-candidate results that the next commands read.
+
+A safetensors file (no pickle). Arrays are ``[N, K]`` (N profiled samples, K candidates in the
+header's order): ``nfe`` int32, ``status`` uint8, and ``correct`` uint8 plus ``pred`` int64
+(classification) or ``gamma`` float64 plus ``deviation`` float64 (regression; Γ against the targets
+and against the baseline's output); ``index`` [N] holds each sample's row in the data. The text
+header says what produced it. Wall-clock figures are not stored, so the file is deterministic.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dise_cli import __version__
+from dise_cli.errors import InputError, first_line
+from dise_cli.files import atomic_path, existing_file
+
+PROFILE_FORMAT = "dise-profile"
+PROFILE_FORMAT_VERSION = 1
+ARRAYS = {"classification": ("nfe", "status", "correct", "pred"),
+          "regression": ("nfe", "status", "gamma", "deviation")}
+
+
+@dataclass
+class Profile:
+    candidates: list[str]
+    baseline: int                 # index of the reference candidate (the first dopri5)
+    task: str
+    t_span: list[float]
+    index: torch.Tensor           # [N] rows of the data
+    nfe: torch.Tensor             # [N, K] int32
+    status: torch.Tensor          # [N, K] uint8
+    correct: torch.Tensor | None = None    # [N, K] bool (classification)
+    pred: torch.Tensor | None = None       # [N, K] int64 (classification)
+    gamma: torch.Tensor | None = None      # [N, K] float64 (regression)
+    deviation: torch.Tensor | None = None  # [N, K] float64 (regression: Γ vs the baseline's output)
+    meta: dict[str, str] = field(default_factory=dict)   # model/data hashes and paths, labels, metric, ...
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.index)
+
+    def header(self) -> dict[str, str]:
+        return {
+            "format": PROFILE_FORMAT,
+            "format_version": str(PROFILE_FORMAT_VERSION),
+            "dise_version": __version__,
+            "candidates": json.dumps(self.candidates),
+            "baseline": str(self.baseline),
+            "task": self.task,
+            "t_span": json.dumps(self.t_span),
+            **self.meta,
+        }
+
+
+def write_profile(profile: Profile, path: str | Path) -> None:
+    """Write atomically: a temporary file in the same folder, renamed when complete."""
+    from safetensors.torch import save_file
+    arrays = {"index": profile.index.to(torch.int64)}
+    for name in ARRAYS[profile.task]:
+        value = getattr(profile, name)
+        arrays[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
+    arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata=profile.header())
+
+
+def read_profile(path: str | Path) -> Profile:
+    from safetensors import SafetensorError, safe_open
+    p = existing_file(path, "profile")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            header = dict(fh.metadata() or {})
+            arrays = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"profile '{p}' is not a readable safetensors file ({first_line(exc)})") from None
+    if header.get("format") != PROFILE_FORMAT:
+        raise InputError(f"profile '{p}' is not a dise profile (no 'format: {PROFILE_FORMAT}' in its header)")
+    version = int(header.get("format_version", "0") or 0)
+    if version > PROFILE_FORMAT_VERSION:
+        raise InputError(f"profile '{p}' has format version {version}; this dise reads up to "
+                         f"{PROFILE_FORMAT_VERSION}: upgrade dise")
+    try:
+        candidates = json.loads(header["candidates"])
+        task = header["task"]
+        names = ARRAYS[task]
+        missing = [n for n in ("index", *names) if n not in arrays]
+        if missing:
+            raise KeyError(", ".join(missing))
+        n, k = len(arrays["index"]), len(candidates)
+        for name in names:
+            if tuple(arrays[name].shape) != (n, k):
+                raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)}, expected {(n, k)}")
+        meta_keys = set(header) - {"format", "format_version", "dise_version", "candidates", "baseline",
+                                   "task", "t_span"}
+        profile = Profile(candidates=candidates, baseline=int(header["baseline"]), task=task,
+                          t_span=json.loads(header["t_span"]), index=arrays["index"],
+                          nfe=arrays["nfe"], status=arrays["status"],
+                          meta={key: header[key] for key in sorted(meta_keys)})
+        for name in names[2:]:
+            value = arrays[name]
+            setattr(profile, name, value.bool() if name == "correct" else value)
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(f"profile '{p}' is damaged or incomplete ({first_line(exc)})") from None
+    return profile

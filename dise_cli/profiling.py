@@ -1,0 +1,164 @@
+"""Run every candidate integrator on every sample: NFE, status, correctness or Γ, and timings."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from dise_cli.datasets import Dataset
+from dise_cli.integrators import Dopri5, Integrator, Solution, VectorField
+from dise_cli.judging import Judge, targets_batch_major
+from dise_cli.odeblock import OdeModel
+from dise_cli.profiles import Profile
+
+DEFAULT_REFERENCE = Dopri5(rtol=1e-7, atol=1e-7)
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds spent in each candidate's solves, its NFE total, and CUDA peak memory."""
+
+    seconds: list[float]
+    nfe_total: list[int]
+    peak_memory_bytes: list[int | None]
+    n_samples: int
+
+
+@dataclass
+class ProfileRun:
+    profile: Profile
+    timing: Timing
+
+
+def baseline_index(candidates: list[Integrator]) -> int:
+    """The candidate others are compared with: the first dopri5, else the last candidate."""
+    for k, cand in enumerate(candidates):
+        if isinstance(cand, Dopri5):
+            return k
+    return len(candidates) - 1
+
+
+def select_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:
+    """All rows, or ``limit`` rows drawn with ``seed`` (sorted, so batches keep the data's order)."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:limit].sort().values
+
+
+@dataclass
+class _Collect:
+    nfe: list = field(default_factory=list)
+    status: list = field(default_factory=list)
+    score: list = field(default_factory=list)
+    pred: list = field(default_factory=list)
+
+
+def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrator], judge: Judge, *,
+                       rows: torch.Tensor, batch_size: int, device: torch.device,
+                       time_major: bool | None = None, reference: Integrator = DEFAULT_REFERENCE,
+                       progress: Callable[[int], None] | None = None) -> ProfileRun:
+    """Profile ``candidates`` on ``rows`` of ``data``. Without labels, each output is judged against a
+    float64 ``reference`` solve. ``progress(n)`` is called after each batch with its size."""
+    k_count = len(candidates)
+    base = baseline_index(candidates)
+    n_t = len(model.t_span)
+    targets = None
+    if data.y is not None:
+        targets = targets_batch_major(data.y, len(data), n_t, time_major, data.name)
+    ref_field = _float64_field(model.field) if targets is None else None
+    t_span = model.t_span.to(device)
+    cols = [_Collect() for _ in range(k_count)]
+    seconds = [0.0] * k_count
+    peak: list[int | None] = [None] * k_count
+    _warm_up(model, data.x[rows[:2]].to(device), candidates, t_span)
+
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            x = data.x[idx].to(device)
+            h0 = model.encode(x) if model.splittable else None
+            if targets is not None:
+                target = targets[idx].to(device)
+            else:
+                ref = _run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span))
+                target = judge.predict(ref)
+            outputs = []
+            for k, cand in enumerate(candidates):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                holder: dict[str, object] = {}
+
+                def solve(h, cand=cand, holder=holder):
+                    _sync(device)
+                    began = time.perf_counter()
+                    sol = cand.solve(model.field, h, t_span)
+                    _sync(device)
+                    holder["sol"], holder["s"] = sol, time.perf_counter() - began
+                    return sol.ys
+
+                out = _run(model, x, h0, solve)
+                sol: Solution = holder["sol"]
+                seconds[k] += holder["s"]
+                if device.type == "cuda":
+                    peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated(device))
+                outputs.append(out)
+                col = cols[k]
+                col.nfe.append(sol.nfe.cpu())
+                col.status.append(sol.status.cpu())
+                if judge.task == "classification":
+                    col.score.append(judge.correct(out, target).cpu())
+                    col.pred.append(out.argmax(1).cpu())
+                else:
+                    col.score.append(judge.gamma(out, target).cpu())
+            if judge.task == "regression":
+                for k in range(k_count):
+                    cols[k].pred.append(judge.gamma(outputs[k], outputs[base]).cpu())
+            if progress is not None:
+                progress(len(idx))
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.stack([torch.cat(getattr(c, name)) for c in cols], dim=1)
+
+    profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
+                      t_span=[float(v) for v in model.t_span], index=rows.clone(),
+                      nfe=stack("nfe").to(torch.int32), status=stack("status").to(torch.uint8))
+    if judge.task == "classification":
+        profile.correct, profile.pred = stack("score").bool(), stack("pred").to(torch.int64)
+    else:
+        profile.gamma, profile.deviation = stack("score"), stack("pred")
+    timing = Timing(seconds=seconds, nfe_total=[int(v) for v in profile.nfe.sum(0)],
+                    peak_memory_bytes=peak, n_samples=len(rows))
+    return ProfileRun(profile=profile, timing=timing)
+
+
+def _run(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None,
+         solve: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Model outputs (batch first) with ``solve`` in place of the block; reuses h0 when splittable."""
+    if h0 is not None:
+        return model.decode(solve(h0))
+    return model.forward_with(x, solve)
+
+
+def _float64_field(field: VectorField) -> VectorField:
+    return VectorField(copy.deepcopy(field.func).double(), field.mode)
+
+
+def _solve_float64(reference: Integrator, field: VectorField, h0: torch.Tensor, t_span: torch.Tensor) -> torch.Tensor:
+    return reference.solve(field, h0.double(), t_span).ys.to(h0.dtype)
+
+
+def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator], t_span: torch.Tensor) -> None:
+    """One untimed solve per candidate, so first-call costs (allocator, vmap setup) are not timed."""
+    with torch.no_grad():
+        for cand in candidates:
+            _run(model, x, model.encode(x) if model.splittable else None,
+                 lambda h, cand=cand: cand.solve(model.field, h, t_span).ys)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

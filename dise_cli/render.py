@@ -1,0 +1,82 @@
+"""Tables for people: how each command's report looks on a terminal or in a log."""
+from __future__ import annotations
+
+from dise_cli.output import Output
+from dise_cli.profiling import ProfileRun
+from dise_cli.reports import summarize
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "" if v is None else f"{v * scale:.{digits}g}"
+
+
+def render_profile(ui: Output, run: ProfileRun) -> dict:
+    """Print the profile table (and the JSON document when asked); return the report."""
+    report = summarize(run.profile, run.timing)
+    classification = report["task"] == "classification"
+    cuda = any(r.get("peak_memory_mb") is not None for r in report["candidates"])
+    columns = ["candidate", "accuracy" if classification else "Γ ≤ β", *([] if classification else ["mean Γ"]),
+               "NFE mean", "p50", "p95", "max", "failed",
+               "agree w/ base" if classification else "Γ vs base", "ms/sample", "µs/NFE", *(["peak MB"] if cuda else [])]
+    rows = []
+    for r in report["candidates"]:
+        failed = sum(v for k, v in r["status"].items() if k != "ok")
+        row = [r["candidate"], _pct(r["accuracy"]), *([] if classification else [_num(r["mean_error"])]),
+               f"{r['nfe']['mean']:.2f}", f"{r['nfe']['p50']:g}", f"{r['nfe']['p95']:g}", str(r["nfe"]["max"]), str(failed),
+               _pct(r["agreement_with_baseline"]) if classification else _num(r["deviation_from_baseline"]),
+               _num(r.get("seconds_per_sample"), 1e3), _num(r.get("seconds_per_nfe"), 1e6),
+               *([_num(r.get("peak_memory_mb"), 1, 4)] if cuda else [])]
+        rows.append(row)
+    labels = "labels" if report["labels"] == "data" else "a float64 reference solve"
+    ui.table(f"dise profile: {report['n_samples']} samples, t = {report['t_span']}, judged against {labels}",
+             columns, rows)
+    orc = report["oracle"]
+    shares = ", ".join(f"{spec.split(':')[0] if _unique_method(report, spec) else spec} {_pct(v)}"
+                       for spec, v in orc["share"].items())
+    ui.line(f"oracle (cheapest right candidate per sample): accuracy {_pct(orc['accuracy'])}, "
+            f"mean NFE {orc['nfe_mean']:.2f}; {shares}")
+    best = report["best_single"]
+    ui.line(f"best single candidate within {best['match_tolerance_pp']} pp of {report['baseline']}: "
+            f"{best['candidate']} (accuracy {_pct(best['accuracy'])}, mean NFE {best['nfe_mean']:.2f})")
+    if not classification:
+        ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
+    ui.json(report)
+    return report
+
+
+def _unique_method(report: dict, spec: str) -> bool:
+    method = spec.split(":")[0]
+    return sum(r["candidate"].split(":")[0] == method for r in report["candidates"]) == 1
+
+
+def render_inspect(ui: Output, info: dict) -> None:
+    params = info["parameters"]
+    cost = info["f_call"]
+    rows = [
+        ("ODE block", info["ode_block"]),
+        ("ODE function", f"{info['ode_function']} ({info['ode_function_class']})"),
+        ("split", info["kind"]),
+        ("block returns", info["block_returns"]),
+        ("t span", f"{info['t_span']} ({info['t_span_source']})"),
+        ("h(0) shape", "unknown: pass --data" if info["h0_shape"] is None else str(tuple(info["h0_shape"]))),
+        ("time passed to f", info["time_mode"] or "unknown: pass --data"),
+        ("parameters: encoder", _count(params["encoder"])),
+        ("parameters: ODE function", _count(params["ode_function"])),
+        ("parameters: decoder", _count(params["decoder"])),
+    ]
+    if params["encoder_and_decoder"] is not None:
+        rows.append(("parameters: encoder + decoder", _count(params["encoder_and_decoder"])))
+    if cost is not None:
+        rows.append(("f call: FLOPs per sample", f"{cost['flops_per_sample']:,}"))
+        rows.append((f"f call: time (batch {cost['batch']})", f"{cost['seconds_per_call'] * 1e3:.3f} ms "
+                                                              f"({cost['seconds_per_sample'] * 1e6:.2f} µs per sample)"))
+    ui.table("dise inspect", ["what", "found"], rows)
+    ui.json(info)
+
+
+def _count(v: int | None) -> str:
+    return "n/a (not separable)" if v is None else f"{v:,}"

@@ -1,0 +1,103 @@
+"""Summaries of a profile: per-candidate metrics, the oracle selection, the best single candidate.
+
+Everything here is a pure function of a ``Profile`` (and optional timings), returning plain dicts
+with stable keys; the CLI renders them as tables or JSON.
+"""
+from __future__ import annotations
+
+import torch
+
+from dise_cli.integrators.base import Status
+from dise_cli.profiles import Profile
+from dise_cli.profiling import Timing
+
+SCHEMA_VERSION = 1
+# A single candidate "matches" the baseline if its accuracy is at most this many percentage points lower.
+MATCH_TOLERANCE_PP = 0.3
+
+
+def success(profile: Profile, beta: float | None = None) -> torch.Tensor:
+    """``[N, K]`` bool: the sample is right (classification) or its Γ ≤ β (regression; β defaults to
+    the baseline candidate's mean Γ, as the paper's Eq. 5 does). Failed solves never succeed."""
+    ok = profile.status == int(Status.OK)
+    if profile.task == "classification":
+        return profile.correct & ok
+    threshold = default_beta(profile) if beta is None else beta
+    return (profile.gamma <= threshold) & ok
+
+
+def default_beta(profile: Profile) -> float:
+    g = profile.gamma[:, profile.baseline]
+    g = g[torch.isfinite(g)]
+    return float(g.mean()) if len(g) else float("inf")
+
+
+def _nfe_stats(nfe: torch.Tensor) -> dict[str, float]:
+    v = nfe.to(torch.float64)
+    return {"mean": round(float(v.mean()), 4), "p50": float(v.quantile(0.5)), "p95": float(v.quantile(0.95)),
+            "max": int(v.max())}
+
+
+def _status_counts(status: torch.Tensor) -> dict[str, int]:
+    return {s.name.lower(): int((status == int(s)).sum()) for s in Status}
+
+
+def oracle(profile: Profile, beta: float | None = None) -> dict:
+    """Per sample the cheapest successful candidate (the baseline where none succeeds)."""
+    good = success(profile, beta)
+    cost = torch.where(good, profile.nfe.to(torch.float64), float("inf"))
+    choice = cost.argmin(1)
+    none_ok = ~good.any(1)
+    choice = torch.where(none_ok, torch.full_like(choice, profile.baseline), choice)
+    nfe = profile.nfe.gather(1, choice[:, None]).squeeze(1)
+    share = {spec: round(float((choice == k).double().mean()), 4) for k, spec in enumerate(profile.candidates)}
+    return {"accuracy": round(float(good.any(1).double().mean()), 4), "nfe_mean": round(float(nfe.double().mean()), 4),
+            "share": share, "choice": choice}
+
+
+def summarize(profile: Profile, timing: Timing | None = None, beta: float | None = None) -> dict:
+    """The report of ``dise profile``: see the README's JSON section for the keys."""
+    good = success(profile, beta)
+    base = profile.baseline
+    rows = []
+    for k, spec in enumerate(profile.candidates):
+        row = {
+            "candidate": spec,
+            "accuracy": round(float(good[:, k].double().mean()), 4),
+            "nfe": _nfe_stats(profile.nfe[:, k]),
+            "status": _status_counts(profile.status[:, k]),
+        }
+        if profile.task == "classification":
+            row["agreement_with_baseline"] = round(float((profile.pred[:, k] == profile.pred[:, base]).double().mean()), 4)
+        else:
+            g = profile.gamma[:, k]
+            finite = torch.isfinite(g)
+            row["mean_error"] = float(g[finite].mean()) if finite.any() else None
+            row["deviation_from_baseline"] = float(profile.deviation[:, k][torch.isfinite(profile.deviation[:, k])].mean())
+        if timing is not None:
+            n = max(timing.n_samples, 1)
+            row["seconds_per_sample"] = timing.seconds[k] / n
+            row["seconds_per_nfe"] = timing.seconds[k] / max(timing.nfe_total[k], 1)
+            peak = timing.peak_memory_bytes[k]
+            row["peak_memory_mb"] = None if peak is None else round(peak / 2**20, 2)
+        rows.append(row)
+    orc = oracle(profile, beta)
+    orc.pop("choice")
+    base_acc = rows[base]["accuracy"]
+    matching = [r for r in rows if r["accuracy"] >= base_acc - MATCH_TOLERANCE_PP / 100 - 1e-12]
+    best = min(matching, key=lambda r: r["nfe"]["mean"])
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "task": profile.task,
+        "n_samples": profile.n_samples,
+        "t_span": profile.t_span,
+        "baseline": profile.candidates[base],
+        "labels": profile.meta.get("labels", "data"),
+        "candidates": rows,
+        "oracle": orc,
+        "best_single": {"candidate": best["candidate"], "accuracy": best["accuracy"], "nfe_mean": best["nfe"]["mean"],
+                        "match_tolerance_pp": MATCH_TOLERANCE_PP},
+    }
+    if profile.task == "regression":
+        report["beta"] = default_beta(profile) if beta is None else beta
+    return report
