@@ -4,7 +4,9 @@ A safetensors file (no pickle). Arrays are ``[N, K]`` (N profiled samples, K can
 header's order): ``nfe`` int32, ``status`` uint8, and ``correct`` uint8 plus ``pred`` int64
 (classification) or ``gamma`` float64 plus ``deviation`` float64 (regression; Γ against the targets
 and against the baseline's output); ``index`` [N] holds each sample's row in the data. The text
-header says what produced it. Wall-clock figures are not stored, so the file is deterministic.
+header (one metadata entry, ``dise_profile``, holding sorted JSON: safetensors keeps several
+entries in a random order) says what produced it. Wall-clock figures are not stored, so the same
+inputs and seed give a byte-identical file.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from dise_cli.files import atomic_path, existing_file
 
 PROFILE_FORMAT = "dise-profile"
 PROFILE_FORMAT_VERSION = 1
+HEADER_KEY = "dise_profile"
 ARRAYS = {"classification": ("nfe", "status", "correct", "pred"),
           "regression": ("nfe", "status", "gamma", "deviation")}
 
@@ -37,22 +40,23 @@ class Profile:
     pred: torch.Tensor | None = None       # [N, K] int64 (classification)
     gamma: torch.Tensor | None = None      # [N, K] float64 (regression)
     deviation: torch.Tensor | None = None  # [N, K] float64 (regression: Γ vs the baseline's output)
-    meta: dict[str, str] = field(default_factory=dict)   # model/data hashes and paths, labels, metric, ...
+    meta: dict[str, str] = field(default_factory=dict)   # model/data sha256 and paths, labels, metric, ...
 
     @property
     def n_samples(self) -> int:
         return len(self.index)
 
-    def header(self) -> dict[str, str]:
+    def header(self) -> dict:
+        """Everything but the arrays (JSON-ready)."""
         return {
             "format": PROFILE_FORMAT,
-            "format_version": str(PROFILE_FORMAT_VERSION),
+            "format_version": PROFILE_FORMAT_VERSION,
             "dise_version": __version__,
-            "candidates": json.dumps(self.candidates),
-            "baseline": str(self.baseline),
+            "candidates": self.candidates,
+            "baseline": self.baseline,
             "task": self.task,
-            "t_span": json.dumps(self.t_span),
-            **self.meta,
+            "t_span": self.t_span,
+            "meta": self.meta,
         }
 
 
@@ -65,7 +69,7 @@ def write_profile(profile: Profile, path: str | Path) -> None:
         arrays[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
     arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
     with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata=profile.header())
+        save_file(arrays, str(tmp), metadata={HEADER_KEY: json.dumps(profile.header(), sort_keys=True)})
 
 
 def read_profile(path: str | Path) -> Profile:
@@ -73,18 +77,26 @@ def read_profile(path: str | Path) -> Profile:
     p = existing_file(path, "profile")
     try:
         with safe_open(str(p), framework="pt") as fh:
-            header = dict(fh.metadata() or {})
+            metadata = dict(fh.metadata() or {})
             arrays = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"profile '{p}' is not a readable safetensors file ({first_line(exc)})") from None
+    try:
+        header = json.loads(metadata.get(HEADER_KEY, "{}"))
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict):
+        raise InputError(f"profile '{p}' has a damaged header ('{HEADER_KEY}' is not a JSON object)")
     if header.get("format") != PROFILE_FORMAT:
         raise InputError(f"profile '{p}' is not a dise profile (no 'format: {PROFILE_FORMAT}' in its header)")
-    version = int(header.get("format_version", "0") or 0)
+    version = header.get("format_version", 0)
+    if not isinstance(version, int):
+        raise InputError(f"profile '{p}' has a damaged header (format_version {version!r})")
     if version > PROFILE_FORMAT_VERSION:
         raise InputError(f"profile '{p}' has format version {version}; this dise reads up to "
                          f"{PROFILE_FORMAT_VERSION}: upgrade dise")
     try:
-        candidates = json.loads(header["candidates"])
+        candidates = list(header["candidates"])
         task = header["task"]
         names = ARRAYS[task]
         missing = [n for n in ("index", *names) if n not in arrays]
@@ -94,15 +106,12 @@ def read_profile(path: str | Path) -> Profile:
         for name in names:
             if tuple(arrays[name].shape) != (n, k):
                 raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)}, expected {(n, k)}")
-        meta_keys = set(header) - {"format", "format_version", "dise_version", "candidates", "baseline",
-                                   "task", "t_span"}
-        profile = Profile(candidates=candidates, baseline=int(header["baseline"]), task=task,
-                          t_span=json.loads(header["t_span"]), index=arrays["index"],
-                          nfe=arrays["nfe"], status=arrays["status"],
-                          meta={key: header[key] for key in sorted(meta_keys)})
+        profile = Profile(candidates=[str(c) for c in candidates], baseline=int(header["baseline"]), task=task,
+                          t_span=[float(v) for v in header["t_span"]], index=arrays["index"],
+                          nfe=arrays["nfe"], status=arrays["status"], meta=dict(header.get("meta", {})))
         for name in names[2:]:
             value = arrays[name]
             setattr(profile, name, value.bool() if name == "correct" else value)
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"profile '{p}' is damaged or incomplete ({first_line(exc)})") from None
     return profile

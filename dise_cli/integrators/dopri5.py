@@ -109,7 +109,8 @@ class Dopri5(Integrator):
         while len(rows["idx"]):
             t_now, dt = rows["t_now"], rows["dt"]
             t_next = t_now + dt
-            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), -1)   # also NaN dt
+            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), -1)
+            stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
             stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), stop)
             if bool((stop >= 0).any()):
                 rows = self._retire(res, rows, stop, record_errors)

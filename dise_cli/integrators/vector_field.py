@@ -62,16 +62,16 @@ class VectorField:
         return self._loop(t, h)
 
     def _loop(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        values, inverse = torch.unique(t, return_inverse=True)
-        if len(values) == 1:
-            return self.func(values[0], h)
-        parts, rows = [], []
-        for j, value in enumerate(values):
-            idx = torch.nonzero(inverse == j).flatten()
-            parts.append(self.func(value, h[idx]))
-            rows.append(idx)
-        order = torch.argsort(torch.cat(rows))
-        return torch.cat(parts)[order]
+        """One call of f per run of equal times (NaN times each get their own call)."""
+        order = torch.argsort(t)
+        ts = t[order]
+        change = torch.ones(len(ts), dtype=torch.bool, device=t.device)
+        change[1:] = ts[1:] != ts[:-1]
+        bounds = torch.nonzero(change).flatten().tolist() + [len(ts)]
+        if len(bounds) == 2:
+            return self.func(ts[0], h)
+        parts = [self.func(ts[a], h[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return torch.cat(parts)[torch.argsort(order)]
 
     def reversed(self) -> "VectorField":
         """g(s, h) = -f(-s, h): integrating g forward in s integrates f backward in t."""

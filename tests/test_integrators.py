@@ -1,0 +1,202 @@
+"""Numerics of dise's integrators: closed forms, orders, NFE counts, and torchdiffeq agreement."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from dise_cli.integrators import RK4, Dopri5, Euler, Midpoint, Status, TimeMode, VectorField
+
+A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)
+
+
+def linear(t, y):
+    return y @ A.T.to(y.dtype)
+
+
+class Counting:
+    """Counts calls and rows: NFE by a wrapped vector field."""
+
+    def __init__(self, func):
+        self.func, self.calls, self.rows = func, 0, 0
+
+    def __call__(self, t, y):
+        self.calls += 1
+        self.rows += len(y)
+        return self.func(t, y)
+
+
+def exact(y0: torch.Tensor, t: float) -> torch.Tensor:
+    return y0 @ torch.linalg.matrix_exp(A * t).T
+
+
+def y0s(n: int = 5, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("cls,order", [(Euler, 1), (Midpoint, 2), (RK4, 4)])
+def test_order_of_convergence(cls, order):
+    y0, t = y0s(), torch.tensor([0.0, 1.0])
+    errors = [(cls(steps=s).solve(VectorField(linear), y0, t).final - exact(y0, 1.0)).abs().max() for s in (16, 32)]
+    observed = torch.log2(errors[0] / errors[1]).item()
+    assert abs(observed - order) < 0.25, observed
+
+
+@pytest.mark.parametrize("cls,stages", [(Euler, 1), (Midpoint, 2), (RK4, 4)])
+def test_fixed_grid_nfe(cls, stages):
+    field = Counting(linear)
+    sol = cls(steps=3).solve(VectorField(field), y0s(), torch.tensor([0.0, 0.5, 1.0]))
+    assert field.calls == 2 * 3 * stages
+    assert sol.nfe.tolist() == [2 * 3 * stages] * 5
+    assert sol.ys.shape == (3, 5, 2)
+
+
+def test_rk4_matches_torchdiffeq_rk4():
+    y0, t = y0s(), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ours = RK4(steps=4).solve(VectorField(linear), y0, t).final
+    theirs = odeint(linear, y0, t, method="rk4", options={"step_size": 0.25})[-1]
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-6, 1e-9])
+def test_dopri5_within_tolerance_of_matrix_exponential(tol):
+    y0 = y0s()
+    sol = Dopri5(rtol=tol, atol=tol).solve(VectorField(linear), y0, torch.tensor([0.0, 1.0]))
+    assert (sol.status == Status.OK).all()
+    assert (sol.final - exact(y0, 1.0)).abs().max() < 50 * tol
+
+
+def _torchdiffeq_alone(func, y0, t, rtol, atol):
+    counter = Counting(func)
+    ys = odeint(counter, y0, t, rtol=rtol, atol=atol, method="dopri5")
+    return ys, counter.calls
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-3), (torch.float64, 1e-8), (torch.float32, 1e-3)])
+def test_dopri5_single_samples_match_torchdiffeq(dtype, tol):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).to(dtype)
+
+    def func(t, y):
+        return 2 * net(torch.cat([y, torch.ones_like(y[:, :1]) * t], 1))
+
+    y0 = torch.randn(8, 2, dtype=dtype)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=dtype)
+    with torch.no_grad():
+        for i in range(len(y0)):
+            sol = Dopri5(rtol=tol, atol=tol).solve(VectorField(func, TimeMode.BROADCAST), y0[i:i + 1], t)
+            ys, nfe = _torchdiffeq_alone(func, y0[i:i + 1], t, tol, tol)
+            assert sol.nfe.item() == nfe
+            close = 1e-12 if dtype == torch.float64 else 1e-6
+            torch.testing.assert_close(sol.ys, ys, rtol=close, atol=close)
+
+
+def test_dopri5_batch_matches_torchdiffeq_per_sample_float64():
+    y0 = y0s(6)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    sol = Dopri5(rtol=1e-6, atol=1e-6).solve(VectorField(linear), y0, t)
+    for i in range(len(y0)):
+        ys, nfe = _torchdiffeq_alone(linear, y0[i:i + 1], t, 1e-6, 1e-6)
+        assert sol.nfe[i].item() == nfe
+        torch.testing.assert_close(sol.final[i], ys[-1, 0], rtol=1e-12, atol=1e-12)
+
+
+def stiffish(t, y):
+    """Easy for small states, much harder for large ones (cubic growth of the Jacobian)."""
+    return -y ** 3 * 5 + torch.sin(3 * t) * y
+
+
+def test_batch_independence_easy_next_to_stiff():
+    easy = torch.tensor([[0.1, -0.2]], dtype=torch.float64)
+    stiff = torch.tensor([[6.0, -7.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = VectorField(stiffish, TimeMode.BROADCAST)
+    alone = Dopri5().solve(field, easy, t)
+    both = Dopri5().solve(field, torch.cat([easy, stiff]), t)
+    assert both.nfe[1] > 2 * both.nfe[0]                # the partner really is harder
+    assert both.nfe[0] == alone.nfe[0]
+    torch.testing.assert_close(both.final[0], alone.final[0], rtol=1e-13, atol=1e-13)
+    # torchdiffeq's batched dopri5 shares one step size, so the easy sample pays for its partner:
+    counter = Counting(stiffish)
+    odeint(counter, torch.cat([easy, stiff]), t, rtol=1e-3, atol=1e-3)
+    assert counter.calls > alone.nfe[0]
+
+
+def test_finished_samples_leave_the_active_set():
+    easy = torch.tensor([[0.1, -0.2]], dtype=torch.float64).repeat(7, 1)
+    stiff = torch.tensor([[6.0, -7.0]], dtype=torch.float64)
+    counter = Counting(stiffish)
+    sol = Dopri5().solve(VectorField(counter, TimeMode.BROADCAST), torch.cat([easy, stiff]), torch.tensor([0.0, 1.0]))
+    assert counter.rows == int(sol.nfe.sum())           # no evaluations spent on finished rows
+    assert counter.rows < len(sol.nfe) * int(sol.nfe.max())
+
+
+def test_statuses_non_finite_and_max_steps():
+    def poisoned(t, y):          # NaN for rows whose first coordinate is near 1
+        return torch.where(y[:, :1] > 0.9, y * float("nan"), -0.5 * y)
+
+    def blowup(t, y):            # dy/dt = y^2 from y0 = 10 explodes at t = 0.1
+        return y * y
+
+    y0 = torch.tensor([[1.0, 1.0], [-1.0, 0.5]], dtype=torch.float64)
+    sol = Dopri5().solve(VectorField(poisoned), y0, torch.tensor([0.0, 1.0]))
+    assert sol.status.tolist() == [Status.NON_FINITE, Status.OK]
+    assert torch.isnan(sol.final[0]).all() and torch.isfinite(sol.final[1]).all()
+    sol = Dopri5().solve(VectorField(blowup), torch.tensor([[10.0], [0.1]], dtype=torch.float64), torch.tensor([0.0, 1.0]))
+    assert sol.status[0] in (Status.UNDERFLOW, Status.NON_FINITE, Status.MAX_STEPS)
+    assert sol.status[1] == Status.OK and torch.isnan(sol.final[0]).all()
+    capped = Dopri5(rtol=1e-9, atol=1e-9, max_steps=3).solve(VectorField(linear), y0s(2), torch.tensor([0.0, 1.0]))
+    assert capped.status.tolist() == [Status.MAX_STEPS] * 2
+    assert capped.nfe.tolist() == [2 + 6 * 3] * 2
+
+
+def test_reversed_time_matches_torchdiffeq():
+    y0 = y0s(3)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    sol = Dopri5(rtol=1e-8, atol=1e-8).solve(VectorField(linear), y0, t)
+    torch.testing.assert_close(sol.final, exact(y0, -1.0), rtol=1e-6, atol=1e-6)
+    assert Euler(steps=1).solve(VectorField(linear), y0, t).final.allclose(y0 - linear(0, y0))
+
+
+def test_error_estimates_have_gradients():
+    w = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    def func(t, y):
+        return -w * y ** 3
+
+    sol = Dopri5().solve(VectorField(func), y0s(4), torch.tensor([0.0, 1.0]), record_errors=True)
+    assert sol.error_sum.shape == (4,) and (sol.error_sum > 0).all()
+    assert sol.error_dt_sum.shape == (4,) and (sol.error_dt_sum <= sol.error_sum + 1e-12).all()
+    sol.error_sum.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad) and w.grad != 0
+    assert Dopri5().solve(VectorField(func), y0s(4), torch.tensor([0.0, 1.0])).error_sum is None
+
+
+@pytest.mark.parametrize("mode", list(TimeMode))
+def test_time_modes_agree(mode):
+    torch.manual_seed(0)
+    func_net = torch.nn.Linear(3, 2).double()
+
+    def func(t, y):
+        return func_net(torch.cat([y, torch.ones_like(y[:, :1]) * t], 1))
+
+    y0 = y0s(5)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    expected = Dopri5().solve(VectorField(func, TimeMode.LOOP), y0, t)
+    if mode is TimeMode.AUTONOMOUS:
+        return       # wrong for this f by construction; detection must not pick it
+    got = Dopri5().solve(VectorField(func, mode), y0, t)
+    torch.testing.assert_close(got.ys, expected.ys, rtol=1e-12, atol=1e-12)
+    assert got.nfe.tolist() == expected.nfe.tolist()
+
+
+def test_detect_time_mode():
+    y = y0s(4)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    assert VectorField.detect(linear, y, t).mode is TimeMode.AUTONOMOUS
+    assert VectorField.detect(lambda t, h: h * t, y, t).mode is TimeMode.BROADCAST
+
+    def scalar_only(t, h):       # uses t as a Python number: only one call per time works
+        return h * float(t)
+
+    assert VectorField.detect(scalar_only, y, t).mode is TimeMode.LOOP

@@ -1,0 +1,126 @@
+"""Tiny Neural ODEs in the shapes people write them, for the tests (importable with --code-path tests)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+
+class MLPFunc(nn.Module):
+    """f(t, h) = W2 tanh(W1 [h, t]): time-dependent, scalar t as torchdiffeq passes it."""
+
+    def __init__(self, dim: int = 4, hidden: int = 16):
+        super().__init__()
+        self.l1 = nn.Linear(dim + 1, hidden)
+        self.l2 = nn.Linear(hidden, dim)
+
+    def forward(self, t, h):
+        tt = torch.ones_like(h[:, :1]) * t
+        return self.l2(torch.tanh(self.l1(torch.cat([h, tt], 1))))
+
+
+class ODEBlock(nn.Module):
+    """torchdiffeq-example style: odefunc + integration_time, odeint in forward, returns h(1)."""
+
+    def __init__(self, odefunc: nn.Module, t=(0.0, 1.0)):
+        super().__init__()
+        self.odefunc = odefunc
+        self.integration_time = torch.tensor(t)
+
+    def forward(self, x):
+        return odeint(self.odefunc, x, self.integration_time.type_as(x), rtol=1e-3, atol=1e-3)[-1]
+
+
+def build_classifier() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 4), ODEBlock(MLPFunc(4)), nn.Linear(4, 3))
+
+
+class TorchdynLike(nn.Module):
+    """torchdyn's NeuralODE shape: ``vf`` and ``t_span``, returns (t_eval, trajectory)."""
+
+    def __init__(self, vf: nn.Module):
+        super().__init__()
+        self.vf = vf
+        self.t_span = torch.linspace(0, 1, 2)
+
+    def forward(self, x):
+        traj = odeint(self.vf, x, self.t_span.type_as(x))
+        return self.t_span, traj
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, out):
+        return self.lin(out[1][-1])
+
+
+def build_torchdyn_like() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 4), TorchdynLike(MLPFunc(4)), Head())
+
+
+class Nested(nn.Module):
+    """Not a Sequential: the parent's forward calls the block, with a skip connection around it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(2, 4)
+        self.body = nn.ModuleDict({"ode": ODEBlock(MLPFunc(4))})
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(torch.cat([self.body["ode"](h), h], 1))
+
+
+def build_nested() -> nn.Module:
+    return Nested()
+
+
+class Wrapper(nn.Module):
+    """Keeps f under an unusual name and returns the whole trajectory (time-major)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dynamics = MLPFunc(2)
+        self.times = torch.tensor([0.0, 0.5, 1.0])
+
+    def forward(self, y0):
+        return odeint(self.dynamics, y0, self.times)
+
+
+def build_wrapper() -> nn.Module:
+    return Wrapper()
+
+
+def build_bare() -> nn.Module:
+    torch.manual_seed(0)
+    return MLPFunc(2)
+
+
+class TwoBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = ODEBlock(MLPFunc(2))
+        self.b = ODEBlock(MLPFunc(2))
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def build_two_blocks() -> nn.Module:
+    return TwoBlocks()
+
+
+def build_no_block() -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 3))
+
+
+def build_not_a_module():
+    return 42
