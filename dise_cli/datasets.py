@@ -13,6 +13,7 @@ import torch
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import existing_file, sha256_file
 from dise_cli.imports import call_factory
+from dise_cli.loading import pickled_globals
 
 DATA_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
 INITIAL_STATE_KEYS = ("x", "y0")   # a bare ODE function's data may call its initial states y0
@@ -76,6 +77,8 @@ def _read_file(path: Path) -> dict[str, Any]:
                 return {k: torch.from_numpy(archive[k].copy()) for k in archive.files}
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if not pickled_globals(path):
+            raise InputError(f"data '{path}' is not a readable {suffix} file") from None
         raise InputError(f"data '{path}' holds pickled Python objects; dise reads only tensors from data "
                          f"files (save a dict of tensors, or use --data-factory)") from None
     except Exception as exc:  # noqa: BLE001 - every reader has its own error types

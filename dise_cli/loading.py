@@ -3,6 +3,7 @@ with --trust-pickle. Nothing here runs code from a file unless --trust-pickle sa
 from __future__ import annotations
 
 import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from dise_cli.imports import call_factory, code_paths
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Globals that a plain tensor checkpoint names (tensor rebuilding, storages, containers).
+SAFE_GLOBAL_PREFIXES = ("torch._utils.", "torch._tensor.", "torch.storage.", "collections.OrderedDict",
+                        "torch.Size", "torch.device", "torch.serialization.")
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,13 @@ def _read_torch(path: Path, spec: ModelSpec):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        objects = [g for g in pickled_globals(path)
+                   if not g.startswith(SAFE_GLOBAL_PREFIXES) and not g.endswith("Storage")]
+        if not objects:                                       # not a pickle of objects: damaged or not PyTorch
+            raise InputError(f"model '{path}' is not a readable PyTorch file") from None
         if not spec.trust_pickle:
             raise InputError(
-                f"model '{path}' holds pickled Python objects (a whole module?); unpickling runs code from "
+                f"model '{path}' holds pickled Python objects ({objects[0]}); unpickling runs code from "
                 f"the file, so dise refuses it. Save model.state_dict() and pass --arch package.module:factory, "
                 f"or pass --trust-pickle if you trust this file") from None
         return _read_pickle(path, spec), "pickle"
@@ -135,3 +143,30 @@ def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.
         raise InputError(f"model '{path}' does not fit --arch {spec.arch}: {'; '.join(problems)}")
     module.load_state_dict(state, strict=True)
     return module
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """Classes and functions a pickle (or a torch zip's data.pkl) would import, found by reading its
+    opcodes with ``pickletools``, which executes nothing. Empty if the bytes are not a pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - damaged bytes end the scan; what was found stands
+        pass
+    return found

@@ -1,0 +1,145 @@
+"""Model files: state dicts with --arch, safetensors, pickles only with --trust-pickle."""
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_models
+from dise_cli.errors import InputError, UsageError
+from dise_cli.loading import ModelSpec, load_model
+
+TESTS = str(Path(__file__).resolve().parent)
+ARCH = "tiny_models:build_classifier"
+
+
+def spec(path, **kw) -> ModelSpec:
+    kw.setdefault("code_path", (TESTS,))
+    return ModelSpec(path=Path(path), **kw)
+
+
+@pytest.mark.parametrize("name", ["model.pt", "model.safetensors"])
+def test_state_dict_with_arch(tiny, name):
+    loaded = load_model(spec(tiny["dir"] / name, arch=ARCH))
+    x = tiny["x"][:5]
+    torch.testing.assert_close(loaded.module(x), tiny["module"](x))
+    assert loaded.format in ("state_dict", "safetensors") and len(loaded.sha256) == 64
+    assert not loaded.module.training
+
+
+def test_checkpoint_dict_with_nested_state(tiny, tmp_path):
+    torch.save({"epoch": 3, "state_dict": tiny["module"].state_dict()}, tmp_path / "ckpt.pth")
+    assert load_model(spec(tmp_path / "ckpt.pth", arch=ARCH)).format == "state_dict"
+
+
+def test_state_dict_without_arch(tiny):
+    with pytest.raises(UsageError, match="--arch"):
+        load_model(spec(tiny["model"]))
+
+
+def test_pickled_module_needs_trust(tiny, tmp_path):
+    torch.save(tiny["module"], tmp_path / "whole.pt")
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_model(spec(tmp_path / "whole.pt"))
+    loaded = load_model(spec(tmp_path / "whole.pt", trust_pickle=True))
+    assert loaded.format == "pickle"
+    torch.testing.assert_close(loaded.module(tiny["x"]), tiny["module"](tiny["x"]))
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {_Evil.marker}",))
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    _Evil.marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"w": _Evil()}, fh)
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_model(spec(tmp_path / "evil.pt", arch=ARCH))
+    assert not _Evil.marker.exists()
+
+
+def test_pickle_class_found_through_code_path(tmp_path, monkeypatch):
+    pkg = tmp_path / "usercode"
+    pkg.mkdir()
+    (pkg / "mynets.py").write_text(textwrap.dedent("""
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(2, 2)
+    """))
+    monkeypatch.syspath_prepend(str(pkg))
+    import mynets
+    torch.save(mynets.Net(), tmp_path / "net.pt")
+    monkeypatch.syspath_prepend(str(tmp_path))  # cleanup marker only
+    import sys
+    sys.path.remove(str(pkg))
+    del sys.modules["mynets"]
+    with pytest.raises(InputError, match="needs module 'mynets'"):
+        load_model(ModelSpec(path=tmp_path / "net.pt", trust_pickle=True))
+    loaded = load_model(ModelSpec(path=tmp_path / "net.pt", trust_pickle=True, code_path=(str(pkg),)))
+    assert type(loaded.module).__name__ == "Net"
+    sys.modules.pop("mynets", None)
+
+
+@pytest.mark.parametrize("arch,needle", [
+    ("no_such_module:build", "cannot import module 'no_such_module'"),
+    ("tiny_models:nope", "has no attribute 'nope'"),
+    ("tiny_models", "must look like package.module:name"),
+    ("tiny_models:build_not_a_module", "not an nn.Module"),
+    ("tiny_models:ODEBlock", "failed"),
+])
+def test_bad_arch(tiny, arch, needle):
+    with pytest.raises(UsageError, match="--arch") as err:
+        load_model(spec(tiny["model"], arch=arch))
+    assert needle in str(err.value)
+
+
+def test_state_dict_that_does_not_fit(tiny, tmp_path):
+    state = dict(tiny["module"].state_dict())
+    state.pop("0.weight")
+    state["extra"] = torch.zeros(1)
+    state["2.bias"] = torch.zeros(7)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(InputError) as err:
+        load_model(spec(tmp_path / "bad.pt", arch=ARCH))
+    msg = str(err.value)
+    assert "missing keys: 0.weight" in msg and "unexpected keys: extra" in msg and "2.bias (7,) vs (3,)" in msg
+
+
+@pytest.mark.parametrize("content,name,needle", [
+    (None, "missing.pt", "does not exist"),
+    (b"", "empty.pt", "is empty"),
+    (b"\x00garbage" * 10, "junk.pt", "not a readable PyTorch file"),
+    (b"\x00garbage" * 10, "junk.safetensors", "not a readable safetensors file"),
+    (b"x", "model.onnx", "unknown format '.onnx'"),
+])
+def test_unreadable_model_files(tmp_path, content, name, needle):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=needle):
+        load_model(spec(path, arch=ARCH))
+
+
+def test_truncated_files(tiny, tmp_path):
+    for name in ("model.pt", "model.safetensors"):
+        data = (tiny["dir"] / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(InputError, match="not a readable"):
+            load_model(spec(tmp_path / name, arch=ARCH))
+
+
+def test_directory_as_model(tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        load_model(spec(tmp_path, arch=ARCH))
+
+
+def test_tiny_models_importable():
+    assert tiny_models.build_classifier() is not None
