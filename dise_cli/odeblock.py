@@ -276,10 +276,11 @@ def _grid(module: nn.Module, path: str, kind: str, t_span: torch.Tensor | None,
 
 @torch.no_grad()
 def probe(model: OdeModel, x: torch.Tensor, data_name: str) -> None:
-    """Run the original model on a few samples to learn h(0)'s shape, the block's output format
-    and the output layout, then choose how to pass per-row times to f."""
-    n = len(x)
+    """Run the original model on a few samples of ``x`` to learn h(0)'s shape, the block's output
+    format and the output layout, then choose how to pass per-row times to f."""
     n_t = len(model.t_span)
+    x = x[:3 if n_t != 3 else 4]      # a batch size unlike T, so the batch axis can be told from time
+    n = len(x)
     if model.kind == "bare":
         h0 = x
     else:

@@ -80,6 +80,5 @@ def open_inputs(inputs: Inputs, *, need_data: bool = True) -> Opened:
     model = split_model(module, ode_block=inputs.ode_block, t_span=grid,
                         data_t=None if data is None else data.t, model_name=f"model '{inputs.model.path}'")
     if data is not None:
-        n_probe = 3 if len(model.t_span) != 3 else 4
-        probe(model, data.x[:n_probe].to(inputs.device), data.name)
+        probe(model, data.x[:4].to(inputs.device), data.name)
     return Opened(loaded=loaded, data=data, model=model)

@@ -34,7 +34,8 @@ def default_beta(profile: Profile) -> float:
 
 def _nfe_stats(nfe: torch.Tensor) -> dict[str, float]:
     v = nfe.to(torch.float64)
-    return {"mean": round(float(v.mean()), 4), "p50": float(v.quantile(0.5)), "p95": float(v.quantile(0.95)),
+    return {"mean": round(float(v.mean()), 4), "p50": round(float(v.quantile(0.5)), 4),
+            "p95": round(float(v.quantile(0.95)), 4),
             "max": int(v.max())}
 
 

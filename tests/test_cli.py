@@ -1,0 +1,199 @@
+"""`dise profile` and `dise inspect` end to end through typer's CliRunner, as CI and users run them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import tiny_models
+from dise_cli.cli import app
+from dise_cli.profiles import read_profile
+
+TESTS = str(Path(__file__).resolve().parent)
+REPO = Path(TESTS).parent
+runner = CliRunner()
+
+PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "labels", "candidates", "oracle",
+                "best_single"}
+CANDIDATE_KEYS = {"candidate", "accuracy", "nfe", "status", "agreement_with_baseline", "seconds_per_sample",
+                  "seconds_per_nfe", "peak_memory_mb"}
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_profile_end_to_end(tiny):
+    out, js = tiny["dir"] / "p.safetensors", tiny["dir"] / "p.json"
+    res = invoke("profile", tiny["model"], "--data", tiny["data"], *tiny["arch"], "--out", out, "--json", js)
+    assert res.exit_code == 0, res.stderr
+    assert "oracle" in res.stdout and "dopri5:rtol=0.001,atol=0.001" in res.stdout
+    report = json.loads(js.read_text())
+    assert set(report) == PROFILE_KEYS
+    assert set(report["candidates"][0]) == CANDIDATE_KEYS
+    assert set(report["candidates"][0]["nfe"]) == {"mean", "p50", "p95", "max"}
+    assert set(report["candidates"][0]["status"]) == {"ok", "max_steps", "non_finite", "underflow"}
+    assert set(report["oracle"]) == {"accuracy", "nfe_mean", "share"}
+    assert set(report["best_single"]) == {"candidate", "accuracy", "nfe_mean", "match_tolerance_pp"}
+    assert report["task"] == "classification" and report["n_samples"] == 40
+    euler, rk4, dopri = report["candidates"]
+    assert euler["nfe"]["mean"] == 1 and rk4["nfe"]["mean"] == 4 and dopri["nfe"]["mean"] > 4
+    assert dopri["accuracy"] == pytest.approx(37 / 40)            # three labels were flipped
+    profile = read_profile(out)
+    assert profile.candidates == [c["candidate"] for c in report["candidates"]]
+    assert profile.nfe.shape == (40, 3) and profile.correct.shape == (40, 3)
+    assert profile.meta["model_sha256"] and profile.meta["data_sha256"] and profile.task == "classification"
+    assert torch.equal(profile.index, torch.arange(40))
+
+
+def test_profile_json_to_stdout_and_limit(tiny):
+    out = tiny["dir"] / "p.safetensors"
+    res = invoke("profile", tiny["model"], "--data", tiny["data"], *tiny["arch"], "--out", out, "--json", "-",
+                 "--limit", 10, "--seed", 3, "--batch-size", 4, "--candidates", "euler:steps=2,dopri5:rtol=1e-4,atol=1e-4")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)                               # stdout holds only the JSON
+    assert report["n_samples"] == 10 and len(report["candidates"]) == 2
+    assert "profiling 10 of 40 samples" in res.stderr
+    assert read_profile(out).index.tolist() == sorted(read_profile(out).index.tolist())
+
+
+def test_profile_is_deterministic(tiny):
+    paths = [tiny["dir"] / f"p{i}.safetensors" for i in range(2)]
+    for p in paths:
+        assert invoke("profile", tiny["model"], "--data", tiny["data"], *tiny["arch"], "--out", p,
+                      "--limit", 20, "--seed", 1).exit_code == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_profile_without_labels_uses_a_reference_solve(tiny):
+    save_file({"x": tiny["x"]}, str(tiny["dir"] / "nolabels.safetensors"))
+    js = tiny["dir"] / "r.json"
+    res = invoke("profile", tiny["model"], "--data", tiny["dir"] / "nolabels.safetensors", *tiny["arch"],
+                 "--out", tiny["dir"] / "p.safetensors", "--json", js)
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(js.read_text())
+    assert report["labels"].startswith("reference:dopri5") and report["candidates"][2]["accuracy"] == 1.0
+
+
+def test_profile_regression_with_trajectory_targets(tmp_path):
+    torch.save(tiny_models.build_wrapper().state_dict(), tmp_path / "w.pt")
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = tiny_models.build_wrapper()(x)                        # [T, N, 2], time-major as odeint returns
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    js = tmp_path / "r.json"
+    res = invoke("profile", tmp_path / "w.pt", "--arch", "tiny_models:build_wrapper", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors", "--json", js)
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(js.read_text())
+    assert report["task"] == "regression" and report["t_span"] == [0.0, 0.5, 1.0]
+    rows = {r["candidate"].split(":")[0]: r for r in report["candidates"]}
+    assert rows["euler"]["mean_error"] > max(rows["rk4"]["mean_error"], rows["dopri5"]["mean_error"])
+    assert report["beta"] == pytest.approx(rows["dopri5"]["mean_error"])
+    assert read_profile(tmp_path / "p.safetensors").gamma.shape == (12, 3)
+
+
+def test_profile_project_file(tiny):
+    (tiny["dir"] / "dise.yaml").write_text(
+        f"model: model.pt\narch: tiny_models:build_classifier\ncode_path: {TESTS}\ndata: data.safetensors\n"
+        f"candidates: euler:steps=1,dopri5:rtol=1e-3,atol=1e-3\n")
+    res = invoke("profile", tiny["dir"] / "dise.yaml", "--out", tiny["dir"] / "p.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    assert len(json.loads(res.stdout)["candidates"]) == 2
+
+
+def test_inspect(tiny):
+    res = invoke("inspect", tiny["model"], *tiny["arch"], "--data", tiny["data"], "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["ode_block"] == "1" and info["ode_function"] == "1.odefunc" and info["h0_shape"] == [4]
+    assert info["parameters"] == {"encoder": 12, "ode_function": 5 * 16 + 16 + 16 * 4 + 4, "decoder": 15,
+                                  "encoder_and_decoder": None}
+    assert info["f_call"]["flops_per_sample"] > 0 and info["time_mode"] == "broadcast"
+    plain = invoke("inspect", tiny["model"], *tiny["arch"])
+    assert plain.exit_code == 0 and "unknown: pass --data" in plain.stdout
+
+
+def _write_bad(tiny, case: str) -> list:
+    d = tiny["dir"]
+    base = ["profile", tiny["model"], "--data", tiny["data"], *tiny["arch"]]
+    if case == "missing model":
+        return ["profile", d / "nope.pt", "--data", tiny["data"], *tiny["arch"]]
+    if case == "unknown format":
+        (d / "m.onnx").write_bytes(b"onnx")
+        return ["profile", d / "m.onnx", "--data", tiny["data"]]
+    if case == "pickle without trust":
+        torch.save(tiny["module"], d / "whole.pt")
+        return ["profile", d / "whole.pt", "--data", tiny["data"]]
+    if case == "arch not importable":
+        return ["profile", tiny["model"], "--data", tiny["data"], "--arch", "nowhere.mod:build"]
+    if case == "no ode block":
+        torch.save(tiny_models.build_no_block().state_dict(), d / "nb.pt")
+        return ["profile", d / "nb.pt", "--data", tiny["data"], "--arch", "tiny_models:build_no_block", "--code-path", TESTS]
+    if case == "several blocks":
+        torch.save(tiny_models.build_two_blocks().state_dict(), d / "tb.pt")
+        return ["profile", d / "tb.pt", "--data", tiny["data"], "--arch", "tiny_models:build_two_blocks", "--code-path", TESTS]
+    if case == "data key missing":
+        save_file({"inputs": tiny["x"]}, str(d / "nokey.safetensors"))
+        return [*base[:3], d / "nokey.safetensors", *tiny["arch"]]
+    if case == "data the model rejects":
+        save_file({"x": torch.randn(5, 7)}, str(d / "shape.safetensors"))
+        return [*base[:3], d / "shape.safetensors", *tiny["arch"]]
+    if case == "invalid candidates":
+        return [*base, "--candidates", "rk5:steps=1"]
+    if case == "cuda without gpu":
+        return [*base, "--device", "cuda"]
+    if case == "out folder missing":
+        return [*base, "--out", d / "nowhere" / "p.safetensors"]
+    if case == "bad t-span":
+        return [*base, "--t-span", "1,1"]
+    if case == "bad yaml":
+        (d / "bad.yaml").write_text("model: [unclosed\n")
+        return ["profile", d / "bad.yaml"]
+    if case == "unknown yaml key":
+        (d / "k.yaml").write_text("modle: model.pt\n")
+        return ["profile", d / "k.yaml"]
+    raise AssertionError(case)
+
+
+BAD_CASES = {
+    "missing model": "does not exist", "unknown format": "unknown format", "pickle without trust": "--trust-pickle",
+    "arch not importable": "--arch", "no ode block": "no ODE block", "several blocks": "--ode-block",
+    "data key missing": "--x-key", "data the model rejects": "rejects data", "invalid candidates": "valid methods",
+    "cuda without gpu": "--device", "out folder missing": "--out", "bad t-span": "--t-span",
+    "bad yaml": "not valid YAML", "unknown yaml key": "unknown key 'modle'",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, case, monkeypatch):
+    if case == "cuda without gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.chdir(tiny["dir"])
+    args = _write_bad(tiny, case)
+    before = set(Path(tiny["dir"]).rglob("*"))
+    res = invoke(*args)
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and BAD_CASES[case] in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert set(Path(tiny["dir"]).rglob("*")) == before          # no profile.safetensors, no temp file
+
+
+def test_debug_shows_the_traceback(tiny):
+    res = invoke("profile", tiny["dir"] / "nope.pt", "--data", tiny["data"], "--debug")
+    assert res.exit_code != 0 and res.exception is not None
+
+
+def test_entry_point_subprocess():
+    res = subprocess.run([sys.executable, "-m", "dise_cli", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0 and res.stdout.startswith("dise ")
+    res = subprocess.run([sys.executable, "-m", "dise_cli", "profile", "missing.pt"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert res.returncode == 2 and res.stderr.startswith("error: ")
