@@ -26,8 +26,45 @@ DEFAULT_MAX_STEPS = 10_000
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
-    """torchdiffeq's ``_rms_norm``, per row: ``[N, ...] -> [N]``."""
-    return x.abs().pow(2).reshape(len(x), -1).mean(1).sqrt()
+    """torchdiffeq's ``_rms_norm`` (``x.abs().pow(2).mean().sqrt()``; the abs changes no bit of
+    the square), per row: ``[N, ...] -> [N]``."""
+    return x.pow(2).reshape(len(x), -1).mean(1).sqrt()
+
+
+_SMALL_STATE = 64   # state elements per sample below which _combine stacks the stages
+
+
+def _combine(y: torch.Tensor | None, k: list[torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
+    """``y + sum_j k[j] * coef[j]`` per row, with torchdiffeq's rounding: it computes
+    ``y + sum(k * (beta * dt), dim=-1)``, i.e. each product rounded, the products summed in stage
+    order, then ``y`` added. Accumulating product by product does exactly that (no fused
+    multiply-add), without an [S, N, *state] temporary. ``k``: S tensors ``[N, *state]``;
+    ``coef``: ``[S', N]`` with S' >= S.
+    """
+    shape = (-1, *([1] * (k[0].ndim - 1)))
+    if k[0][0].numel() <= _SMALL_STATE:
+        # Tiny states: kernel launches dominate, so one stacked product and one reduction over
+        # the stage axis (a sequential sum in stage order too: the same bits, fewer kernels).
+        total = (torch.stack(k) * coef[:len(k)].view(len(k), *shape)).sum(0)
+    else:
+        total = k[0] * coef[0].view(shape)
+        for j in range(1, len(k)):
+            total += k[j] * coef[j].view(shape)
+    return total if y is None else y + total
+
+
+def _pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """``x ** exponent`` per element, computed the way torchdiffeq's 0-dim tensors are.
+
+    On a CPU, PyTorch's vectorised pow differs in the last bit from its scalar pow for a few
+    percent of inputs, and which path an element takes depends on its position in the tensor. A
+    step size would then depend on a sample's batch-mates. A strided float64 view makes every
+    element take the scalar path (std::pow in double, as for a 0-dim tensor); the result is then
+    rounded to ``x``'s dtype, which is what a 0-dim float32 ``x ** 0.2`` computes too.
+    """
+    buf = torch.empty(len(x), 2, dtype=torch.float64, device=x.device)
+    buf[:, 0] = x
+    return buf[:, 0].pow(exponent).to(x.dtype)
 
 
 def _rows(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -85,7 +122,6 @@ class Dopri5(Integrator):
         c_mid = torch.tensor(DOPRI5_C_MID, dtype=dtype, device=device)
         rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
         atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
-        exponent = torch.tensor(float(DOPRI5_ORDER), dtype=torch.float64, device=device).reciprocal()
 
         res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),
                        status=torch.zeros(n, dtype=torch.uint8, device=device),
@@ -118,21 +154,17 @@ class Dopri5(Integrator):
             y, f = rows["y"], rows["f"]
 
             # One Dormand-Prince step for every active row (torchdiffeq's _runge_kutta_step).
-            a = len(y)
             dty, t0y, t1y = dt.to(dtype), t_now.to(dtype), t_next.to(dtype)
-            k = y.new_empty(*y.shape, 7)
-            k[..., 0] = f
-            yi = y
+            k = [f]
             for i in range(6):
-                coef = (beta[i] * dty[:, None]).view(a, *([1] * (ndim - 1)), i + 1)
-                yi = y + (k[..., :i + 1] * coef).sum(-1)
+                yi = _combine(y, k, beta[i][:, None] * dty)
                 if DOPRI5_ALPHA[i] == 1.0:
                     ti = torch.nextafter(t1y, t1y - 1)   # torchdiffeq's Perturb.PREV
                 else:
                     ti = t0y + alpha[i] * dty
-                k[..., i + 1] = field.at_times(ti, yi)
-            y1, f1 = yi, k[..., 6]
-            y_err = (k * (dty[:, None] * c_error).view(a, *([1] * (ndim - 1)), 7)).sum(-1)
+                k.append(field.at_times(ti, yi))
+            y1, f1 = yi, k[6]
+            y_err = _combine(None, k, c_error[:, None] * dty)
             ratio = _rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
             accept = ratio <= 1    # NaN compares False: rejected, and retired below
 
@@ -140,7 +172,7 @@ class Dopri5(Integrator):
             with torch.no_grad():
                 r64 = ratio.detach().double()
                 dfactor = torch.where(r64 < 1, 1.0, DFACTOR).to(torch.float64)
-                factor = torch.clamp(torch.maximum(SAFETY / r64 ** exponent, dfactor), max=IFACTOR)
+                factor = torch.clamp(torch.maximum(SAFETY / _pow(r64, 1.0 / DOPRI5_ORDER), dfactor), max=IFACTOR)
                 factor = torch.where(r64 == 0, IFACTOR, factor)
                 rows["dt"] = (dt * factor).clamp(min=0.0)
 
@@ -152,9 +184,12 @@ class Dopri5(Integrator):
             rows["accepted"] = rows["accepted"] + accept.long()
             self._dense_output(res, t, rows["ptr"], rows["idx"], accept, t_now, t_next, y, y1, k, dty, c_mid)
 
-            acc_rows = _rows(accept, ndim)
-            rows["y"] = torch.where(acc_rows, y1, y)
-            rows["f"] = torch.where(acc_rows, f1, f)
+            if bool(accept.all()):
+                rows["y"], rows["f"] = y1, f1
+            else:
+                acc_rows = _rows(accept, ndim)
+                rows["y"] = torch.where(acc_rows, y1, y)
+                rows["f"] = torch.where(acc_rows, f1, f)
             rows["t_now"] = torch.where(accept, t_next, t_now)
             stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
             stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
@@ -174,8 +209,8 @@ class Dopri5(Integrator):
             res.err_sample.append(gone)
             res.err_value.append(rows["err_sum"][leaving])
             res.err_dt_value.append(rows["err_dt_sum"][leaving])
-        keep = ~leaving
-        return {name: value[keep] for name, value in rows.items()}
+        keep = torch.nonzero(~leaving).flatten()      # one nonzero for all the row tensors
+        return {name: value.index_select(0, keep) for name, value in rows.items()}
 
     @torch.no_grad()
     def _initial_step(self, field: VectorField, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor,
@@ -191,13 +226,13 @@ class Dopri5(Integrator):
         d2 = torch.abs(_rms((f1 - f0) / scale) / h0)
         h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15),
                          torch.clamp(h0 * 1e-3, min=1e-6),
-                         (0.01 / torch.maximum(d1, d2)) ** (1.0 / float(DOPRI5_ORDER)))
+                         _pow(0.01 / torch.maximum(d1, d2), 1.0 / float(DOPRI5_ORDER)))
         return torch.minimum(100 * h0, h1.abs()).double()
 
     @staticmethod
     def _dense_output(res: _Results, t: torch.Tensor, ptr: torch.Tensor, idx: torch.Tensor,
                       accept: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, y0: torch.Tensor,
-                      y1: torch.Tensor, k: torch.Tensor, dty: torch.Tensor, c_mid: torch.Tensor) -> None:
+                      y1: torch.Tensor, k: list[torch.Tensor], dty: torch.Tensor, c_mid: torch.Tensor) -> None:
         """Emit every grid time an accepted step passed, by torchdiffeq's 4th-order interpolant.
 
         Advances ``ptr`` in place for the rows that emitted.
@@ -207,10 +242,10 @@ class Dopri5(Integrator):
         if not bool(due.any()):
             return
         rows = torch.nonzero(due).flatten()
-        y0r, y1r, kr = y0[rows], y1[rows], k[rows]
+        y0r, y1r, kr = y0[rows], y1[rows], [kj[rows] for kj in k]
         dtr = _rows(dty[rows], y0.ndim)
-        y_mid = y0r + (kr * (dtr[..., None] * c_mid)).sum(-1)
-        f0r, f1r = kr[..., 0], kr[..., -1]
+        y_mid = _combine(y0r, kr, c_mid[:, None] * dty[rows])
+        f0r, f1r = kr[0], kr[-1]
         coeffs = [
             y0r,
             dtr * f0r,
