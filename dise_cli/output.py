@@ -39,20 +39,23 @@ class Output:
         if self.results_to_stdout:
             self.out.print(message)
 
-    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric: bool = True) -> None:
+        """A table: the first column left-aligned, the rest right-aligned when ``numeric``."""
         if not self.results_to_stdout:
             return
         cells = [["" if v is None else str(v) for v in row] for row in rows]
         if self.rich:
             table = Table(title=title, title_justify="left")
             for i, col in enumerate(columns):
-                table.add_column(col, justify="left" if i == 0 else "right")
+                table.add_column(col, justify="right" if numeric and i else "left")
             for row in cells:
                 table.add_row(*row)
             self.out.print(table)
             return
         widths = [max(len(str(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-        fmt = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+        def fmt(row: Sequence[str]) -> str:
+            return "  ".join(v.rjust(w) if numeric and i else v.ljust(w)
+                             for i, (v, w) in enumerate(zip(row, widths))).rstrip()
         self.out.print(title)
         self.out.print(fmt(list(columns)))
         for row in cells:

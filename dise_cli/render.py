@@ -37,11 +37,12 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     orc = report["oracle"]
     shares = ", ".join(f"{spec.split(':')[0] if _unique_method(report, spec) else spec} {_pct(v)}"
                        for spec, v in orc["share"].items())
-    ui.line(f"oracle (cheapest right candidate per sample): accuracy {_pct(orc['accuracy'])}, "
+    right = "accuracy" if classification else "Γ ≤ β"
+    ui.line(f"oracle (cheapest right candidate per sample): {right} {_pct(orc['accuracy'])}, "
             f"mean NFE {orc['nfe_mean']:.2f}; {shares}")
     best = report["best_single"]
     ui.line(f"best single candidate within {best['match_tolerance_pp']} pp of {report['baseline']}: "
-            f"{best['candidate']} (accuracy {_pct(best['accuracy'])}, mean NFE {best['nfe_mean']:.2f})")
+            f"{best['candidate']} ({right} {_pct(best['accuracy'])}, mean NFE {best['nfe_mean']:.2f})")
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
     ui.json(report)
@@ -74,7 +75,7 @@ def render_inspect(ui: Output, info: dict) -> None:
         rows.append(("f call: FLOPs per sample", f"{cost['flops_per_sample']:,}"))
         rows.append((f"f call: time (batch {cost['batch']})", f"{cost['seconds_per_call'] * 1e3:.3f} ms "
                                                               f"({cost['seconds_per_sample'] * 1e6:.2f} µs per sample)"))
-    ui.table("dise inspect", ["what", "found"], rows)
+    ui.table("dise inspect", ["what", "found"], rows, numeric=False)
     ui.json(info)
 
 

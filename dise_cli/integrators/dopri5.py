@@ -9,6 +9,7 @@ would alone in torchdiffeq, whichever samples share its batch.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field as dc_field
 
 import torch
@@ -31,25 +32,58 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.pow(2).reshape(len(x), -1).mean(1).sqrt()
 
 
-_SMALL_STATE = 64   # state elements per sample below which _combine stacks the stages
+Plan = "int | tuple[Plan, ...]"   # a summation order: an index, or sub-plans added left to right
+
+
+def _candidate_plans(n: int) -> list:
+    head, tail, rest = 0, tuple(range(4, n)), tuple(range(1, min(n, 4)))
+    return [
+        (head, *tail, *rest),                          # float32 on x86 CPUs: x0 + x4 + x5 + x6 + x1 + x2 + x3
+        ((head, tail) if tail else head, *rest),       # float64 on x86 CPUs: x0 + (x4 + x5 + x6) + x1 + ...
+        tuple(range(n)),                               # left to right
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def _sum_plan(n_terms: int, dtype: torch.dtype, device_type: str):
+    """The order in which ``x.sum(-1)`` adds the ``n_terms`` (<= 7) entries of a row here, so that
+    dise's sums of stage products round exactly as torchdiffeq's do.
+
+    PyTorch's CPU kernel does not add short rows left to right, and its order differs between
+    float32 and float64. It is an implementation detail, so it is measured once, on rows whose
+    entries span 16 orders of magnitude (where orders give different sums), not assumed.
+    """
+    gen = torch.Generator().manual_seed(n_terms)
+    x = torch.randn(4096, n_terms, generator=gen, dtype=torch.float64)
+    x = (x * 10 ** (torch.rand(4096, n_terms, generator=gen, dtype=torch.float64) * 16 - 8))
+    x = x.to(dtype=dtype, device=device_type)
+    expected = x.sum(-1)
+    plans = _candidate_plans(n_terms)
+    for plan in plans:
+        if torch.equal(_add(plan, lambda j: x[:, j].clone()), expected):
+            return plan
+    return plans[-1]
+
+
+def _add(plan, term):
+    """Sum ``term(j)`` for the indices of ``plan`` in its order; ``term`` returns fresh tensors."""
+    if isinstance(plan, int):
+        return term(plan)
+    total = _add(plan[0], term)
+    for sub in plan[1:]:
+        total += _add(sub, term)
+    return total
 
 
 def _combine(y: torch.Tensor | None, k: list[torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
-    """``y + sum_j k[j] * coef[j]`` per row, with torchdiffeq's rounding: it computes
-    ``y + sum(k * (beta * dt), dim=-1)``, i.e. each product rounded, the products summed in stage
-    order, then ``y`` added. Accumulating product by product does exactly that (no fused
-    multiply-add), without an [S, N, *state] temporary. ``k``: S tensors ``[N, *state]``;
-    ``coef``: ``[S', N]`` with S' >= S.
+    """``y + sum_j k[j] * coef[j]`` per row, rounded exactly as torchdiffeq's
+    ``y + sum(k * (beta * dt), dim=-1)``: each product rounded, the products added in the order
+    ``sum(-1)`` uses (see ``_sum_plan``), then ``y`` added. Product by product, without an
+    [S, N, *state] temporary. ``k``: S tensors ``[N, *state]``; ``coef``: ``[S', N]``, S' >= S.
     """
     shape = (-1, *([1] * (k[0].ndim - 1)))
-    if k[0][0].numel() <= _SMALL_STATE:
-        # Tiny states: kernel launches dominate, so one stacked product and one reduction over
-        # the stage axis (a sequential sum in stage order too: the same bits, fewer kernels).
-        total = (torch.stack(k) * coef[:len(k)].view(len(k), *shape)).sum(0)
-    else:
-        total = k[0] * coef[0].view(shape)
-        for j in range(1, len(k)):
-            total += k[j] * coef[j].view(shape)
+    plan = _sum_plan(len(k), k[0].dtype, k[0].device.type)
+    total = _add(plan, lambda j: k[j] * coef[j].view(shape))
     return total if y is None else y + total
 
 
@@ -122,6 +156,7 @@ class Dopri5(Integrator):
         c_mid = torch.tensor(DOPRI5_C_MID, dtype=dtype, device=device)
         rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
         atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
+        safety = torch.tensor(SAFETY, dtype=torch.float64, device=device)
 
         res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),
                        status=torch.zeros(n, dtype=torch.uint8, device=device),
@@ -172,7 +207,9 @@ class Dopri5(Integrator):
             with torch.no_grad():
                 r64 = ratio.detach().double()
                 dfactor = torch.where(r64 < 1, 1.0, DFACTOR).to(torch.float64)
-                factor = torch.clamp(torch.maximum(SAFETY / _pow(r64, 1.0 / DOPRI5_ORDER), dfactor), max=IFACTOR)
+                # safety is a tensor, as in torchdiffeq: a Python float over a tensor would be
+                # computed as float * reciprocal(tensor), which rounds differently.
+                factor = torch.clamp(torch.maximum(safety / _pow(r64, 1.0 / DOPRI5_ORDER), dfactor), max=IFACTOR)
                 factor = torch.where(r64 == 0, IFACTOR, factor)
                 rows["dt"] = (dt * factor).clamp(min=0.0)
 
