@@ -30,7 +30,8 @@ Three solvers each:
    per-sample NFE is 2 + 6 * attempted steps; every row of a batch is nevertheless evaluated until
    the slowest sample finishes ("evals per row").
 
-Batched timings are the median of ``--repeats`` runs after one warm-up run; on CUDA the device is
+Batched timings are the median of ``--repeats`` rounds after one warm-up run each; dise and
+torchode alternate within each round, so both see the same machine load. On CUDA the device is
 synchronised before the clock is read.
 """
 from __future__ import annotations
@@ -139,16 +140,6 @@ def timed(fn: Callable[[], object], device: str) -> tuple[object, float]:
     out = fn()
     sync(device)
     return out, time.perf_counter() - start
-
-
-def median_time(fn: Callable[[], object], repeats: int, device: str) -> tuple[object, float]:
-    """One warm-up run, then the median wall time of ``repeats`` runs."""
-    out, _ = timed(fn, device)
-    times = []
-    for _ in range(repeats):
-        out, seconds = timed(fn, device)
-        times.append(seconds)
-    return out, statistics.median(times)
 
 
 # ----------------------------------------------------------------------------- solvers
@@ -284,12 +275,29 @@ def batch_size_for(p: Problem, args: argparse.Namespace) -> int:
     return 256 if p.name == "mnist" else 0
 
 
-def measure_dise(p: Problem, args: argparse.Namespace) -> dict:
-    n = len(p.h0)
-    out, seconds = median_time(lambda: solve_dise(p.func, p.h0, p.t, TOL, batch_size_for(p, args)),
-                               args.repeats, args.device)
-    return {"seconds_total": seconds, "seconds_per_sample": seconds / n, "samples_timed": n,
-            "failed": out["failed"], "nfe": out["nfe"], "nfe_stats": nfe_stats(out["nfe"])}
+def measure_batched(p: Problem, args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """dise and torchode timed alternately (one warm-up each, then ``--repeats`` rounds of
+    dise, torchode), so that both see the same machine load; medians of the rounds."""
+    n, size = len(p.h0), batch_size_for(p, args)
+    run_dise = lambda: solve_dise(p.func, p.h0, p.t, TOL, size)  # noqa: E731
+    run_tode = (lambda: solve_torchode(p.func, p.h0, p.t, TOL, size)) if torchode is not None else None  # noqa: E731
+    out_d, _ = timed(run_dise, args.device)
+    out_t = timed(run_tode, args.device)[0] if run_tode else None
+    times_d, times_t = [], []
+    for _ in range(args.repeats):
+        times_d.append(timed(run_dise, args.device)[1])
+        if run_tode:
+            times_t.append(timed(run_tode, args.device)[1])
+    sec_d = statistics.median(times_d)
+    dise = {"seconds_total": sec_d, "seconds_per_sample": sec_d / n, "samples_timed": n,
+            "failed": out_d["failed"], "nfe": out_d["nfe"], "nfe_stats": nfe_stats(out_d["nfe"])}
+    if not run_tode:
+        return dise, None
+    sec_t = statistics.median(times_t)
+    tode = {"seconds_total": sec_t, "seconds_per_sample": sec_t / n, "samples_timed": n,
+            "failed": out_t["failed"], "nfe_stats": nfe_stats(out_t["nfe"]),
+            "evals_per_row_stats": nfe_stats(out_t["evals_per_row"])}
+    return dise, tode
 
 
 def measure_loop(p: Problem, args: argparse.Namespace) -> dict:
@@ -300,17 +308,6 @@ def measure_loop(p: Problem, args: argparse.Namespace) -> dict:
     return {"seconds_timed": seconds, "samples_timed": k, "seconds_per_sample": per_sample,
             "seconds_total_extrapolated": per_sample * len(p.h0), "nfe": out["nfe"],
             "nfe_stats": nfe_stats(out["nfe"])}
-
-
-def measure_torchode(p: Problem, args: argparse.Namespace) -> dict | None:
-    if torchode is None:
-        return None
-    n = len(p.h0)
-    out, seconds = median_time(lambda: solve_torchode(p.func, p.h0, p.t, TOL, batch_size_for(p, args)),
-                               args.repeats, args.device)
-    return {"seconds_total": seconds, "seconds_per_sample": seconds / n, "samples_timed": n,
-            "failed": out["failed"], "nfe_stats": nfe_stats(out["nfe"]),
-            "evals_per_row_stats": nfe_stats(out["evals_per_row"])}
 
 
 def float64_agreement(field: MLPField, h0: torch.Tensor, t: torch.Tensor, n: int, tol: float) -> dict:
@@ -328,9 +325,8 @@ def strip_tensors(d: dict) -> dict:
 
 @torch.no_grad()
 def run_problem(p: Problem, args: argparse.Namespace, mlp: MLPField | None = None) -> dict:
-    dise = measure_dise(p, args)
+    dise, tode = measure_batched(p, args)
     loop = measure_loop(p, args)
-    tode = measure_torchode(p, args)
     result = {
         "problem": p.name, "title": p.title, "samples": len(p.h0), "dtype": str(p.h0.dtype),
         "tol": TOL, "device": args.device,

@@ -60,31 +60,61 @@ def _sum_plan(n_terms: int, dtype: torch.dtype, device_type: str):
     expected = x.sum(-1)
     plans = _candidate_plans(n_terms)
     for plan in plans:
-        if torch.equal(_add(plan, lambda j: x[:, j].clone()), expected):
+        if torch.equal(_add(plan, lambda j, out: x[:, j].clone(), []), expected):
             return plan
     return plans[-1]
 
 
-def _add(plan, term):
-    """Sum ``term(j)`` for the indices of ``plan`` in its order; ``term`` returns fresh tensors."""
+def _add(plan, term, scratch: list):
+    """Sum ``term(j, out)`` over the indices of ``plan`` in its order. ``term`` writes the j-th
+    product into ``out`` (a fresh tensor when ``out`` is None) and returns it, or returns None for
+    a term known to be zero (skipped: adding +0 changes no bit but a zero's sign). After the first
+    product, products go to one reused buffer (``scratch``), so a sum allocates twice, not S times.
+    """
     if isinstance(plan, int):
-        return term(plan)
-    total = _add(plan[0], term)
-    for sub in plan[1:]:
-        total += _add(sub, term)
+        return term(plan, None)
+    total = None
+    for sub in plan:
+        if isinstance(sub, int) and total is not None:
+            if not scratch:
+                scratch.append(torch.empty_like(total))
+            value = term(sub, scratch[0])
+        else:
+            value = _add(sub, term, scratch)
+        if value is None:
+            continue
+        if total is None:
+            total = value
+        else:
+            total += value
     return total
 
 
-def _combine(y: torch.Tensor | None, k: list[torch.Tensor], coef: torch.Tensor) -> torch.Tensor:
+def _combine(y: torch.Tensor | None, k: list[torch.Tensor], weights: tuple[float, ...],
+             coef: torch.Tensor) -> torch.Tensor:
     """``y + sum_j k[j] * coef[j]`` per row, rounded exactly as torchdiffeq's
     ``y + sum(k * (beta * dt), dim=-1)``: each product rounded, the products added in the order
-    ``sum(-1)`` uses (see ``_sum_plan``), then ``y`` added. Product by product, without an
-    [S, N, *state] temporary. ``k``: S tensors ``[N, *state]``; ``coef``: ``[S', N]``, S' >= S.
+    ``sum(-1)`` uses (see ``_sum_plan``), then ``y`` added. Product by product into reused buffers,
+    without an [S, N, *state] temporary; terms whose tableau weight is zero are skipped.
+    ``k``: S tensors ``[N, *state]``; ``weights``: the tableau row; ``coef``: ``[S', N]``, S' >= S.
     """
     shape = (-1, *([1] * (k[0].ndim - 1)))
     plan = _sum_plan(len(k), k[0].dtype, k[0].device.type)
-    total = _add(plan, lambda j: k[j] * coef[j].view(shape))
-    return total if y is None else y + total
+
+    reuse = not (torch.is_grad_enabled() and any(kj.requires_grad for kj in k))   # out= has no autograd
+
+    def term(j: int, out: torch.Tensor | None) -> torch.Tensor | None:
+        if weights[j] == 0.0:
+            return None
+        if out is not None and reuse:
+            return torch.mul(k[j], coef[j].view(shape), out=out)
+        return k[j] * coef[j].view(shape)
+
+    total = _add(plan, term, [])
+    if y is None:
+        return total
+    total += y          # y + total, in place on a buffer we own (IEEE addition commutes)
+    return total
 
 
 def _pow(x: torch.Tensor, exponent: float) -> torch.Tensor:
@@ -192,14 +222,14 @@ class Dopri5(Integrator):
             dty, t0y, t1y = dt.to(dtype), t_now.to(dtype), t_next.to(dtype)
             k = [f]
             for i in range(6):
-                yi = _combine(y, k, beta[i][:, None] * dty)
+                yi = _combine(y, k, DOPRI5_BETA[i], beta[i][:, None] * dty)
                 if DOPRI5_ALPHA[i] == 1.0:
                     ti = torch.nextafter(t1y, t1y - 1)   # torchdiffeq's Perturb.PREV
                 else:
                     ti = t0y + alpha[i] * dty
                 k.append(field.at_times(ti, yi))
             y1, f1 = yi, k[6]
-            y_err = _combine(None, k, c_error[:, None] * dty)
+            y_err = _combine(None, k, DOPRI5_C_ERROR, c_error[:, None] * dty)
             ratio = _rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
             accept = ratio <= 1    # NaN compares False: rejected, and retired below
 
@@ -281,7 +311,7 @@ class Dopri5(Integrator):
         rows = torch.nonzero(due).flatten()
         y0r, y1r, kr = y0[rows], y1[rows], [kj[rows] for kj in k]
         dtr = _rows(dty[rows], y0.ndim)
-        y_mid = _combine(y0r, kr, c_mid[:, None] * dty[rows])
+        y_mid = _combine(y0r, kr, DOPRI5_C_MID, c_mid[:, None] * dty[rows])
         f0r, f1r = kr[0], kr[-1]
         coeffs = [
             y0r,
