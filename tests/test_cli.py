@@ -197,3 +197,40 @@ def test_entry_point_subprocess():
     res = subprocess.run([sys.executable, "-m", "dise_cli", "profile", "missing.pt"], capture_output=True, text=True,
                          cwd=REPO)
     assert res.returncode == 2 and res.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("factory", ["build_nested", "build_torchdyn_like"])
+def test_profile_other_model_shapes(tmp_path, factory):
+    module = getattr(tiny_models, factory)()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("profile", tmp_path / "m.pt", "--arch", f"tiny_models:{factory}", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["task"] == "classification" and report["candidates"][2]["accuracy"] == 1.0
+
+
+def test_profile_bare_ode_function_with_y0_and_time_grid(tmp_path):
+    func = tiny_models.build_bare()
+    torch.save(func.state_dict(), tmp_path / "f.pt")
+    y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.0, 0.5, 1.0, 1.5])
+    from torchdiffeq import odeint
+    with torch.no_grad():
+        y = odeint(func, y0, t, rtol=1e-8, atol=1e-8)             # [T, N, 2], time-major
+    save_file({"y0": y0, "t": t, "y": y}, str(tmp_path / "d.safetensors"))
+    js = tmp_path / "r.json"
+    res = invoke("profile", tmp_path / "f.pt", "--arch", "tiny_models:build_bare", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors", "--json", js)
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(js.read_text())
+    assert report["t_span"] == [0.0, 0.5, 1.0, 1.5] and report["task"] == "regression"
+    dopri = report["candidates"][2]
+    assert dopri["mean_error"] < 1e-5 and dopri["status"]["ok"] == 16
+    info = json.loads(invoke("inspect", tmp_path / "f.pt", "--arch", "tiny_models:build_bare", "--code-path", TESTS,
+                             "--data", tmp_path / "d.safetensors", "--json", "-").stdout)
+    assert info["kind"] == "bare" and info["t_span_source"] == "data 't'" and info["h0_shape"] == [2]
