@@ -180,9 +180,11 @@ class Dopri5(Integrator):
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool) -> Solution:
         dtype, device, n, n_t, ndim = h0.dtype, h0.device, len(h0), len(t), h0.ndim
-        beta = [torch.tensor(b, dtype=dtype, device=device) for b in DOPRI5_BETA]
-        alpha = torch.tensor(DOPRI5_ALPHA, dtype=dtype, device=device)
-        c_error = torch.tensor(DOPRI5_C_ERROR, dtype=dtype, device=device)
+        # Stage weights (rows 0-5) and error weights (row 6) as one zero-padded table, so one
+        # product with dt gives every coefficient of a step; the four stage times likewise.
+        weights = (*DOPRI5_BETA, DOPRI5_C_ERROR)
+        table = torch.tensor([list(w) + [0.0] * (7 - len(w)) for w in weights], dtype=dtype, device=device)
+        inner_alpha = torch.tensor(DOPRI5_ALPHA[:4], dtype=dtype, device=device)
         c_mid = torch.tensor(DOPRI5_C_MID, dtype=dtype, device=device)
         rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
         atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
@@ -210,26 +212,26 @@ class Dopri5(Integrator):
         while len(rows["idx"]):
             t_now, dt = rows["t_now"], rows["dt"]
             t_next = t_now + dt
-            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), -1)
-            stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
-            stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), stop)
-            if bool((stop >= 0).any()):
+            cannot_step = ~(t_next > t_now) | (rows["attempts"] >= self.max_steps)   # also NaN dt
+            if bool(cannot_step.any()):
+                stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
+                stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)
+                stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
                 rows = self._retire(res, rows, stop, record_errors)
                 continue
             y, f = rows["y"], rows["f"]
 
             # One Dormand-Prince step for every active row (torchdiffeq's _runge_kutta_step).
             dty, t0y, t1y = dt.to(dtype), t_now.to(dtype), t_next.to(dtype)
+            coefs = table[:, :, None] * dty                      # [7, 7, N]: weight * dt, per row
+            times = [*(t0y + inner_alpha[:, None] * dty), torch.nextafter(t1y, t1y - 1)]
             k = [f]
             for i in range(6):
-                yi = _combine(y, k, DOPRI5_BETA[i], beta[i][:, None] * dty)
-                if DOPRI5_ALPHA[i] == 1.0:
-                    ti = torch.nextafter(t1y, t1y - 1)   # torchdiffeq's Perturb.PREV
-                else:
-                    ti = t0y + alpha[i] * dty
-                k.append(field.at_times(ti, yi))
+                yi = _combine(y, k, weights[i], coefs[i])
+                # alpha = 1 for the last two stages: torchdiffeq evaluates just before t1 (Perturb.PREV)
+                k.append(field.at_times(times[min(i, 4)], yi))
             y1, f1 = yi, k[6]
-            y_err = _combine(None, k, DOPRI5_C_ERROR, c_error[:, None] * dty)
+            y_err = _combine(None, k, weights[6], coefs[6])
             ratio = _rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
             accept = ratio <= 1    # NaN compares False: rejected, and retired below
 
