@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import torch
@@ -11,16 +10,15 @@ import typer
 from dise_cli import __version__
 from dise_cli import options as opt
 from dise_cli.config import pick, positive_int
-from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, UsageError
+from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError
 from dise_cli.files import writable_target
 from dise_cli.integrators import DEFAULT_CANDIDATES, parse_candidates
-from dise_cli.judging import Judge, detect_task
 from dise_cli.output import Output, error_line
-from dise_cli.pipeline import make_inputs, open_inputs, read_config
+from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config
 from dise_cli.profiles import write_profile
-from dise_cli.profiling import DEFAULT_REFERENCE, profile_candidates, select_rows
-from dise_cli.render import render_inspect, render_profile
+from dise_cli.profiling import select_rows
 from dise_cli.inspection import describe_model
+from dise_cli.render import render_inspect, render_profile
 
 app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
                   pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False)
@@ -113,34 +111,21 @@ def profile(
     n_limit = pick(limit, cfg, "limit")
     n_limit = None if n_limit is None else positive_int(n_limit, "--limit")
     rng_seed = int(pick(seed, cfg, "seed", 0))
-    out_path = writable_target(pick(out, {}, "out", DEFAULT_PROFILE_OUT), "--out")
+    out_path = writable_target(out or DEFAULT_PROFILE_OUT, "--out")
     if json_path not in (None, "-"):
         writable_target(json_path, "--json")
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
                          x_key=x_key, y_key=y_key, device=device)
     ui = Output(quiet=quiet, json_path=json_path)
-    torch.manual_seed(rng_seed)
     opened = open_inputs(inputs)
-    ode, dataset = opened.model, opened.data
-    with torch.no_grad():
-        sample_out = ode.forward_with(dataset.x[:2].to(inputs.device),
-                                      lambda h: integrators[0].solve(ode.field, h, ode.t_span.to(inputs.device)).ys)
-    chosen_task = pick(task, cfg, "task") or detect_task(dataset.y, sample_out, ode.kind in ("sequential", "nested"))
-    judge = Judge(chosen_task, pick(metric, cfg, "metric", "mse"))
-    rows = select_rows(len(dataset), n_limit, rng_seed)
-    if n_limit is not None and n_limit < len(dataset):
-        ui.note(f"profiling {len(rows)} of {len(dataset)} samples (--limit {n_limit}, --seed {rng_seed})")
+    rows = select_rows(len(opened.data), n_limit, rng_seed)
+    if n_limit is not None and n_limit < len(opened.data):
+        ui.note(f"profiling {len(rows)} of {len(opened.data)} samples (--limit {n_limit}, --seed {rng_seed})")
     with ui.progress(len(rows), "profiling") as advance:
-        run = profile_candidates(ode, dataset, integrators, judge, rows=rows, batch_size=size,
-                                 device=inputs.device, time_major=pick(time_major, cfg, "time_major"),
-                                 progress=advance)
-    run.profile.meta.update({
-        "model_sha256": opened.loaded.sha256, "data_sha256": dataset.sha256,
-        "model": str(inputs.model.path), "data": dataset.name, "arch": inputs.model.arch or "",
-        "ode_block": ode.block_path, "labels": "data" if dataset.y is not None else f"reference:{DEFAULT_REFERENCE.spec}",
-        "metric": judge.metric_name if chosen_task == "regression" else "", "seed": str(rng_seed),
-    })
+        run = profile_model(opened, integrators, rows=rows, batch_size=size, task=pick(task, cfg, "task"),
+                            metric=pick(metric, cfg, "metric", "mse"), time_major=pick(time_major, cfg, "time_major"),
+                            seed=rng_seed, progress=advance)
     write_profile(run.profile, out_path)
     render_profile(ui, run)
     ui.note(f"wrote {out_path}")

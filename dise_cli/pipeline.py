@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from dise_cli.config import is_project_file, parse_t_span, pick, read_project, resolve_device
 from dise_cli.datasets import Dataset, DataSpec, load_data
 from dise_cli.errors import UsageError
+from dise_cli.integrators import Integrator
+from dise_cli.judging import Judge, detect_task
 from dise_cli.loading import LoadedModel, ModelSpec, load_model
 from dise_cli.odeblock import OdeModel, probe, split_model
+from dise_cli.profiling import DEFAULT_REFERENCE, ProfileRun, profile_candidates
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Opened:
     loaded: LoadedModel
     data: Dataset | None
     model: OdeModel
+    device: torch.device
 
 
 def read_config(model_arg: str, config_flag: str | None) -> tuple[dict[str, Any], str | None]:
@@ -81,4 +85,29 @@ def open_inputs(inputs: Inputs, *, need_data: bool = True) -> Opened:
                         data_t=None if data is None else data.t, model_name=f"model '{inputs.model.path}'")
     if data is not None:
         probe(model, data.x[:4].to(inputs.device), data.name)
-    return Opened(loaded=loaded, data=data, model=model)
+    return Opened(loaded=loaded, data=data, model=model, device=inputs.device)
+
+
+def profile_model(opened: Opened, candidates: list[Integrator], *, rows: torch.Tensor, batch_size: int,
+                  task: str | None = None, metric: str = "mse", time_major: bool | None = None, seed: int = 0,
+                  progress: Callable[[int], None] | None = None) -> ProfileRun:
+    """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
+    candidate on ``rows`` of the data, and stamp the profile with what produced it."""
+    ode, data, device = opened.model, opened.data, opened.device
+    if task is None:
+        with torch.no_grad():
+            sample = ode.forward_with(data.x[:2].to(device),
+                                      lambda h: candidates[0].solve(ode.field, h, ode.t_span.to(device)).ys)
+        task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested"))
+    judge = Judge(task, metric)
+    torch.manual_seed(seed)
+    run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,
+                             time_major=time_major, progress=progress)
+    spec = opened.loaded.spec
+    run.profile.meta.update({
+        "model_sha256": opened.loaded.sha256, "data_sha256": data.sha256,
+        "model": str(spec.path), "data": data.name, "arch": spec.arch or "", "ode_block": ode.block_path,
+        "labels": "data" if data.y is not None else f"reference:{DEFAULT_REFERENCE.spec}",
+        "metric": judge.metric_name if task == "regression" else "", "seed": str(seed),
+    })
+    return run

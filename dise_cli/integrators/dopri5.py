@@ -4,8 +4,10 @@ Each sample has its own step size, accept/reject decisions, NFE and status. Samp
 end of the grid (or fail) leave the active set: later steps run f on fewer rows, so easy samples
 stop costing evaluations. Initial step selection, the RMS error norm, the step-size controller,
 the mixed precision (times in float64, stages in the state's dtype) and the dense output copy
-torchdiffeq 0.2.5's ``dopri5`` line by line, so a sample solved here takes the same steps as it
-would alone in torchdiffeq, whichever samples share its batch.
+torchdiffeq 0.2.5's ``dopri5`` operation for operation, down to its rounding (the order in which
+``sum`` adds stage products, scalar-path ``pow``, tensor-over-tensor division), so a sample solved
+here gives bit for bit what it gives alone in torchdiffeq, whichever samples share its batch (as
+far as f itself computes a row the same in any batch).
 """
 from __future__ import annotations
 
