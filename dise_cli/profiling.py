@@ -50,11 +50,18 @@ def select_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:
 
 
 @dataclass
-class _Collect:
+class _Column:
+    """One candidate's per-batch results, concatenated at the end."""
+
     nfe: list = field(default_factory=list)
     status: list = field(default_factory=list)
-    score: list = field(default_factory=list)
-    pred: list = field(default_factory=list)
+    score: list = field(default_factory=list)   # correct (classification) or Γ (regression)
+    aux: list = field(default_factory=list)     # predicted class, or Γ against the baseline's output
+    seconds: float = 0.0
+    peak_bytes: int | None = None
+
+    def stacked(self, name: str) -> torch.Tensor:
+        return torch.cat(getattr(self, name))
 
 
 def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrator], judge: Judge, *,
@@ -63,19 +70,14 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
                        progress: Callable[[int], None] | None = None) -> ProfileRun:
     """Profile ``candidates`` on ``rows`` of ``data``. Without labels, each output is judged against a
     float64 ``reference`` solve. ``progress(n)`` is called after each batch with its size."""
-    k_count = len(candidates)
     base = baseline_index(candidates)
-    n_t = len(model.t_span)
     targets = None
     if data.y is not None:
-        targets = targets_batch_major(data.y, len(data), n_t, time_major, data.name)
+        targets = targets_batch_major(data.y, len(data), len(model.t_span), time_major, data.name)
     ref_field = _float64_field(model.field) if targets is None else None
     t_span = model.t_span.to(device)
-    cols = [_Collect() for _ in range(k_count)]
-    seconds = [0.0] * k_count
-    peak: list[int | None] = [None] * k_count
+    cols = [_Column() for _ in candidates]
     _warm_up(model, data.x[rows[:2]].to(device), candidates, t_span)
-
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start:start + batch_size]
@@ -84,55 +86,56 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             if targets is not None:
                 target = targets[idx].to(device)
             else:
-                ref = _run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span))
-                target = judge.predict(ref)
-            outputs = []
-            for k, cand in enumerate(candidates):
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                holder: dict[str, object] = {}
-
-                def solve(h, cand=cand, holder=holder):
-                    _sync(device)
-                    began = time.perf_counter()
-                    sol = cand.solve(model.field, h, t_span)
-                    _sync(device)
-                    holder["sol"], holder["s"] = sol, time.perf_counter() - began
-                    return sol.ys
-
-                out = _run(model, x, h0, solve)
-                sol: Solution = holder["sol"]
-                seconds[k] += holder["s"]
-                if device.type == "cuda":
-                    peak[k] = max(peak[k] or 0, torch.cuda.max_memory_allocated(device))
-                outputs.append(out)
-                col = cols[k]
-                col.nfe.append(sol.nfe.cpu())
-                col.status.append(sol.status.cpu())
-                if judge.task == "classification":
-                    col.score.append(judge.correct(out, target).cpu())
-                    col.pred.append(out.argmax(1).cpu())
-                else:
-                    col.score.append(judge.gamma(out, target).cpu())
+                target = judge.predict(_run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span)))
+            outputs = [_profile_one(model, x, h0, cand, col, judge, target, t_span, device)
+                       for cand, col in zip(candidates, cols)]
             if judge.task == "regression":
-                for k in range(k_count):
-                    cols[k].pred.append(judge.gamma(outputs[k], outputs[base]).cpu())
+                for out, col in zip(outputs, cols):
+                    col.aux.append(judge.gamma(out, outputs[base]).cpu())
             if progress is not None:
                 progress(len(idx))
 
-    def stack(name: str) -> torch.Tensor:
-        return torch.stack([torch.cat(getattr(c, name)) for c in cols], dim=1)
+    def matrix(name: str) -> torch.Tensor:
+        return torch.stack([c.stacked(name) for c in cols], dim=1)
 
     profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
                       t_span=[float(v) for v in model.t_span], index=rows.clone(),
-                      nfe=stack("nfe").to(torch.int32), status=stack("status").to(torch.uint8))
+                      nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8))
     if judge.task == "classification":
-        profile.correct, profile.pred = stack("score").bool(), stack("pred").to(torch.int64)
+        profile.correct, profile.pred = matrix("score").bool(), matrix("aux").to(torch.int64)
     else:
-        profile.gamma, profile.deviation = stack("score"), stack("pred")
-    timing = Timing(seconds=seconds, nfe_total=[int(v) for v in profile.nfe.sum(0)],
-                    peak_memory_bytes=peak, n_samples=len(rows))
+        profile.gamma, profile.deviation = matrix("score"), matrix("aux")
+    timing = Timing(seconds=[c.seconds for c in cols], nfe_total=[int(v) for v in profile.nfe.sum(0)],
+                    peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(rows))
     return ProfileRun(profile=profile, timing=timing)
+
+
+def _profile_one(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, cand: Integrator, col: _Column,
+                 judge: Judge, target: torch.Tensor, t_span: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Solve one batch with one candidate, timing the solve alone; append its results to ``col``."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    solved: list[Solution] = []
+
+    def solve(h: torch.Tensor) -> torch.Tensor:
+        _sync(device)
+        began = time.perf_counter()
+        solved.append(cand.solve(model.field, h, t_span))
+        _sync(device)
+        col.seconds += time.perf_counter() - began
+        return solved[0].ys
+
+    out = _run(model, x, h0, solve)
+    if device.type == "cuda":
+        col.peak_bytes = max(col.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
+    col.nfe.append(solved[0].nfe.cpu())
+    col.status.append(solved[0].status.cpu())
+    if judge.task == "classification":
+        col.score.append(judge.correct(out, target).cpu())
+        col.aux.append(out.argmax(1).cpu())
+    else:
+        col.score.append(judge.gamma(out, target).cpu())
+    return out
 
 
 def _run(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None,
