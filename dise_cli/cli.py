@@ -21,7 +21,8 @@ from dise_cli.inspection import describe_model
 from dise_cli.render import render_inspect, render_profile
 
 app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
-                  pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False)
+                  pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None)   # help texts hold [brackets]: print them, do not parse them
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PROFILE_OUT = "profile.safetensors"
@@ -97,13 +98,12 @@ def profile(
     Writes the per-sample profile that train-selector reads, and prints a table with the oracle
     (the cheapest right integrator per sample) and the best single integrator.
 
+    \b
     Examples:
-
       dise profile sample_models/mnist_odenet/dise.yaml
-
       dise profile model.pt --arch mypkg.nets:build --data test.npz --json report.json
-
-      dise profile model.safetensors --arch m:build --data d.pt --candidates "euler:steps=2,rk4:steps=1,dopri5:rtol=1e-4,atol=1e-4"
+      dise profile model.pt --arch mypkg.nets:build --data test.npz \\
+          --candidates "euler:steps=2,rk4:steps=1,dopri5:rtol=1e-4,atol=1e-4"
     """
     cfg, model_path = read_config(model, config)
     integrators = parse_candidates(pick(candidates, cfg, "candidates", DEFAULT_CANDIDATES))
@@ -153,10 +153,9 @@ def inspect(
     """Show what dise finds in a model: the ODE block and its path, the time span, the shape of
     h(0), parameter counts of encoder, ODE function and decoder, and the cost of one f call.
 
+    \b
     Examples:
-
       dise inspect sample_models/mnist_odenet/dise.yaml
-
       dise inspect model.pt --arch mypkg.nets:build --data test.npz
     """
     cfg, model_path = read_config(model, config)

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-ModelArg = Annotated[str, typer.Argument(help="Model file (.pt/.pth/.safetensors) or a dise.yaml project file.",
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Model file (.pt/.pth/.safetensors) or a dise.yaml project file.",
                                          show_default=False)]
 Data = Annotated[Optional[str], typer.Option("--data", help="Data file: .pt, .safetensors or .npz with x (and y) keys.")]
 DataFactory = Annotated[Optional[str], typer.Option("--data-factory", help="package.module:fn returning tensors or a Dataset.")]
