@@ -56,11 +56,15 @@ def make_inputs(model_arg: str, config: dict[str, Any], model_path: str | None, 
         raise UsageError(f"MODEL: project file '{model_arg}' has no 'model' key")
     paths = tuple(code_path or ()) + tuple(config.get("code_path") or ())
     grid = parse_t_span(t_span) if t_span is not None else parse_t_span(config.get("t_span"), "t_span in config")
-    data_path = pick(data, config, "data")
-    factory = pick(data_factory, config, "data_factory")
+    if data is not None or data_factory is not None:      # flags win over the file, as a pair
+        data_path, factory = data, data_factory
+    else:
+        data_path, factory = config.get("data"), config.get("data_factory")
+    if data_path and factory:
+        raise UsageError("--data and --data-factory (or data and data_factory in the config): give one")
     data_spec = None
     if data_path or factory:
-        data_spec = DataSpec(path=Path(data_path) if data_path and not data_factory else None,
+        data_spec = DataSpec(path=Path(data_path) if data_path else None,
                              factory=factory, x_key=pick(x_key, config, "x_key"),
                              y_key=pick(y_key, config, "y_key"), code_path=paths)
     return Inputs(
