@@ -186,11 +186,16 @@ def test_error_estimates_have_gradients():
         return -w * y ** 3
 
     sol = Dopri5().solve(VectorField(func), y0s(4), torch.tensor([0.0, 1.0]), record_errors=True)
-    assert sol.error_sum.shape == (4,) and (sol.error_sum > 0).all()
-    assert sol.error_dt_sum.shape == (4,) and (sol.error_dt_sum <= sol.error_sum + 1e-12).all()
-    sol.error_sum.sum().backward()
+    steps = sol.step_errors
+    assert len(steps.error) == int(sol.n_steps.sum())                  # one estimate per accepted step
+    assert torch.bincount(steps.sample, minlength=4).tolist() == sol.n_steps.tolist()
+    assert (steps.error <= 1).all() and (steps.dt > 0).all()          # accepted steps are within tolerance
+    r_err = steps.per_sample(4)
+    assert r_err.shape == (4,) and (r_err > 0).all()
+    assert (steps.per_sample(4, weight_by_dt=True) <= r_err + 1e-12).all()   # |dt| <= 1 on [0, 1]
+    r_err.sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad) and w.grad != 0
-    assert Dopri5().solve(VectorField(func), y0s(4), torch.tensor([0.0, 1.0])).error_sum is None
+    assert Dopri5().solve(VectorField(func), y0s(4), torch.tensor([0.0, 1.0])).step_errors is None
 
 
 @pytest.mark.parametrize("mode", list(TimeMode))

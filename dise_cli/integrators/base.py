@@ -21,6 +21,25 @@ class Status(enum.IntEnum):
 
 
 @dataclass
+class StepErrors:
+    """DOPRI5's local error estimate of every accepted step, for error regularisers.
+
+    ``error[m]`` is step m's RMS of (error estimate / tolerance), the quantity the step-size
+    controller uses, with gradients; ``sample[m]`` the sample it belongs to; ``dt[m]`` its size.
+    """
+
+    sample: torch.Tensor   # [M] int64
+    error: torch.Tensor    # [M], the state's dtype, differentiable
+    dt: torch.Tensor       # [M] float64
+
+    def per_sample(self, n: int, weight_by_dt: bool = False) -> torch.Tensor:
+        """``[n]``: sum over each sample's steps of err (the paper's R_err per sample), or of
+        err * |dt| (ERNODE's variant)."""
+        values = self.error * self.dt.abs().to(self.error.dtype) if weight_by_dt else self.error
+        return torch.zeros(n, dtype=self.error.dtype, device=self.error.device).index_add(0, self.sample, values)
+
+
+@dataclass
 class Solution:
     """What a solve returns, per sample.
 
@@ -31,18 +50,15 @@ class Solution:
             initial step selection included).
         status: ``[N]`` uint8 ``Status`` codes.
         n_steps: ``[N]`` int64, accepted steps.
-        error_sum: ``[N]`` sum over accepted steps of the local error estimate (the RMS of
-            error / tolerance, DOPRI5's step-control quantity), with gradients; ``None`` unless
-            requested from an adaptive solver.
-        error_dt_sum: ``[N]`` the same weighted by each step's |dt| (ERNODE's variant), or ``None``.
+        step_errors: every accepted step's local error estimate, with gradients; ``None``
+            unless requested from an adaptive solver.
     """
 
     ys: torch.Tensor
     nfe: torch.Tensor
     status: torch.Tensor
     n_steps: torch.Tensor
-    error_sum: torch.Tensor | None = None
-    error_dt_sum: torch.Tensor | None = None
+    step_errors: StepErrors | None = None
 
     @property
     def final(self) -> torch.Tensor:

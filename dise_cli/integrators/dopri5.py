@@ -16,7 +16,7 @@ from dataclasses import dataclass, field as dc_field
 
 import torch
 
-from dise_cli.integrators.base import Integrator, Solution, Status
+from dise_cli.integrators.base import Integrator, Solution, Status, StepErrors
 from dise_cli.integrators.tableaus import (DOPRI5_ALPHA, DOPRI5_BETA, DOPRI5_C_ERROR, DOPRI5_C_MID,
                                            DOPRI5_ORDER)
 from dise_cli.integrators.vector_field import VectorField
@@ -148,9 +148,9 @@ class _Results:
     out_time: list = dc_field(default_factory=list)     # chunks of grid indices
     out_sample: list = dc_field(default_factory=list)   # chunks of sample indices
     out_value: list = dc_field(default_factory=list)    # chunks of states
-    err_sample: list = dc_field(default_factory=list)
-    err_value: list = dc_field(default_factory=list)
-    err_dt_value: list = dc_field(default_factory=list)
+    step_sample: list = dc_field(default_factory=list)   # per accepted step, when errors are recorded
+    step_error: list = dc_field(default_factory=list)
+    step_dt: list = dc_field(default_factory=list)
 
     def output(self, time_idx: torch.Tensor, sample_idx: torch.Tensor, value: torch.Tensor) -> None:
         self.out_time.append(time_idx)
@@ -199,7 +199,6 @@ class Dopri5(Integrator):
         res.output(torch.zeros(n, dtype=torch.long, device=device), idx, h0)
 
         f = field(t[0].to(dtype), h0)
-        zeros = torch.zeros(n, dtype=dtype, device=device)
         rows = {  # per active row; compacted together when rows leave
             "idx": idx, "y": h0, "f": f,
             "t_now": t[0].expand(n).clone(),
@@ -208,8 +207,6 @@ class Dopri5(Integrator):
             "attempts": torch.zeros(n, dtype=torch.int64, device=device),
             "accepted": torch.zeros(n, dtype=torch.int64, device=device),
         }
-        if record_errors:
-            rows["err_sum"], rows["err_dt_sum"] = zeros, zeros
 
         while len(rows["idx"]):
             t_now, dt = rows["t_now"], rows["dt"]
@@ -219,7 +216,7 @@ class Dopri5(Integrator):
                 stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
                 stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)
                 stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
-                rows = self._retire(res, rows, stop, record_errors)
+                rows = self._retire(res, rows, stop)
                 continue
             y, f = rows["y"], rows["f"]
 
@@ -248,9 +245,9 @@ class Dopri5(Integrator):
                 rows["dt"] = (dt * factor).clamp(min=0.0)
 
             if record_errors:
-                zero = torch.zeros_like(ratio)
-                rows["err_sum"] = rows["err_sum"] + torch.where(accept, ratio, zero)
-                rows["err_dt_sum"] = rows["err_dt_sum"] + torch.where(accept, ratio * dty.abs(), zero)
+                res.step_sample.append(rows["idx"][accept])
+                res.step_error.append(ratio[accept])
+                res.step_dt.append(dt[accept])
             rows["attempts"] = rows["attempts"] + 1
             rows["accepted"] = rows["accepted"] + accept.long()
             self._dense_output(res, t, rows["ptr"], rows["idx"], accept, t_now, t_next, y, y1, k, dty, c_mid)
@@ -265,21 +262,17 @@ class Dopri5(Integrator):
             stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
             stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
             if bool((stop >= 0).any()):
-                rows = self._retire(res, rows, stop, record_errors)
+                rows = self._retire(res, rows, stop)
         return self._assemble(res, h0, n_t, record_errors)
 
     @staticmethod
-    def _retire(res: _Results, rows: dict, stop: torch.Tensor, record_errors: bool) -> dict:
+    def _retire(res: _Results, rows: dict, stop: torch.Tensor) -> dict:
         """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
         leaving = stop >= 0
         gone = rows["idx"][leaving]
         res.status[gone] = stop[leaving].to(torch.uint8)
         res.nfe[gone] = 2 + 6 * rows["attempts"][leaving]
         res.n_steps[gone] = rows["accepted"][leaving]
-        if record_errors:
-            res.err_sample.append(gone)
-            res.err_value.append(rows["err_sum"][leaving])
-            res.err_dt_value.append(rows["err_dt_sum"][leaving])
         keep = torch.nonzero(~leaving).flatten()      # one nonzero for all the row tensors
         return {name: value.index_select(0, keep) for name, value in rows.items()}
 
@@ -347,11 +340,8 @@ class Dopri5(Integrator):
         values = torch.cat(res.out_value)
         ys = torch.full((n_t, n, *h0.shape[1:]), float("nan"), dtype=h0.dtype, device=h0.device)
         ys = ys.index_put((time_idx, sample_idx), values)
-        error_sum = error_dt_sum = None
+        step_errors = None
         if record_errors:
-            rows = torch.cat(res.err_sample)
-            zeros = torch.zeros(n, dtype=h0.dtype, device=h0.device)
-            error_sum = zeros.index_put((rows,), torch.cat(res.err_value))
-            error_dt_sum = zeros.index_put((rows,), torch.cat(res.err_dt_value))
-        return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps,
-                        error_sum=error_sum, error_dt_sum=error_dt_sum)
+            step_errors = StepErrors(sample=torch.cat(res.step_sample), error=torch.cat(res.step_error),
+                                     dt=torch.cat(res.step_dt))
+        return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
