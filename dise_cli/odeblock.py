@@ -22,6 +22,7 @@ from dise_cli.integrators.vector_field import VectorField
 
 FUNC_ATTRS = ("odefunc", "func", "f", "vf")
 TIME_ATTRS = ("integration_time", "t_span", "t", "ts", "times", "t_eval")
+TIME_ARG_NAMES = ("t", "time", "s", "tau")
 DEFAULT_T_SPAN = (0.0, 1.0)
 
 Solve = Callable[[torch.Tensor], torch.Tensor]   # h0 [N, *state] -> states [T, N, *state]
@@ -46,6 +47,15 @@ def is_vector_field(module: nn.Module) -> bool:
     return len(required) >= 2
 
 
+def _takes_time_first(module: nn.Module) -> bool:
+    """``forward(t, h)`` rather than, say, a wrapper's ``forward(y0, t)``: the first name says time."""
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] in TIME_ARG_NAMES
+
+
 def _func_of(module: nn.Module, by_name_only: bool) -> str | None:
     """The attribute under which ``module`` holds an ODE function, if it is a block."""
     for name in FUNC_ATTRS:
@@ -62,7 +72,7 @@ def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
     for by_name_only in (True, False):
         found = []
         for path, module in model.named_modules():
-            if path and is_vector_field(module):
+            if is_vector_field(module) and (path or _takes_time_first(module)):
                 continue          # an ODE function (or a layer inside one) is not a block
             attr = _func_of(module, by_name_only)
             if attr is None:

@@ -118,3 +118,18 @@ def test_model_that_rejects_the_data():
     model = split_model(tiny_models.build_classifier())
     with pytest.raises(InputError, match="the model rejects data 'data'"):
         probe(model, torch.randn(3, 5), "data")
+
+
+def test_bare_function_with_one_time_dependent_layer_is_still_bare():
+    model = opened(tiny_models.build_one_layer_func(), x2())
+    assert model.kind == "bare"
+
+
+def test_wrapper_called_with_y0_and_t():
+    module = tiny_models.WrapperWithTime()
+    model = opened(module, x2(), t_span=torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert (model.kind, model.func_attr, model.output_format) == ("root", "net", "trajectory")
+    out = dise_outputs(model, x2())
+    with torch.no_grad():
+        ref = module(x2(), torch.tensor([0.0, 0.5, 1.0])).transpose(0, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

@@ -124,3 +124,31 @@ def build_no_block() -> nn.Module:
 
 def build_not_a_module():
     return 42
+
+
+class OneLayerFunc(nn.Module):
+    """A bare f(t, h) whose only child is itself (t, h)-shaped: still f, not a block around it."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = MLPFunc(2)
+
+    def forward(self, t, h):
+        return torch.tanh(self.layer(t, h))
+
+
+def build_one_layer_func() -> nn.Module:
+    torch.manual_seed(0)
+    return OneLayerFunc()
+
+
+class WrapperWithTime(nn.Module):
+    """A wrapper called as model(y0, t), returning the trajectory."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = MLPFunc(2)
+
+    def forward(self, y0, t):
+        return odeint(self.net, y0, t)
