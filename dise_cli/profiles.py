@@ -46,6 +46,14 @@ class Profile:
     def n_samples(self) -> int:
         return len(self.index)
 
+    def subset(self, rows: torch.Tensor) -> "Profile":
+        """The same profile restricted to ``rows`` (positions in this profile, not data rows)."""
+        pick = lambda v: None if v is None else v[rows]  # noqa: E731
+        return Profile(candidates=list(self.candidates), baseline=self.baseline, task=self.task,
+                       t_span=list(self.t_span), index=self.index[rows], nfe=self.nfe[rows],
+                       status=self.status[rows], correct=pick(self.correct), pred=pick(self.pred),
+                       gamma=pick(self.gamma), deviation=pick(self.deviation), meta=dict(self.meta))
+
     def header(self) -> dict:
         """Everything but the arrays (JSON-ready)."""
         return {

@@ -226,3 +226,15 @@ def test_detect_time_mode():
         return h * float(t)
 
     assert VectorField.detect(scalar_only, y, t).mode is TimeMode.LOOP
+
+
+@pytest.mark.parametrize("integrator", [Euler(steps=2), Midpoint(steps=1), RK4(steps=1), Dopri5()])
+def test_given_first_stage_is_used_not_recomputed(integrator):
+    """Every candidate starts with f(t0, h0); the routed model computes it once and passes it on."""
+    y0, t = y0s(), torch.tensor([0.0, 0.5, 1.0])
+    plain = integrator.solve(VectorField(linear), y0, t)
+    counter = Counting(linear)
+    shared = integrator.solve(VectorField(counter), y0, t, f0=linear(torch.tensor(0.0), y0))
+    assert counter.rows == int(plain.nfe.sum()) - len(y0)             # one evaluation per sample saved
+    assert shared.nfe.tolist() == plain.nfe.tolist()                   # and still counted
+    assert torch.equal(shared.ys, plain.ys)

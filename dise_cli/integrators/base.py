@@ -73,25 +73,27 @@ class Integrator(ABC):
     adaptive: ClassVar[bool] = False
 
     def solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, *,
-              record_errors: bool = False) -> Solution:
+              record_errors: bool = False, f0: torch.Tensor | None = None) -> Solution:
         """Solve from ``h0`` ``[N, *state]`` over the grid ``t`` ``[T]`` (increasing or decreasing).
 
         ``record_errors`` asks an adaptive solver for its per-step error estimates with gradients.
+        ``f0``, if given, is f(t[0], h0) already computed (every explicit Runge-Kutta method starts
+        with it): the solver uses it instead of calling f, and still counts it in the NFE.
         """
         t = t.to(device=h0.device, dtype=torch.float64)
         if t.ndim != 1 or len(t) < 2:
             raise ValueError(f"the time grid must be 1-D with at least two points, got shape {tuple(t.shape)}")
         steps = t[1:] - t[:-1]
         if bool((steps > 0).all()):
-            return self._solve(field, h0, t, record_errors)
+            return self._solve(field, h0, t, record_errors, f0)
         if bool((steps < 0).all()):
             # Integrate backwards as torchdiffeq does: s = -t, dh/ds = -f(-s, h).
-            return self._solve(field.reversed(), h0, -t, record_errors)
+            return self._solve(field.reversed(), h0, -t, record_errors, None if f0 is None else -f0)
         raise ValueError(f"the time grid must be strictly increasing or decreasing, got {t.tolist()}")
 
     @abstractmethod
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
-               record_errors: bool) -> Solution:
+               record_errors: bool, f0: torch.Tensor | None) -> Solution:
         """Solve on a strictly increasing float64 grid."""
 
     @property

@@ -180,7 +180,8 @@ class Dopri5(Integrator):
             spec += f",max_steps={self.max_steps}"
         return spec
 
-    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool) -> Solution:
+    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
+               f0: torch.Tensor | None) -> Solution:
         dtype, device, n, n_t, ndim = h0.dtype, h0.device, len(h0), len(t), h0.ndim
         # Stage weights (rows 0-5) and error weights (row 6) as one zero-padded table, so one
         # product with dt gives every coefficient of a step; the four stage times likewise.
@@ -198,7 +199,7 @@ class Dopri5(Integrator):
         idx = torch.arange(n, device=device)
         res.output(torch.zeros(n, dtype=torch.long, device=device), idx, h0)
 
-        f = field(t[0].to(dtype), h0)
+        f = field(t[0].to(dtype), h0) if f0 is None else f0
         rows = {  # per active row; compacted together when rows leave
             "idx": idx, "y": h0, "f": f,
             "t_now": t[0].expand(n).clone(),

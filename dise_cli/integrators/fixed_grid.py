@@ -24,7 +24,8 @@ class FixedGridRK(Integrator):
     def spec(self) -> str:
         return f"{self.name}:steps={self.steps}"
 
-    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool) -> Solution:
+    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
+               f0: torch.Tensor | None) -> Solution:
         tab = self.tableau
         ys = [h0]
         h = h0
@@ -33,7 +34,7 @@ class FixedGridRK(Integrator):
             dt = (tb - ta) / self.steps
             for s in range(self.steps):
                 t0 = ta + s * dt
-                h = self._step(field, h, t0, dt, tab)
+                h = self._step(field, h, t0, dt, tab, f0 if i == 0 and s == 0 else None)
             ys.append(h)
         ys_t = torch.stack(ys)
         n = len(h0)
@@ -44,9 +45,10 @@ class FixedGridRK(Integrator):
         return Solution(ys=ys_t, nfe=nfe, status=status, n_steps=n_steps)
 
     @staticmethod
-    def _step(field: VectorField, h: torch.Tensor, t0: float, dt: float, tab: ButcherTableau) -> torch.Tensor:
-        ks: list[torch.Tensor] = []
-        for a_row, c_i in zip(tab.a, tab.c):
+    def _step(field: VectorField, h: torch.Tensor, t0: float, dt: float, tab: ButcherTableau,
+              k1: torch.Tensor | None = None) -> torch.Tensor:
+        ks: list[torch.Tensor] = [] if k1 is None else [k1]     # c_1 = 0: k1 = f(t0, h)
+        for a_row, c_i in list(zip(tab.a, tab.c))[len(ks):]:
             hi = h
             for a_ij, k_j in zip(a_row, ks):
                 if a_ij != 0.0:

@@ -1,0 +1,113 @@
+"""The routed model: encoder -> first stage -> selector -> one batched solve per chosen integrator
+-> decoder, with results put back in input order.
+
+Every candidate integrator starts with the same evaluation, f(t0, h(0)). The routed model computes
+it once for the whole batch and hands it to whichever integrator each sample gets, so it costs no
+extra NFE. With ``inputs="euler"`` (the default where the model has a separate decoder) the
+selector also sees what one Euler step over the span answers, decoded: h(0) + (t - t0) f(t0, h(0)),
+one decoder call. With ``inputs="h0"`` it sees h(0) alone, as in the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dise_cli.errors import UsageError
+from dise_cli.integrators import Integrator, Status, parse_candidates
+from dise_cli.selector import Selector
+
+INPUTS = ("auto", "h0", "euler")
+
+
+def resolve_inputs(ode, requested: str = "auto") -> str:
+    """What the selector sees: ``euler`` needs a decoder that runs on its own."""
+    if requested not in INPUTS:
+        raise UsageError(f"--inputs: unknown selector input '{requested}'; valid: {', '.join(INPUTS)}")
+    if requested == "auto":
+        return "euler" if ode.splittable else "h0"
+    if requested == "euler" and not ode.splittable:
+        raise UsageError("--inputs euler: this model's decoder cannot run on its own (its forward calls the "
+                         "ODE block from inside); use --inputs h0")
+    return requested
+
+
+def first_stage(ode, h0: torch.Tensor) -> torch.Tensor:
+    """f(t0, h(0)): the first evaluation of every candidate integrator."""
+    return ode.field(ode.t_span[0].to(h0.device, h0.dtype), h0)
+
+
+def selector_inputs(ode, h0: torch.Tensor, k1: torch.Tensor, inputs: str) -> torch.Tensor:
+    """The selector's input per sample: h(0), or the decoded one-step Euler answer ``[N, F]``."""
+    if inputs == "h0":
+        return h0
+    span = (ode.t_span - ode.t_span[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
+    ys = h0.unsqueeze(0) + span * k1.unsqueeze(0)          # Euler from t0 to every grid time
+    return ode.decode(ys).reshape(len(h0), -1).to(h0.dtype)
+
+
+@dataclass
+class RouteStats:
+    """Per sample: the candidate index chosen, the NFE spent, whether it fell back to the baseline
+    because the chosen integrator failed (non-finite state, step limit), and the final status."""
+
+    integrator: torch.Tensor   # [N] int64, index into ``candidates``
+    nfe: torch.Tensor          # [N] int64
+    fallback: torch.Tensor     # [N] bool
+    status: torch.Tensor       # [N] uint8
+    candidates: list[str]
+
+
+class RoutedModel(nn.Module):
+    """A DISE-enabled model: ``model(x)`` gives the outputs, ``model(x, return_stats=True)`` also a
+    ``RouteStats``. ``ode`` is an ``OdeModel`` (or a loaded bundle's equivalent)."""
+
+    def __init__(self, ode, selector: Selector):
+        super().__init__()
+        self.ode = ode
+        self.selector = selector
+        self.integrators: list[Integrator] = parse_candidates(",".join(selector.candidates), "selector")
+        self.baseline = int(selector.meta.get("baseline", len(self.integrators) - 1))
+        self.inputs = selector.net.spec.inputs
+        self.parts = nn.ModuleList([m for m in (getattr(ode, "module", None), selector.net)
+                                    if isinstance(m, nn.Module)])   # so .to() and .eval() reach them
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, return_stats: bool = False):
+        stats: list[RouteStats] = []
+        out = self.ode.forward_with(x, lambda h0: self.solve(h0, stats))
+        return (out, stats[0]) if return_stats else out
+
+    def choose(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first stage f(t0, h0) and the chosen candidate per sample."""
+        k1 = first_stage(self.ode, h0)
+        return k1, self.selector.choose(selector_inputs(self.ode, h0, k1, self.inputs))
+
+    def solve(self, h0: torch.Tensor, stats: list | None = None) -> torch.Tensor:
+        """States ``[T, N, *state]`` with each sample solved by its chosen integrator."""
+        k1, choice = self.choose(h0)
+        return self.solve_chosen(h0, k1, choice, stats)
+
+    def solve_chosen(self, h0: torch.Tensor, k1: torch.Tensor, choice: torch.Tensor,
+                     stats: list | None = None) -> torch.Tensor:
+        n, t = len(h0), self.ode.t_span.to(h0.device)
+        ys = h0.new_empty(len(t), *h0.shape)
+        nfe = torch.zeros(n, dtype=torch.int64, device=h0.device)
+        status = torch.zeros(n, dtype=torch.uint8, device=h0.device)
+        fallback = torch.zeros(n, dtype=torch.bool, device=h0.device)
+        for k in torch.unique(choice).tolist():                  # one batched solve per integrator
+            rows = torch.nonzero(choice == k).flatten()
+            sol = self.integrators[k].solve(self.ode.field, h0[rows], t, f0=k1[rows])
+            ys[:, rows], nfe[rows], status[rows] = sol.ys, sol.nfe, sol.status
+            failed = sol.status != int(Status.OK)
+            if k != self.baseline and bool(failed.any()):
+                again = rows[failed]
+                sol_b = self.integrators[self.baseline].solve(self.ode.field, h0[again], t, f0=k1[again])
+                ys[:, again], status[again] = sol_b.ys, sol_b.status
+                nfe[again] += sol_b.nfe - 1                       # the shared first stage counted once
+                fallback[again] = True
+        if stats is not None:
+            stats.append(RouteStats(integrator=choice, nfe=nfe, fallback=fallback, status=status,
+                                    candidates=list(self.selector.candidates)))
+        return ys

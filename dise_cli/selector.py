@@ -1,0 +1,163 @@
+"""The selector v(h(0)): small networks that predict one cost per candidate, and their file.
+
+Architectures follow the shape of the input (paper section 4): for ``[C, H, W]`` the residual conv net
+of Table 2 (two residual blocks, GroupNorm, ReLU, global average pooling, FC to 32, FC to K) at a
+configurable width after a 1x1 projection (so that v stays cheap next to f); for vectors the MLP of
+Table 7 (FC to 32, then tanh FCs 64, 32, K). The input is h(0), as in the paper, or the decoded
+one-step Euler answer (``routing.selector_inputs``). Inputs are standardised with the training split's
+statistics, kept as buffers. The file is safetensors: weights plus one JSON header entry
+(architecture, candidates, calibration offsets, cost settings, and the hashes of the model, data
+and profile it was trained from). No pickle.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dise_cli import __version__
+from dise_cli.errors import InputError, UsageError, first_line
+from dise_cli.files import atomic_path, existing_file
+
+SELECTOR_FORMAT = "dise-selector"
+SELECTOR_FORMAT_VERSION = 1
+HEADER_KEY = "dise_selector"
+ARCHS = ("auto", "conv", "mlp")
+
+
+@dataclass
+class SelectorSpec:
+    """Everything that rebuilds the network (the weights aside)."""
+
+    kind: str                       # conv | mlp
+    in_shape: list[int]             # the selector's input per sample
+    n_candidates: int
+    inputs: str = "h0"              # h0 | euler (see routing.selector_inputs)
+    width: int = 16                 # conv: channels of the residual blocks
+    hidden: list[int] = field(default_factory=lambda: [32, 64, 32])   # mlp
+
+    @classmethod
+    def for_shape(cls, in_shape: tuple[int, ...], n_candidates: int, arch: str = "auto",
+                  inputs: str = "h0") -> "SelectorSpec":
+        if arch not in ARCHS:
+            raise UsageError(f"--arch: unknown selector architecture '{arch}'; valid: {', '.join(ARCHS)}")
+        kind = arch if arch != "auto" else ("conv" if len(in_shape) == 3 else "mlp")
+        if kind == "conv" and len(in_shape) != 3:
+            raise UsageError(f"--arch conv: the selector's input has shape {tuple(in_shape)}, not [C, H, W]; "
+                             f"use --arch mlp")
+        return cls(kind=kind, in_shape=list(in_shape), n_candidates=n_candidates, inputs=inputs)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.norm1 = nn.GroupNorm(min(8, width), width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(8, width), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return x + self.norm2(self.conv2(out))
+
+
+class SelectorNet(nn.Module):
+    """v(h0) -> ``[N, K]`` predicted costs."""
+
+    def __init__(self, spec: SelectorSpec):
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("mean", torch.zeros(spec.in_shape))
+        self.register_buffer("std", torch.ones(spec.in_shape))
+        k = spec.n_candidates
+        if spec.kind == "conv":
+            c, w = spec.in_shape[0], spec.width
+            self.body = nn.Sequential(
+                nn.Conv2d(c, w, 1), _ResidualBlock(w), nn.ReLU(), _ResidualBlock(w),
+                nn.GroupNorm(min(8, w), w), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(w, 32), nn.ReLU(), nn.Linear(32, k))
+        else:
+            d = 1
+            for s in spec.in_shape:
+                d *= s
+            sizes = [d, *spec.hidden]
+            layers: list[nn.Module] = [nn.Flatten()]
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+                layers += [nn.Linear(a, b)] + ([nn.Tanh()] if i > 0 or len(sizes) == 2 else [])
+            layers.append(nn.Linear(sizes[-1], k))
+            self.body = nn.Sequential(*layers)
+
+    def forward(self, h0: torch.Tensor) -> torch.Tensor:
+        return self.body((h0.to(self.mean.dtype) - self.mean) / self.std)
+
+    def set_normalisation(self, h0: torch.Tensor) -> None:
+        """Standardise inputs with per-feature statistics of ``h0`` (the training split)."""
+        self.mean.copy_(h0.mean(0))
+        self.std.copy_(h0.std(0).clamp(min=1e-6) if len(h0) > 1 else torch.ones_like(self.std))
+
+
+@dataclass
+class Selector:
+    """A trained selector: the network, the candidate specs in profile order, and the per-candidate
+    offsets chosen by calibration (added to the predicted costs before the argmin)."""
+
+    net: SelectorNet
+    candidates: list[str]
+    offsets: list[float]
+    meta: dict = field(default_factory=dict)     # cost settings, hashes, metrics
+
+    @torch.no_grad()
+    def choose(self, h0: torch.Tensor) -> torch.Tensor:
+        """The chosen candidate index per sample, ``[N]``."""
+        costs = self.net(h0) + torch.tensor(self.offsets, dtype=self.net.mean.dtype, device=h0.device)
+        return costs.argmin(1)
+
+
+def write_selector(selector: Selector, path: str | Path) -> None:
+    from safetensors.torch import save_file
+    header = {"format": SELECTOR_FORMAT, "format_version": SELECTOR_FORMAT_VERSION, "dise_version": __version__,
+              "spec": asdict(selector.net.spec), "candidates": selector.candidates, "offsets": selector.offsets,
+              "meta": selector.meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in selector.net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+
+
+def read_selector(path: str | Path) -> Selector:
+    from safetensors import SafetensorError, safe_open
+    p = existing_file(path, "selector")
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"selector '{p}' is not a readable safetensors file ({first_line(exc)})") from None
+    return selector_from(state, metadata.get(HEADER_KEY), str(p))
+
+
+def selector_from(state: dict[str, torch.Tensor], header_text: str | None, name: str) -> Selector:
+    """Rebuild a selector from its weights and header text (a selector file or a bundle member)."""
+    try:
+        header = json.loads(header_text or "")
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != SELECTOR_FORMAT:
+        raise InputError(f"selector '{name}' is not a dise selector (no '{HEADER_KEY}' header)")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > SELECTOR_FORMAT_VERSION:
+        raise InputError(f"selector '{name}' has format version {version}; this dise reads up to "
+                         f"{SELECTOR_FORMAT_VERSION}: upgrade dise")
+    try:
+        net = SelectorNet(SelectorSpec(**header["spec"]))
+        net.load_state_dict(state, strict=True)
+        candidates = [str(c) for c in header["candidates"]]
+        offsets = [float(v) for v in header["offsets"]]
+        if len(candidates) != net.spec.n_candidates or len(offsets) != len(candidates):
+            raise ValueError("candidates, offsets and the network's outputs disagree in number")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"selector '{name}' is damaged ({first_line(exc)})") from None
+    net.eval()
+    return Selector(net=net, candidates=candidates, offsets=offsets, meta=dict(header.get("meta", {})))

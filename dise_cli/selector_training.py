@@ -1,0 +1,191 @@
+"""``dise train-selector`` as a library: check the profile against model and data, compute h(0),
+derive cost labels, fit the selector by regression on them (the paper's section 3.2), calibrate
+its offsets on the validation split, and report."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from dise_cli.calibration import Point, calibrate
+from dise_cli.costs import cost_labels
+from dise_cli.errors import InputError
+from dise_cli.pipeline import Opened
+from dise_cli.profiles import Profile
+from dise_cli.reports import summarize
+from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
+from dise_cli.selector import Selector, SelectorNet, SelectorSpec
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    alpha: float = 0.3
+    M: float = 1000.0
+    beta: float | None = None
+    arch: str = "auto"
+    epochs: int = 40
+    lr: float = 3e-3
+    batch_size: int = 128
+    val_split: float = 0.2
+    seed: int = 0
+    max_accuracy_drop: float = 0.3     # percentage points
+    inputs: str = "auto"               # what the selector sees: auto | h0 | euler (routing.INPUTS)
+
+
+@dataclass
+class TrainResult:
+    selector: Selector
+    report: dict
+
+
+def check_profile_matches(profile: Profile, opened: Opened, profile_name: str) -> None:
+    """The profile must come from this model and data (sha256 in its header); exit 2 otherwise."""
+    for what, expected, actual in (("model", profile.meta.get("model_sha256"), opened.loaded.sha256),
+                                   ("data", profile.meta.get("data_sha256"), opened.data.sha256)):
+        if expected != actual:
+            where = profile.meta.get(what, "?")
+            raise InputError(f"profile '{profile_name}' was made from another {what} ('{where}', sha256 "
+                             f"{str(expected)[:12]}...), not '{opened.loaded.spec.path if what == 'model' else opened.data.name}' "
+                             f"(sha256 {actual[:12]}...); profile this {what} again")
+    if len(profile.index) and int(profile.index.max()) >= len(opened.data):
+        raise InputError(f"profile '{profile_name}' names data rows beyond the {len(opened.data)} in '{opened.data.name}'")
+
+
+@torch.no_grad()
+def encode_rows(opened: Opened, rows: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """h(0) for the given data rows, on the model's device."""
+    parts = [opened.model.encode(opened.data.x[rows[i:i + batch_size]].to(opened.device))
+             for i in range(0, len(rows), batch_size)]
+    return torch.cat(parts)
+
+
+def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: TrainSettings,
+        progress: Callable[[int], None] | None = None) -> list[float]:
+    """Regress ``costs`` [N, K] on ``h0``; returns the mean training loss per epoch."""
+    gen = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(settings.epochs, 1))
+    costs = costs.to(h0.device, torch.float32)
+    losses = []
+    net.train()
+    for _ in range(settings.epochs):
+        perm = torch.randperm(len(h0), generator=gen).to(h0.device)
+        total = 0.0
+        for i in range(0, len(perm), settings.batch_size):
+            idx = perm[i:i + settings.batch_size]
+            loss = torch.nn.functional.mse_loss(net(h0[idx]), costs[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        losses.append(total / max(len(perm), 1))
+        if progress is not None:
+            progress(1)
+    net.eval()
+    return losses
+
+
+@torch.no_grad()
+def selector_cost_in_nfe(net: SelectorNet, opened: Opened, h0: torch.Tensor, repeats: int = 7) -> float:
+    """The time of one selector decision (its inputs from the shared first stage, then v) over the
+    time of one f call, on the same batch: the selector's cost in NFE units (DESIGN)."""
+    ode = opened.model
+    field, t = ode.field, ode.t_span[0].to(h0.device, h0.dtype)
+    k1 = first_stage(ode, h0)
+
+    def median_time(fn) -> float:
+        times = []
+        for _ in range(repeats + 1):
+            if h0.device.type == "cuda":
+                torch.cuda.synchronize(h0.device)
+            began = time.perf_counter()
+            fn()
+            if h0.device.type == "cuda":
+                torch.cuda.synchronize(h0.device)
+            times.append(time.perf_counter() - began)
+        return statistics.median(times[1:])
+
+    decide = lambda: net(selector_inputs(ode, h0, k1, net.spec.inputs))  # noqa: E731
+    return median_time(decide) / median_time(lambda: field(t, h0))
+
+
+def split_rows(n: int, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the training and validation samples (a seeded shuffle)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(max(int(round(val_split * n)), 1), n - 1) if n > 1 else 0
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def train_selector(opened: Opened, profile: Profile, profile_name: str, settings: TrainSettings,
+                   progress: Callable[[int], None] | None = None) -> TrainResult:
+    check_profile_matches(profile, opened, profile_name)
+    torch.manual_seed(settings.seed)
+    labels = cost_labels(profile, settings.alpha, settings.M, settings.beta)
+    inputs = resolve_inputs(opened.model, settings.inputs)
+    h0 = encode_rows(opened, profile.index)
+    with torch.no_grad():
+        feats = torch.cat([selector_inputs(opened.model, h, first_stage(opened.model, h), inputs)
+                           for h in h0.split(256)])
+    train, val = split_rows(profile.n_samples, settings.val_split, settings.seed)
+    spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.arch, inputs)
+    net = SelectorNet(spec).to(h0.device)
+    net.set_normalisation(feats[train])
+    losses = fit(net, feats[train], labels.costs[train], settings, progress)
+    with torch.no_grad():
+        pred_val = net(feats[val]).cpu()
+    v_nfe = selector_cost_in_nfe(net, opened, h0[val[:256]] if len(val) else h0[:256])
+    val_profile = profile.subset(val)
+    chosen, curve = calibrate(pred_val, labels.right[val], profile.nfe[val], profile.baseline, v_nfe,
+                              settings.max_accuracy_drop, settings.seed)
+    raw = curve_point_for_zero_offsets(pred_val, labels.right[val], profile.nfe[val], v_nfe)
+    selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets))
+    report = _report(val_profile, labels, settings, chosen, raw, curve, v_nfe, losses, n_train=len(train),
+                     selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()))
+    selector.meta = {
+        "alpha": labels.alpha, "M": labels.M, "beta": labels.beta, "task": profile.task,
+        "baseline": profile.baseline, "t_span": profile.t_span,
+        "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
+        "selector_nfe": v_nfe,
+        "validation": {k: report[k] for k in ("dise", "baseline_only", "best_single", "oracle")},
+    }
+    return TrainResult(selector=selector, report=report)
+
+
+def curve_point_for_zero_offsets(pred, right, nfe, v_nfe) -> Point:
+    from dise_cli.calibration import evaluate_point
+    return evaluate_point(pred.double(), right, nfe.double(), torch.zeros(pred.shape[1], dtype=torch.float64), v_nfe)
+
+
+def _point(p: Point, candidates: list[str]) -> dict:
+    return {"accuracy": round(p.accuracy, 4), "nfe_mean": round(p.nfe, 4),
+            "share": {c: round(s, 4) for c, s in zip(candidates, p.share)},
+            "offsets": {c: o for c, o in zip(candidates, p.offsets)}}
+
+
+def _report(val: Profile, labels, settings: TrainSettings, chosen: Point, raw: Point, curve: list[Point],
+            v_nfe: float, losses: list[float], n_train: int, selector_spec: SelectorSpec, n_params: int) -> dict:
+    summary = summarize(val, beta=labels.beta)
+    base = summary["candidates"][val.baseline]
+    return {
+        "schema_version": 1,
+        "task": val.task,
+        "selector": {"kind": selector_spec.kind, "inputs": selector_spec.inputs, "in_shape": selector_spec.in_shape,
+                     "parameters": n_params},
+        "n_train": n_train,
+        "n_validation": val.n_samples,
+        "costs": {"alpha": labels.alpha, "M": labels.M, "M_raised": labels.M_raised, "beta": labels.beta},
+        "selector_nfe": round(v_nfe, 4),
+        "final_train_loss": round(losses[-1], 6) if losses else None,
+        "max_accuracy_drop_pp": settings.max_accuracy_drop,
+        "dise": _point(chosen, val.candidates),
+        "uncalibrated": _point(raw, val.candidates),
+        "baseline_only": {"candidate": summary["baseline"], "accuracy": base["accuracy"], "nfe_mean": base["nfe"]["mean"]},
+        "best_single": {k: summary["best_single"][k] for k in ("candidate", "accuracy", "nfe_mean")},
+        "oracle": summary["oracle"],
+        "tradeoff": [{"accuracy": round(p.accuracy, 4), "nfe_mean": round(p.nfe, 4),
+                      "share": [round(s, 4) for s in p.share]} for p in curve],
+    }
