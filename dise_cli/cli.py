@@ -10,7 +10,7 @@ import typer
 from dise_cli import __version__
 from dise_cli import options as opt
 from dise_cli.config import pick, positive_int
-from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError
+from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, UsageError
 from dise_cli.files import writable_target
 from dise_cli.integrators import DEFAULT_CANDIDATES, parse_candidates
 from dise_cli.output import Output, error_line
@@ -18,7 +18,7 @@ from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_conf
 from dise_cli.profiles import write_profile
 from dise_cli.profiling import select_rows
 from dise_cli.inspection import describe_model
-from dise_cli.render import render_inspect, render_profile
+from dise_cli.render import render_inspect, render_profile, render_training
 
 app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
                   pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False,
@@ -26,6 +26,7 @@ app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an int
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PROFILE_OUT = "profile.safetensors"
+DEFAULT_SELECTOR_OUT = "selector.safetensors"
 
 
 def command(fn: Callable) -> Callable:
@@ -171,3 +172,77 @@ def inspect(
             h0 = opened.model.encode(opened.data.x[:64].to(inputs.device))
     ui = Output(quiet=quiet, json_path=json_path)
     render_inspect(ui, describe_model(opened.model, h0))
+
+
+@app.command("train-selector")
+@command
+def train_selector_cmd(
+    model: opt.ModelArg,
+    profile: Annotated[str, typer.Option("--profile", help="Profile file written by dise profile.")],
+    data: opt.Data = None,
+    out: Annotated[Optional[str], typer.Option("--out", help=f"Selector file to write [default: {DEFAULT_SELECTOR_OUT}].")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Cost exponent α [default: 0.3].")] = None,
+    big_m: Annotated[Optional[float], typer.Option("--M", help="Cost of a wrong answer before ^α [default: 1000; raised if an NFE comes near it].")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="Regression: Γ threshold [default: the baseline's mean Γ].")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Selector network: auto, conv or mlp [default: auto].")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", help="What the selector sees: auto, h0 (the paper) or euler (the decoded one-step Euler answer) [default: auto].")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [default: 40].")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate [default: 3e-3].")] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", help="Share of the profiled samples held out for calibration and the report [default: 0.2].")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Percentage points of accuracy the calibration may give up against the baseline [default: 0.3].")] = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    json_path: opt.JsonOut = None,
+    model_arch: Annotated[Optional[str], typer.Option("--model-arch", help="package.module:factory that builds the model for a state dict (as --arch of the other commands).")] = None,
+    trust_pickle: opt.TrustPickle = None,
+    code_path: opt.CodePath = None,
+    ode_block: opt.OdeBlock = None,
+    t_span: opt.TSpan = None,
+    data_factory: opt.DataFactory = None,
+    x_key: opt.XKey = None,
+    y_key: opt.YKey = None,
+    config: opt.Config = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Fit the selector v that predicts each candidate's cost (paper Eq. 4, 5) per input, then
+    calibrate per-candidate offsets on a held-out split so that routed accuracy stays within
+    --max-accuracy-drop of the baseline at the smallest mean NFE.
+
+    \\b
+    Examples:
+      dise profile sample_models/mnist_odenet/dise.yaml --data sample_models/mnist_odenet/train.safetensors --out train.profile
+      dise train-selector sample_models/mnist_odenet/dise.yaml --data sample_models/mnist_odenet/train.safetensors \\\\
+          --profile train.profile --out selector.safetensors
+    """
+    from dise_cli.profiles import read_profile
+    from dise_cli.selector import write_selector
+    from dise_cli.selector_training import TrainSettings, train_selector
+    from dise_cli.files import sha256_file
+
+    cfg, model_path = read_config(model, config)
+    settings = TrainSettings(
+        alpha=pick(alpha, {}, "alpha", 0.3), M=pick(big_m, {}, "M", 1000.0), beta=beta,
+        arch=arch or "auto", inputs=inputs or "auto",
+        epochs=positive_int(epochs if epochs is not None else 40, "--epochs"), lr=lr if lr is not None else 3e-3,
+        val_split=val_split if val_split is not None else 0.2, seed=int(pick(seed, cfg, "seed", 0)),
+        max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else 0.3)
+    if not 0 < settings.val_split < 1:
+        raise UsageError(f"--val-split: must be between 0 and 1, got {settings.val_split}")
+    if not settings.lr > 0:
+        raise UsageError(f"--lr: must be > 0, got {settings.lr}")
+    out_path = writable_target(out or DEFAULT_SELECTOR_OUT, "--out")
+    if json_path not in (None, "-"):
+        writable_target(json_path, "--json")
+    prof = read_profile(profile)
+    inputs_ = make_inputs(model, cfg, model_path, arch=model_arch, trust_pickle=trust_pickle, code_path=code_path,
+                          ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
+                          x_key=x_key, y_key=y_key, device=device)
+    ui = Output(quiet=quiet, json_path=json_path)
+    opened = open_inputs(inputs_)
+    with ui.progress(settings.epochs, "training") as advance:
+        result = train_selector(opened, prof, profile, settings, progress=advance)
+    result.selector.meta["profile_sha256"] = sha256_file(profile)
+    write_selector(result.selector, out_path)
+    render_training(ui, result.report)
+    ui.note(f"wrote {out_path}")

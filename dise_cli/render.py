@@ -81,3 +81,35 @@ def render_inspect(ui: Output, info: dict) -> None:
 
 def _count(v: int | None) -> str:
     return "n/a (not separable)" if v is None else f"{v:,}"
+
+
+def render_training(ui: Output, report: dict) -> None:
+    """The validation-split comparison and the chosen point of the trade-off."""
+    right = "accuracy" if report["task"] == "classification" else "Γ ≤ β"
+    dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
+    rows = [
+        (f"DISE (selector {report['selector_nfe']:.2f} NFE incl.)", _pct(dise["accuracy"]), f"{dise['nfe_mean']:.2f}",
+         _shares(dise["share"])),
+        ("DISE before calibration", _pct(report["uncalibrated"]["accuracy"]), f"{report['uncalibrated']['nfe_mean']:.2f}",
+         _shares(report["uncalibrated"]["share"])),
+        (f"{base['candidate']} only", _pct(base["accuracy"]), f"{base['nfe_mean']:.2f}", ""),
+        (f"best single: {best['candidate']}", _pct(best["accuracy"]), f"{best['nfe_mean']:.2f}", ""),
+        ("oracle", _pct(orc["accuracy"]), f"{orc['nfe_mean']:.2f}", _shares(orc["share"])),
+    ]
+    ui.table(f"dise train-selector: validation split ({report['n_validation']} samples; trained on {report['n_train']})",
+             ["model", right, "mean NFE", "integrators"], rows)
+    costs = report["costs"]
+    note = f"; M raised to {costs['M']:g} (an NFE came near the given M)" if costs["M_raised"] else ""
+    ui.line(f"costs: α = {costs['alpha']:g}, M = {costs['M']:g}{note}"
+            + (f", β = {costs['beta']:.4g}" if costs["beta"] is not None else ""))
+    sel = report["selector"]
+    ui.line(f"selector: {sel['kind']} on {sel['inputs']} {tuple(sel['in_shape'])}, {sel['parameters']:,} parameters; "
+            f"calibrated within {report['max_accuracy_drop_pp']} pp of {base['candidate']}")
+    curve = report["tradeoff"]
+    ui.line("trade-off (" + right + " @ mean NFE): "
+            + ", ".join(f"{_pct(p['accuracy'])} @ {p['nfe_mean']:.2f}" for p in curve[-8:]))
+    ui.json(report)
+
+
+def _shares(share: dict) -> str:
+    return ", ".join(f"{spec.split(':')[0]} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
