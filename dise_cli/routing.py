@@ -70,8 +70,11 @@ class RoutedModel(nn.Module):
         self.integrators: list[Integrator] = parse_candidates(",".join(selector.candidates), "selector")
         self.baseline = int(selector.meta.get("baseline", len(self.integrators) - 1))
         self.inputs = selector.net.spec.inputs
-        self.parts = nn.ModuleList([m for m in (getattr(ode, "module", None), selector.net)
-                                    if isinstance(m, nn.Module)])   # so .to() and .eval() reach them
+        # Registered so that .to() and .eval() reach them; exported programs (a bundle's) take
+        # neither train() nor eval(), and are placed by the loader.
+        module = getattr(ode, "module", None)
+        exported = getattr(module, "exported_programs", False)
+        self.parts = nn.ModuleList([selector.net] + ([module] if isinstance(module, nn.Module) and not exported else []))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, return_stats: bool = False):

@@ -150,6 +150,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
         "selector_nfe": v_nfe,
+        "input": {"shape": list(opened.data.x.shape[1:]), "dtype": str(opened.data.x.dtype).replace("torch.", "")},
         "validation": {k: report[k] for k in ("dise", "baseline_only", "best_single", "oracle")},
     }
     return TrainResult(selector=selector, report=report)
