@@ -185,7 +185,7 @@ def train_selector_cmd(
     big_m: Annotated[Optional[float], typer.Option("--M", help="Cost of a wrong answer before ^α [default: 1000; raised if an NFE comes near it].")] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="Regression: Γ threshold [default: the baseline's mean Γ].")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Selector network: auto, conv or mlp [default: auto].")] = None,
-    inputs: Annotated[Optional[str], typer.Option("--inputs", help="What the selector sees: auto, h0 (the paper) or euler (the decoded one-step Euler answer) [default: auto].")] = None,
+    inputs: Annotated[Optional[str], typer.Option("--inputs", help="What the selector sees: h0 (the paper), euler (the decoded one-step Euler answer) or euler_probs (its sorted class probabilities) [default: euler_probs for classifiers, euler for other tasks, h0 where the decoder cannot run alone].")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [default: 40].")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate [default: 3e-3].")] = None,
     val_split: Annotated[Optional[float], typer.Option("--val-split", help="Share of the profiled samples held out for calibration and the report [default: 0.2].")] = None,

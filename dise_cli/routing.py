@@ -4,8 +4,10 @@
 Every candidate integrator starts with the same evaluation, f(t0, h(0)). The routed model computes
 it once for the whole batch and hands it to whichever integrator each sample gets, so it costs no
 extra NFE. With ``inputs="euler"`` (the default where the model has a separate decoder) the
-selector also sees what one Euler step over the span answers, decoded: h(0) + (t - t0) f(t0, h(0)),
-one decoder call. With ``inputs="h0"`` it sees h(0) alone, as in the paper.
+selector sees what one Euler step over the span answers, decoded: h(0) + (t - t0) f(t0, h(0)), one
+decoder call; for a classifier (``euler_probs``) as its class probabilities sorted from the largest,
+i.e. how sure the one-step answer is, whatever the class. With ``inputs="h0"`` it sees h(0) alone,
+as in the paper.
 """
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ from dise_cli.errors import UsageError
 from dise_cli.integrators import Integrator, Status, parse_candidates
 from dise_cli.selector import Selector
 
-INPUTS = ("auto", "h0", "euler")
+INPUTS = ("auto", "h0", "euler", "euler_probs")
 
 
-def resolve_inputs(ode, requested: str = "auto") -> str:
-    """What the selector sees: ``euler`` needs a decoder that runs on its own."""
+def resolve_inputs(ode, requested: str = "auto", task: str = "classification") -> str:
+    """What the selector sees: the ``euler`` inputs need a decoder that runs on its own."""
     if requested not in INPUTS:
         raise UsageError(f"--inputs: unknown selector input '{requested}'; valid: {', '.join(INPUTS)}")
     if requested == "auto":
-        return "euler" if ode.splittable else "h0"
-    if requested == "euler" and not ode.splittable:
+        if not ode.splittable:
+            return "h0"
+        return "euler_probs" if task == "classification" else "euler"
+    if requested.startswith("euler") and not ode.splittable:
         raise UsageError("--inputs euler: this model's decoder cannot run on its own (its forward calls the "
                          "ODE block from inside); use --inputs h0")
     return requested
@@ -44,7 +48,10 @@ def selector_inputs(ode, h0: torch.Tensor, k1: torch.Tensor, inputs: str) -> tor
         return h0
     span = (ode.t_span - ode.t_span[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
     ys = h0.unsqueeze(0) + span * k1.unsqueeze(0)          # Euler from t0 to every grid time
-    return ode.decode(ys).reshape(len(h0), -1).to(h0.dtype)
+    out = ode.decode(ys).reshape(len(h0), -1).to(h0.dtype)
+    if inputs == "euler_probs":
+        return out.softmax(1).sort(1, descending=True).values
+    return out
 
 
 @dataclass

@@ -32,7 +32,7 @@ class TrainSettings:
     val_split: float = 0.2
     seed: int = 0
     max_accuracy_drop: float = 0.3     # percentage points
-    inputs: str = "auto"               # what the selector sees: auto | h0 | euler (routing.INPUTS)
+    inputs: str = "auto"               # what the selector sees: auto | h0 | euler | euler_probs (routing.INPUTS)
 
 
 @dataclass
@@ -125,7 +125,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     check_profile_matches(profile, opened, profile_name)
     torch.manual_seed(settings.seed)
     labels = cost_labels(profile, settings.alpha, settings.M, settings.beta)
-    inputs = resolve_inputs(opened.model, settings.inputs)
+    inputs = resolve_inputs(opened.model, settings.inputs, profile.task)
     h0 = encode_rows(opened, profile.index)
     with torch.no_grad():
         feats = torch.cat([selector_inputs(opened.model, h, first_stage(opened.model, h), inputs)
