@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import torch
@@ -286,4 +287,122 @@ def export(
     info = export_bundle(inputs, sel, selector, out_path)
     ui.note("encoder, ODE function and decoder exported as torch.export programs" if info.programs
             else f"no programs ({info.reason}); the bundle rebuilds the model with {inputs.model.arch}")
+    ui.note(f"wrote {out_path}")
+
+
+def _bundle_and_data(bundle: str, data: str | None, data_factory: str | None, x_key: str | None,
+                     y_key: str | None, code_path: list[str] | None, device: str | None):
+    from dise_cli.bundle import load_bundle
+    from dise_cli.config import resolve_device
+    from dise_cli.datasets import DataSpec, load_data
+    dev = resolve_device(device)
+    if data is None and data_factory is None:
+        raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")
+    if data is not None and data_factory is not None:
+        raise UsageError("--data and --data-factory: give one")
+    paths = tuple(code_path or ())
+    dataset = load_data(DataSpec(path=Path(data) if data else None, factory=data_factory, x_key=x_key, y_key=y_key,
+                                 code_path=paths))
+    return load_bundle(bundle, device=dev, code_path=paths), dataset, dev
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag}: '{text}' is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{flag}: give positive batch sizes, e.g. 1,64,256")
+    return values
+
+
+@app.command()
+@command
+def evaluate(
+    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="A .dise bundle written by dise export.")],
+    data: opt.Data = None,
+    json_path: opt.JsonOut = None,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes to time, comma-separated.")] = "1,64,256",
+    batch_size: opt.BatchSize = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Gate: percentage points of accuracy DISE may lose against the baseline (exit 1 if more).")] = None,
+    min_nfe_reduction: Annotated[Optional[float], typer.Option("--min-nfe-reduction", help="Gate: the share of the baseline's mean NFE DISE must save, e.g. 0.5 (exit 1 if less).")] = None,
+    max_nfe: Annotated[Optional[float], typer.Option("--max-nfe", help="Gate: DISE's mean NFE, selector included, at most this (exit 1 if more).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate N samples drawn with --seed [default: all].")] = None,
+    seed: opt.Seed = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timing rounds per batch size (median).")] = 5,
+    device: opt.Device = None,
+    code_path: opt.CodePath = None,
+    data_factory: opt.DataFactory = None,
+    x_key: opt.XKey = None,
+    y_key: opt.YKey = None,
+    time_major: Annotated[Optional[bool], typer.Option("--time-major/--no-time-major", show_default=False, help="Targets are [T, N, ...].")] = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Measure a bundle on data: accuracy (or error), mean NFE with the selector's own cost, the
+    share of each integrator, next to DOPRI5-only, the best single candidate and the oracle on the
+    same data, and wall-clock time against DOPRI5-only at each batch size. A gate not met exits 1.
+
+    \\b
+    Examples:
+      dise evaluate mnist.dise --data sample_models/mnist_odenet/test.safetensors
+      dise evaluate mnist.dise --data test.safetensors --max-accuracy-drop 0.3 --min-nfe-reduction 0.8 --json -
+    """
+    from dise_cli.errors import GateFailed
+    from dise_cli.evaluate import Gates, evaluate_routed
+    from dise_cli.render import render_evaluation
+
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    size = positive_int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE, "--batch-size")
+    if json_path not in (None, "-"):
+        writable_target(json_path, "--json")
+    routed, dataset, dev = _bundle_and_data(bundle, data, data_factory, x_key, y_key, code_path, device)
+    rows = select_rows(len(dataset), None if limit is None else positive_int(limit, "--limit"), int(seed or 0))
+    ui = Output(quiet=quiet, json_path=json_path)
+    with ui.progress(len(rows), "evaluating") as advance:
+        report = evaluate_routed(routed, dataset, rows=rows, batch_size=size, batch_sizes=sizes, device=dev,
+                                 gates=Gates(max_accuracy_drop, min_nfe_reduction, max_nfe), time_major=time_major,
+                                 repeats=positive_int(repeats, "--repeats"), progress=advance)
+    render_evaluation(ui, report)
+    failed = [g for g in report["gates"] if not g["passed"]]
+    if failed:
+        raise GateFailed("gate not met: " + "; ".join(f"{g['gate']} {g['value']} (threshold {g['threshold']})"
+                                                      for g in failed))
+
+
+@app.command()
+@command
+def run(
+    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="A .dise bundle written by dise export.")],
+    data: opt.Data = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Predictions file to write [default: predictions.safetensors].")] = None,
+    batch_size: opt.BatchSize = None,
+    device: opt.Device = None,
+    code_path: opt.CodePath = None,
+    data_factory: opt.DataFactory = None,
+    x_key: opt.XKey = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Offline inference over a whole dataset: every sample's integrator is chosen first, then each
+    integrator runs on all of its samples in full batches. Writes outputs, integrator, NFE and
+    fallback flags per sample as safetensors.
+
+    \\b
+    Examples:
+      dise run mnist.dise --data sample_models/mnist_odenet/test.safetensors --out predictions.safetensors
+    """
+    from dise_cli.offline import run_offline, write_predictions
+
+    size = positive_int(batch_size if batch_size is not None else DEFAULT_BATCH_SIZE, "--batch-size")
+    out_path = writable_target(out or "predictions.safetensors", "--out")
+    routed, dataset, dev = _bundle_and_data(bundle, data, data_factory, x_key, None, code_path, device)
+    ui = Output(quiet=quiet)
+    with ui.progress(2 * len(dataset), "running") as advance:
+        result = run_offline(routed, dataset, batch_size=size, device=dev, progress=advance)
+    write_predictions(result, routed, out_path)
+    shares = ", ".join(f"{c.split(':')[0]} {100 * float((result.integrator == i).double().mean()):.1f}%"
+                       for i, c in enumerate(routed.selector.candidates))
+    ui.line(f"{len(dataset)} samples, mean NFE {float(result.nfe.double().mean()):.2f} ({shares}), "
+            f"{int(result.fallback.sum())} fallbacks, {result.seconds:.2f} s")
     ui.note(f"wrote {out_path}")

@@ -83,10 +83,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             idx = rows[start:start + batch_size]
             x = data.x[idx].to(device)
             h0 = model.encode(x) if model.splittable else None
-            if targets is not None:
-                target = targets[idx].to(device)
-            else:
-                target = judge.predict(_run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span)))
+            target = batch_targets(model, x, h0, idx, targets, judge, ref_field, reference, t_span)
             outputs = [_profile_one(model, x, h0, cand, col, judge, target, t_span, device)
                        for cand, col in zip(candidates, cols)]
             if judge.task == "regression":
@@ -136,6 +133,20 @@ def _profile_one(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, cand
     else:
         col.score.append(judge.gamma(out, target).cpu())
     return out
+
+
+def batch_targets(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, idx: torch.Tensor,
+                  targets: torch.Tensor | None, judge: Judge, ref_field: VectorField | None,
+                  reference: Integrator, t_span: torch.Tensor) -> torch.Tensor:
+    """What a batch is judged against: its labels, or the float64 reference solve's answer."""
+    if targets is not None:
+        return targets[idx].to(x.device)
+    return judge.predict(_run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span)))
+
+
+def reference_field(model: OdeModel, data: Dataset) -> VectorField | None:
+    """A float64 copy of f for judging data without labels (None when there are labels)."""
+    return _float64_field(model.field) if data.y is None else None
 
 
 def _run(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None,

@@ -113,3 +113,23 @@ def render_training(ui: Output, report: dict) -> None:
 
 def _shares(share: dict) -> str:
     return ", ".join(f"{spec.split(':')[0]} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
+
+
+def render_evaluation(ui: Output, report: dict) -> None:
+    right = "accuracy" if report["task"] == "classification" else "Γ ≤ β"
+    dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
+    rows = [(f"DISE (selector {dise['selector_nfe']:.2f} NFE incl.)", _pct(dise["accuracy"]), f"{dise['nfe_mean']:.2f}",
+             _shares(dise["share"]))]
+    rows += [(f"{c['candidate']} only", _pct(c["accuracy"]), f"{c['nfe_mean']:.2f}", "") for c in report["candidates"]]
+    rows.append(("oracle", _pct(orc["accuracy"]), f"{orc['nfe_mean']:.2f}", _shares(orc["share"])))
+    ui.table(f"dise evaluate: {report['n_samples']} samples", ["model", right, "mean NFE", "integrators"], rows)
+    ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
+            f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
+            + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))
+    for t in report["timing"]:
+        spb = t["seconds_per_batch"]
+        parts = ", ".join(f"{name.split(':')[0] if name != 'dise' else 'DISE'} {1e3 * s:.2f} ms" for name, s in spb.items())
+        ui.line(f"batch {t['batch_size']}: {parts}; DISE {t['speedup_vs_baseline']:.2f}x faster than {base['candidate'].split(':')[0]}")
+    for g in report["gates"]:
+        ui.line(f"gate {g['gate']}: {g['value']} vs {g['threshold']}: {'passed' if g['passed'] else 'NOT MET'}")
+    ui.json(report)

@@ -90,10 +90,9 @@ def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: Train
 
 
 @torch.no_grad()
-def selector_cost_in_nfe(net: SelectorNet, opened: Opened, h0: torch.Tensor, repeats: int = 7) -> float:
+def selector_cost_in_nfe(net: SelectorNet, ode, h0: torch.Tensor, repeats: int = 7) -> float:
     """The time of one selector decision (its inputs from the shared first stage, then v) over the
     time of one f call, on the same batch: the selector's cost in NFE units (DESIGN)."""
-    ode = opened.model
     field, t = ode.field, ode.t_span[0].to(h0.device, h0.dtype)
     k1 = first_stage(ode, h0)
 
@@ -137,7 +136,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     losses = fit(net, feats[train], labels.costs[train], settings, progress)
     with torch.no_grad():
         pred_val = net(feats[val]).cpu()
-    v_nfe = selector_cost_in_nfe(net, opened, h0[val[:256]] if len(val) else h0[:256])
+    v_nfe = selector_cost_in_nfe(net, opened.model, h0[val[:256]] if len(val) else h0[:256])
     val_profile = profile.subset(val)
     chosen, curve = calibrate(pred_val, labels.right[val], profile.nfe[val], profile.baseline, v_nfe,
                               settings.max_accuracy_drop, settings.seed)

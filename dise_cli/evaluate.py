@@ -1,0 +1,147 @@
+"""``dise evaluate`` as a library: a routed model against DOPRI5-only, the best single candidate and
+the oracle on the same data, wall-clock side by side, and the gates that decide the exit code."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dise_cli.datasets import Dataset
+from dise_cli.judging import Judge, targets_batch_major
+from dise_cli.profiling import DEFAULT_REFERENCE, batch_targets, profile_candidates, reference_field
+from dise_cli.reports import summarize
+from dise_cli.routing import RoutedModel
+from dise_cli.selector_training import selector_cost_in_nfe
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_accuracy_drop: float | None = None     # percentage points below the baseline
+    min_nfe_reduction: float | None = None     # e.g. 0.5: mean NFE at most half the baseline's
+    max_nfe: float | None = None               # mean NFE, the selector included
+
+
+def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, batch_size: int,
+                    batch_sizes: list[int], device: torch.device, gates: Gates, time_major: bool | None = None,
+                    repeats: int = 5, progress=None) -> dict:
+    ode = routed.ode
+    task = routed.selector.meta.get("task") or ("classification" if data.y is None or not data.y.is_floating_point()
+                                                else "regression")
+    judge = Judge(task)
+    beta = routed.selector.meta.get("beta")
+    run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
+                             time_major=time_major, progress=progress)
+    summary = summarize(run.profile, run.timing, beta=beta)
+    dise = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta)
+    base = summary["candidates"][routed.baseline]
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "task": task,
+        "n_samples": len(rows),
+        "dise": dise,
+        "baseline_only": {"candidate": base["candidate"], "accuracy": base["accuracy"], "nfe_mean": base["nfe"]["mean"]},
+        "candidates": [{"candidate": r["candidate"], "accuracy": r["accuracy"], "nfe_mean": r["nfe"]["mean"]}
+                       for r in summary["candidates"]],
+        "best_single": {k: summary["best_single"][k] for k in ("candidate", "accuracy", "nfe_mean")},
+        "oracle": summary["oracle"],
+        "timing": time_models(routed, data, rows, batch_sizes, device, repeats),
+    }
+    report["gates"] = check_gates(report, gates)
+    return report
+
+
+@torch.no_grad()
+def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judge: Judge, batch_size: int,
+                    device: torch.device, time_major: bool | None, beta: float | None) -> dict:
+    ode = routed.ode
+    targets = None
+    if data.y is not None:
+        targets = targets_batch_major(data.y, len(data), len(ode.t_span), time_major, data.name)
+    ref_field = reference_field(ode, data)
+    scores, nfe, choice, fallback = [], [], [], []
+    t_span = ode.t_span.to(device)
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        x = data.x[idx].to(device)
+        out, stats = routed(x, return_stats=True)
+        target = batch_targets(ode, x, ode.encode(x) if ode.splittable else None, idx, targets, judge, ref_field,
+                               DEFAULT_REFERENCE, t_span)
+        ok = stats.status == 0
+        scores.append((judge.correct(out, target) & ok) if judge.task == "classification"
+                      else judge.gamma(out, target).masked_fill(~ok, float("inf")))
+        nfe.append(stats.nfe)
+        choice.append(stats.integrator)
+        fallback.append(stats.fallback)
+    score, nfe_all, choice_all = torch.cat(scores).cpu(), torch.cat(nfe).cpu(), torch.cat(choice).cpu()
+    h0 = ode.encode(data.x[rows[:256]].to(device)) if ode.splittable else None
+    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, h0) if h0 is not None else routed.selector.meta.get("selector_nfe", 0.0)
+    k = len(routed.integrators)
+    metrics = {
+        "nfe_mean": round(float(nfe_all.double().mean()) + v_nfe, 4),
+        "nfe_integrators": round(float(nfe_all.double().mean()), 4),
+        "selector_nfe": round(v_nfe, 4),
+        "share": {c: round(float((choice_all == i).double().mean()), 4) for i, c in enumerate(routed.selector.candidates)
+                  if i < k},
+        "fallbacks": int(torch.cat(fallback).sum()),
+    }
+    if judge.task == "classification":
+        metrics["accuracy"] = round(float(score.double().mean()), 4)
+    else:
+        finite = torch.isfinite(score)
+        metrics["accuracy"] = round(float((score <= beta).double().mean()), 4) if beta is not None else None
+        metrics["mean_error"] = float(score[finite].mean()) if finite.any() else None
+    return metrics
+
+
+@torch.no_grad()
+def time_models(routed: RoutedModel, data: Dataset, rows: torch.Tensor, batch_sizes: list[int],
+                device: torch.device, repeats: int) -> list[dict]:
+    """Median seconds per batch of the routed model and of each single candidate, alternating so
+    that all see the same machine load."""
+    ode, t = routed.ode, routed.ode.t_span.to(device)
+    results = []
+    for size in batch_sizes:
+        idx = rows[torch.arange(size) % len(rows)]
+        x = data.x[idx].to(device)
+        runners = {"dise": lambda: routed(x)}
+        for cand in routed.integrators:
+            runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda h: cand.solve(ode.field, h, t).ys)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(repeats + 1):
+            for name, fn in runners.items():
+                _sync(device)
+                began = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - began)
+        median = {name: statistics.median(v[1:]) for name, v in times.items()}
+        base = routed.integrators[routed.baseline].spec
+        results.append({"batch_size": size, "seconds_per_batch": {k: round(v, 6) for k, v in median.items()},
+                        "speedup_vs_baseline": round(median[base] / median["dise"], 3)})
+    return results
+
+
+def check_gates(report: dict, gates: Gates) -> list[dict]:
+    dise, base = report["dise"], report["baseline_only"]
+    out = []
+    if gates.max_accuracy_drop is not None and dise.get("accuracy") is not None:
+        drop = 100 * (base["accuracy"] - dise["accuracy"])
+        out.append({"gate": "max_accuracy_drop", "value": round(drop, 4), "threshold": gates.max_accuracy_drop,
+                    "passed": drop <= gates.max_accuracy_drop + 1e-9})
+    if gates.min_nfe_reduction is not None:
+        reduction = 1 - dise["nfe_mean"] / base["nfe_mean"] if base["nfe_mean"] else 0.0
+        out.append({"gate": "min_nfe_reduction", "value": round(reduction, 4), "threshold": gates.min_nfe_reduction,
+                    "passed": reduction >= gates.min_nfe_reduction - 1e-9})
+    if gates.max_nfe is not None:
+        out.append({"gate": "max_nfe", "value": dise["nfe_mean"], "threshold": gates.max_nfe,
+                    "passed": dise["nfe_mean"] <= gates.max_nfe + 1e-9})
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
