@@ -133,3 +133,25 @@ def render_evaluation(ui: Output, report: dict) -> None:
     for g in report["gates"]:
         ui.line(f"gate {g['gate']}: {g['value']} vs {g['threshold']}: {'passed' if g['passed'] else 'NOT MET'}")
     ui.json(report)
+
+
+def render_demo(ui: Output, report: dict) -> None:
+    """The paper's table: Model | Accuracy | NFE | time per batch, on the test split."""
+    timing = report["timing"][0]
+    spb = timing["seconds_per_batch"]
+    by_method = {c["candidate"].split(":")[0]: c for c in report["candidates"]}
+    rows = []
+    for label, method in (("DOPRI5-only", "dopri5"), ("Euler-only", "euler"), ("RK4-only", "rk4")):
+        c = by_method[method]
+        rows.append((label, _pct(c["accuracy"]), f"{c['nfe_mean']:.2f}", f"{1e3 * spb[c['candidate']]:.1f} ms"))
+    dise = report["dise"]
+    rows.append(("DISE", _pct(dise["accuracy"]), f"{dise['nfe_mean']:.2f}", f"{1e3 * spb['dise']:.1f} ms"))
+    orc = report["oracle"]
+    rows.append(("oracle", _pct(orc["accuracy"]), f"{orc['nfe_mean']:.2f}", ""))
+    ui.table(f"dise demo: MNIST ODE-Net, {report['n_samples']} test images, time per batch of {timing['batch_size']}",
+             ["Model", "Accuracy", "NFE", "time per batch"], rows)
+    ui.line(f"DISE routes {_shares(dise['share'])}; its NFE includes the selector ({dise['selector_nfe']:.2f} NFE); "
+            f"{timing['speedup_vs_baseline']:.2f}x faster than DOPRI5-only at batch {timing['batch_size']}; "
+            f"{report['seconds']:.0f} s in all")
+    ui.line(f"files: {report['files']['bundle']}")
+    ui.json(report)
