@@ -1,0 +1,200 @@
+"""The selection pipeline end to end on tiny models: profile -> train-selector -> export -> evaluate
+-> run, the bundle's integrity checks, and the routed model's behaviour."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import dise_cli
+import tiny_models
+from dise_cli.cli import app
+from dise_cli.routing import RoutedModel
+
+TESTS = str(Path(__file__).resolve().parent)
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def pipeline(tiny) -> dict:
+    """The tiny classifier profiled, a selector trained and a bundle exported (in a temp folder)."""
+    d = tiny["dir"]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 2, generator=gen) * 2
+    with torch.no_grad():
+        y = tiny["module"](x).argmax(1)
+    save_file({"x": x, "y": y}, str(d / "train.safetensors"))
+    args = [*tiny["arch"]]
+    res = invoke("profile", tiny["model"], "--data", d / "train.safetensors", *args, "--out", d / "p.safetensors")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("train-selector", tiny["model"], "--data", d / "train.safetensors", "--profile", d / "p.safetensors",
+                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 5,
+                 "--out", d / "sel.safetensors", "--json", d / "train.json")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("export", tiny["model"], *args, "--selector", d / "sel.safetensors", "--out", d / "m.dise")
+    assert res.exit_code == 0, res.stderr
+    return {**tiny, "train": d / "train.safetensors", "profile": d / "p.safetensors", "selector": d / "sel.safetensors",
+            "bundle": d / "m.dise"}
+
+
+def test_train_selector_report(pipeline):
+    report = json.loads((pipeline["dir"] / "train.json").read_text())
+    assert {"dise", "uncalibrated", "baseline_only", "best_single", "oracle", "tradeoff", "costs", "selector",
+            "selector_nfe", "n_train", "n_validation"} <= set(report)
+    assert report["n_train"] == 160 and report["n_validation"] == 40
+    assert report["selector"]["inputs"] == "euler_probs" and report["costs"]["alpha"] == 0.3
+    base = report["baseline_only"]["accuracy"]
+    assert report["tradeoff"] and all(p["nfe_mean"] > 0 for p in report["tradeoff"])
+    assert report["dise"]["nfe_mean"] <= report["baseline_only"]["nfe_mean"] + report["selector_nfe"] + 1e-9
+    assert base >= report["dise"]["accuracy"] or report["dise"]["accuracy"] == base
+
+
+def test_loaded_bundle_matches_the_in_memory_routed_model(pipeline):
+    from dise_cli.exporting import example_input
+    from dise_cli.loading import ModelSpec, load_model
+    from dise_cli.odeblock import probe, split_model
+    from dise_cli.selector import read_selector
+    bundled = dise_cli.load(pipeline["bundle"])
+    assert bundled.manifest["programs"] is True
+    sel = read_selector(pipeline["selector"])
+    module = load_model(ModelSpec(path=pipeline["model"], arch="tiny_models:build_classifier", code_path=(TESTS,))).module
+    ode = split_model(module)
+    probe(ode, example_input(sel, "s", torch.device("cpu")), "x")
+    memory = RoutedModel(ode, sel).eval()
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5)) * 2
+    out_b, st_b = bundled(x, return_stats=True)
+    out_m, st_m = memory(x, return_stats=True)
+    assert (out_b - out_m).abs().max() <= 1e-5
+    assert torch.equal(st_b.integrator, st_m.integrator) and torch.equal(st_b.nfe, st_m.nfe)
+    assert st_b.nfe.tolist() == [[1, 4][c] if c < 2 else st_b.nfe[i].item() for i, c in enumerate(st_b.integrator.tolist())]
+
+
+def test_evaluate_and_gates(pipeline):
+    res = invoke("evaluate", pipeline["bundle"], "--data", pipeline["data"], "--batch-sizes", "1,8", "--repeats", 1,
+                 "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert {"dise", "baseline_only", "best_single", "oracle", "candidates", "timing", "gates", "task"} <= set(report)
+    assert [t["batch_size"] for t in report["timing"]] == [1, 8]
+    assert set(report["timing"][0]["seconds_per_batch"]) == {"dise", *[c["candidate"] for c in report["candidates"]]}
+    failing = invoke("evaluate", pipeline["bundle"], "--data", pipeline["data"], "--batch-sizes", "4", "--repeats", 1,
+                     "--max-nfe", 0.5)
+    assert failing.exit_code == 1 and "gate not met: max_nfe" in failing.stderr
+
+
+def test_run_writes_predictions(pipeline):
+    from safetensors.torch import load_file
+    out = pipeline["dir"] / "pred.safetensors"
+    res = invoke("run", pipeline["bundle"], "--data", pipeline["data"], "--out", out, "--batch-size", 7)
+    assert res.exit_code == 0, res.stderr
+    pred = load_file(str(out))
+    model = dise_cli.load(pipeline["bundle"])
+    direct, stats = model(pipeline["x"], return_stats=True)
+    assert pred["outputs"].shape == (40, 3) and (pred["outputs"] - direct).abs().max() <= 1e-5
+    assert torch.equal(pred["integrator"], stats.integrator) and torch.equal(pred["nfe"], stats.nfe)
+
+
+def _rewrite(bundle: Path, target: Path, change) -> None:
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = change(info.filename, src.read(info.filename))
+            if data is not None:
+                dst.writestr(info.filename, data)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("tampered", "does not match its sha256"),
+    ("missing", "is missing member 'selector.safetensors'"),
+    ("newer", "format version 99"),
+    ("extra", "members the manifest does not list"),
+    ("pickle", "carries a pickle"),
+    ("truncated", "not a readable zip"),
+])
+def test_bad_bundles_exit_2(pipeline, case, needle):
+    bad = pipeline["dir"] / f"{case}.dise"
+
+    def change(name, data):
+        if case == "tampered" and name == "model.safetensors":
+            return data[:-1] + bytes([data[-1] ^ 1])
+        if case == "missing" and name == "selector.safetensors":
+            return None
+        if case == "newer" and name == "manifest.yaml":
+            manifest = yaml.safe_load(data)
+            manifest["format_version"] = 99
+            return yaml.safe_dump(manifest).encode()
+        return data
+
+    if case == "truncated":
+        data = pipeline["bundle"].read_bytes()
+        bad.write_bytes(data[: len(data) // 3])
+    elif case in ("extra", "pickle"):
+        _rewrite(pipeline["bundle"], bad, change)
+        with zipfile.ZipFile(bad, "a") as z:
+            if case == "extra":
+                z.writestr("evil.pkl", b"\x80\x04.")
+        if case == "pickle":        # a program whose sample inputs are a pickle, with hashes updated
+            _plant_pickle(bad)
+    else:
+        _rewrite(pipeline["bundle"], bad, change)
+    res = invoke("evaluate", bad, "--data", pipeline["data"], "--batch-sizes", "1", "--repeats", 1)
+    assert res.exit_code == 2, res.stderr
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def _plant_pickle(bundle: Path) -> None:
+    import hashlib
+    with zipfile.ZipFile(bundle) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    program = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(members["decoder.pt2"])) as src, zipfile.ZipFile(program, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, b"\x80\x04K\x01." if "sample_inputs" in info.filename else src.read(info.filename))
+    members["decoder.pt2"] = program.getvalue()
+    manifest = yaml.safe_load(members["manifest.yaml"])
+    manifest["sha256"]["decoder.pt2"] = hashlib.sha256(members["decoder.pt2"]).hexdigest()
+    members["manifest.yaml"] = yaml.safe_dump(manifest).encode()
+    with zipfile.ZipFile(bundle, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def test_profile_from_another_model_is_exit_2(pipeline):
+    other = tiny_models.build_classifier()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01)
+    torch.save(other.state_dict(), pipeline["dir"] / "other.pt")
+    res = invoke("train-selector", pipeline["dir"] / "other.pt", "--data", pipeline["train"], "--profile", pipeline["profile"],
+                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--out", pipeline["dir"] / "s2.safetensors")
+    assert res.exit_code == 2 and "was made from another model" in res.stderr
+    assert not (pipeline["dir"] / "s2.safetensors").exists()
+
+
+def test_nonfinite_cheap_integrator_falls_back_to_the_baseline(pipeline):
+    model = dise_cli.load(pipeline["bundle"])
+    model.selector.offsets = [-1e6, 0.0, 0.0]             # send everything to euler
+    real_solve = model.integrators[0].solve
+
+    def poisoned(field, h0, t, **kw):                      # euler "blows up" on the first sample
+        sol = real_solve(field, h0, t, **kw)
+        sol.ys[:, 0] = float("nan")
+        sol.status[0] = 2
+        return sol
+
+    model.integrators[0].solve = poisoned
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(2))
+    out, stats = model(x, return_stats=True)
+    assert stats.fallback.tolist() == [True] + [False] * 5
+    assert torch.isfinite(out).all() and stats.status.tolist() == [0] * 6
+    assert stats.nfe[0] > 1 and stats.nfe[1:].tolist() == [1] * 5
