@@ -198,3 +198,52 @@ def test_nonfinite_cheap_integrator_falls_back_to_the_baseline(pipeline):
     assert stats.fallback.tolist() == [True] + [False] * 5
     assert torch.isfinite(out).all() and stats.status.tolist() == [0] * 6
     assert stats.nfe[0] > 1 and stats.nfe[1:].tolist() == [1] * 5
+
+
+def test_regression_pipeline_with_eq5_costs(tmp_path):
+    """A root-block model returning trajectories, float targets: Γ-based costs all the way through."""
+    module = tiny_models.build_wrapper()
+    torch.save(module.state_dict(), tmp_path / "w.pt")
+    x = torch.randn(120, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = module(x)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    arch = ["--code-path", TESTS]
+    assert invoke("profile", tmp_path / "w.pt", "--arch", "tiny_models:build_wrapper", *arch, "--data",
+                  tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
+    res = invoke("train-selector", tmp_path / "w.pt", "--model-arch", "tiny_models:build_wrapper", *arch, "--data",
+                 tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", 3,
+                 "--out", tmp_path / "s.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["task"] == "regression" and report["costs"]["beta"] > 0 and report["selector"]["inputs"] == "euler"
+    assert invoke("export", tmp_path / "w.pt", "--arch", "tiny_models:build_wrapper", *arch, "--selector",
+                  tmp_path / "s.safetensors", "--out", tmp_path / "w.dise").exit_code == 0
+    res = invoke("evaluate", tmp_path / "w.dise", "--data", tmp_path / "d.safetensors", "--batch-sizes", "16",
+                 "--repeats", 1, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    ev = json.loads(res.stdout)
+    assert ev["task"] == "regression" and ev["dise"]["mean_error"] is not None
+
+
+def test_selector_for_data_without_labels(tiny):
+    d = tiny["dir"]
+    save_file({"x": tiny["x"]}, str(d / "nolabels.safetensors"))
+    assert invoke("profile", tiny["model"], "--data", d / "nolabels.safetensors", *tiny["arch"],
+                  "--out", d / "p.safetensors").exit_code == 0
+    res = invoke("train-selector", tiny["model"], "--data", d / "nolabels.safetensors", "--profile", d / "p.safetensors",
+                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 2,
+                 "--out", d / "s.safetensors")
+    assert res.exit_code == 0, res.stderr
+
+
+def test_selector_file_damage(pipeline):
+    from dise_cli.errors import InputError
+    from dise_cli.selector import read_selector
+    data = pipeline["selector"].read_bytes()
+    (pipeline["dir"] / "half.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="not a readable safetensors"):
+        read_selector(pipeline["dir"] / "half.safetensors")
+    save_file({"w": torch.zeros(1)}, str(pipeline["dir"] / "other.safetensors"))
+    with pytest.raises(InputError, match="is not a dise selector"):
+        read_selector(pipeline["dir"] / "other.safetensors")
