@@ -105,6 +105,11 @@ def render_training(ui: Output, report: dict) -> None:
     sel = report["selector"]
     ui.line(f"selector: {sel['kind']} on {sel['inputs']} {tuple(sel['in_shape'])}, {sel['parameters']:,} parameters; "
             f"calibrated within {report['max_accuracy_drop_pp']} pp of {base['candidate']}")
+    baseline_share = dise["share"].get(base["candidate"], 0.0)
+    if baseline_share >= 0.999:
+        ui.note(f"note: on the validation split no routing cheaper than {base['candidate']} alone stayed within "
+                f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends everything there; a larger "
+                f"--val-split, another --seed or a larger --max-accuracy-drop may find one")
     curve = report["tradeoff"]
     ui.line("trade-off (" + right + " @ mean NFE): "
             + ", ".join(f"{_pct(p['accuracy'])} @ {p['nfe_mean']:.2f}" for p in curve[-8:]))
