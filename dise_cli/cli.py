@@ -255,6 +255,7 @@ def export(
     model: opt.ModelArg,
     selector: Annotated[str, typer.Option("--selector", help="Selector file written by dise train-selector.")],
     out: Annotated[Optional[str], typer.Option("--out", help="Bundle to write [default: model.dise].")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="The profile the selector was trained on, to check that they belong together.")] = None,
     arch: opt.Arch = None,
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
@@ -274,12 +275,14 @@ def export(
     Examples:
       dise export sample_models/mnist_odenet/dise.yaml --selector selector.safetensors --out mnist.dise
     """
-    from dise_cli.exporting import export_bundle
+    from dise_cli.exporting import check_selector_profile, export_bundle
     from dise_cli.selector import read_selector
 
     cfg, model_path = read_config(model, config)
     out_path = writable_target(out or "model.dise", "--out")
     sel = read_selector(selector)
+    if profile is not None:
+        check_selector_profile(sel, selector, profile)
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=None, data_factory=None, x_key=None,
                          y_key=None, device=device or "cpu")

@@ -39,3 +39,17 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch,
                         extra={"validation": selector.meta.get("validation", {}),
                                "selector_nfe": selector.meta.get("selector_nfe")})
+
+
+def check_selector_profile(selector: Selector, selector_name: str, profile_path: str) -> None:
+    """A selector and a profile belong together: same candidates in the same order, same file."""
+    from dise_cli.files import sha256_file
+    from dise_cli.profiles import read_profile
+    profile = read_profile(profile_path)
+    if profile.candidates != selector.candidates:
+        raise InputError(f"selector '{selector_name}' chooses among {','.join(selector.candidates)} but profile "
+                         f"'{profile_path}' holds {','.join(profile.candidates)}; train the selector on this profile")
+    recorded = selector.meta.get("profile_sha256")
+    if recorded and recorded != sha256_file(profile_path):
+        raise InputError(f"selector '{selector_name}' was trained on another profile than '{profile_path}' "
+                         f"(sha256 {recorded[:12]}...)")

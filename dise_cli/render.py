@@ -108,7 +108,7 @@ def render_training(ui: Output, report: dict) -> None:
     baseline_share = dise["share"].get(base["candidate"], 0.0)
     if baseline_share >= 0.99:
         ui.note(f"note: on the validation split hardly any routing cheaper than {base['candidate']} alone stayed within "
-                f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends everything there; a larger "
+                f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends nearly everything there; a larger "
                 f"--val-split, another --seed or a larger --max-accuracy-drop may find one")
     curve = report["tradeoff"]
     ui.line("trade-off (" + right + " @ mean NFE): "
@@ -117,7 +117,9 @@ def render_training(ui: Output, report: dict) -> None:
 
 
 def _shares(share: dict) -> str:
-    return ", ".join(f"{spec.split(':')[0]} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
+    methods = [spec.split(":")[0] for spec in share]
+    name = lambda spec: spec.split(":")[0] if methods.count(spec.split(":")[0]) == 1 else spec  # noqa: E731
+    return ", ".join(f"{name(spec)} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
 
 
 def render_evaluation(ui: Output, report: dict) -> None:

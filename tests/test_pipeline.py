@@ -247,3 +247,15 @@ def test_selector_file_damage(pipeline):
     save_file({"w": torch.zeros(1)}, str(pipeline["dir"] / "other.safetensors"))
     with pytest.raises(InputError, match="is not a dise selector"):
         read_selector(pipeline["dir"] / "other.safetensors")
+
+
+def test_selector_and_profile_must_belong_together(pipeline):
+    d = pipeline["dir"]
+    res = invoke("export", pipeline["model"], *pipeline["arch"], "--selector", pipeline["selector"], "--profile",
+                 pipeline["profile"], "--out", d / "ok.dise")
+    assert res.exit_code == 0, res.stderr
+    assert invoke("profile", pipeline["model"], "--data", pipeline["train"], *pipeline["arch"], "--candidates",
+                  "euler:steps=2,dopri5:rtol=1e-3,atol=1e-3", "--out", d / "p2.safetensors").exit_code == 0
+    res = invoke("export", pipeline["model"], *pipeline["arch"], "--selector", pipeline["selector"], "--profile",
+                 d / "p2.safetensors", "--out", d / "bad.dise")
+    assert res.exit_code == 2 and "chooses among" in res.stderr and not (d / "bad.dise").exists()
