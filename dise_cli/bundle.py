@@ -26,7 +26,7 @@ from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import atomic_path, existing_file
 from dise_cli.integrators.vector_field import TimeMode, VectorField
 from dise_cli.odeblock import OdeModel
-from dise_cli.selector import HEADER_KEY as SELECTOR_HEADER, Selector, selector_from
+from dise_cli.selector import HEADER_KEY as SELECTOR_HEADER, Selector, selector_bytes, selector_from
 
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.yaml"
@@ -118,7 +118,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
                          f"--arch package.module:factory the bundle could not rebuild it")
     members: dict[str, bytes] = {
         "model.safetensors": save_tensors({k: v.detach().cpu().contiguous() for k, v in model_state.items()}),
-        "selector.safetensors": _selector_bytes(selector),
+        "selector.safetensors": selector_bytes(selector),
     }
     members.update({f"{name}.pt2": data for name, data in programs.items()})
     manifest = {
@@ -147,18 +147,6 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
             for name, data in sorted(members.items()):
                 z.writestr(name, data)
     return info
-
-
-def _selector_bytes(selector: Selector) -> bytes:
-    import json
-    from dataclasses import asdict
-    from safetensors.torch import save as save_tensors
-    from dise_cli.selector import SELECTOR_FORMAT, SELECTOR_FORMAT_VERSION
-    header = {"format": SELECTOR_FORMAT, "format_version": SELECTOR_FORMAT_VERSION, "dise_version": __version__,
-              "spec": asdict(selector.net.spec), "candidates": selector.candidates, "offsets": selector.offsets,
-              "meta": selector.meta}
-    state = {k: v.detach().cpu().contiguous() for k, v in selector.net.state_dict().items()}
-    return save_tensors(state, metadata={SELECTOR_HEADER: json.dumps(header, sort_keys=True)})
 
 
 def read_members(path: str | Path) -> tuple[dict, dict[str, bytes]]:
@@ -203,7 +191,6 @@ def zlib_error():
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", code_path: tuple[str, ...] = ()):
     """The routed model of a ``.dise`` bundle (see ``dise_cli.load``)."""
-    from safetensors import safe_open
     from safetensors.torch import load as load_tensors
     from dise_cli.routing import RoutedModel
     manifest, members = read_members(path)

@@ -116,14 +116,20 @@ class Selector:
         return costs.argmin(1)
 
 
-def write_selector(selector: Selector, path: str | Path) -> None:
-    from safetensors.torch import save_file
+def selector_bytes(selector: Selector) -> bytes:
+    """The selector file's content: weights plus the JSON header, as safetensors bytes."""
+    from safetensors.torch import save
     header = {"format": SELECTOR_FORMAT, "format_version": SELECTOR_FORMAT_VERSION, "dise_version": __version__,
               "spec": asdict(selector.net.spec), "candidates": selector.candidates, "offsets": selector.offsets,
               "meta": selector.meta}
     state = {k: v.detach().cpu().contiguous() for k, v in selector.net.state_dict().items()}
+    return save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+
+
+def write_selector(selector: Selector, path: str | Path) -> None:
+    """Write atomically: a temporary file in the same folder, renamed when complete."""
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
+        tmp.write_bytes(selector_bytes(selector))
 
 
 def read_selector(path: str | Path) -> Selector:
