@@ -446,4 +446,5 @@ def demo(
     else:
         with tempfile.TemporaryDirectory(prefix="dise-demo-") as tmp:
             report = run_demo(Path(tmp), dev, train_limit, note=ui.note)
+        report["files"] = {}          # gone with the temporary folder
     render_demo(ui, report)

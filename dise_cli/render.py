@@ -160,5 +160,8 @@ def render_demo(ui: Output, report: dict) -> None:
     ui.line(f"DISE routes {_shares(dise['share'])}; its NFE includes the selector ({dise['selector_nfe']:.2f} NFE); "
             f"{timing['speedup_vs_baseline']:.2f}x faster than DOPRI5-only at batch {timing['batch_size']}; "
             f"{report['seconds']:.0f} s in all")
-    ui.line(f"files: {report['files']['bundle']}")
+    if report["files"]:
+        ui.line(f"bundle: {report['files']['bundle']}")
+    else:
+        ui.line("the profile, selector and bundle were written to a temporary folder; --out DIR keeps them")
     ui.json(report)

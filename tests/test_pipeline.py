@@ -259,3 +259,14 @@ def test_selector_and_profile_must_belong_together(pipeline):
     res = invoke("export", pipeline["model"], *pipeline["arch"], "--selector", pipeline["selector"], "--profile",
                  d / "p2.safetensors", "--out", d / "bad.dise")
     assert res.exit_code == 2 and "chooses among" in res.stderr and not (d / "bad.dise").exists()
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    res = invoke("demo", "--train-limit", 300, "--out", tmp_path, "--json", tmp_path / "demo.json")
+    assert res.exit_code == 0, res.stderr
+    for row in ("DOPRI5-only", "Euler-only", "RK4-only", "DISE", "oracle"):
+        assert row in res.stdout
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["n_samples"] == 1000 and report["timing"][0]["batch_size"] == 256
+    assert (tmp_path / "mnist_odenet.dise").exists() and (tmp_path / "selector.safetensors").exists()
+    assert report["dise"]["nfe_mean"] < report["baseline_only"]["nfe_mean"]
