@@ -270,3 +270,28 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert report["n_samples"] == 1000 and report["timing"][0]["batch_size"] == 256
     assert (tmp_path / "mnist_odenet.dise").exists() and (tmp_path / "selector.safetensors").exists()
     assert report["dise"]["nfe_mean"] < report["baseline_only"]["nfe_mean"]
+
+
+def test_model_that_does_not_export_is_rebuilt_from_its_arch(tmp_path):
+    """A block called from a custom forward: no programs; the manifest names the --arch factory."""
+    module = tiny_models.build_nested()
+    torch.save(module.state_dict(), tmp_path / "n.pt")
+    x = torch.randn(80, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    arch = ["--code-path", TESTS]
+    assert invoke("profile", tmp_path / "n.pt", "--arch", "tiny_models:build_nested", *arch, "--data",
+                  tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
+    res = invoke("train-selector", tmp_path / "n.pt", "--model-arch", "tiny_models:build_nested", *arch, "--data",
+                 tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", 2,
+                 "--out", tmp_path / "s.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["selector"]["inputs"] == "h0"          # no separate decoder: the paper's v(h0)
+    res = invoke("export", tmp_path / "n.pt", "--arch", "tiny_models:build_nested", *arch, "--selector",
+                 tmp_path / "s.safetensors", "--out", tmp_path / "n.dise")
+    assert res.exit_code == 0 and "rebuilds the model with tiny_models:build_nested" in res.stderr
+    model = dise_cli.load(tmp_path / "n.dise", code_path=[TESTS])
+    assert model.manifest["programs"] is False and model.manifest["arch"] == "tiny_models:build_nested"
+    out, stats = model(x[:10], return_stats=True)
+    assert out.shape == (10, 3) and len(stats.nfe) == 10
