@@ -238,3 +238,12 @@ def test_given_first_stage_is_used_not_recomputed(integrator):
     assert counter.rows == int(plain.nfe.sum()) - len(y0)             # one evaluation per sample saved
     assert shared.nfe.tolist() == plain.nfe.tolist()                   # and still counted
     assert torch.equal(shared.ys, plain.ys)
+
+
+def test_kinetic_energy_along_the_solve():
+    """For dy/dt = -y from y0 = 1: the integral over [0, 1] of f^2 = e^(-2t) is (1 - e^-2) / 2."""
+    y0 = torch.ones(3, 1, dtype=torch.float64)
+    sol = Dopri5(rtol=1e-8, atol=1e-8).solve(VectorField(lambda t, y: -y), y0, torch.tensor([0.0, 1.0]),
+                                             record_errors=True)
+    expected = (1 - torch.exp(torch.tensor(-2.0, dtype=torch.float64))) / 2
+    torch.testing.assert_close(sol.step_errors.kinetic_per_sample(3), expected.expand(3), rtol=1e-6, atol=1e-8)

@@ -22,21 +22,31 @@ class Status(enum.IntEnum):
 
 @dataclass
 class StepErrors:
-    """DOPRI5's local error estimate of every accepted step, for error regularisers.
+    """Per accepted DOPRI5 step, what the regularisers need, with gradients.
 
-    ``error[m]`` is step m's RMS of (error estimate / tolerance), the quantity the step-size
-    controller uses, with gradients; ``sample[m]`` the sample it belongs to; ``dt[m]`` its size.
+    ``error[m]`` is step m's local error estimate as the RMS of (error estimate / tolerance), the
+    quantity the step-size controller uses; ``kinetic[m]`` is the step's share of the kinetic
+    energy, dt * sum_j b_j mean(k_j^2) (DOPRI5's quadrature of the mean squared f over the step);
+    ``sample[m]`` the sample it belongs to; ``dt[m]`` its size.
     """
 
     sample: torch.Tensor   # [M] int64
     error: torch.Tensor    # [M], the state's dtype, differentiable
     dt: torch.Tensor       # [M] float64
+    kinetic: torch.Tensor | None = None   # [M], differentiable
 
     def per_sample(self, n: int, weight_by_dt: bool = False) -> torch.Tensor:
         """``[n]``: sum over each sample's steps of err (the paper's R_err per sample), or of
         err * |dt| (ERNODE's variant)."""
         values = self.error * self.dt.abs().to(self.error.dtype) if weight_by_dt else self.error
-        return torch.zeros(n, dtype=self.error.dtype, device=self.error.device).index_add(0, self.sample, values)
+        return self._sum(n, values)
+
+    def kinetic_per_sample(self, n: int) -> torch.Tensor:
+        """``[n]``: the integral of the mean squared f along each sample's solve (Finlay et al.)."""
+        return self._sum(n, self.kinetic)
+
+    def _sum(self, n: int, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, self.sample, values)
 
 
 @dataclass

@@ -151,6 +151,7 @@ class _Results:
     step_sample: list = dc_field(default_factory=list)   # per accepted step, when errors are recorded
     step_error: list = dc_field(default_factory=list)
     step_dt: list = dc_field(default_factory=list)
+    step_kinetic: list = dc_field(default_factory=list)
 
     def output(self, time_idx: torch.Tensor, sample_idx: torch.Tensor, value: torch.Tensor) -> None:
         self.out_time.append(time_idx)
@@ -249,6 +250,9 @@ class Dopri5(Integrator):
                 res.step_sample.append(rows["idx"][accept])
                 res.step_error.append(ratio[accept])
                 res.step_dt.append(dt[accept])
+                b_sol = DOPRI5_BETA[5]       # the 5th-order solution weights (k7's is 0)
+                kinetic = sum(w * k[j].pow(2).reshape(len(y), -1).mean(1) for j, w in enumerate(b_sol) if w)
+                res.step_kinetic.append((kinetic * dty)[accept])
             rows["attempts"] = rows["attempts"] + 1
             rows["accepted"] = rows["accepted"] + accept.long()
             self._dense_output(res, t, rows["ptr"], rows["idx"], accept, t_now, t_next, y, y1, k, dty, c_mid)
@@ -344,5 +348,5 @@ class Dopri5(Integrator):
         step_errors = None
         if record_errors:
             step_errors = StepErrors(sample=torch.cat(res.step_sample), error=torch.cat(res.step_error),
-                                     dt=torch.cat(res.step_dt))
+                                     dt=torch.cat(res.step_dt), kinetic=torch.cat(res.step_kinetic))
         return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
