@@ -252,7 +252,10 @@ class Dopri5(Integrator):
                 res.step_dt.append(dt[accept])
                 b_sol = DOPRI5_BETA[5]       # the 5th-order solution weights (k7's is 0)
                 kinetic = sum(w * k[j].pow(2).reshape(len(y), -1).mean(1) for j, w in enumerate(b_sol) if w)
-                res.step_kinetic.append((kinetic * dty)[accept])
+                # The last step may end past the grid (dense output interpolates back): count only
+                # the part of it inside, as if f^2 were even across the step.
+                inside = ((t[-1] - t_now) / dt).clamp(max=1.0).to(dtype)
+                res.step_kinetic.append((kinetic * dty * inside)[accept])
             rows["attempts"] = rows["attempts"] + 1
             rows["accepted"] = rows["accepted"] + accept.long()
             self._dense_output(res, t, rows["ptr"], rows["idx"], accept, t_now, t_next, y, y1, k, dty, c_mid)
