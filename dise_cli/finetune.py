@@ -1,0 +1,154 @@
+"""``dise finetune`` as a library: L_task + λR (paper Eq. 3) with R one of
+
+- ``err``: R_err, the DOPRI5 local error estimates of every accepted step (paper Eq. 2),
+  backpropagated through the solver's forward graph; ``err-dt``: ERNODE's Σ err·|dt|;
+- ``kinetic``: ∫ mean‖f‖² dt along the solve (Finlay et al., the paper's Eq. 1);
+- ``l1``, ``l2``: on the ODE function's parameters; ``none``: the task loss alone.
+
+Per batch, sums over samples are divided by the batch size, so λ does not depend on it. After each
+epoch: validation accuracy (or error) and DOPRI5's mean NFE; the checkpoint kept is the one with the
+smallest validation NFE among those within ``max_accuracy_drop`` points of the starting model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dise_cli.datasets import Dataset
+from dise_cli.errors import InputError, UsageError
+from dise_cli.imports import import_object
+from dise_cli.integrators import Dopri5
+from dise_cli.judging import Judge, targets_batch_major
+from dise_cli.odeblock import OdeModel
+from dise_cli.profiling import profile_candidates
+from dise_cli.reports import summarize
+
+REGULARISERS = ("err", "err-dt", "kinetic", "l1", "l2", "none")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    reg: str = "err"
+    lam: float = 0.01
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 128
+    seed: int = 0
+    max_accuracy_drop: float = 0.3
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    loss: str | None = None          # package.module:fn (outputs, targets) -> scalar
+
+    def check(self) -> None:
+        if self.reg not in REGULARISERS:
+            raise UsageError(f"--reg: unknown regulariser '{self.reg}'; valid: {', '.join(REGULARISERS)}")
+        if not self.lam >= 0:
+            raise UsageError(f"--lam: λ must be >= 0, got {self.lam}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class FinetuneResult:
+    state: dict[str, torch.Tensor]    # the kept checkpoint
+    kept_epoch: int                   # 0: the starting model
+    history: list[dict]               # per epoch: losses, training NFE, validation metrics
+
+
+def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss:
+        fn = import_object(loss, "--loss")
+        if not callable(fn):
+            raise UsageError(f"--loss: '{loss}' is not callable")
+        return fn
+    if task == "classification":
+        return lambda out, y: F.cross_entropy(out, y.long())
+    return lambda out, y: F.mse_loss(out, y.to(out.dtype).reshape(out.shape) if y.numel() == out.numel() else y)
+
+
+def regulariser(ode: OdeModel, reg: str, solution, n: int) -> torch.Tensor:
+    if reg in ("err", "err-dt"):
+        return solution.step_errors.per_sample(n, weight_by_dt=reg == "err-dt").sum() / n
+    if reg == "kinetic":
+        return solution.step_errors.kinetic_per_sample(n).sum() / n
+    params = [p for p in ode.func.parameters() if p.requires_grad]
+    if reg == "l1":
+        return sum(p.abs().sum() for p in params)
+    if reg == "l2":
+        return sum(p.pow(2).sum() for p in params)
+    return torch.zeros(())
+
+
+@torch.no_grad()
+def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: Dopri5, device: torch.device,
+             batch_size: int) -> dict:
+    """Accuracy (or share within β and mean Γ) and DOPRI5's mean NFE on ``data``."""
+    ode.module.eval()
+    run = profile_candidates(ode, data, [solver], judge, rows=torch.arange(len(data)), batch_size=batch_size,
+                             device=device)
+    row = summarize(run.profile)["candidates"][0]
+    out = {"accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"]}
+    if judge.task == "regression":
+        out["mean_error"] = row["mean_error"]
+    return out
+
+
+def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,
+             task: str, progress: Callable[[dict], None] | None = None) -> FinetuneResult:
+    settings.check()
+    if train.y is None:
+        raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets")
+    if val.y is None:
+        raise InputError(f"validation data '{val.name}' has no labels; fine-tuning needs targets to validate")
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    judge = Judge(task)
+    loss_fn = task_loss(task, settings.loss)
+    solver = Dopri5(rtol=settings.rtol, atol=settings.atol)
+    module = ode.module
+    targets = targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
+    record = settings.reg in ("err", "err-dt", "kinetic")
+    t_span = ode.t_span.to(device)
+
+    start = validate(ode, val, judge, solver, device, settings.batch_size)
+    history = [{"epoch": 0, "validation": start}]
+    best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), 0, start["nfe_mean"]
+    for epoch in range(1, settings.epochs + 1):
+        module.train()
+        perm = torch.randperm(len(train), generator=gen)
+        sums = {"loss": 0.0, "task_loss": 0.0, "reg": 0.0, "train_nfe": 0.0}
+        for i in range(0, len(perm), settings.batch_size):
+            idx = perm[i:i + settings.batch_size]
+            x, y = train.x[idx].to(device), targets[idx].to(device)
+            solved = []
+
+            def solve(h0, solved=solved):
+                solved.append(solver.solve(ode.field, h0, t_span, record_errors=record))
+                return solved[-1].ys
+
+            out = ode.forward_with(x, solve)
+            task_value = loss_fn(out, y)
+            reg_value = regulariser(ode, settings.reg, solved[0], len(idx)).to(task_value.device)
+            loss = task_value + settings.lam * reg_value
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step = {"loss": float(loss.detach()), "task_loss": float(task_value.detach()),
+                    "reg": float(reg_value.detach()), "train_nfe": float(solved[0].nfe.double().mean())}
+            for key in sums:
+                sums[key] += step[key] * len(idx)
+            if progress is not None:
+                progress({"advance": len(idx), **step})
+        val_metrics = validate(ode, val, judge, solver, device, settings.batch_size)
+        history.append({"epoch": epoch, **{k: v / len(perm) for k, v in sums.items()}, "validation": val_metrics})
+        within = val_metrics["accuracy"] >= start["accuracy"] - settings.max_accuracy_drop / 100 - 1e-12
+        if within and val_metrics["nfe_mean"] < best_nfe:
+            best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), epoch, val_metrics["nfe_mean"]
+    module.eval()
+    return FinetuneResult(state={k: v.detach().cpu() for k, v in best_state.items()}, kept_epoch=best_epoch,
+                          history=history)
