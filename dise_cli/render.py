@@ -165,3 +165,24 @@ def render_demo(ui: Output, report: dict) -> None:
     else:
         ui.line("the profile, selector and bundle were written to a temporary folder; --out DIR keeps them")
     ui.json(report)
+
+
+def render_finetune(ui: Output, result, settings) -> dict:
+    rows = []
+    for h in result.history:
+        val = h["validation"]
+        rows.append((str(h["epoch"]), "" if h["epoch"] == 0 else f"{h['loss']:.4f}",
+                     "" if h["epoch"] == 0 else f"{h['task_loss']:.4f}", "" if h["epoch"] == 0 else f"{h['reg']:.4g}",
+                     "" if h["epoch"] == 0 else f"{h['train_nfe']:.1f}", _pct(val["accuracy"]), f"{val['nfe_mean']:.2f}",
+                     "kept" if h["epoch"] == result.kept_epoch else ""))
+    ui.table(f"dise finetune: {settings.reg}, λ = {settings.lam:g}, {settings.epochs} epochs",
+             ["epoch", "loss", "task loss", "R", "train NFE", "val accuracy", "val NFE", ""], rows)
+    start, kept = result.history[0]["validation"], result.history[result.kept_epoch]["validation"]
+    ui.line(f"kept epoch {result.kept_epoch}: validation NFE {start['nfe_mean']:.2f} -> {kept['nfe_mean']:.2f} "
+            f"(x{kept['nfe_mean'] / start['nfe_mean']:.3f}), accuracy {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}"
+            + ("" if result.kept_epoch else f"; no epoch stayed within {settings.max_accuracy_drop} pp and lowered "
+                                             f"the NFE, so the starting model was kept"))
+    report = {"schema_version": 1, "reg": settings.reg, "lam": settings.lam, "epochs": settings.epochs,
+              "kept_epoch": result.kept_epoch, "history": result.history}
+    ui.json(report)
+    return report

@@ -248,3 +248,13 @@ def test_kinetic_energy_along_the_solve():
     expected = (1 - torch.exp(torch.tensor(-2.0, dtype=torch.float64))) / 2
     # exact up to the last step, which is counted for the part inside [0, 1] at its mean f^2
     torch.testing.assert_close(sol.step_errors.kinetic_per_sample(3), expected.expand(3), rtol=2e-3, atol=0)
+
+
+def test_first_step_option_matches_torchdiffeq():
+    y0, t = y0s(3), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    sol = Dopri5(rtol=1e-6, atol=1e-6, first_step=0.05).solve(VectorField(linear), y0, t)
+    for i in range(3):
+        counter = Counting(linear)
+        ys = odeint(counter, y0[i:i + 1], t, rtol=1e-6, atol=1e-6, options={"first_step": 0.05})
+        assert sol.nfe[i].item() == counter.calls
+        torch.testing.assert_close(sol.final[i], ys[-1, 0], rtol=0, atol=0)

@@ -160,25 +160,32 @@ class _Results:
 
 
 class Dopri5(Integrator):
-    """Adaptive Dormand-Prince 5(4); NFE = 2 (initial step selection) + 6 per attempted step."""
+    """Adaptive Dormand-Prince 5(4); NFE = 2 (initial step selection; 1 with ``first_step``) + 6 per
+    attempted step."""
 
     name = "dopri5"
     adaptive = True
 
-    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS):
+    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
+                 first_step: float | None = None):
         if not rtol > 0 or not atol > 0:
             raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if first_step is not None and not first_step > 0:
+            raise ValueError(f"first_step must be > 0, got {first_step}")
         self.rtol = float(rtol)
         self.atol = float(atol)
         self.max_steps = int(max_steps)
+        self.first_step = None if first_step is None else float(first_step)   # as torchdiffeq's option
 
     @property
     def spec(self) -> str:
         spec = f"dopri5:rtol={self.rtol:g},atol={self.atol:g}"
         if self.max_steps != DEFAULT_MAX_STEPS:
             spec += f",max_steps={self.max_steps}"
+        if self.first_step is not None:
+            spec += f",first_step={self.first_step:g}"
         return spec
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
@@ -204,7 +211,8 @@ class Dopri5(Integrator):
         rows = {  # per active row; compacted together when rows leave
             "idx": idx, "y": h0, "f": f,
             "t_now": t[0].expand(n).clone(),
-            "dt": self._initial_step(field, t[0], h0, f, rtol, atol),
+            "dt": (self._initial_step(field, t[0], h0, f, rtol, atol) if self.first_step is None
+                   else torch.full((n,), self.first_step, dtype=torch.float64, device=device)),
             "ptr": torch.ones(n, dtype=torch.long, device=device),   # next grid index to output
             "attempts": torch.zeros(n, dtype=torch.int64, device=device),
             "accepted": torch.zeros(n, dtype=torch.int64, device=device),
@@ -273,13 +281,12 @@ class Dopri5(Integrator):
                 rows = self._retire(res, rows, stop)
         return self._assemble(res, h0, n_t, record_errors)
 
-    @staticmethod
-    def _retire(res: _Results, rows: dict, stop: torch.Tensor) -> dict:
+    def _retire(self, res: _Results, rows: dict, stop: torch.Tensor) -> dict:
         """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
         leaving = stop >= 0
         gone = rows["idx"][leaving]
         res.status[gone] = stop[leaving].to(torch.uint8)
-        res.nfe[gone] = 2 + 6 * rows["attempts"][leaving]
+        res.nfe[gone] = (2 if self.first_step is None else 1) + 6 * rows["attempts"][leaving]
         res.n_steps[gone] = rows["accepted"][leaving]
         keep = torch.nonzero(~leaving).flatten()      # one nonzero for all the row tensors
         return {name: value.index_select(0, keep) for name, value in rows.items()}

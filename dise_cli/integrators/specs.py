@@ -22,7 +22,7 @@ OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
     "euler": {"steps": int},
     "midpoint": {"steps": int},
     "rk4": {"steps": int},
-    "dopri5": {"rtol": float, "atol": float, "max_steps": int},
+    "dopri5": {"rtol": float, "atol": float, "max_steps": int, "first_step": float},
 }
 
 

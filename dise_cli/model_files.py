@@ -1,0 +1,31 @@
+"""Writing a model back in the form it was read: safetensors, or a .pt/.pth state dict; a pickled
+module only as a state dict (it needs --arch to load again). Atomic, so nothing is half-written."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dise_cli.files import atomic_path
+from dise_cli.loading import ModelSpec
+
+
+def output_for(spec: ModelSpec, out: str | None) -> tuple[Path, str | None]:
+    """The output path (default: beside the input, with a ``.finetuned`` infix) and a note to show."""
+    path = Path(out) if out else spec.path.with_name(f"{spec.path.stem}.finetuned{spec.path.suffix}")
+    note = None
+    if spec.trust_pickle and not spec.arch:
+        note = (f"the model was a pickled module; '{path}' is a state dict: load it with --arch "
+                f"package.module:factory")
+    return path, note
+
+
+def save_model(opened, state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors for a ``.safetensors`` path, else a ``torch.save`` state dict (``weights_only`` loads it)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(state, str(tmp))
+        else:
+            torch.save(state, tmp)

@@ -1,0 +1,115 @@
+"""Regularised fine-tuning: R_err's gradient, each regulariser decreasing, the command end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import tiny_models
+from dise_cli.cli import app
+from dise_cli.finetune import REGULARISERS, regulariser
+from dise_cli.integrators import Dopri5, VectorField
+from dise_cli.odeblock import probe, split_model
+
+TESTS = str(Path(__file__).resolve().parent)
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_r_err_gradient_matches_finite_differences():
+    """One accepted step of fixed size (first_step = 1), so R_err is a smooth function of W."""
+    torch.manual_seed(0)
+    w = (0.3 * torch.randn(3, 3, dtype=torch.float64)).requires_grad_(True)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    solver = Dopri5(rtol=1e-2, atol=1e-2, first_step=1.0)
+
+    def r_err(weight):
+        sol = solver.solve(VectorField(lambda t, y: torch.tanh(y @ weight.T)), y0, torch.tensor([0.0, 1.0]),
+                           record_errors=True)
+        assert sol.n_steps.tolist() == [1] * 4 and sol.nfe.tolist() == [7] * 4
+        return sol.step_errors.per_sample(4).sum()
+
+    r_err(w).backward()
+    eps = 1e-6
+    fd = torch.zeros_like(w)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(3):
+                dw = torch.zeros_like(w)
+                dw[i, j] = eps
+                fd[i, j] = (r_err(w + dw) - r_err(w - dw)) / (2 * eps)
+    assert w.grad.abs().max() > 1e-4
+    torch.testing.assert_close(w.grad, fd, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("reg", [r for r in REGULARISERS if r != "none"])
+def test_each_regulariser_decreases_when_minimised(reg):
+    module = tiny_models.build_classifier()
+    ode = split_model(module)
+    probe(ode, torch.randn(4, 2), "x")
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0)) * 2
+    solver = Dopri5()
+    opt = torch.optim.Adam(ode.func.parameters(), lr=1e-2)
+
+    def value():
+        solved = []
+        ode.forward_with(x, lambda h: (solved.append(solver.solve(ode.field, h, ode.t_span, record_errors=True)),
+                                       solved[-1].ys)[1])
+        return regulariser(ode, reg, solved[0], len(x))
+
+    first = float(value().detach())
+    for _ in range(15):
+        r = value()
+        opt.zero_grad()
+        r.backward()
+        opt.step()
+    assert float(value().detach()) < 0.8 * first
+
+
+def test_finetune_end_to_end(tiny):
+    d = tiny["dir"]
+    out = d / "tuned.pt"
+    res = invoke("finetune", tiny["model"], "--data", tiny["data"], *tiny["arch"], "--reg", "err", "--lam", "1",
+                 "--epochs", 2, "--batch-size", 16, "--out", out, "--json", d / "ft.json")
+    assert res.exit_code == 0, res.stderr
+    import json
+    report = json.loads((d / "ft.json").read_text())
+    assert report["reg"] == "err" and [h["epoch"] for h in report["history"]] == [0, 1, 2]
+    assert {"loss", "task_loss", "reg", "train_nfe", "validation"} <= set(report["history"][1])
+    assert "kept epoch" in res.stdout
+    prof = invoke("profile", out, "--data", tiny["data"], *tiny["arch"], "--out", d / "p.safetensors")
+    assert prof.exit_code == 0, prof.stderr
+    safe = invoke("finetune", tiny["dir"] / "model.safetensors", "--data", tiny["data"], *tiny["arch"], "--reg", "l2",
+                  "--lam", "0.01", "--epochs", 1, "--out", d / "tuned.safetensors")
+    assert safe.exit_code == 0 and (d / "tuned.safetensors").exists()
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("nolabels", "has no labels"),
+    ("reg", "unknown regulariser 'err2'"),
+    ("lam", "λ must be >= 0"),
+    ("loss", "--loss: cannot import module"),
+])
+def test_bad_finetune_input(tiny, case, needle):
+    d = tiny["dir"]
+    data = tiny["data"]
+    extra = []
+    if case == "nolabels":
+        save_file({"x": tiny["x"]}, str(d / "nolabels.safetensors"))
+        data = d / "nolabels.safetensors"
+    elif case == "reg":
+        extra = ["--reg", "err2"]
+    elif case == "lam":
+        extra = ["--lam", "-1"]
+    else:
+        extra = ["--loss", "nowhere.mod:fn"]
+    res = invoke("finetune", tiny["model"], "--data", data, *tiny["arch"], "--epochs", 1, *extra, "--out", d / "o.pt")
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (d / "o.pt").exists()
