@@ -1,0 +1,122 @@
+"""The paper's Table 1 (and Table 3) on the MNIST sample: fine-tune the shipped ODE-Net with each
+regulariser under one protocol, then select integrators on top of the unregularised and the
+R_err models.
+
+    python benchmarks/paper_table1.py                  # CPU: about 6 minutes on 2 cores
+    python benchmarks/paper_table1.py --device cuda
+
+Protocol (printed with the table): from the shipped weights, Adam, lr 1e-4, batch 128, 4 epochs
+(10 % of the sample's 40 training epochs), DOPRI5 at rtol = atol = 1e-3 in float32 for training and
+testing, 10 % of the 4000 training images held out for validation, the kept checkpoint being the
+one with the smallest validation NFE within 0.3 points of the start. λ per regulariser below; R is
+averaged over the batch's samples. Rows report test accuracy and DOPRI5's mean NFE on the 1000 test
+images; the DISE rows profile the training images, train the selector and evaluate on the test
+images exactly as `dise demo` does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from dise_cli.bundle import load_bundle  # noqa: E402
+from dise_cli.datasets import Dataset  # noqa: E402
+from dise_cli.demo import SAMPLE  # noqa: E402
+from dise_cli.evaluate import Gates, evaluate_routed  # noqa: E402
+from dise_cli.exporting import export_bundle  # noqa: E402
+from dise_cli.finetune import FinetuneSettings, finetune, validate  # noqa: E402
+from dise_cli.integrators import DEFAULT_CANDIDATES, Dopri5, parse_candidates  # noqa: E402
+from dise_cli.judging import Judge  # noqa: E402
+from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config  # noqa: E402
+from dise_cli.selector_training import TrainSettings, train_selector  # noqa: E402
+
+ROWS = [("No reg.", "none", 0.0), ("Kinetic energy reg.", "kinetic", 1.0), ("L1 reg.", "l1", 1e-5),
+        ("L2 reg.", "l2", 1e-4), ("Our reg. (R_err)", "err", 10.0)]
+EPOCHS, LR, BATCH = 4, 1e-4, 128
+
+
+def opened(split: str, device: str, model: str | None = None):
+    project = str(SAMPLE / "dise.yaml")
+    cfg, model_path = read_config(project, None)
+    return open_inputs(make_inputs(project, cfg, model or model_path, arch=None, trust_pickle=None, code_path=None,
+                                   ode_block=None, t_span=None, data=str(SAMPLE / f"{split}.safetensors"),
+                                   data_factory=None, x_key=None, y_key=None, device=device))
+
+
+def split_train(data, seed: int = 0):
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_val = len(data) // 10
+    part = lambda rows, name: Dataset(x=data.x[rows], y=data.y[rows], t=None, name=name, sha256="")  # noqa: E731
+    return part(perm[n_val:].sort().values, "train"), part(perm[:n_val].sort().values, "validation")
+
+
+def dise_row(model_file: Path, device: str, folder: Path) -> dict:
+    from safetensors.torch import save_file  # noqa: F401
+    train = opened("train", device, str(model_file))
+    run = profile_model(train, parse_candidates(DEFAULT_CANDIDATES), rows=torch.arange(len(train.data)), batch_size=256)
+    result = train_selector(train, run.profile, "profile", TrainSettings())
+    project = str(SAMPLE / "dise.yaml")
+    cfg, _ = read_config(project, None)
+    inputs = make_inputs(project, cfg, str(model_file), arch=None, trust_pickle=None, code_path=None, ode_block=None,
+                         t_span=None, data=None, data_factory=None, x_key=None, y_key=None, device=device)
+    bundle = folder / f"{model_file.stem}.dise"
+    export_bundle(inputs, result.selector, "selector", bundle)
+    test = opened("test", device, str(model_file))
+    report = evaluate_routed(load_bundle(bundle, device=device), test.data, rows=torch.arange(len(test.data)),
+                             batch_size=256, batch_sizes=[256], device=torch.device(device), gates=Gates(), repeats=1)
+    return {"accuracy": report["dise"]["accuracy"], "nfe": report["dise"]["nfe_mean"], "share": report["dise"]["share"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    began = time.perf_counter()
+    rows, models = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for label, reg, lam in ROWS:
+            train = opened("train", args.device)
+            train_part, val_part = split_train(train.data)
+            settings = FinetuneSettings(reg=reg, lam=lam, epochs=EPOCHS, lr=LR, batch_size=BATCH)
+            result = finetune(train.model, train_part, val_part, settings, device, "classification")
+            train.model.module.load_state_dict(result.state)
+            test = opened("test", args.device)
+            test.model.module.load_state_dict(result.state)
+            metrics = validate(test.model, test.data, Judge("classification"), Dopri5(), device, 256)
+            path = folder / f"{reg}.safetensors"
+            from safetensors.torch import save_file
+            save_file({k: v.contiguous() for k, v in result.state.items()}, str(path))
+            models[reg] = path
+            rows.append({"model": label, "reg": reg, "lam": lam, "kept_epoch": result.kept_epoch,
+                         "accuracy": metrics["accuracy"], "nfe": metrics["nfe_mean"]})
+            print(f"{label}: test accuracy {100 * metrics['accuracy']:.2f}%, NFE {metrics['nfe_mean']:.2f} "
+                  f"(kept epoch {result.kept_epoch})", file=sys.stderr, flush=True)
+        for label, reg in (("No reg. & DISE", "none"), ("Our reg. & DISE", "err")):
+            d = dise_row(models[reg], args.device, folder)
+            rows.append({"model": label, "reg": reg, **d})
+    print(f"Table 1 on the MNIST sample ({args.device}; {time.perf_counter() - began:.0f} s). Protocol: from the "
+          f"shipped weights, Adam lr {LR:g}, batch {BATCH}, {EPOCHS} epochs, DOPRI5 rtol = atol = 1e-3 float32, "
+          f"λ: " + ", ".join(f"{reg} {lam:g}" for _, reg, lam in ROWS if reg != "none"))
+    print(f"{'Model':<22}{'Accuracy':>10}{'NFE':>8}   kept epoch / selection (Table 3)")
+    for r in rows:
+        extra = (f"   epoch {r['kept_epoch']}" if "kept_epoch" in r else
+                 "   " + ", ".join(f"{k.split(':')[0]} {100 * v:.1f}%" for k, v in r["share"].items()))
+        print(f"{r['model']:<22}{100 * r['accuracy']:>9.2f}%{r['nfe']:>8.2f}{extra}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
