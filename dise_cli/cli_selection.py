@@ -31,7 +31,7 @@ def train_selector_cmd(
     inputs: Annotated[Optional[str], typer.Option("--inputs", help="What the selector sees: h0 (the paper), euler (the decoded one-step Euler answer) or euler_probs (its sorted class probabilities) [default: euler_probs for classifiers, euler for other tasks, h0 where the decoder cannot run alone].")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [default: 40].")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate [default: 3e-3].")] = None,
-    val_split: Annotated[Optional[float], typer.Option("--val-split", help="Share of the profiled samples held out for calibration and the report [default: 0.2].")] = None,
+    val_split: Annotated[Optional[float], typer.Option("--val-split", help="Share of the profiled samples held out for calibration and the report [default: 0.4: the offsets need more held-out errors than the small selector needs training samples].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Percentage points of accuracy the calibration may give up against the baseline [default: 0.3].")] = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
@@ -68,7 +68,7 @@ def train_selector_cmd(
         alpha=pick(alpha, {}, "alpha", 0.3), M=pick(big_m, {}, "M", 1000.0), beta=beta,
         arch=arch or "auto", inputs=inputs or "auto",
         epochs=positive_int(epochs if epochs is not None else 40, "--epochs"), lr=lr if lr is not None else 3e-3,
-        val_split=val_split if val_split is not None else 0.2, seed=int(pick(seed, cfg, "seed", 0)),
+        val_split=val_split if val_split is not None else 0.4, seed=int(pick(seed, cfg, "seed", 0)),
         max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else 0.3)
     if not 0 < settings.val_split < 1:
         raise UsageError(f"--val-split: must be between 0 and 1, got {settings.val_split}")

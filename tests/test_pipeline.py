@@ -52,7 +52,7 @@ def test_train_selector_report(pipeline):
     report = json.loads((pipeline["dir"] / "train.json").read_text())
     assert {"dise", "uncalibrated", "baseline_only", "best_single", "oracle", "tradeoff", "costs", "selector",
             "selector_nfe", "n_train", "n_validation"} <= set(report)
-    assert report["n_train"] == 160 and report["n_validation"] == 40
+    assert report["n_train"] == 120 and report["n_validation"] == 80
     assert report["selector"]["inputs"] == "euler_probs" and report["costs"]["alpha"] == 0.3
     base = report["baseline_only"]["accuracy"]
     assert report["tradeoff"] and all(p["nfe_mean"] > 0 for p in report["tradeoff"])
