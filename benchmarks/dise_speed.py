@@ -33,6 +33,7 @@ from dise_cli.bundle import load_bundle  # noqa: E402
 from dise_cli.datasets import Dataset  # noqa: E402
 from dise_cli.demo import SAMPLE, run_demo  # noqa: E402
 from dise_cli.offline import run_offline  # noqa: E402
+from dise_cli.selector_training import selector_cost_in_nfe  # noqa: E402
 
 TARGETS = {"cpu_256": 3.0, "cuda_run_4096": 2.5}
 
@@ -71,8 +72,8 @@ def measure(bundle: Path, device: torch.device, batch_sizes: list[int], repeats:
     out_b = baseline(x_all)
     acc_d = float((out_d.argmax(1) == y_all).double().mean())
     acc_b = float((out_b.argmax(1) == y_all).double().mean())
-    nfe_d = float(stats.nfe.double().mean()) + float(routed.selector.meta.get("selector_nfe", 0.0))
     h0 = ode.encode(x_all)
+    nfe_d = float(stats.nfe.double().mean()) + selector_cost_in_nfe(routed.selector.net, ode, h0[:256])
     nfe_b = float(dopri.solve(ode.field, h0, t).nfe.double().mean())
     result = {"device": str(device), "accuracy_dise": acc_d, "accuracy_dopri5": acc_b,
               "accuracy_delta_pp": 100 * (acc_d - acc_b), "nfe_dise": nfe_d, "nfe_dopri5": nfe_b,

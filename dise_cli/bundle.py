@@ -142,11 +142,18 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())},
     }
     with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr(MANIFEST, yaml.safe_dump(manifest, sort_keys=True))
+        with zipfile.ZipFile(tmp, "w") as z:
+            _write_member(z, MANIFEST, yaml.safe_dump(manifest, sort_keys=True).encode())
             for name, data in sorted(members.items()):
-                z.writestr(name, data)
+                _write_member(z, name, data)
     return info
+
+
+def _write_member(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+    """A member with a fixed timestamp, so that the same inputs give a byte-identical bundle."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    z.writestr(info, data)
 
 
 def read_members(path: str | Path) -> tuple[dict, dict[str, bytes]]:

@@ -78,7 +78,9 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         fallback.append(stats.fallback)
     score, nfe_all, choice_all = torch.cat(scores).cpu(), torch.cat(nfe).cpu(), torch.cat(choice).cpu()
     h0 = ode.encode(data.x[rows[:256]].to(device)) if ode.splittable else None
-    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, h0) if h0 is not None else routed.selector.meta.get("selector_nfe", 0.0)
+    if h0 is None:             # the decoder cannot run alone: time the selector on h(0) itself
+        h0 = torch.cat(_capture_h0(routed, data.x[rows[:256]].to(device)))
+    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, h0)
     k = len(routed.integrators)
     metrics = {
         "nfe_mean": round(float(nfe_all.double().mean()) + v_nfe, 4),
@@ -145,3 +147,9 @@ def check_gates(report: dict, gates: Gates) -> list[dict]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _capture_h0(routed: RoutedModel, x: torch.Tensor) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    routed.ode.forward_with(x, lambda h: (seen.append(h), routed.solve(h))[1])
+    return seen

@@ -37,8 +37,7 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
         raise InputError(f"selector '{selector_name}' was trained on t = {selector.meta.get('t_span')}, "
                          f"but the model's time grid is {ode.t_span.tolist()}; pass the same --t-span")
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch,
-                        extra={"validation": selector.meta.get("validation", {}),
-                               "selector_nfe": selector.meta.get("selector_nfe")})
+                        extra={"validation": selector.meta.get("validation", {})})
 
 
 def check_selector_profile(selector: Selector, selector_name: str, profile_path: str) -> None:

@@ -295,3 +295,15 @@ def test_model_that_does_not_export_is_rebuilt_from_its_arch(tmp_path):
     assert model.manifest["programs"] is False and model.manifest["arch"] == "tiny_models:build_nested"
     out, stats = model(x[:10], return_stats=True)
     assert out.shape == (10, 3) and len(stats.nfe) == 10
+
+
+def test_same_inputs_and_seed_give_byte_identical_selector_and_bundle(pipeline):
+    d = pipeline["dir"]
+    for i in (1, 2):
+        assert invoke("train-selector", pipeline["model"], "--data", pipeline["train"], "--profile", pipeline["profile"],
+                      "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 3,
+                      "--out", d / f"s{i}.safetensors").exit_code == 0
+        assert invoke("export", pipeline["model"], *pipeline["arch"], "--selector", d / f"s{i}.safetensors",
+                      "--out", d / f"b{i}.dise").exit_code == 0
+    assert (d / "s1.safetensors").read_bytes() == (d / "s2.safetensors").read_bytes()
+    assert (d / "b1.dise").read_bytes() == (d / "b2.dise").read_bytes()
