@@ -22,7 +22,7 @@ from dise_cli.datasets import Dataset
 from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
 from dise_cli.integrators import Dopri5
-from dise_cli.judging import Judge, targets_batch_major
+from dise_cli.judging import Judge, check_labels, targets_batch_major
 from dise_cli.odeblock import OdeModel
 from dise_cli.profiling import profile_candidates
 from dise_cli.reports import summarize
@@ -104,6 +104,9 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
         raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets")
     if val.y is None:
         raise InputError(f"validation data '{val.name}' has no labels; fine-tuning needs targets to validate")
+    with torch.no_grad():
+        sample = ode.forward_with(train.x[:2].to(device), lambda h: Dopri5().solve(ode.field, h, ode.t_span.to(device)).ys)
+    check_labels(task, train.y, sample, train.name)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     judge = Judge(task)

@@ -84,3 +84,17 @@ def _metric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if ":" in name:
         return import_object(name, "--metric")
     raise UsageError(f"--metric: unknown metric '{name}'; valid: {', '.join(METRICS)} or package.module:fn")
+
+
+def check_labels(task: str, y: torch.Tensor | None, sample_output: torch.Tensor, data_name: str) -> None:
+    """Classification labels must be class indices the model can output: integers in [0, C)."""
+    if task != "classification" or y is None:
+        return
+    if y.is_floating_point():
+        raise InputError(f"data '{data_name}': labels are {y.dtype}; a classifier needs integer class indices "
+                         f"(or pass --task regression)")
+    n_classes = sample_output.shape[1] if sample_output.ndim >= 2 else 1
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= n_classes:
+        raise InputError(f"data '{data_name}': labels run from {low} to {high}, but the model outputs "
+                         f"{n_classes} classes (0 to {n_classes - 1})")

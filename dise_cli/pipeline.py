@@ -11,7 +11,7 @@ from dise_cli.config import is_project_file, parse_t_span, pick, read_project, r
 from dise_cli.datasets import Dataset, DataSpec, load_data
 from dise_cli.errors import UsageError
 from dise_cli.integrators import Integrator
-from dise_cli.judging import Judge, detect_task
+from dise_cli.judging import Judge, check_labels, detect_task
 from dise_cli.loading import LoadedModel, ModelSpec, load_model
 from dise_cli.odeblock import OdeModel, probe, split_model
 from dise_cli.profiling import DEFAULT_REFERENCE, ProfileRun, profile_candidates
@@ -98,11 +98,12 @@ def profile_model(opened: Opened, candidates: list[Integrator], *, rows: torch.T
     """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
     candidate on ``rows`` of the data, and stamp the profile with what produced it."""
     ode, data, device = opened.model, opened.data, opened.device
+    with torch.no_grad():
+        sample = ode.forward_with(data.x[:2].to(device),
+                                  lambda h: candidates[0].solve(ode.field, h, ode.t_span.to(device)).ys)
     if task is None:
-        with torch.no_grad():
-            sample = ode.forward_with(data.x[:2].to(device),
-                                      lambda h: candidates[0].solve(ode.field, h, ode.t_span.to(device)).ys)
         task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested"))
+    check_labels(task, data.y, sample, data.name)
     judge = Judge(task, metric)
     torch.manual_seed(seed)
     run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,

@@ -45,6 +45,12 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
             f"{best['candidate']} ({right} {_pct(best['accuracy'])}, mean NFE {best['nfe_mean']:.2f})")
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
+    for r in report["candidates"]:
+        if r["failed_samples"]:
+            failed = sum(v for k, v in r["status"].items() if k != "ok")
+            ui.line(f"{r['candidate']}: {failed} failed solves ("
+                    + ", ".join(f"{k} {v}" for k, v in r["status"].items() if k != "ok" and v)
+                    + f"), data rows {r['failed_samples'][:10]}{' ...' if failed > 10 else ''}; they count as wrong")
     ui.json(report)
     return report
 

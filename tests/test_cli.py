@@ -21,8 +21,8 @@ runner = CliRunner()
 
 PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "labels", "candidates", "oracle",
                 "best_single"}
-CANDIDATE_KEYS = {"candidate", "accuracy", "nfe", "status", "agreement_with_baseline", "seconds_per_sample",
-                  "seconds_per_nfe", "peak_memory_mb"}
+CANDIDATE_KEYS = {"candidate", "accuracy", "nfe", "status", "failed_samples", "agreement_with_baseline",
+                  "seconds_per_sample", "seconds_per_nfe", "peak_memory_mb"}
 
 
 def invoke(*args):
