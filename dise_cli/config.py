@@ -34,7 +34,9 @@ def read_project(path: str | Path) -> dict[str, Any]:
     import yaml
     p = existing_file(path, "config")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"config '{p}' is not UTF-8 text (a YAML file was expected)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -152,3 +152,4 @@ class WrapperWithTime(nn.Module):
 
     def forward(self, y0, t):
         return odeint(self.net, y0, t)
+TESTS_CONSTANT = 42
