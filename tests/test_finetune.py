@@ -80,6 +80,7 @@ def test_finetune_end_to_end(tiny):
     assert res.exit_code == 0, res.stderr
     import json
     report = json.loads((d / "ft.json").read_text())
+    assert set(report) == {"schema_version", "reg", "lam", "epochs", "kept_epoch", "history"}
     assert report["reg"] == "err" and [h["epoch"] for h in report["history"]] == [0, 1, 2]
     assert {"loss", "task_loss", "reg", "train_nfe", "validation"} <= set(report["history"][1])
     assert "kept epoch" in res.stdout

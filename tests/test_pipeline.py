@@ -50,8 +50,12 @@ def pipeline(tiny) -> dict:
 
 def test_train_selector_report(pipeline):
     report = json.loads((pipeline["dir"] / "train.json").read_text())
-    assert {"dise", "uncalibrated", "baseline_only", "best_single", "oracle", "tradeoff", "costs", "selector",
-            "selector_nfe", "n_train", "n_validation"} <= set(report)
+    assert set(report) == {"schema_version", "task", "selector", "n_train", "n_validation", "costs", "selector_nfe",
+                           "max_accuracy_drop_pp", "dise", "uncalibrated", "baseline_only", "best_single", "oracle",
+                           "tradeoff"}
+    assert set(report["dise"]) == {"accuracy", "nfe_mean", "share", "offsets"}
+    assert set(report["costs"]) == {"alpha", "M", "M_raised", "beta"}
+    assert set(report["tradeoff"][0]) == {"accuracy", "nfe_mean", "share"}
     assert report["n_train"] == 120 and report["n_validation"] == 80
     assert report["selector"]["inputs"] == "euler_probs" and report["costs"]["alpha"] == 0.3
     base = report["baseline_only"]["accuracy"]
@@ -85,7 +89,10 @@ def test_evaluate_and_gates(pipeline):
                  "--json", "-")
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
-    assert {"dise", "baseline_only", "best_single", "oracle", "candidates", "timing", "gates", "task"} <= set(report)
+    assert set(report) == {"schema_version", "task", "n_samples", "dise", "baseline_only", "candidates", "best_single",
+                           "oracle", "timing", "gates"}
+    assert set(report["dise"]) == {"accuracy", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
+    assert set(report["timing"][0]) == {"batch_size", "seconds_per_batch", "speedup_vs_baseline"}
     assert [t["batch_size"] for t in report["timing"]] == [1, 8]
     assert set(report["timing"][0]["seconds_per_batch"]) == {"dise", *[c["candidate"] for c in report["candidates"]]}
     failing = invoke("evaluate", pipeline["bundle"], "--data", pipeline["data"], "--batch-sizes", "4", "--repeats", 1,

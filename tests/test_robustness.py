@@ -61,3 +61,25 @@ def test_numerical_faults_are_statuses_not_failures(tmp_path):
     assert euler["status"]["non_finite"] >= 2 and euler["status"]["ok"] <= 18
     assert dopri["status"]["max_steps"] + dopri["status"]["non_finite"] + dopri["status"]["underflow"] == 20
     assert 3 in dopri["failed_samples"] and 7 in euler["failed_samples"]
+
+
+def test_sigint_during_train_selector(tmp_path):
+    from typer.testing import CliRunner
+
+    from dise_cli.cli import app
+    moons = REPO / "sample_models" / "moons"
+    profile = tmp_path / "p.safetensors"
+    res = CliRunner().invoke(app, ["profile", str(moons / "dise.yaml"), "--data", str(moons / "train.safetensors"),
+                                   "--limit", "400", "--out", str(profile)])
+    assert res.exit_code == 0, res.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "dise_cli", "train-selector", str(moons / "dise.yaml"), "--data",
+                             str(moons / "train.safetensors"), "--profile", str(profile), "--epochs", "100000",
+                             "--out", str(work / "s.safetensors"), "--quiet"], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and os.listdir(work) == [], err
