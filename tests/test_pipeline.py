@@ -51,6 +51,7 @@ def pipeline(tiny) -> dict:
 def test_train_selector_report(pipeline):
     report = json.loads((pipeline["dir"] / "train.json").read_text())
     assert set(report) == {"schema_version", "task", "selector", "n_train", "n_validation", "costs", "selector_nfe",
+                           "final_train_loss",
                            "max_accuracy_drop_pp", "dise", "uncalibrated", "baseline_only", "best_single", "oracle",
                            "tradeoff"}
     assert set(report["dise"]) == {"accuracy", "nfe_mean", "share", "offsets"}
