@@ -315,3 +315,16 @@ def test_same_inputs_and_seed_give_byte_identical_selector_and_bundle(pipeline):
                       "--out", d / f"b{i}.dise").exit_code == 0
     assert (d / "s1.safetensors").read_bytes() == (d / "s2.safetensors").read_bytes()
     assert (d / "b1.dise").read_bytes() == (d / "b2.dise").read_bytes()
+
+
+def test_interrupted_export_leaves_no_bundle(pipeline, monkeypatch):
+    """Ctrl-C in the middle of an export (here: inside torch.export) exits 130 and writes nothing."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.export, "export", interrupted)
+    out = pipeline["dir"] / "interrupted.dise"
+    before = set(pipeline["dir"].iterdir())
+    res = invoke("export", pipeline["model"], *pipeline["arch"], "--selector", pipeline["selector"], "--out", out)
+    assert res.exit_code == 130 and res.stderr.strip() == "error: interrupted; nothing was written"
+    assert set(pipeline["dir"].iterdir()) == before
