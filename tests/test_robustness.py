@@ -17,7 +17,8 @@ MNIST = REPO / "sample_models" / "mnist_odenet"
 
 
 @pytest.mark.parametrize("command", [
-    ["profile", str(MNIST / "dise.yaml"), "--data", str(MNIST / "train.safetensors"), "--out", "{out}"],
+    ["profile", str(MNIST / "dise.yaml"), "--data", str(MNIST / "train.safetensors"), "--out", "{out}",
+     "--candidates", "euler:steps=1,dopri5:rtol=1e-6,atol=1e-6"],          # long enough to interrupt
     ["finetune", str(MNIST / "dise.yaml"), "--data", str(MNIST / "train.safetensors"), "--epochs", "3", "--out", "{out}"],
 ])
 def test_sigint_exits_130_and_leaves_no_file(tmp_path, command):
@@ -25,7 +26,7 @@ def test_sigint_exits_130_and_leaves_no_file(tmp_path, command):
     args = [a.replace("{out}", str(out)) for a in command]
     proc = subprocess.Popen([sys.executable, "-m", "dise_cli", *args, "--quiet"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)                      # past the imports, into the work
+    time.sleep(5.0)                      # past the imports, well into the work
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -78,7 +79,7 @@ def test_sigint_during_train_selector(tmp_path):
                              str(moons / "train.safetensors"), "--profile", str(profile), "--epochs", "100000",
                              "--out", str(work / "s.safetensors"), "--quiet"], cwd=work,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)
+    time.sleep(5.0)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
