@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ def read_members(path: str | Path) -> tuple[dict, dict[str, bytes]]:
                 raise InputError(f"bundle '{p}' has no {MANIFEST}")
             manifest = yaml.safe_load(z.read(MANIFEST))
             members = {n: z.read(n) for n in names if n != MANIFEST}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib_error()) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
         raise InputError(f"bundle '{p}' is not a readable zip file ({first_line(exc)})") from None
     except yaml.YAMLError:
         raise InputError(f"bundle '{p}': {MANIFEST} is not valid YAML") from None
@@ -189,11 +190,6 @@ def read_members(path: str | Path) -> tuple[dict, dict[str, bytes]]:
     if unlisted:
         raise InputError(f"bundle '{p}' holds members the manifest does not list: {', '.join(unlisted)}")
     return manifest, members
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu", code_path: tuple[str, ...] = ()):

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from dise_cli.calibration import Point, calibrate
+from dise_cli.calibration import Point, calibrate, evaluate_point
 from dise_cli.costs import cost_labels
 from dise_cli.errors import InputError
 from dise_cli.pipeline import Opened
@@ -140,7 +140,8 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     val_profile = profile.subset(val)
     chosen, curve = calibrate(pred_val, labels.right[val], profile.nfe[val], profile.baseline, v_nfe,
                               settings.max_accuracy_drop, settings.seed)
-    raw = curve_point_for_zero_offsets(pred_val, labels.right[val], profile.nfe[val], v_nfe)
+    raw = evaluate_point(pred_val.double(), labels.right[val], profile.nfe[val].double(),
+                         torch.zeros(pred_val.shape[1], dtype=torch.float64), v_nfe)
     selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets))
     report = _report(val_profile, labels, settings, chosen, raw, curve, v_nfe, losses, n_train=len(train),
                      selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()))
@@ -155,11 +156,6 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                        "share": dict(zip(profile.candidates, chosen.share))},
     }
     return TrainResult(selector=selector, report=report)
-
-
-def curve_point_for_zero_offsets(pred, right, nfe, v_nfe) -> Point:
-    from dise_cli.calibration import evaluate_point
-    return evaluate_point(pred.double(), right, nfe.double(), torch.zeros(pred.shape[1], dtype=torch.float64), v_nfe)
 
 
 def _point(p: Point, candidates: list[str]) -> dict:
