@@ -62,3 +62,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         raise
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict]:
+    """The metadata and tensors of a safetensors file; ``InputError`` naming ``what`` if unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    from dise_cli.errors import first_line
+    p = existing_file(path, what)
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            return dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{what} '{p}' is not a readable safetensors file ({first_line(exc)})") from None

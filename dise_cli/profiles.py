@@ -18,7 +18,7 @@ import torch
 
 from dise_cli import __version__
 from dise_cli.errors import InputError, first_line
-from dise_cli.files import atomic_path, existing_file
+from dise_cli.files import atomic_path, read_safetensors
 
 PROFILE_FORMAT = "dise-profile"
 PROFILE_FORMAT_VERSION = 1
@@ -81,14 +81,8 @@ def write_profile(profile: Profile, path: str | Path) -> None:
 
 
 def read_profile(path: str | Path) -> Profile:
-    from safetensors import SafetensorError, safe_open
-    p = existing_file(path, "profile")
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            arrays = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"profile '{p}' is not a readable safetensors file ({first_line(exc)})") from None
+    p = Path(path)
+    metadata, arrays = read_safetensors(p, "profile")
     try:
         header = json.loads(metadata.get(HEADER_KEY, "{}"))
     except json.JSONDecodeError:

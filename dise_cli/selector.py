@@ -20,7 +20,7 @@ from torch import nn
 
 from dise_cli import __version__
 from dise_cli.errors import InputError, UsageError, first_line
-from dise_cli.files import atomic_path, existing_file
+from dise_cli.files import atomic_path, read_safetensors
 
 SELECTOR_FORMAT = "dise-selector"
 SELECTOR_FORMAT_VERSION = 1
@@ -133,15 +133,8 @@ def write_selector(selector: Selector, path: str | Path) -> None:
 
 
 def read_selector(path: str | Path) -> Selector:
-    from safetensors import SafetensorError, safe_open
-    p = existing_file(path, "selector")
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"selector '{p}' is not a readable safetensors file ({first_line(exc)})") from None
-    return selector_from(state, metadata.get(HEADER_KEY), str(p))
+    metadata, state = read_safetensors(path, "selector")
+    return selector_from(state, metadata.get(HEADER_KEY), str(path))
 
 
 def selector_from(state: dict[str, torch.Tensor], header_text: str | None, name: str) -> Selector:
