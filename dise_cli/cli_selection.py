@@ -64,12 +64,10 @@ def train_selector_cmd(
     from dise_cli.files import sha256_file
 
     cfg, model_path = read_config(model, config)
-    settings = TrainSettings(
-        alpha=pick(alpha, {}, "alpha", 0.3), M=pick(big_m, {}, "M", 1000.0), beta=beta,
-        arch=arch or "auto", inputs=inputs or "auto",
-        epochs=positive_int(epochs if epochs is not None else 40, "--epochs"), lr=lr if lr is not None else 3e-3,
-        val_split=val_split if val_split is not None else 0.4, seed=int(pick(seed, cfg, "seed", 0)),
-        max_accuracy_drop=max_accuracy_drop if max_accuracy_drop is not None else 0.3)
+    given = {"alpha": alpha, "M": big_m, "beta": beta, "arch": arch, "inputs": inputs, "lr": lr,
+             "epochs": None if epochs is None else positive_int(epochs, "--epochs"), "val_split": val_split,
+             "seed": pick(seed, cfg, "seed"), "max_accuracy_drop": max_accuracy_drop}
+    settings = TrainSettings(**{k: v for k, v in given.items() if v is not None})   # the rest: TrainSettings' defaults
     if not 0 < settings.val_split < 1:
         raise UsageError(f"--val-split: must be between 0 and 1, got {settings.val_split}")
     if not settings.lr > 0:
