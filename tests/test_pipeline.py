@@ -62,7 +62,8 @@ def test_train_selector_report(pipeline):
     base = report["baseline_only"]["accuracy"]
     assert report["tradeoff"] and all(p["nfe_mean"] > 0 for p in report["tradeoff"])
     assert report["dise"]["nfe_mean"] <= report["baseline_only"]["nfe_mean"] + report["selector_nfe"] + 1e-9
-    assert base >= report["dise"]["accuracy"] or report["dise"]["accuracy"] == base
+    # calibration chose its point on this split: it must keep within --max-accuracy-drop (0.3 pp) of the baseline
+    assert report["dise"]["accuracy"] >= base - 0.003 - 1e-9
 
 
 def test_loaded_bundle_matches_the_in_memory_routed_model(pipeline):
@@ -211,21 +212,13 @@ def test_nonfinite_cheap_integrator_falls_back_to_the_baseline(pipeline):
 def test_regression_pipeline_with_eq5_costs(tmp_path):
     """A root-block model returning trajectories, float targets: Γ-based costs all the way through."""
     module = tiny_models.build_wrapper()
-    torch.save(module.state_dict(), tmp_path / "w.pt")
-    x = torch.randn(120, 2, generator=torch.Generator().manual_seed(0))
+    x = _X(120)
     with torch.no_grad():
-        y = module(x)
-    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+        y = module(x)                                  # [T, N, 2], time-major as odeint returns it
+    report = _profile_and_train(tmp_path, module, "build_wrapper", x, y, epochs=3)
     arch = ["--code-path", TESTS]
-    assert invoke("profile", tmp_path / "w.pt", "--arch", "tiny_models:build_wrapper", *arch, "--data",
-                  tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
-    res = invoke("train-selector", tmp_path / "w.pt", "--model-arch", "tiny_models:build_wrapper", *arch, "--data",
-                 tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", 3,
-                 "--out", tmp_path / "s.safetensors", "--json", "-")
-    assert res.exit_code == 0, res.stderr
-    report = json.loads(res.stdout)
     assert report["task"] == "regression" and report["costs"]["beta"] > 0 and report["selector"]["inputs"] == "euler"
-    assert invoke("export", tmp_path / "w.pt", "--arch", "tiny_models:build_wrapper", *arch, "--selector",
+    assert invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_wrapper", *arch, "--selector",
                   tmp_path / "s.safetensors", "--out", tmp_path / "w.dise").exit_code == 0
     res = invoke("evaluate", tmp_path / "w.dise", "--data", tmp_path / "d.safetensors", "--batch-sizes", "16",
                  "--repeats", 1, "--json", "-")
@@ -283,20 +276,13 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 def test_model_that_does_not_export_is_rebuilt_from_its_arch(tmp_path):
     """A block called from a custom forward: no programs; the manifest names the --arch factory."""
     module = tiny_models.build_nested()
-    torch.save(module.state_dict(), tmp_path / "n.pt")
-    x = torch.randn(80, 2, generator=torch.Generator().manual_seed(0))
+    x = _X(80)
     with torch.no_grad():
         y = module(x).argmax(1)
-    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    report = _profile_and_train(tmp_path, module, "build_nested", x, y, epochs=2)
+    assert report["selector"]["inputs"] == "h0"          # no separate decoder: the paper's v(h0)
     arch = ["--code-path", TESTS]
-    assert invoke("profile", tmp_path / "n.pt", "--arch", "tiny_models:build_nested", *arch, "--data",
-                  tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
-    res = invoke("train-selector", tmp_path / "n.pt", "--model-arch", "tiny_models:build_nested", *arch, "--data",
-                 tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", 2,
-                 "--out", tmp_path / "s.safetensors", "--json", "-")
-    assert res.exit_code == 0, res.stderr
-    assert json.loads(res.stdout)["selector"]["inputs"] == "h0"          # no separate decoder: the paper's v(h0)
-    res = invoke("export", tmp_path / "n.pt", "--arch", "tiny_models:build_nested", *arch, "--selector",
+    res = invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_nested", *arch, "--selector",
                  tmp_path / "s.safetensors", "--out", tmp_path / "n.dise")
     assert res.exit_code == 0 and "rebuilds the model with tiny_models:build_nested" in res.stderr
     model = dise_cli.load(tmp_path / "n.dise", code_path=[TESTS])
@@ -328,3 +314,21 @@ def test_interrupted_export_leaves_no_bundle(pipeline, monkeypatch):
     res = invoke("export", pipeline["model"], *pipeline["arch"], "--selector", pipeline["selector"], "--out", out)
     assert res.exit_code == 130 and res.stderr.strip() == "error: interrupted; nothing was written"
     assert set(pipeline["dir"].iterdir()) == before
+
+
+def _profile_and_train(tmp_path, module, factory: str, x, y, epochs: int) -> dict:
+    """Save ``module`` and its data, profile, train a selector; the train-selector JSON report."""
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    arch = ["--code-path", TESTS]
+    assert invoke("profile", tmp_path / "m.pt", "--arch", f"tiny_models:{factory}", *arch, "--data",
+                  tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
+    res = invoke("train-selector", tmp_path / "m.pt", "--model-arch", f"tiny_models:{factory}", *arch, "--data",
+                 tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", epochs,
+                 "--out", tmp_path / "s.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _X(n: int) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
