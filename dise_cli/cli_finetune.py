@@ -26,6 +26,7 @@ def finetune(
     out: Annotated[Optional[str], typer.Option("--out", help="The fine-tuned model (same format as MODEL; a pickled module comes back as a state dict).")] = None,
     val_data: Annotated[Optional[str], typer.Option("--val-data", help="Validation data [default: 10 % of --data, held out with --seed].")] = None,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 3e-4,
+    schedule: Annotated[str, typer.Option("--schedule", help="Learning rate schedule: constant, or cosine (decays to 0 over all the steps).")] = "constant",
     batch_size: opt.BatchSize = None,
     max_accuracy_drop: Annotated[float, typer.Option("--max-accuracy-drop", help="Keep only checkpoints within this many percentage points of the starting model's validation accuracy.")] = 0.3,
     loss: Annotated[Optional[str], typer.Option("--loss", help="package.module:fn(outputs, targets) -> loss [default: cross-entropy, or MSE for regression].")] = None,
@@ -59,7 +60,8 @@ def finetune(
     cfg, model_path = read_config(model, config)
     settings = FinetuneSettings(reg=reg, lam=lam, epochs=positive_int(epochs, "--epochs"), lr=lr,
                                 batch_size=positive_int(batch_size if batch_size is not None else 128, "--batch-size"),
-                                seed=int(pick(seed, cfg, "seed", 0)), max_accuracy_drop=max_accuracy_drop, loss=loss)
+                                seed=int(pick(seed, cfg, "seed", 0)), max_accuracy_drop=max_accuracy_drop, loss=loss,
+                                schedule=schedule)
     settings.check()
     if loss:
         from dise_cli.imports import import_object

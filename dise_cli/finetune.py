@@ -28,6 +28,7 @@ from dise_cli.profiling import profile_candidates
 from dise_cli.reports import summarize
 
 REGULARISERS = ("err", "err-dt", "kinetic", "l1", "l2", "none")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class FinetuneSettings:
     rtol: float = 1e-3
     atol: float = 1e-3
     loss: str | None = None          # package.module:fn (outputs, targets) -> scalar
+    schedule: str = "constant"       # or "cosine": the learning rate decays to 0 over all steps
 
     def check(self) -> None:
         if self.reg not in REGULARISERS:
@@ -50,6 +52,8 @@ class FinetuneSettings:
             raise UsageError(f"--lam: λ must be >= 0, got {self.lam}")
         if not self.lr > 0:
             raise UsageError(f"--lr: must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule: unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -91,10 +95,28 @@ def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: Dopri5, device:
     run = profile_candidates(ode, data, [solver], judge, rows=torch.arange(len(data)), batch_size=batch_size,
                              device=device)
     row = summarize(run.profile)["candidates"][0]
-    out = {"accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"]}
+    out = {"accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"], "state_rms": state_rms(ode, data, device, batch_size)}
     if judge.task == "regression":
         out["mean_error"] = row["mean_error"]
     return out
+
+
+@torch.no_grad()
+def state_rms(ode: OdeModel, data: Dataset, device: torch.device, batch_size: int) -> float:
+    """The root mean square of h(0) over ``data``: DOPRI5 tolerates an error of atol + rtol·|h| per
+    element, so a fine-tune that shrinks or grows the state changes how strict that tolerance is."""
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        h0 = ode.encode(data.x[i:i + batch_size].to(device)).double()
+        total += float(h0.pow(2).sum())
+        count += h0.numel()
+    return (total / max(count, 1)) ** 0.5
+
+
+def scale_change(result: "FinetuneResult") -> float | None:
+    """How many times h(0)'s RMS grew (or, below 1, shrank) from the start to the kept checkpoint."""
+    start, kept = (result.history[e]["validation"].get("state_rms") for e in (0, result.kept_epoch))
+    return kept / start if start and kept is not None else None
 
 
 def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,
@@ -115,6 +137,9 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
     module = ode.module
     targets = targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
+    steps = settings.epochs * -(-len(train) // settings.batch_size)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if settings.schedule == "cosine"
+             else None)
     record = settings.reg in ("err", "err-dt", "kinetic")
     t_span = ode.t_span.to(device)
 
@@ -141,6 +166,8 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             step = {"loss": float(loss.detach()), "task_loss": float(task_value.detach()),
                     "reg": float(reg_value.detach()), "train_nfe": float(solved[0].nfe.double().mean())}
             for key in sums:
@@ -148,7 +175,8 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             if progress is not None:
                 progress({"advance": len(idx), **step})
         val_metrics = validate(ode, val, judge, solver, device, settings.batch_size)
-        history.append({"epoch": epoch, **{k: v / len(perm) for k, v in sums.items()}, "validation": val_metrics})
+        history.append({"epoch": epoch, **{k: v / len(perm) for k, v in sums.items()},
+                        "lr": opt.param_groups[0]["lr"], "validation": val_metrics})
         within = val_metrics["accuracy"] >= start["accuracy"] - settings.max_accuracy_drop / 100 - 1e-12
         if within and val_metrics["nfe_mean"] < best_nfe:
             best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), epoch, val_metrics["nfe_mean"]

@@ -173,22 +173,32 @@ def render_demo(ui: Output, report: dict) -> None:
     ui.json(report)
 
 
+SCALE_NOTE_FACTOR = 3.0   # render_finetune notes a change of h(0)'s scale beyond this factor
+
+
 def render_finetune(ui: Output, result, settings) -> dict:
+    from dise_cli.finetune import scale_change
     rows = []
     for h in result.history:
         val = h["validation"]
         rows.append((str(h["epoch"]), "" if h["epoch"] == 0 else f"{h['loss']:.4f}",
                      "" if h["epoch"] == 0 else f"{h['task_loss']:.4f}", "" if h["epoch"] == 0 else f"{h['reg']:.4g}",
                      "" if h["epoch"] == 0 else f"{h['train_nfe']:.1f}", _pct(val["accuracy"]), f"{val['nfe_mean']:.2f}",
-                     "kept" if h["epoch"] == result.kept_epoch else ""))
+                     f"{val['state_rms']:.3g}", "kept" if h["epoch"] == result.kept_epoch else ""))
     ui.table(f"dise finetune: {settings.reg}, λ = {settings.lam:g}, {settings.epochs} epochs",
-             ["epoch", "loss", "task loss", "R", "train NFE", "val accuracy", "val NFE", ""], rows)
+             ["epoch", "loss", "task loss", "R", "train NFE", "val accuracy", "val NFE", "h(0) RMS", ""], rows)
     start, kept = result.history[0]["validation"], result.history[result.kept_epoch]["validation"]
     ui.line(f"kept epoch {result.kept_epoch}: validation NFE {start['nfe_mean']:.2f} -> {kept['nfe_mean']:.2f} "
             f"(x{kept['nfe_mean'] / start['nfe_mean']:.3f}), accuracy {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}"
             + ("" if result.kept_epoch else f"; no epoch stayed within {settings.max_accuracy_drop} pp and lowered "
                                              f"the NFE, so the starting model was kept"))
+    growth = scale_change(result)
+    if result.kept_epoch and growth is not None and not 1 / SCALE_NOTE_FACTOR <= growth <= SCALE_NOTE_FACTOR:
+        ui.note(f"h(0)'s RMS changed x{growth:.3g} ({start['state_rms']:.3g} -> {kept['state_rms']:.3g}); DOPRI5 "
+                f"tolerates atol + rtol·|h| per element, so part of the NFE change comes from how strict that "
+                f"tolerance now is, not from smoother dynamics")
     report = {"schema_version": 1, "reg": settings.reg, "lam": settings.lam, "epochs": settings.epochs,
-              "kept_epoch": result.kept_epoch, "history": result.history}
+              "schedule": settings.schedule, "kept_epoch": result.kept_epoch, "state_rms_change": growth,
+              "history": result.history}
     ui.json(report)
     return report

@@ -76,13 +76,17 @@ def test_finetune_end_to_end(tiny):
     d = tiny["dir"]
     out = d / "tuned.pt"
     res = invoke("finetune", tiny["model"], "--data", tiny["data"], *tiny["arch"], "--reg", "err", "--lam", "1",
-                 "--epochs", 2, "--batch-size", 16, "--out", out, "--json", d / "ft.json")
+                 "--epochs", 2, "--batch-size", 16, "--schedule", "cosine", "--out", out, "--json", d / "ft.json")
     assert res.exit_code == 0, res.stderr
     import json
     report = json.loads((d / "ft.json").read_text())
-    assert set(report) == {"schema_version", "reg", "lam", "epochs", "kept_epoch", "history"}
+    assert set(report) == {"schema_version", "reg", "lam", "epochs", "schedule", "kept_epoch", "state_rms_change",
+                           "history"}
     assert report["reg"] == "err" and [h["epoch"] for h in report["history"]] == [0, 1, 2]
-    assert {"loss", "task_loss", "reg", "train_nfe", "validation"} <= set(report["history"][1])
+    assert {"loss", "task_loss", "reg", "train_nfe", "lr", "validation"} <= set(report["history"][1])
+    # cosine: the rate has decayed to (nearly) 0 by the last step, from 3e-4 at the start
+    assert report["history"][1]["lr"] < 3e-4 and report["history"][2]["lr"] < 1e-6
+    assert all(h["validation"]["state_rms"] > 0 for h in report["history"])
     assert "kept epoch" in res.stdout
     prof = invoke("profile", out, "--data", tiny["data"], *tiny["arch"], "--out", d / "p.safetensors")
     assert prof.exit_code == 0, prof.stderr
@@ -96,6 +100,7 @@ def test_finetune_end_to_end(tiny):
     ("reg", "unknown regulariser 'err2'"),
     ("lam", "λ must be >= 0"),
     ("loss", "--loss: cannot import module"),
+    ("schedule", "--schedule: unknown schedule 'step'"),
 ])
 def test_bad_finetune_input(tiny, case, needle):
     d = tiny["dir"]
@@ -108,9 +113,48 @@ def test_bad_finetune_input(tiny, case, needle):
         extra = ["--reg", "err2"]
     elif case == "lam":
         extra = ["--lam", "-1"]
+    elif case == "schedule":
+        extra = ["--schedule", "step"]
     else:
         extra = ["--loss", "nowhere.mod:fn"]
     res = invoke("finetune", tiny["model"], "--data", data, *tiny["arch"], "--epochs", 1, *extra, "--out", d / "o.pt")
     assert res.exit_code == 2, (res.stdout, res.stderr)
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (d / "o.pt").exists()
+
+
+def test_state_rms_and_the_scale_note(tiny):
+    """h(0)'s RMS is measured on the validation data, and a kept checkpoint whose state shrank or grew
+    past SCALE_NOTE_FACTOR gets a note: the tolerance atol + rtol·|h| then weighs it differently."""
+    from dise_cli.finetune import FinetuneResult, state_rms
+    from dise_cli.output import Output
+    from dise_cli.render import SCALE_NOTE_FACTOR, render_finetune
+    from dise_cli.finetune import FinetuneSettings
+    from dise_cli.datasets import Dataset
+
+    from dise_cli.odeblock import split_model
+    ode = split_model(tiny["module"])
+    data = Dataset(x=tiny["x"], y=None, t=None, name="x", sha256="")
+    with torch.no_grad():
+        expected = ode.encode(tiny["x"]).double().pow(2).mean().sqrt().item()
+    assert state_rms(ode, data, torch.device("cpu"), batch_size=7) == pytest.approx(expected, rel=1e-12)
+
+    def result(growth, kept=1):
+        val = lambda rms: {"accuracy": 0.9, "nfe_mean": 20.0, "state_rms": rms}  # noqa: E731
+        history = [{"epoch": 0, "validation": val(1.0)},
+                   {"epoch": 1, "loss": 1.0, "task_loss": 1.0, "reg": 0.0, "train_nfe": 20.0, "lr": 1e-3,
+                    "validation": val(growth)}]
+        return FinetuneResult(state={}, kept_epoch=kept, history=history)
+
+    def notes(res):
+        ui = Output(quiet=False, json_path=None)
+        seen = []
+        ui.note = seen.append
+        report = render_finetune(ui, res, FinetuneSettings())
+        return report, [n for n in seen if "RMS changed" in n]
+
+    report, said = notes(result(0.01))
+    assert report["state_rms_change"] == pytest.approx(0.01) and len(said) == 1 and "x0.01" in said[0]
+    assert notes(result(SCALE_NOTE_FACTOR * 2))[1]
+    assert not notes(result(1.5))[1]
+    assert not notes(result(0.01, kept=0))[1]     # the starting model was kept: nothing changed
