@@ -88,6 +88,8 @@ def test_finetune_end_to_end(tiny):
     assert report["history"][1]["lr"] < 3e-4 and report["history"][2]["lr"] < 1e-6
     assert all(h["validation"]["state_rms"] > 0 for h in report["history"])
     assert "kept epoch" in res.stdout
+    # 4 held-out samples cannot resolve 0.3 points, and the command says so
+    assert "the validation data has 4 samples" in res.stderr and "is 0.012 of them" in res.stderr
     prof = invoke("profile", out, "--data", tiny["data"], *tiny["arch"], "--out", d / "p.safetensors")
     assert prof.exit_code == 0, prof.stderr
     safe = invoke("finetune", tiny["dir"] / "model.safetensors", "--data", tiny["data"], *tiny["arch"], "--reg", "l2",
