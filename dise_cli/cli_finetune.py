@@ -79,10 +79,6 @@ def finetune(
     ui = Output(quiet=quiet, json_path=json_path)
     opened = open_inputs(inputs)
     train_data, val = _train_and_validation(opened.data, val_data, x_key, y_key, settings.seed)
-    resolvable = len(val) * settings.max_accuracy_drop / 100
-    if resolvable < MIN_SAMPLES_IN_DROP:
-        ui.note(f"the validation data has {len(val)} samples, so --max-accuracy-drop {settings.max_accuracy_drop:g} "
-                f"is {resolvable:.2g} of them: the checkpoint check is noisy; pass a larger --val-data")
     chosen_task = task or ("regression" if train_data.y is not None and train_data.y.is_floating_point() else "classification")
     with ui.progress(settings.epochs * len(train_data), f"fine-tuning ({reg}, λ={lam:g})") as advance:
         result = run_finetune(opened.model, train_data, val, settings, opened.device, chosen_task,
@@ -91,6 +87,10 @@ def finetune(
     if note:
         ui.note(note)
     render_finetune(ui, result, settings)
+    resolvable = len(val) * settings.max_accuracy_drop / 100
+    if resolvable < MIN_SAMPLES_IN_DROP:
+        ui.note(f"the validation data has {len(val)} samples, so --max-accuracy-drop {settings.max_accuracy_drop:g} "
+                f"is {resolvable:.2g} of them: the checkpoint check is noisy; pass a larger --val-data")
     ui.note(f"wrote {out_path}")
 
 
