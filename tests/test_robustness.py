@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST = REPO / "sample_models" / "mnist_odenet"
+# The subprocesses find dise_cli from this checkout whether or not it is pip-installed.
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.mark.parametrize("command", [
@@ -24,7 +26,7 @@ MNIST = REPO / "sample_models" / "mnist_odenet"
 def test_sigint_exits_130_and_leaves_no_file(tmp_path, command):
     out = tmp_path / "result.safetensors"
     args = [a.replace("{out}", str(out)) for a in command]
-    proc = subprocess.Popen([sys.executable, "-m", "dise_cli", *args, "--quiet"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "dise_cli", *args, "--quiet"], cwd=tmp_path, env=CHILD_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(5.0)                      # past the imports, well into the work
     assert proc.poll() is None, proc.communicate()
@@ -77,7 +79,7 @@ def test_sigint_during_train_selector(tmp_path):
     work.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "dise_cli", "train-selector", str(moons / "dise.yaml"), "--data",
                              str(moons / "train.safetensors"), "--profile", str(profile), "--epochs", "100000",
-                             "--out", str(work / "s.safetensors"), "--quiet"], cwd=work,
+                             "--out", str(work / "s.safetensors"), "--quiet"], cwd=work, env=CHILD_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(5.0)
     assert proc.poll() is None, proc.communicate()
