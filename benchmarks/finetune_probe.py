@@ -25,12 +25,10 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from paper_table1 import BATCH, measure_on_test, opened, split_train  # noqa: E402
+from paper_table1 import BATCH, F_OUTPUT_KEYS, measure_on_test, opened, split_train  # noqa: E402
 
 from dise_cli.finetune import FinetuneSettings, finetune, state_rms  # noqa: E402
 from sample_models.mnist_odenet.model import build  # noqa: E402
-
-F_OUTPUT_KEYS = ("8.odefunc.norm3.weight", "8.odefunc.norm3.bias")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                 tensor.mul_(args.scale_f)
     train_part, val_part = split_train(train.data)
     began = time.perf_counter()
-    settings = FinetuneSettings(reg=args.reg, lam=args.lam, epochs=max(args.epochs, 0), lr=args.lr,
+    settings = FinetuneSettings(reg=args.reg, lam=args.lam, epochs=args.epochs, lr=args.lr,
                                 batch_size=BATCH, schedule=args.schedule, seed=args.seed)
     result = finetune(train.model, train_part, val_part, settings, device, "classification")
     last = {k: v.detach().clone() for k, v in module.state_dict().items()}

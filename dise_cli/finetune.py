@@ -115,8 +115,8 @@ def state_rms(ode: OdeModel, data: Dataset, device: torch.device, batch_size: in
 
 def scale_change(result: "FinetuneResult") -> float | None:
     """How many times h(0)'s RMS grew (or, below 1, shrank) from the start to the kept checkpoint."""
-    start, kept = (result.history[e]["validation"].get("state_rms") for e in (0, result.kept_epoch))
-    return kept / start if start and kept is not None else None
+    start, kept = (result.history[e]["validation"]["state_rms"] for e in (0, result.kept_epoch))
+    return kept / start if start else None
 
 
 def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,

@@ -1,6 +1,7 @@
 """Tables for people: how each command's report looks on a terminal or in a log."""
 from __future__ import annotations
 
+from dise_cli.finetune import scale_change
 from dise_cli.output import Output
 from dise_cli.profiling import ProfileRun
 from dise_cli.reports import summarize
@@ -177,7 +178,6 @@ SCALE_NOTE_FACTOR = 3.0   # render_finetune notes a change of h(0)'s scale beyon
 
 
 def render_finetune(ui: Output, result, settings) -> dict:
-    from dise_cli.finetune import scale_change
     rows = []
     for h in result.history:
         val = h["validation"]
