@@ -12,12 +12,10 @@ from dise_cli import options as opt
 from dise_cli.config import pick, positive_int
 from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError
 from dise_cli.files import writable_target
-from dise_cli.integrators import DEFAULT_CANDIDATES, parse_candidates
 from dise_cli.output import Output, error_line
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config
 from dise_cli.profiles import write_profile
 from dise_cli.profiling import select_rows
-from dise_cli.inspection import describe_model
 from dise_cli.render import render_inspect, render_profile
 
 app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
@@ -72,7 +70,7 @@ def main(version: Annotated[Optional[bool], typer.Option("--version", callback=_
 def profile(
     model: opt.ModelArg,
     data: opt.Data = None,
-    candidates: Annotated[Optional[str], typer.Option("--candidates", help=f"Integrators to profile [default: {DEFAULT_CANDIDATES}].")] = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Integrators to profile [default: euler:steps=1,rk4:steps=1 and the model's own solver, the baseline].")] = None,
     out: Annotated[Optional[str], typer.Option("--out", help=f"Profile file to write [default: {DEFAULT_PROFILE_OUT}].")] = None,
     json_path: opt.JsonOut = None,
     batch_size: opt.BatchSize = None,
@@ -86,6 +84,7 @@ def profile(
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
     ode_block: opt.OdeBlock = None,
+    solve: opt.Solve = None,
     t_span: opt.TSpan = None,
     data_factory: opt.DataFactory = None,
     x_key: opt.XKey = None,
@@ -107,7 +106,6 @@ def profile(
           --candidates "euler:steps=2,rk4:steps=1,dopri5:rtol=1e-4,atol=1e-4"
     """
     cfg, model_path = read_config(model, config)
-    integrators = parse_candidates(pick(candidates, cfg, "candidates", DEFAULT_CANDIDATES))
     size = positive_int(pick(batch_size, cfg, "batch_size", DEFAULT_BATCH_SIZE), "--batch-size")
     n_limit = pick(limit, cfg, "limit")
     n_limit = None if n_limit is None else positive_int(n_limit, "--limit")
@@ -117,14 +115,15 @@ def profile(
         writable_target(json_path, "--json")
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
-                         x_key=x_key, y_key=y_key, device=device)
+                         x_key=x_key, y_key=y_key, device=device, solve=solve)
     ui = Output(quiet=quiet, json_path=json_path)
-    opened = open_inputs(inputs)
+    opened = open_inputs(inputs, candidates=pick(candidates, cfg, "candidates"))
+    _reading_notes(ui, opened)
     rows = select_rows(len(opened.data), n_limit, rng_seed)
     if n_limit is not None and n_limit < len(opened.data):
         ui.note(f"profiling {len(rows)} of {len(opened.data)} samples (--limit {n_limit}, --seed {rng_seed})")
     with ui.progress(len(rows), "profiling") as advance:
-        run = profile_model(opened, integrators, rows=rows, batch_size=size, task=pick(task, cfg, "task"),
+        run = profile_model(opened, rows=rows, batch_size=size, task=pick(task, cfg, "task"),
                             metric=pick(metric, cfg, "metric", "mse"), time_major=pick(time_major, cfg, "time_major"),
                             seed=rng_seed, progress=advance)
     write_profile(run.profile, out_path)
@@ -139,10 +138,12 @@ def inspect(
     data: opt.Data = None,
     json_path: opt.JsonOut = None,
     device: opt.Device = None,
+    candidates: Annotated[Optional[str], typer.Option("--candidates", help="Integrators to compare (shows which is the baseline) [default: euler:steps=1,rk4:steps=1 and the model's own solver].")] = None,
     arch: opt.Arch = None,
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
     ode_block: opt.OdeBlock = None,
+    solve: opt.Solve = None,
     t_span: opt.TSpan = None,
     data_factory: opt.DataFactory = None,
     x_key: opt.XKey = None,
@@ -151,27 +152,51 @@ def inspect(
     quiet: opt.Quiet = False,
     debug: opt.Debug = False,
 ) -> None:
-    """Show what dise finds in a model: the ODE block and its path, the time span, the shape of
-    h(0), parameter counts of encoder, ODE function and decoder, and the cost of one f call.
+    """Show how dise reads a model: the solve it watched the model make (or the block it found by
+    its attributes), every solver call of the forward, the model's own solver and dise's baseline
+    for it, how f takes its time and state, the fidelity check, whether export needs --arch,
+    parameters of encoder, f and decoder, and the cost of one f call. Reading the solve needs a few
+    inputs (--data). A fidelity check that fails is exit 2, after the report.
 
     \b
     Examples:
       dise inspect sample_models/mnist_odenet/dise.yaml
       dise inspect model.pt --arch mypkg.nets:build --data test.npz
     """
+    from dise_cli.exporting import export_plan
+    from dise_cli.fidelity import check_fidelity, fidelity_error
+    from dise_cli.inspection import describe_file, describe_model
+    from dise_cli.loading import load_model
+    from dise_cli.pipeline import override_hint, probe_rows
+
     cfg, model_path = read_config(model, config)
     if json_path not in (None, "-"):
         writable_target(json_path, "--json")
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
-                         x_key=x_key, y_key=y_key, device=device)
-    opened = open_inputs(inputs, need_data=False)
-    h0 = None
-    if opened.data is not None:
-        with torch.no_grad():
-            h0 = opened.model.encode(opened.data.x[:64].to(inputs.device))
+                         x_key=x_key, y_key=y_key, device=device, solve=solve)
     ui = Output(quiet=quiet, json_path=json_path)
-    render_inspect(ui, describe_model(opened.model, h0))
+    if inputs.data is None:
+        render_inspect(ui, describe_file(load_model(inputs.model)))
+        return
+    opened = open_inputs(inputs, candidates=pick(candidates, cfg, "candidates"), check=False)
+    name = f"model '{inputs.model.path}'"
+    with torch.no_grad():
+        fidelity = check_fidelity(opened.model, probe_rows(opened.data.x).to(opened.device),
+                                  opened.candidates.reproduction)
+    render_inspect(ui, describe_model(opened, fidelity, export_plan(opened.model, opened.loaded)))
+    if fidelity is not None and not fidelity.passed:
+        raise fidelity_error(fidelity, opened.model, name, override_hint(opened.model, opened.candidates))
+
+
+def _reading_notes(ui: Output, opened) -> None:
+    """Say up front what a person should know about how dise read the model."""
+    from dise_cli.exporting import export_plan
+    for note in opened.candidates.notes:
+        ui.note(f"note: {note}")
+    plan = export_plan(opened.model, opened.loaded)
+    if plan["needs_arch"]:
+        ui.note(f"note: {plan['note']}")
 
 
 # The other commands live in their own modules and register themselves on ``app``.

@@ -41,6 +41,7 @@ def finetune(
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
     ode_block: opt.OdeBlock = None,
+    solve: opt.Solve = None,
     t_span: opt.TSpan = None,
     x_key: opt.XKey = None,
     y_key: opt.YKey = None,
@@ -73,7 +74,7 @@ def finetune(
         writable_target(json_path, "--json")
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=data, data_factory=None, x_key=x_key,
-                         y_key=y_key, device=device)
+                         y_key=y_key, device=device, solve=solve)
     out_path, note = output_for(inputs.model, out)
     writable_target(out_path, "--out")
     ui = Output(quiet=quiet, json_path=json_path)
@@ -82,7 +83,7 @@ def finetune(
     chosen_task = task or ("regression" if train_data.y is not None and train_data.y.is_floating_point() else "classification")
     with ui.progress(settings.epochs * len(train_data), f"fine-tuning ({reg}, λ={lam:g})") as advance:
         result = run_finetune(opened.model, train_data, val, settings, opened.device, chosen_task,
-                              progress=lambda s: advance(s["advance"]))
+                              progress=lambda s: advance(s["advance"]), solver=_adaptive_baseline(opened))
     save_model(opened, result.state, out_path)
     if note:
         ui.note(note)
@@ -92,6 +93,13 @@ def finetune(
         ui.note(f"the validation data has {len(val)} samples, so --max-accuracy-drop {settings.max_accuracy_drop:g} "
                 f"is {resolvable:.2g} of them: the checkpoint check is noisy; pass a larger --val-data")
     ui.note(f"wrote {out_path}")
+
+
+def _adaptive_baseline(opened):
+    """The model's own solver where it is DOPRI5 (fine-tuning trains through it); else the default."""
+    from dise_cli.integrators import Dopri5
+    base = opened.candidates.integrators[opened.candidates.baseline]
+    return base if isinstance(base, Dopri5) else None
 
 
 def _train_and_validation(data, val_path, x_key, y_key, seed):

@@ -40,6 +40,7 @@ def train_selector_cmd(
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
     ode_block: opt.OdeBlock = None,
+    solve: opt.Solve = None,
     t_span: opt.TSpan = None,
     data_factory: opt.DataFactory = None,
     x_key: opt.XKey = None,
@@ -78,9 +79,9 @@ def train_selector_cmd(
     prof = read_profile(profile)
     inputs_ = make_inputs(model, cfg, model_path, arch=model_arch, trust_pickle=trust_pickle, code_path=code_path,
                           ode_block=ode_block, t_span=t_span, data=data, data_factory=data_factory,
-                          x_key=x_key, y_key=y_key, device=device)
+                          x_key=x_key, y_key=y_key, device=device, solve=solve)
     ui = Output(quiet=quiet, json_path=json_path)
-    opened = open_inputs(inputs_)
+    opened = open_inputs(inputs_, candidates=",".join(prof.candidates))
     with ui.progress(settings.epochs, "training") as advance:
         result = train_selector(opened, prof, profile, settings, progress=advance)
     result.selector.meta["profile_sha256"] = sha256_file(profile)
@@ -100,6 +101,7 @@ def export(
     trust_pickle: opt.TrustPickle = None,
     code_path: opt.CodePath = None,
     ode_block: opt.OdeBlock = None,
+    solve: opt.Solve = None,
     t_span: opt.TSpan = None,
     device: opt.Device = None,
     config: opt.Config = None,
@@ -125,11 +127,15 @@ def export(
         check_selector_profile(sel, selector, profile)
     inputs = make_inputs(model, cfg, model_path, arch=arch, trust_pickle=trust_pickle, code_path=code_path,
                          ode_block=ode_block, t_span=t_span, data=None, data_factory=None, x_key=None,
-                         y_key=None, device=device or "cpu")
+                         y_key=None, device=device or "cpu", solve=solve)
     ui = Output(quiet=quiet)
     info = export_bundle(inputs, sel, selector, out_path)
-    ui.note("encoder, ODE function and decoder exported as torch.export programs" if info.programs
-            else f"no programs ({info.reason}); the bundle rebuilds the model with {inputs.model.arch}")
+    if info.programs == "split":
+        ui.note("exported as torch.export programs: encoder, ODE function and decoder")
+    elif info.programs == "whole":
+        ui.note("exported as torch.export programs: the model's forward, its solve left to dise, and the ODE function")
+    else:
+        ui.note(f"no programs ({info.reason}); the bundle rebuilds the model with {inputs.model.arch}")
     ui.note(f"wrote {out_path}")
 
 

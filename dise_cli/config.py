@@ -16,7 +16,8 @@ from dise_cli.files import existing_file
 PATH_KEYS = ("model", "data", "code_path")
 PROJECT_KEYS = {
     "model": "MODEL file", "arch": "package.module:factory", "trust_pickle": "bool",
-    "code_path": "folder or list of folders", "ode_block": "dotted module path", "t_span": "list of times",
+    "code_path": "folder or list of folders", "ode_block": "dotted module path", "solve": "int",
+    "t_span": "list of times",
     "data": "data file", "data_factory": "package.module:fn", "x_key": "str", "y_key": "str",
     "task": "classification|regression", "metric": "mse|mae|package.module:fn", "time_major": "bool",
     "candidates": "candidate specs", "batch_size": "int", "device": "auto|cpu|cuda", "seed": "int",

@@ -13,7 +13,6 @@ from dise_cli.errors import InputError
 from dise_cli.evaluate import Gates, evaluate_routed
 from dise_cli.exporting import export_bundle
 from dise_cli.files import sha256_file
-from dise_cli.integrators import DEFAULT_CANDIDATES, parse_candidates
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config
 from dise_cli.profiles import write_profile
 from dise_cli.profiling import select_rows
@@ -40,9 +39,9 @@ def run_demo(out_dir: Path, device: torch.device, train_limit: int | None = None
 
     train = opened_for("train")
     rows = select_rows(len(train.data), train_limit, 0)
-    note(f"[1/4] profiling {len(rows)} training images with {DEFAULT_CANDIDATES}"
+    note(f"[1/4] profiling {len(rows)} training images with {','.join(train.candidates.specs)}"
          + (f" (a subset: --train-limit {train_limit})" if train_limit else ""))
-    run = profile_model(train, parse_candidates(DEFAULT_CANDIDATES), rows=rows, batch_size=256)
+    run = profile_model(train, rows=rows, batch_size=256)
     profile_path = out_dir / "train.profile.safetensors"
     write_profile(run.profile, profile_path)
     note("[2/4] training the selector")

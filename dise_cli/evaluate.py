@@ -10,7 +10,7 @@ import torch
 
 from dise_cli.datasets import Dataset
 from dise_cli.judging import Judge, targets_batch_major
-from dise_cli.profiling import DEFAULT_REFERENCE, batch_targets, profile_candidates, reference_field
+from dise_cli.profiling import Reference, batch_targets, profile_candidates
 from dise_cli.reports import summarize
 from dise_cli.routing import RoutedModel
 from dise_cli.selector_training import selector_cost_in_nfe
@@ -33,10 +33,11 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                                                 else "regression")
     judge = Judge(task)
     beta = routed.selector.meta.get("beta")
+    reference = Reference(routed.integrators[routed.baseline])
     run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
-                             time_major=time_major, progress=progress)
+                             baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress)
     summary = summarize(run.profile, run.timing, beta=beta)
-    dise = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta)
+    dise = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
     base = summary["candidates"][routed.baseline]
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -56,20 +57,20 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
 
 @torch.no_grad()
 def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judge: Judge, batch_size: int,
-                    device: torch.device, time_major: bool | None, beta: float | None) -> dict:
+                    device: torch.device, time_major: bool | None, beta: float | None, reference: Reference) -> dict:
     ode = routed.ode
     targets = None
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(ode.t_span), time_major, data.name)
-    ref_field = reference_field(ode, data)
     scores, nfe, choice, fallback = [], [], [], []
-    t_span = ode.t_span.to(device)
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
         x = data.x[idx].to(device)
-        out, stats = routed(x, return_stats=True)
-        target = batch_targets(ode, x, ode.encode(x) if ode.splittable else None, idx, targets, judge, ref_field,
-                               DEFAULT_REFERENCE, t_span)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(start)          # the same random encoder as the candidates' runs
+            out, stats = routed(x, return_stats=True)
+        target = batch_targets(ode, x, ode.encode(x) if ode.splittable else None, idx, targets, judge, reference,
+                               seed=start)
         ok = stats.status == 0
         scores.append((judge.correct(out, target) & ok) if judge.task == "classification"
                       else judge.gamma(out, target).masked_fill(~ok, float("inf")))
@@ -77,10 +78,7 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         choice.append(stats.integrator)
         fallback.append(stats.fallback)
     score, nfe_all, choice_all = torch.cat(scores).cpu(), torch.cat(nfe).cpu(), torch.cat(choice).cpu()
-    h0 = ode.encode(data.x[rows[:256]].to(device)) if ode.splittable else None
-    if h0 is None:             # the decoder cannot run alone: time the selector on h(0) itself
-        h0 = torch.cat(_capture_h0(routed, data.x[rows[:256]].to(device)))
-    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, h0)
+    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, ode.encode(data.x[rows[:256]].to(device)))
     k = len(routed.integrators)
     metrics = {
         "nfe_mean": round(float(nfe_all.double().mean()) + v_nfe, 4),
@@ -104,14 +102,14 @@ def time_models(routed: RoutedModel, data: Dataset, rows: torch.Tensor, batch_si
                 device: torch.device, repeats: int) -> list[dict]:
     """Median seconds per batch of the routed model and of each single candidate, alternating so
     that all see the same machine load."""
-    ode, t = routed.ode, routed.ode.t_span.to(device)
+    ode = routed.ode
     results = []
     for size in batch_sizes:
         idx = rows[torch.arange(size) % len(rows)]
         x = data.x[idx].to(device)
         runners = {"dise": lambda: routed(x)}
         for cand in routed.integrators:
-            runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda h: cand.solve(ode.field, h, t).ys)
+            runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda p: cand.solve(p.field, p.h0, p.t).ys)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(repeats + 1):
             for name, fn in runners.items():
@@ -148,8 +146,3 @@ def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
-
-def _capture_h0(routed: RoutedModel, x: torch.Tensor) -> list[torch.Tensor]:
-    seen: list[torch.Tensor] = []
-    routed.ode.forward_with(x, lambda h: (seen.append(h), routed.solve(h))[1])
-    return seen

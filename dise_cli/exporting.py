@@ -6,36 +6,52 @@ from pathlib import Path
 
 import torch
 
-from dise_cli.bundle import ExportInfo, write_bundle
+from dise_cli.bundle import ExportInfo, check_reading, example_input, write_bundle
 from dise_cli.errors import InputError
-from dise_cli.loading import load_model
-from dise_cli.odeblock import probe, split_model
+from dise_cli.loading import LoadedModel, load_model
+from dise_cli.odemodel import OdeModel
 from dise_cli.pipeline import Inputs
+from dise_cli.reading import read_model
 from dise_cli.selector import Selector
 
 
-def example_input(selector: Selector, selector_name: str, device: torch.device) -> torch.Tensor:
-    """A batch of zeros shaped like the data the selector was trained on."""
-    spec = selector.meta.get("input")
-    if not isinstance(spec, dict):
-        raise InputError(f"selector '{selector_name}' does not record its input shape; train it again")
-    return torch.zeros(4, *spec["shape"], dtype=getattr(torch, spec["dtype"]), device=device)
+def export_plan(ode: OdeModel, loaded: LoadedModel) -> dict:
+    """What export will do with this model, said before any profiling: programs (tried at export,
+    checked against the model), or the ``--arch`` factory where ``torch.export`` cannot capture it."""
+    tries_programs = not (ode.how == "attributes" and not ode.splittable)
+    has_arch = bool(loaded.spec.arch)
+    needs_arch = not tries_programs and not has_arch
+    note = ""
+    if needs_arch:
+        note = (f"dise cannot export this model as programs (its forward calls a solve dise cannot see), so export "
+                f"will need --arch package.module:factory that builds it")
+    elif not has_arch:
+        note = ("export tries torch.export programs; should they fail, it needs --arch package.module:factory "
+                "that builds the model")
+    return {"programs": "tried" if tries_programs else "no", "needs_arch": needs_arch, "has_arch": has_arch,
+            "note": note}
 
 
 def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: str | Path) -> ExportInfo:
+    """Read the model as the selector's training read it (its recorded solve and state), on a batch
+    shaped like the training data, and write the bundle."""
     loaded = load_model(inputs.model)
     if selector.meta.get("model_sha256") not in (None, loaded.sha256):
         raise InputError(f"selector '{selector_name}' was trained for another model (sha256 "
                          f"{str(selector.meta.get('model_sha256'))[:12]}...), not '{inputs.model.path}' "
                          f"(sha256 {loaded.sha256[:12]}...)")
+    recorded = selector.meta.get("reading")
+    spec = selector.meta.get("input")
+    if not isinstance(recorded, dict) or not isinstance(spec, dict):
+        raise InputError(f"selector '{selector_name}' does not record how the model was read; train it again")
     module = loaded.module.to(inputs.device)
-    grid = None if inputs.t_span is None else torch.tensor(inputs.t_span, dtype=torch.float64)
-    ode = split_model(module, ode_block=inputs.ode_block, t_span=grid, model_name=f"model '{inputs.model.path}'")
-    x = example_input(selector, selector_name, inputs.device)
-    probe(ode, x, "the selector's recorded input")
-    if [float(v) for v in ode.t_span] != [float(v) for v in selector.meta.get("t_span", ode.t_span.tolist())]:
-        raise InputError(f"selector '{selector_name}' was trained on t = {selector.meta.get('t_span')}, "
-                         f"but the model's time grid is {ode.t_span.tolist()}; pass the same --t-span")
+    x = example_input(spec, inputs.device)
+    solve = inputs.solve if inputs.solve is not None else recorded.get("solve")
+    grid = None if recorded["how"] == "traced" else torch.tensor(
+        inputs.t_span if inputs.t_span is not None else recorded["t_span"], dtype=torch.float64)
+    ode = read_model(module, x, data_name="the selector's recorded input", solve=solve, ode_block=inputs.ode_block,
+                     t_span=grid, model_name=f"model '{inputs.model.path}'")
+    check_reading(ode.record(), recorded, f"selector '{selector_name}'")
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch,
                         extra={"validation": selector.meta.get("validation", {})})
 

@@ -23,7 +23,7 @@ from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
 from dise_cli.integrators import Dopri5
 from dise_cli.judging import Judge, check_labels, targets_batch_major
-from dise_cli.odeblock import OdeModel
+from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import profile_candidates
 from dise_cli.reports import summarize
 
@@ -79,7 +79,7 @@ def regulariser(ode: OdeModel, reg: str, solution, n: int) -> torch.Tensor:
         return solution.step_errors.per_sample(n, weight_by_dt=reg == "err-dt").sum() / n
     if reg == "kinetic":
         return solution.step_errors.kinetic_per_sample(n).sum() / n
-    params = [p for p in ode.func.parameters() if p.requires_grad]
+    params = [p for m in ode.func_modules for p in m.parameters() if p.requires_grad]
     if reg == "l1":
         return sum(p.abs().sum() for p in params)
     if reg == "l2":
@@ -93,7 +93,7 @@ def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: Dopri5, device:
     """Accuracy (or share within β and mean Γ) and DOPRI5's mean NFE on ``data``."""
     ode.module.eval()
     run = profile_candidates(ode, data, [solver], judge, rows=torch.arange(len(data)), batch_size=batch_size,
-                             device=device)
+                             device=device, baseline=0)
     row = summarize(run.profile)["candidates"][0]
     out = {"accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"], "state_rms": state_rms(ode, data, device, batch_size)}
     if judge.task == "regression":
@@ -107,7 +107,7 @@ def state_rms(ode: OdeModel, data: Dataset, device: torch.device, batch_size: in
     element, so a fine-tune that shrinks or grows the state changes how strict that tolerance is."""
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        h0 = ode.encode(data.x[i:i + batch_size].to(device)).double()
+        h0 = ode.encode(data.x[i:i + batch_size].to(device)).h0.double()
         total += float(h0.pow(2).sum())
         count += h0.numel()
     return (total / max(count, 1)) ** 0.5
@@ -120,20 +120,22 @@ def scale_change(result: "FinetuneResult") -> float | None:
 
 
 def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,
-             task: str, progress: Callable[[dict], None] | None = None) -> FinetuneResult:
+             task: str, progress: Callable[[dict], None] | None = None, solver: Dopri5 | None = None) -> FinetuneResult:
+    """Fine-tune ``ode.module`` in place of its checkpoints; ``solver`` (default: DOPRI5 at the settings'
+    tolerances) is the adaptive solve trained through and validated with."""
     settings.check()
     if train.y is None:
         raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets")
     if val.y is None:
         raise InputError(f"validation data '{val.name}' has no labels; fine-tuning needs targets to validate")
+    solver = solver or Dopri5(rtol=settings.rtol, atol=settings.atol)
     with torch.no_grad():
-        sample = ode.forward_with(train.x[:2].to(device), lambda h: Dopri5().solve(ode.field, h, ode.t_span.to(device)).ys)
+        sample = ode.forward_with(train.x[:2].to(device), lambda p: solver.solve(p.field, p.h0, p.t).ys)
     check_labels(task, train.y, sample, train.name)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     judge = Judge(task)
     loss_fn = task_loss(task, settings.loss)
-    solver = Dopri5(rtol=settings.rtol, atol=settings.atol)
     module = ode.module
     targets = targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
@@ -141,7 +143,6 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if settings.schedule == "cosine"
              else None)
     record = settings.reg in ("err", "err-dt", "kinetic")
-    t_span = ode.t_span.to(device)
 
     start = validate(ode, val, judge, solver, device, settings.batch_size)
     history = [{"epoch": 0, "validation": start}]
@@ -155,8 +156,8 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             x, y = train.x[idx].to(device), targets[idx].to(device)
             solved = []
 
-            def solve(h0, solved=solved):
-                solved.append(solver.solve(ode.field, h0, t_span, record_errors=record))
+            def solve(p, solved=solved):
+                solved.append(solver.solve(p.field, p.h0, p.t, record_errors=record))
                 return solved[-1].ys
 
             out = ode.forward_with(x, solve)

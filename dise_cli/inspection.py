@@ -1,63 +1,124 @@
-"""What ``dise inspect`` reports: the detected block, the time grid, h(0), parameters, f's cost."""
+"""What ``dise inspect`` reports: how dise read the model (the solve it watched, or the block it found
+by attributes), the model's own solver and dise's baseline for it, f's calling convention, the
+state, the fidelity check, whether export needs ``--arch``, parameters and the cost of one f call."""
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from dise_cli.odeblock import OdeModel
+from dise_cli.fidelity import Fidelity, reading_line
+from dise_cli.loading import LoadedModel
+from dise_cli.odemodel import OdeModel, Problem
+
+SCHEMA_VERSION = 2
 
 
-def _params(module: nn.Module | None, exclude: set[int] = frozenset()) -> int:
-    if module is None:
+def _params(modules: list[nn.Module] | nn.Module | None, exclude: set[int] = frozenset()) -> int:
+    if modules is None:
         return 0
-    return sum(p.numel() for p in module.parameters() if id(p) not in exclude)
+    modules = [modules] if isinstance(modules, nn.Module) else modules
+    seen: set[int] = set(exclude)
+    total = 0
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
 
 
-def describe_model(model: OdeModel, h0: torch.Tensor | None, repeats: int = 10) -> dict:
-    """A dict with stable keys; ``h0`` (a batch of initial states) enables the shape and cost figures."""
-    func = model.func
-    f_ids = {id(p) for p in func.parameters()}
+def read_by(model: OdeModel) -> str:
+    if model.how == "traced":
+        info = model.solves[model.target]
+        return f"watching {info.library}.{info.entry} called at {info.where}"
+    if model.how == "attributes":
+        return "block attributes (dise saw no torchdiffeq or torchdyn call)"
+    return "the model is the vector field f itself"
+
+
+def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int = 10) -> dict:
+    """A dict with stable keys (the README lists them)."""
+    model: OdeModel = opened.model
+    f_ids = {id(p) for m in model.func_modules for p in m.parameters()}
+    f_params = _params(model.func_modules)
     if model.kind == "sequential":
-        encoder, decoder = _params(model.encoder), _params(model.decoder)
-        rest = None
-    elif model.kind in ("root", "bare"):
-        encoder = decoder = 0
-        rest = _params(model.module, f_ids) if model.kind == "root" else 0
+        encoder, decoder, rest = _params(model.encoder), _params(model.decoder), None
+    elif model.kind == "bare":
+        encoder, decoder, rest = 0, 0, None
     else:
         encoder = decoder = None
         rest = _params(model.module, f_ids)
+    cands = opened.candidates
+    own = model.own
     info = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
+        "read_by": read_by(model),
+        "reading": reading_line(model),
         "kind": model.kind,
+        "splittable": model.splittable,
         "ode_block": model.block_path or "(the model itself)",
-        "ode_function": (f"{model.block_path}.{model.func_attr}".lstrip(".") if model.kind != "bare"
-                         else "(the model itself)"),
-        "ode_function_class": type(func).__name__,
-        "block_returns": model.output_format,
+        "ode_function": model.func_description,
+        "ode_function_class": model.func_class,
+        "solves": [_solve_dict(s, k == model.target) for k, s in enumerate(model.solves)],
+        "state": model.layout.describe(),
+        "h0_shape": list(model.h0_shape),
         "t_span": [float(v) for v in model.t_span],
-        "t_span_source": model.t_span_source,
-        "time_mode": model.field.mode.value if model.field is not None else None,
-        "h0_shape": list(model.h0_shape) if model.h0_shape else None,
-        "parameters": {"encoder": encoder, "ode_function": _params(func), "decoder": decoder,
-                       "encoder_and_decoder": rest},
+        "t_span_source": getattr(model, "t_span_source", ""),
+        "time_mode": model.field.mode.value,
+        "arg_order": model.field.order,
+        "own_solver": None if own is None else {"library": own.library, "method": own.method, "rtol": own.rtol,
+                                                "atol": own.atol, "options": {k: _plain(v) for k, v in own.options.items()}},
+        "baseline": cands.integrators[cands.baseline].spec,
+        "baseline_exact": bool(cands.own is not None and cands.own.exact
+                               and cands.own.integrator.spec == cands.integrators[cands.baseline].spec),
+        "candidates": cands.specs,
+        "notes": list(cands.notes),
+        "fidelity": None if fidelity is None else fidelity.to_dict(),
+        "export": export,
+        "parameters": {"encoder": encoder, "ode_function": f_params, "decoder": decoder, "encoder_and_decoder": rest},
         "f_call": None,
     }
-    if h0 is not None:
-        info["f_call"] = _f_cost(model, h0, repeats)
+    x = opened.data.x[:64].to(opened.device)
+    with torch.no_grad():
+        info["f_call"] = _f_cost(model.encode(x), repeats)
     return info
 
 
+def describe_file(loaded: LoadedModel) -> dict:
+    """What can be said without data: the file and its parameters (reading the solve needs inputs)."""
+    return {"schema_version": SCHEMA_VERSION, "read_by": None, "model": str(loaded.spec.path), "format": loaded.format,
+            "class": type(loaded.module).__name__, "parameters": {"total": _params(loaded.module)}}
+
+
+def _solve_dict(info, routed: bool) -> dict:
+    d = asdict(info)
+    d["routed"] = routed
+    return d
+
+
+def _plain(value):
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    return repr(value)[:60]
+
+
 @torch.no_grad()
-def _f_cost(model: OdeModel, h0: torch.Tensor, repeats: int) -> dict:
+def _f_cost(problem: Problem, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
-    t = model.t_span[0].to(h0.device, h0.dtype)
-    field = model.field
+    h0 = problem.h0
+    t = problem.t[0].to(h0.device, h0.dtype)
+    field = problem.field
     counter = FlopCounterMode(display=False)
-    with counter:
-        field(t, h0)
+    try:
+        with counter:
+            field(t, h0)
+        flops = counter.get_total_flops() // max(len(h0), 1)
+    except Exception:  # noqa: BLE001 - some fields (autograd inside f) do not count; the time still does
+        flops = None
     times = []
     for _ in range(repeats + 1):
         if h0.device.type == "cuda":
@@ -68,5 +129,5 @@ def _f_cost(model: OdeModel, h0: torch.Tensor, repeats: int) -> dict:
             torch.cuda.synchronize(h0.device)
         times.append(time.perf_counter() - began)
     median = statistics.median(times[1:])
-    return {"batch": len(h0), "flops_per_sample": counter.get_total_flops() // max(len(h0), 1),
+    return {"batch": len(h0), "flops_per_sample": flops,
             "seconds_per_call": median, "seconds_per_sample": median / len(h0)}

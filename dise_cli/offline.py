@@ -12,6 +12,7 @@ import torch
 
 from dise_cli.datasets import Dataset
 from dise_cli.files import atomic_path
+from dise_cli.odemodel import Problem
 from dise_cli.routing import RoutedModel
 
 
@@ -40,16 +41,19 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
         return OfflineResult(torch.cat(outs), torch.cat([s.integrator for s in stats]).cpu(),
                              torch.cat([s.nfe for s in stats]).cpu(), torch.cat([s.fallback for s in stats]).cpu(),
                              time.perf_counter() - began)
-    h0, k1, choice = [], [], []
+    problems, k1, choice = [], [], []
     for i in range(0, n, batch_size):               # pass 1: encode and choose
-        h = ode.encode(data.x[i:i + batch_size].to(device))
-        first, chosen = routed.choose(h)
-        h0.append(h)
+        problem = ode.encode(data.x[i:i + batch_size].to(device))
+        first, chosen = routed.choose(problem)
+        problems.append(problem)
         k1.append(first)
         choice.append(chosen)
         if progress:
-            progress(len(h))
-    h0_all, k1_all, choice_all = torch.cat(h0), torch.cat(k1), torch.cat(choice)
+            progress(len(problem.h0))
+    merged = _merged(problems)
+    if merged is None:                              # the grid changes between batches: solve batch by batch
+        return _per_batch(routed, problems, k1, choice, began)
+    k1_all, choice_all = torch.cat(k1), torch.cat(choice)
     outputs = None
     nfe = torch.zeros(n, dtype=torch.int64)
     fallback = torch.zeros(n, dtype=torch.bool)
@@ -57,8 +61,9 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
         rows = torch.nonzero(choice_all == k).flatten()
         for part in rows.split(batch_size):
             stats: list = []
-            ys = routed.solve_chosen(h0_all[part], k1_all[part], choice_all[part], stats)
-            out = ode.decode(ys).cpu()
+            sub = Problem(field=merged.field, h0=merged.h0[part], t=merged.t, call=merged.call)
+            ys = routed.solve_chosen(sub, k1_all[part], choice_all[part], stats)
+            out = ode.decode(sub, ys).cpu()
             if outputs is None:
                 outputs = torch.empty(n, *out.shape[1:], dtype=out.dtype)
             outputs[part.cpu()] = out
@@ -67,6 +72,26 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
             if progress:
                 progress(len(part))
     return OfflineResult(outputs, choice_all.cpu(), nfe, fallback, time.perf_counter() - began)
+
+
+def _merged(problems: list[Problem]) -> Problem | None:
+    """One problem holding every batch's initial states, when all batches share the grid."""
+    first = problems[0]
+    if any(not torch.equal(p.t, first.t) for p in problems[1:]):
+        return None
+    return Problem(field=first.field, h0=torch.cat([p.h0 for p in problems]), t=first.t, call=first.call)
+
+
+def _per_batch(routed: RoutedModel, problems: list[Problem], k1: list, choice: list, began: float) -> OfflineResult:
+    outs, nfe, fallback = [], [], []
+    for problem, first, chosen in zip(problems, k1, choice):
+        stats: list = []
+        ys = routed.solve_chosen(problem, first, chosen, stats)
+        outs.append(routed.ode.decode(problem, ys).cpu())
+        nfe.append(stats[0].nfe.cpu())
+        fallback.append(stats[0].fallback.cpu())
+    return OfflineResult(torch.cat(outs), torch.cat(choice).cpu(), torch.cat(nfe), torch.cat(fallback),
+                         time.perf_counter() - began)
 
 
 def write_predictions(result: OfflineResult, routed: RoutedModel, path: str | Path) -> None:

@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch import nn
 
 from dise_cli.datasets import Dataset
-from dise_cli.integrators import Dopri5, Integrator, Solution, VectorField
+from dise_cli.integrators import Dopri5, Integrator, Solution
 from dise_cli.judging import Judge, targets_batch_major
-from dise_cli.odeblock import OdeModel
+from dise_cli.odemodel import OdeModel, Problem, Solve
 from dise_cli.profiles import Profile
 
-DEFAULT_REFERENCE = Dopri5(rtol=1e-7, atol=1e-7)
+REFERENCE_TOL = 1e-7     # the reference solve's tolerance, or 100 times tighter than the baseline's
 
 
 @dataclass
@@ -33,12 +34,30 @@ class ProfileRun:
     timing: Timing
 
 
-def baseline_index(candidates: list[Integrator]) -> int:
-    """The candidate others are compared with: the first dopri5, else the last candidate."""
-    for k, cand in enumerate(candidates):
-        if isinstance(cand, Dopri5):
-            return k
-    return len(candidates) - 1
+class Reference:
+    """What data without labels is judged against: dopri5 at rtol = atol = 1e-7, or 100 times tighter
+    than an adaptive baseline, in float64 where f is a module (solved by a float64 copy of it), else in
+    the state's own dtype."""
+
+    def __init__(self, baseline: Integrator):
+        tol = REFERENCE_TOL
+        if isinstance(baseline, Dopri5):
+            tol = min(tol, baseline.rtol / 100, baseline.atol / 100)
+        self.integrator = Dopri5(rtol=max(tol, 1e-12), atol=max(tol, 1e-12))
+        self._copies: dict[int, tuple[nn.Module, nn.Module]] = {}    # id(f) -> (f, its float64 copy)
+
+    @property
+    def spec(self) -> str:
+        return self.integrator.spec
+
+    def solve(self, problem: Problem) -> torch.Tensor:
+        func = problem.field.func
+        if not isinstance(func, nn.Module) or problem.h0.dtype == torch.float64:
+            return self.integrator.solve(problem.field, problem.h0, problem.t).ys
+        if id(func) not in self._copies:
+            self._copies[id(func)] = (func, copy.deepcopy(func).double())
+        field64 = problem.field.with_func(self._copies[id(func)][1])
+        return self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
 
 
 def select_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:
@@ -65,26 +84,25 @@ class _Column:
 
 
 def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrator], judge: Judge, *,
-                       rows: torch.Tensor, batch_size: int, device: torch.device,
-                       time_major: bool | None = None, reference: Integrator = DEFAULT_REFERENCE,
+                       rows: torch.Tensor, batch_size: int, device: torch.device, baseline: int,
+                       time_major: bool | None = None, reference: Reference | None = None,
                        progress: Callable[[int], None] | None = None) -> ProfileRun:
     """Profile ``candidates`` on ``rows`` of ``data``. Without labels, each output is judged against a
     float64 ``reference`` solve. ``progress(n)`` is called after each batch with its size."""
-    base = baseline_index(candidates)
+    base = baseline
     targets = None
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(model.t_span), time_major, data.name)
-    ref_field = _float64_field(model.field) if targets is None else None
-    t_span = model.t_span.to(device)
+    reference = reference or Reference(candidates[base])
     cols = [_Column() for _ in candidates]
-    _warm_up(model, data.x[rows[:2]].to(device), candidates, t_span)
+    _warm_up(model, data.x[rows[:2]].to(device), candidates)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start:start + batch_size]
             x = data.x[idx].to(device)
-            h0 = model.encode(x) if model.splittable else None
-            target = batch_targets(model, x, h0, idx, targets, judge, ref_field, reference, t_span)
-            outputs = [_profile_one(model, x, h0, cand, col, judge, target, t_span, device)
+            problem = model.encode(x) if model.splittable else None
+            target = batch_targets(model, x, problem, idx, targets, judge, reference, seed=start)
+            outputs = [_profile_one(model, x, problem, cand, col, judge, target, device, seed=start)
                        for cand, col in zip(candidates, cols)]
             if judge.task == "regression":
                 for out, col in zip(outputs, cols):
@@ -107,22 +125,22 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
     return ProfileRun(profile=profile, timing=timing)
 
 
-def _profile_one(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, cand: Integrator, col: _Column,
-                 judge: Judge, target: torch.Tensor, t_span: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand: Integrator, col: _Column,
+                 judge: Judge, target: torch.Tensor, device: torch.device, seed: int) -> torch.Tensor:
     """Solve one batch with one candidate, timing the solve alone; append its results to ``col``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     solved: list[Solution] = []
 
-    def solve(h: torch.Tensor) -> torch.Tensor:
+    def solve(p: Problem) -> torch.Tensor:
         _sync(device)
         began = time.perf_counter()
-        solved.append(cand.solve(model.field, h, t_span))
+        solved.append(cand.solve(p.field, p.h0, p.t))
         _sync(device)
         col.seconds += time.perf_counter() - began
         return solved[0].ys
 
-    out = _run(model, x, h0, solve)
+    out = run_model(model, x, problem, solve, seed)
     if device.type == "cuda":
         col.peak_bytes = max(col.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
     col.nfe.append(solved[0].nfe.cpu())
@@ -135,42 +153,31 @@ def _profile_one(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, cand
     return out
 
 
-def batch_targets(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None, idx: torch.Tensor,
-                  targets: torch.Tensor | None, judge: Judge, ref_field: VectorField | None,
-                  reference: Integrator, t_span: torch.Tensor) -> torch.Tensor:
-    """What a batch is judged against: its labels, or the float64 reference solve's answer."""
+def batch_targets(model: OdeModel, x: torch.Tensor, problem: Problem | None, idx: torch.Tensor,
+                  targets: torch.Tensor | None, judge: Judge, reference: Reference, seed: int = 0) -> torch.Tensor:
+    """What a batch is judged against: its labels, or the reference solve's answer."""
     if targets is not None:
         return targets[idx].to(x.device)
-    return judge.predict(_run(model, x, h0, lambda h: _solve_float64(reference, ref_field, h, t_span)))
+    return judge.predict(run_model(model, x, problem, reference.solve, seed))
 
 
-def reference_field(model: OdeModel, data: Dataset) -> VectorField | None:
-    """A float64 copy of f for judging data without labels (None when there are labels)."""
-    return _float64_field(model.field) if data.y is None else None
+def run_model(model: OdeModel, x: torch.Tensor, problem: Problem | None, solve: Solve, seed: int = 0) -> torch.Tensor:
+    """Model outputs (batch first) with ``solve`` answering its solve; reuses ``problem`` where the decoder
+    runs alone. A forward that runs whole draws its random numbers from ``seed``, so that every
+    candidate sees the same encoder (a sampled latent, a trace estimator's noise)."""
+    if problem is not None and model.splittable:
+        return model.solve_and_decode(x, problem, solve)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return model.forward_with(x, solve)
 
 
-def _run(model: OdeModel, x: torch.Tensor, h0: torch.Tensor | None,
-         solve: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Model outputs (batch first) with ``solve`` in place of the block; reuses h0 when splittable."""
-    if h0 is not None:
-        return model.decode(solve(h0))
-    return model.forward_with(x, solve)
-
-
-def _float64_field(field: VectorField) -> VectorField:
-    return VectorField(copy.deepcopy(field.func).double(), field.mode)
-
-
-def _solve_float64(reference: Integrator, field: VectorField, h0: torch.Tensor, t_span: torch.Tensor) -> torch.Tensor:
-    return reference.solve(field, h0.double(), t_span).ys.to(h0.dtype)
-
-
-def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator], t_span: torch.Tensor) -> None:
+def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator]) -> None:
     """One untimed solve per candidate, so first-call costs (allocator, vmap setup) are not timed."""
     with torch.no_grad():
+        problem = model.encode(x) if model.splittable else None
         for cand in candidates:
-            _run(model, x, model.encode(x) if model.splittable else None,
-                 lambda h, cand=cand: cand.solve(model.field, h, t_span).ys)
+            run_model(model, x, problem, lambda p, cand=cand: cand.solve(p.field, p.h0, p.t).ys)
 
 
 def _sync(device: torch.device) -> None:

@@ -33,7 +33,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
                *([_num(r.get("peak_memory_mb"), 1, 4)] if cuda else [])]
         rows.append(row)
     labels = "labels" if report["labels"] == "data" else "a float64 reference solve"
-    ui.table(f"dise profile: {report['n_samples']} samples, t = {report['t_span']}, judged against {labels}",
+    ui.table(f"dise profile: {report['n_samples']} samples, t = {short_grid(report['t_span'])}, judged against {labels}",
              columns, rows)
     orc = report["oracle"]
     shares = ", ".join(f"{spec.split(':')[0] if _unique_method(report, spec) else spec} {_pct(v)}"
@@ -61,17 +61,67 @@ def _unique_method(report: dict, spec: str) -> bool:
     return sum(r["candidate"].split(":")[0] == method for r in report["candidates"]) == 1
 
 
+def short_grid(t: list[float]) -> str:
+    """A time grid for one line: every point when there are few, else its ends and size."""
+    if len(t) <= 6:
+        return "[" + ", ".join(f"{v:g}" for v in t) + "]"
+    return f"[{t[0]:g}, {t[1]:g}, ..., {t[-1]:g}] ({len(t)} points)"
+
+
+def _solver_text(own: dict) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in own["options"].items())
+    return (f"{own['library']} {own['method']}, rtol {own['rtol']:g}, atol {own['atol']:g}"
+            if isinstance(own["rtol"], (int, float)) and isinstance(own["atol"], (int, float))
+            else f"{own['library']} {own['method']}, rtol {own['rtol']}, atol {own['atol']}") + \
+        (f", options {options}" if options else "")
+
+
 def render_inspect(ui: Output, info: dict) -> None:
+    if info["read_by"] is None:                       # no data: what the file alone says
+        rows = [("model", info["model"]), ("format", info["format"]), ("class", info["class"]),
+                ("parameters", f"{info['parameters']['total']:,}"),
+                ("solve", "unknown: pass --data, so that dise can watch the model solve a few samples")]
+        ui.table("dise inspect", ["what", "found"], rows, numeric=False)
+        ui.json(info)
+        return
     params = info["parameters"]
     cost = info["f_call"]
-    rows = [
+    routed = next((s for s in info["solves"] if s["routed"]), None)
+    rows = [("read by", info["read_by"])]
+    if routed is not None:
+        rows.append(("solve routed", f"{routed['index']}: {routed['library']} {routed['entry']} at {routed['where']}, "
+                                     f"{routed['nfe']} NFE on the probe"))
+        for s in info["solves"]:
+            if not s["routed"]:
+                rows.append(("other solve", f"{s['index']}: {s['library']} {s['entry']} at {s['where']}, "
+                                            f"{s['nfe']} NFE; runs as written (--solve {s['index']} routes it)"))
+    split = {"sequential": "encoder and decoder are layers of nn.Sequential containers",
+             "root": "the model is the solve (no encoder or decoder)",
+             "whole": "the forward runs whole with the solve answered by dise (its decoder does not run alone)",
+             "nested": "the forward runs whole with the block's forward replaced by dise's solve",
+             "bare": "the model is f: the data are initial states"}[info["kind"]]
+    rows += [
+        ("split", f"{info['kind']}: {split}"),
         ("ODE block", info["ode_block"]),
         ("ODE function", f"{info['ode_function']} ({info['ode_function_class']})"),
-        ("split", info["kind"]),
-        ("block returns", info["block_returns"]),
-        ("t span", f"{info['t_span']} ({info['t_span_source']})"),
-        ("h(0) shape", "unknown: pass --data" if info["h0_shape"] is None else str(tuple(info["h0_shape"]))),
-        ("time passed to f", info["time_mode"] or "unknown: pass --data"),
+        ("state", info["state"]),
+        ("t", f"{short_grid(info['t_span'])} ({info['t_span_source']})"),
+        ("f is called as", f"f({info['arg_order']}); a time per row: {info['time_mode']}"),
+        ("model's own solver", "not seen" if info["own_solver"] is None else _solver_text(info["own_solver"])),
+        ("baseline", info["baseline"] + (" (the model's own, exactly)" if info["baseline_exact"] else "")),
+        ("candidates", ", ".join(info["candidates"])),
+    ]
+    rows += [("note", note) for note in info["notes"]]
+    fid = info["fidelity"]
+    if fid is None:
+        rows.append(("fidelity", "not applicable: the model is f itself"))
+    else:
+        verdict = "passed" if fid["passed"] else "FAILED"
+        rows.append(("fidelity", f"{verdict}: the model's own outputs and dise's differ by {fid['difference']:.3g} "
+                                 f"on {fid['samples']} samples; its tolerance explains {fid['allowed']:.3g}"))
+    export = info["export"]
+    rows.append(("export", export["note"] or "torch.export programs where they export, else the --arch factory"))
+    rows += [
         ("parameters: encoder", _count(params["encoder"])),
         ("parameters: ODE function", _count(params["ode_function"])),
         ("parameters: decoder", _count(params["decoder"])),
@@ -79,7 +129,8 @@ def render_inspect(ui: Output, info: dict) -> None:
     if params["encoder_and_decoder"] is not None:
         rows.append(("parameters: encoder + decoder", _count(params["encoder_and_decoder"])))
     if cost is not None:
-        rows.append(("f call: FLOPs per sample", f"{cost['flops_per_sample']:,}"))
+        rows.append(("f call: FLOPs per sample", "not counted" if cost["flops_per_sample"] is None
+                     else f"{cost['flops_per_sample']:,}"))
         rows.append((f"f call: time (batch {cost['batch']})", f"{cost['seconds_per_call'] * 1e3:.3f} ms "
                                                               f"({cost['seconds_per_sample'] * 1e6:.2f} µs per sample)"))
     ui.table("dise inspect", ["what", "found"], rows, numeric=False)

@@ -18,6 +18,7 @@ from torch import nn
 
 from dise_cli.errors import UsageError
 from dise_cli.integrators import Integrator, Status, parse_candidates
+from dise_cli.odemodel import Problem
 from dise_cli.selector import Selector
 
 INPUTS = ("auto", "h0", "euler", "euler_probs")
@@ -37,18 +38,21 @@ def resolve_inputs(ode, requested: str = "auto", task: str = "classification") -
     return requested
 
 
-def first_stage(ode, h0: torch.Tensor) -> torch.Tensor:
+def first_stage(problem: Problem) -> torch.Tensor:
     """f(t0, h(0)): the first evaluation of every candidate integrator."""
-    return ode.field(ode.t_span[0].to(h0.device, h0.dtype), h0)
+    h0 = problem.h0
+    return problem.field(problem.t[0].to(h0.device, h0.dtype), h0)
 
 
-def selector_inputs(ode, h0: torch.Tensor, k1: torch.Tensor, inputs: str) -> torch.Tensor:
-    """The selector's input per sample: h(0), or the decoded one-step Euler answer ``[N, F]``."""
+def selector_inputs(ode, problem: Problem, k1: torch.Tensor, inputs: str) -> torch.Tensor:
+    """The selector's input per sample: h(0) (packed, for a tuple state its components flattened side
+    by side), or the decoded one-step Euler answer ``[N, F]``."""
+    h0 = problem.h0
     if inputs == "h0":
         return h0
-    span = (ode.t_span - ode.t_span[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
+    span = (problem.t - problem.t[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
     ys = h0.unsqueeze(0) + span * k1.unsqueeze(0)          # Euler from t0 to every grid time
-    out = ode.decode(ys).reshape(len(h0), -1).to(h0.dtype)
+    out = ode.decode(problem, ys).reshape(len(h0), -1).to(h0.dtype)
     if inputs == "euler_probs":
         return out.softmax(1).sort(1, descending=True).values
     return out
@@ -86,34 +90,35 @@ class RoutedModel(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, return_stats: bool = False):
         stats: list[RouteStats] = []
-        out = self.ode.forward_with(x, lambda h0: self.solve(h0, stats))
+        out = self.ode.forward_with(x, lambda problem: self.solve(problem, stats))
         return (out, stats[0]) if return_stats else out
 
-    def choose(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def choose(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
         """The first stage f(t0, h0) and the chosen candidate per sample."""
-        k1 = first_stage(self.ode, h0)
-        return k1, self.selector.choose(selector_inputs(self.ode, h0, k1, self.inputs))
+        k1 = first_stage(problem)
+        return k1, self.selector.choose(selector_inputs(self.ode, problem, k1, self.inputs))
 
-    def solve(self, h0: torch.Tensor, stats: list | None = None) -> torch.Tensor:
+    def solve(self, problem: Problem, stats: list | None = None) -> torch.Tensor:
         """States ``[T, N, *state]`` with each sample solved by its chosen integrator."""
-        k1, choice = self.choose(h0)
-        return self.solve_chosen(h0, k1, choice, stats)
+        k1, choice = self.choose(problem)
+        return self.solve_chosen(problem, k1, choice, stats)
 
-    def solve_chosen(self, h0: torch.Tensor, k1: torch.Tensor, choice: torch.Tensor,
+    def solve_chosen(self, problem: Problem, k1: torch.Tensor, choice: torch.Tensor,
                      stats: list | None = None) -> torch.Tensor:
-        n, t = len(h0), self.ode.t_span.to(h0.device)
+        field, h0, t = problem.field, problem.h0, problem.t
+        n = len(h0)
         ys = h0.new_empty(len(t), *h0.shape)
         nfe = torch.zeros(n, dtype=torch.int64, device=h0.device)
         status = torch.zeros(n, dtype=torch.uint8, device=h0.device)
         fallback = torch.zeros(n, dtype=torch.bool, device=h0.device)
         for k in torch.unique(choice).tolist():                  # one batched solve per integrator
             rows = torch.nonzero(choice == k).flatten()
-            sol = self.integrators[k].solve(self.ode.field, h0[rows], t, f0=k1[rows])
+            sol = self.integrators[k].solve(field, h0[rows], t, f0=k1[rows])
             ys[:, rows], nfe[rows], status[rows] = sol.ys, sol.nfe, sol.status
             failed = sol.status != int(Status.OK)
             if k != self.baseline and bool(failed.any()):
                 again = rows[failed]
-                sol_b = self.integrators[self.baseline].solve(self.ode.field, h0[again], t, f0=k1[again])
+                sol_b = self.integrators[self.baseline].solve(field, h0[again], t, f0=k1[again])
                 ys[:, again], status[again] = sol_b.ys, sol_b.status
                 nfe[again] += sol_b.nfe - 1                       # the shared first stage counted once
                 fallback[again] = True

@@ -3,6 +3,7 @@ derive cost labels, fit the selector by regression on them (the paper's section 
 its offsets on the validation split, and report."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 from dise_cli.calibration import Point, calibrate, evaluate_point
 from dise_cli.costs import cost_labels
 from dise_cli.errors import InputError
+from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
 from dise_cli.reports import summarize
@@ -50,16 +52,19 @@ def check_profile_matches(profile: Profile, opened: Opened, profile_name: str) -
             raise InputError(f"profile '{profile_name}' was made from another {what} ('{where}', sha256 "
                              f"{str(expected)[:12]}...), not '{opened.loaded.spec.path if what == 'model' else opened.data.name}' "
                              f"(sha256 {actual[:12]}...); profile this {what} again")
+    recorded = profile.meta.get("reading")
+    if recorded:
+        from dise_cli.bundle import check_reading
+        check_reading(opened.model.record(), json.loads(recorded), f"profile '{profile_name}'")
     if len(profile.index) and int(profile.index.max()) >= len(opened.data):
         raise InputError(f"profile '{profile_name}' names data rows beyond the {len(opened.data)} in '{opened.data.name}'")
 
 
 @torch.no_grad()
-def encode_rows(opened: Opened, rows: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """h(0) for the given data rows, on the model's device."""
-    parts = [opened.model.encode(opened.data.x[rows[i:i + batch_size]].to(opened.device))
-             for i in range(0, len(rows), batch_size)]
-    return torch.cat(parts)
+def encode_rows(opened: Opened, rows: torch.Tensor, batch_size: int = 256) -> list[Problem]:
+    """The model's solve for the given data rows, batch by batch, on the model's device."""
+    return [opened.model.encode(opened.data.x[rows[i:i + batch_size]].to(opened.device))
+            for i in range(0, len(rows), batch_size)]
 
 
 def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: TrainSettings,
@@ -90,11 +95,12 @@ def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: Train
 
 
 @torch.no_grad()
-def selector_cost_in_nfe(net: SelectorNet, ode, h0: torch.Tensor, repeats: int = 7) -> float:
+def selector_cost_in_nfe(net: SelectorNet, ode, problem: Problem, repeats: int = 7) -> float:
     """The time of one selector decision (its inputs from the shared first stage, then v) over the
     time of one f call, on the same batch: the selector's cost in NFE units (DESIGN)."""
-    field, t = ode.field, ode.t_span[0].to(h0.device, h0.dtype)
-    k1 = first_stage(ode, h0)
+    h0 = problem.h0
+    field, t = problem.field, problem.t[0].to(h0.device, h0.dtype)
+    k1 = first_stage(problem)
 
     def median_time(fn) -> float:
         times = []
@@ -108,7 +114,7 @@ def selector_cost_in_nfe(net: SelectorNet, ode, h0: torch.Tensor, repeats: int =
             times.append(time.perf_counter() - began)
         return statistics.median(times[1:])
 
-    decide = lambda: net(selector_inputs(ode, h0, k1, net.spec.inputs))  # noqa: E731
+    decide = lambda: net(selector_inputs(ode, problem, k1, net.spec.inputs))  # noqa: E731
     return median_time(decide) / median_time(lambda: field(t, h0))
 
 
@@ -125,18 +131,18 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     torch.manual_seed(settings.seed)
     labels = cost_labels(profile, settings.alpha, settings.M, settings.beta)
     inputs = resolve_inputs(opened.model, settings.inputs, profile.task)
-    h0 = encode_rows(opened, profile.index)
+    problems = encode_rows(opened, profile.index)
     with torch.no_grad():
-        feats = torch.cat([selector_inputs(opened.model, h, first_stage(opened.model, h), inputs)
-                           for h in h0.split(256)])
+        feats = torch.cat([selector_inputs(opened.model, p, first_stage(p), inputs) for p in problems])
     train, val = split_rows(profile.n_samples, settings.val_split, settings.seed)
     spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.arch, inputs)
-    net = SelectorNet(spec).to(h0.device)
+    net = SelectorNet(spec).to(feats.device)
     net.set_normalisation(feats[train])
     losses = fit(net, feats[train], labels.costs[train], settings, progress)
     with torch.no_grad():
         pred_val = net(feats[val]).cpu()
-    v_nfe = selector_cost_in_nfe(net, opened.model, h0[val[:256]] if len(val) else h0[:256])
+    timing_rows = profile.index[val[:256]] if len(val) else profile.index[:256]
+    v_nfe = selector_cost_in_nfe(net, opened.model, encode_rows(opened, timing_rows)[0])
     val_profile = profile.subset(val)
     chosen, curve = calibrate(pred_val, labels.right[val], profile.nfe[val], profile.baseline, v_nfe,
                               settings.max_accuracy_drop, settings.seed)
@@ -150,6 +156,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
         "input": {"shape": list(opened.data.x.shape[1:]), "dtype": str(opened.data.x.dtype).replace("torch.", "")},
+        "reading": opened.model.record(),
         # Measured wall-clock figures (the selector's cost in NFE units) stay out of the file, so the
         # same inputs and seed give the same bytes; evaluate measures them again.
         "validation": {"accuracy": chosen.accuracy, "nfe_integrators": round(chosen.nfe - v_nfe, 6),

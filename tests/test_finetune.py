@@ -12,7 +12,7 @@ import tiny_models
 from dise_cli.cli import app
 from dise_cli.finetune import REGULARISERS, regulariser
 from dise_cli.integrators import Dopri5, VectorField
-from dise_cli.odeblock import probe, split_model
+from dise_cli.reading import read_model
 
 TESTS = str(Path(__file__).resolve().parent)
 runner = CliRunner()
@@ -51,15 +51,14 @@ def test_r_err_gradient_matches_finite_differences():
 @pytest.mark.parametrize("reg", [r for r in REGULARISERS if r != "none"])
 def test_each_regulariser_decreases_when_minimised(reg):
     module = tiny_models.build_classifier()
-    ode = split_model(module)
-    probe(ode, torch.randn(4, 2), "x")
+    ode = read_model(module, torch.randn(4, 2))
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0)) * 2
     solver = Dopri5()
-    opt = torch.optim.Adam(ode.func.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(ode.func_modules[0].parameters(), lr=1e-2)
 
     def value():
         solved = []
-        ode.forward_with(x, lambda h: (solved.append(solver.solve(ode.field, h, ode.t_span, record_errors=True)),
+        ode.forward_with(x, lambda p: (solved.append(solver.solve(p.field, p.h0, p.t, record_errors=True)),
                                        solved[-1].ys)[1])
         return regulariser(ode, reg, solved[0], len(x))
 
@@ -134,11 +133,10 @@ def test_state_rms_and_the_scale_note(tiny):
     from dise_cli.finetune import FinetuneSettings
     from dise_cli.datasets import Dataset
 
-    from dise_cli.odeblock import split_model
-    ode = split_model(tiny["module"])
+    ode = read_model(tiny["module"], tiny["x"])
     data = Dataset(x=tiny["x"], y=None, t=None, name="x", sha256="")
     with torch.no_grad():
-        expected = ode.encode(tiny["x"]).double().pow(2).mean().sqrt().item()
+        expected = ode.encode(tiny["x"]).h0.double().pow(2).mean().sqrt().item()
     assert state_rms(ode, data, torch.device("cpu"), batch_size=7) == pytest.approx(expected, rel=1e-12)
 
     def result(growth, kept=1):

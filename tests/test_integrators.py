@@ -204,6 +204,8 @@ def test_time_modes_agree(mode):
     func_net = torch.nn.Linear(3, 2).double()
 
     def func(t, y):
+        if mode in (TimeMode.VECTOR, TimeMode.ROWS):   # written for a scalar or a [N] time, as flow-matching fields are
+            return func_net(torch.cat([y, t.reshape(-1, 1).expand(len(y), 1)], 1))
         return func_net(torch.cat([y, torch.ones_like(y[:, :1]) * t], 1))
 
     y0 = y0s(5)

@@ -67,16 +67,14 @@ def test_train_selector_report(pipeline):
 
 
 def test_loaded_bundle_matches_the_in_memory_routed_model(pipeline):
-    from dise_cli.exporting import example_input
     from dise_cli.loading import ModelSpec, load_model
-    from dise_cli.odeblock import probe, split_model
+    from dise_cli.reading import read_model
     from dise_cli.selector import read_selector
     bundled = dise_cli.load(pipeline["bundle"])
-    assert bundled.manifest["programs"] is True
+    assert bundled.manifest["programs"] == "split"
     sel = read_selector(pipeline["selector"])
     module = load_model(ModelSpec(path=pipeline["model"], arch="tiny_models:build_classifier", code_path=(TESTS,))).module
-    ode = split_model(module)
-    probe(ode, example_input(sel, "s", torch.device("cpu")), "x")
+    ode = read_model(module, pipeline["x"])
     memory = RoutedModel(ode, sel).eval()
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(5)) * 2
     out_b, st_b = bundled(x, return_stats=True)
@@ -273,20 +271,40 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert report["dise"]["nfe_mean"] < report["baseline_only"]["nfe_mean"]
 
 
-def test_model_that_does_not_export_is_rebuilt_from_its_arch(tmp_path):
-    """A block called from a custom forward: no programs; the manifest names the --arch factory."""
+def test_forward_that_runs_its_solve_exports_as_one_program(tmp_path):
+    """A block called from a custom forward: the forward is exported whole, its solve as dise::solve."""
     module = tiny_models.build_nested()
     x = _X(80)
     with torch.no_grad():
         y = module(x).argmax(1)
     report = _profile_and_train(tmp_path, module, "build_nested", x, y, epochs=2)
     assert report["selector"]["inputs"] == "h0"          # no separate decoder: the paper's v(h0)
+    res = invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_nested", "--code-path", TESTS,
+                 "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "n.dise")
+    assert res.exit_code == 0 and "the model's forward, its solve left to dise" in res.stderr, res.stderr
+    model = dise_cli.load(tmp_path / "n.dise")
+    assert model.manifest["programs"] == "whole"
+    from dise_cli.reading import read_model
+    from dise_cli.selector import read_selector
+    memory = RoutedModel(read_model(module, x), read_selector(tmp_path / "s.safetensors")).eval()
+    out, stats = model(x[:10], return_stats=True)
+    want, want_stats = memory(x[:10], return_stats=True)
+    assert (out - want).abs().max() <= 1e-5 and torch.equal(stats.nfe, want_stats.nfe)
+
+
+def test_model_that_does_not_export_is_rebuilt_from_its_arch(tmp_path):
+    """A forward torch.export cannot capture (a Python branch on a value): the manifest names --arch."""
+    module = tiny_models.build_unexportable()
+    x = _X(80)
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    _profile_and_train(tmp_path, module, "build_unexportable", x, y, epochs=2)
     arch = ["--code-path", TESTS]
-    res = invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_nested", *arch, "--selector",
+    res = invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_unexportable", *arch, "--selector",
                  tmp_path / "s.safetensors", "--out", tmp_path / "n.dise")
-    assert res.exit_code == 0 and "rebuilds the model with tiny_models:build_nested" in res.stderr
+    assert res.exit_code == 0 and "rebuilds the model with tiny_models:build_unexportable" in res.stderr
     model = dise_cli.load(tmp_path / "n.dise", code_path=[TESTS])
-    assert model.manifest["programs"] is False and model.manifest["arch"] == "tiny_models:build_nested"
+    assert model.manifest["programs"] is None and model.manifest["arch"] == "tiny_models:build_unexportable"
     out, stats = model(x[:10], return_stats=True)
     assert out.shape == (10, 3) and len(stats.nfe) == 10
 

@@ -21,7 +21,7 @@ def test_bare_methods_and_semicolons():
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("heun:steps=1", "valid methods: euler, midpoint, rk4, dopri5"),
+    ("heun:steps=1", "valid methods: euler, midpoint, heun2, heun3, rk4, rk4_classic, dopri5"),
     ("rk4:stepz=1", "valid options: steps"),
     ("dopri5:rtol=1e-3,tol=1", "valid options: rtol, atol, max_steps, first_step"),
     ("euler:steps=0", "steps must be >= 1"),

@@ -82,6 +82,20 @@ def build_nested() -> nn.Module:
     return Nested()
 
 
+class Unexportable(Nested):
+    """Like Nested, with a Python branch on a value of the data, which torch.export cannot capture."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        if float(h.abs().max()) > 1e6:
+            h = h / float(h.abs().max())
+        return self.head(torch.cat([self.body["ode"](h), h], 1))
+
+
+def build_unexportable() -> nn.Module:
+    return Unexportable()
+
+
 class Wrapper(nn.Module):
     """Keeps f under an unusual name and returns the whole trajectory (time-major)."""
 

@@ -106,6 +106,11 @@ class Integrator(ABC):
                record_errors: bool, f0: torch.Tensor | None) -> Solution:
         """Solve on a strictly increasing float64 grid."""
 
+    def loosened(self, factor: float = 10.0) -> "Integrator | None":
+        """The same method at ``factor`` times its tolerances (adaptive methods; None for fixed grids,
+        whose reproduction is exact up to round-off)."""
+        return None
+
     @property
     @abstractmethod
     def spec(self) -> str:

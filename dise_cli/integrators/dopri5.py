@@ -28,12 +28,6 @@ DFACTOR = 0.2
 DEFAULT_MAX_STEPS = 10_000
 
 
-def _rms(x: torch.Tensor) -> torch.Tensor:
-    """torchdiffeq's ``_rms_norm`` (``x.abs().pow(2).mean().sqrt()``; the abs changes no bit of
-    the square), per row: ``[N, ...] -> [N]``."""
-    return x.pow(2).reshape(len(x), -1).mean(1).sqrt()
-
-
 Plan = "int | tuple[Plan, ...]"   # a summation order: an index, or sub-plans added left to right
 
 
@@ -179,6 +173,10 @@ class Dopri5(Integrator):
         self.max_steps = int(max_steps)
         self.first_step = None if first_step is None else float(first_step)   # as torchdiffeq's option
 
+    def loosened(self, factor: float = 10.0) -> "Dopri5":
+        return Dopri5(rtol=self.rtol * factor, atol=self.atol * factor, max_steps=self.max_steps,
+                      first_step=self.first_step)
+
     @property
     def spec(self) -> str:
         spec = f"dopri5:rtol={self.rtol:g},atol={self.atol:g}"
@@ -241,7 +239,7 @@ class Dopri5(Integrator):
                 k.append(field.at_times(times[min(i, 4)], yi))
             y1, f1 = yi, k[6]
             y_err = _combine(None, k, weights[6], coefs[6])
-            ratio = _rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
+            ratio = field.rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
             accept = ratio <= 1    # NaN compares False: rejected, and retired below
 
             # torchdiffeq's _optimal_step_size, per row.
@@ -297,12 +295,12 @@ class Dopri5(Integrator):
         """torchdiffeq's _select_initial_step (Hairer, Norsett & Wanner II.4), per row -> ``[N]`` float64."""
         dtype = y0.dtype
         scale = atol + torch.abs(y0) * rtol
-        d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+        d0, d1 = field.rms(y0 / scale), field.rms(f0 / scale)
         h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.tensor(1e-6, dtype=dtype, device=y0.device),
                          0.01 * d0 / d1).abs()
         y1 = y0 + _rows(h0, y0.ndim) * f0
         f1 = field.at_times((t0 + h0.double()).to(dtype), y1)
-        d2 = torch.abs(_rms((f1 - f0) / scale) / h0)
+        d2 = torch.abs(field.rms((f1 - f0) / scale) / h0)
         h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15),
                          torch.clamp(h0 * 1e-3, min=1e-6),
                          _pow(0.01 / torch.maximum(d1, d2), 1.0 / float(DOPRI5_ORDER)))

@@ -1,4 +1,5 @@
-"""Fixed-step explicit Runge-Kutta methods: every sample takes ``steps`` steps per grid interval."""
+"""Fixed-step explicit Runge-Kutta methods: every sample takes ``steps`` steps per grid interval, or
+steps of ``step_size`` on torchdiffeq's grid (outputs linearly interpolated, as torchdiffeq does)."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -6,26 +7,36 @@ from typing import ClassVar
 import torch
 
 from dise_cli.integrators.base import Integrator, Solution, Status
-from dise_cli.integrators.tableaus import EULER, MIDPOINT, RK4_38, ButcherTableau
+from dise_cli.integrators.tableaus import EULER, HEUN2, HEUN3, MIDPOINT, RK4_38, RK4_CLASSIC, ButcherTableau
 from dise_cli.integrators.vector_field import VectorField
 
 
 class FixedGridRK(Integrator):
-    """An explicit RK method on a uniform sub-grid of each interval. NFE = intervals x steps x stages."""
+    """An explicit RK method on a uniform sub-grid of each interval (``steps``), or on torchdiffeq's
+    ``step_size`` grid. NFE = steps taken x stages."""
 
     tableau: ClassVar[ButcherTableau]
 
-    def __init__(self, steps: int = 1):
-        if steps < 1:
+    def __init__(self, steps: int | None = None, step_size: float | None = None):
+        if steps is not None and step_size is not None:
+            raise ValueError("steps and step_size exclude each other; give one")
+        if step_size is not None and not step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
+        self.step_size = None if step_size is None else float(step_size)
+        self.steps = None if step_size is not None else int(steps or 1)
 
     @property
     def spec(self) -> str:
+        if self.step_size is not None:
+            return f"{self.name}:step_size={self.step_size:g}"
         return f"{self.name}:steps={self.steps}"
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
                f0: torch.Tensor | None) -> Solution:
+        if self.step_size is not None:
+            return self._solve_on_grid(field, h0, t, f0)
         tab = self.tableau
         ys = [h0]
         h = h0
@@ -36,13 +47,31 @@ class FixedGridRK(Integrator):
                 t0 = ta + s * dt
                 h = self._step(field, h, t0, dt, tab, f0 if i == 0 and s == 0 else None)
             ys.append(h)
-        ys_t = torch.stack(ys)
-        n = len(h0)
-        finite = torch.isfinite(ys_t.reshape(len(t), n, -1)).all(dim=2).all(dim=0)
+        return self._solution(torch.stack(ys), (len(t) - 1) * self.steps)
+
+    def _solve_on_grid(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
+                       f0: torch.Tensor | None) -> Solution:
+        """torchdiffeq's fixed-grid solve with ``step_size``: steps on its grid, outputs at ``t`` by
+        linear interpolation between the grid points around them."""
+        grid = step_size_grid(t, self.step_size, h0.dtype).tolist()
+        times = t.tolist()
+        ys, j, h = [h0], 1, h0
+        for i, (ta, tb) in enumerate(zip(grid[:-1], grid[1:])):
+            h1 = self._step(field, h, ta, tb - ta, self.tableau, f0 if i == 0 else None)
+            while j < len(times) and tb >= times[j]:
+                tj = times[j]
+                ys.append(h if tj == ta else h1 if tj == tb else h + ((tj - ta) / (tb - ta)) * (h1 - h))
+                j += 1
+            h = h1
+        return self._solution(torch.stack(ys), len(grid) - 1)
+
+    def _solution(self, ys: torch.Tensor, n_steps: int) -> Solution:
+        n, device = ys.shape[1], ys.device
+        finite = torch.isfinite(ys.reshape(len(ys), n, -1)).all(dim=2).all(dim=0)
         status = torch.where(finite, Status.OK, Status.NON_FINITE).to(torch.uint8)
-        nfe = torch.full((n,), (len(t) - 1) * self.steps * tab.stages, dtype=torch.int64, device=h0.device)
-        n_steps = torch.full((n,), (len(t) - 1) * self.steps, dtype=torch.int64, device=h0.device)
-        return Solution(ys=ys_t, nfe=nfe, status=status, n_steps=n_steps)
+        nfe = torch.full((n,), n_steps * self.tableau.stages, dtype=torch.int64, device=device)
+        return Solution(ys=ys, nfe=nfe, status=status,
+                        n_steps=torch.full((n,), n_steps, dtype=torch.int64, device=device))
 
     @staticmethod
     def _step(field: VectorField, h: torch.Tensor, t0: float, dt: float, tab: ButcherTableau,
@@ -61,6 +90,17 @@ class FixedGridRK(Integrator):
         return out
 
 
+def step_size_grid(t: torch.Tensor, step_size: float, dtype: torch.dtype) -> torch.Tensor:
+    """torchdiffeq's grid for ``step_size``: ``arange(ceil((t1 - t0) / h + 1)) * h + t0`` with the
+    last point set to ``t1``, computed in ``dtype`` (the time's dtype there) -> float64."""
+    tt = t.to(dtype)
+    start, end = tt[0], tt[-1]
+    n_points = int(torch.ceil((end - start) / step_size + 1).item())
+    grid = torch.arange(0, n_points, dtype=dtype, device=t.device) * step_size + start
+    grid[-1] = end
+    return grid.to(torch.float64)
+
+
 class Euler(FixedGridRK):
     """Forward Euler: one evaluation per step, first order."""
 
@@ -75,8 +115,29 @@ class Midpoint(FixedGridRK):
     tableau = MIDPOINT
 
 
+class Heun2(FixedGridRK):
+    """Heun's second-order method (the explicit trapezoid rule, torchdiffeq's ``heun2``)."""
+
+    name = "heun2"
+    tableau = HEUN2
+
+
+class Heun3(FixedGridRK):
+    """Heun's third-order method (torchdiffeq's ``heun3``)."""
+
+    name = "heun3"
+    tableau = HEUN3
+
+
 class RK4(FixedGridRK):
     """Fourth-order Runge-Kutta, Kutta's 3/8 rule (torchdiffeq's ``rk4``): four evaluations per step."""
 
     name = "rk4"
     tableau = RK4_38
+
+
+class RK4Classic(FixedGridRK):
+    """The classic fourth-order Runge-Kutta method (torchdyn's ``rk4``): four evaluations per step."""
+
+    name = "rk4_classic"
+    tableau = RK4_CLASSIC

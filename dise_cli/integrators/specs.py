@@ -11,17 +11,20 @@ from typing import Callable
 from dise_cli.errors import UsageError
 from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.dopri5 import Dopri5
-from dise_cli.integrators.fixed_grid import RK4, Euler, Midpoint
+from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 
-DEFAULT_CANDIDATES = "euler:steps=1,rk4:steps=1,dopri5:rtol=1e-3,atol=1e-3"
+# The candidates beside the model's own solver (its baseline), and the list used where no solve of
+# the model is seen (a bare vector field) and nothing else is said.
+CHEAP_CANDIDATES = "euler:steps=1,rk4:steps=1"
+DEFAULT_CANDIDATES = f"{CHEAP_CANDIDATES},dopri5:rtol=1e-3,atol=1e-3"
 
-METHODS: dict[str, type[Integrator]] = {cls.name: cls for cls in (Euler, Midpoint, RK4, Dopri5)}
+METHODS: dict[str, type[Integrator]] = {cls.name: cls for cls in (Euler, Midpoint, Heun2, Heun3, RK4, RK4Classic,
+                                                                  Dopri5)}
 
+FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": float}
 # Option name -> parser, per method.
 OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
-    "euler": {"steps": int},
-    "midpoint": {"steps": int},
-    "rk4": {"steps": int},
+    **{name: FIXED_GRID_OPTIONS for name in ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")},
     "dopri5": {"rtol": float, "atol": float, "max_steps": int, "first_step": float},
 }
 

@@ -21,6 +21,16 @@ EULER = ButcherTableau(a=((),), b=(1.0,), c=(0.0,))
 
 MIDPOINT = ButcherTableau(a=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5))
 
+HEUN2 = ButcherTableau(a=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0))
+
+HEUN3 = ButcherTableau(a=((), (1 / 3,), (0.0, 2 / 3)), b=(0.25, 0.0, 0.75), c=(0.0, 1 / 3, 2 / 3))
+
+RK4_CLASSIC = ButcherTableau(
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    c=(0.0, 0.5, 0.5, 1.0),
+)
+
 # Kutta's 3/8 rule: the fourth-order method torchdiffeq runs for method="rk4" (rk4_alt_step_func),
 # so dise's rk4 and torchdiffeq's agree to round-off.
 RK4_38 = ButcherTableau(

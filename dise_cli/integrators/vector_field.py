@@ -1,46 +1,72 @@
-"""How dise calls the user's ODE function f(t, h) when every sample of a batch has its own time.
+"""How dise calls the user's ODE function f when every sample of a batch has its own time.
 
 Fixed-grid solvers call f with one time for the whole batch, as torchdiffeq does. Per-sample
-adaptive steps need f at a different t per row, but user functions are written for a scalar t
-(``torch.ones_like(x[:, :1]) * t`` in torchdiffeq's ODE-Net). ``VectorField.detect`` probes f once
-and picks the cheapest way that gives each row exactly what a scalar-t call would:
+adaptive steps need f at a different t per row, but people write f for a scalar t
+(``torch.ones_like(x[:, :1]) * t`` in torchdiffeq's ODE-Net, ``t.repeat(N)`` in torchcfm). Fields
+also come in both argument orders: ``f(t, x)`` (torchdiffeq, torchdyn) and ``f(x, t)`` (flow
+matching and diffusion code). ``detect_time_mode`` probes f once and picks the cheapest way that
+gives each row exactly what a scalar-t call would:
 
 - ``autonomous``: f ignores t, so any t will do (one call for the batch);
 - ``broadcast``: f accepts t shaped ``[N, 1, ..., 1]`` and broadcasts it per row (one call);
+- ``vector``: f accepts t shaped ``[N]`` (one call);
 - ``vmap``: f runs under ``torch.func.vmap`` with a scalar t per row (one vectorised call);
-- ``loop``: one call per distinct time (always correct, slow).
+- ``loop``: one call per distinct time (always correct, slow);
+- ``rows``: f takes only ``[N]`` times (a bundle's exported f): a scalar time is expanded per row.
+
+The state may be a tuple (``dise_cli.states``): f sees the user's structure, the solvers a packed
+tensor, and every output is checked against the state's shape.
 """
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-Func = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from dise_cli.errors import InputError, first_line
+from dise_cli.states import StateLayout, rms_rows
+
+Func = Callable[..., Any]
+ARG_ORDERS = ("t,x", "x,t")
 
 
 class TimeMode(str, enum.Enum):
     AUTONOMOUS = "autonomous"
     BROADCAST = "broadcast"
+    VECTOR = "vector"
     VMAP = "vmap"
     LOOP = "loop"
+    ROWS = "rows"
+
+
+PER_ROW_MODES = (TimeMode.AUTONOMOUS, TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP)
 
 
 class VectorField:
-    """The user's f with a per-row time calling convention. Counts nothing: solvers count NFE."""
+    """The user's f over dise's packed state, with a per-row time convention. Counts nothing:
+    solvers count NFE."""
 
-    def __init__(self, func: Func, mode: TimeMode = TimeMode.LOOP, sign: float = 1.0):
+    def __init__(self, func: Func, mode: TimeMode | str = TimeMode.LOOP, layout: StateLayout | None = None,
+                 sign: float = 1.0, order: str = "t,x"):
         self.func = func
         self.mode = TimeMode(mode)
+        self.layout = layout
         self.sign = sign
+        self.order = order
         self._vmapped = None
+
+    def with_func(self, func: Func) -> "VectorField":
+        """The same conventions for another f (the function a later call of the model passes)."""
+        return VectorField(func, self.mode, self.layout, self.sign, self.order)
 
     def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """f at one time ``t`` (0-dim, the state's dtype) for the whole batch ``h``."""
+        if self.mode is TimeMode.ROWS:
+            return self.at_times(t.expand(h.shape[0]), h)
         if self.sign < 0:
-            return -self.func(-t, h)
-        return self.func(t, h)
+            return -self._eval(-t, h)
+        return self._eval(t, h)
 
     def at_times(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """f at a time per row: ``t`` is ``[N]`` in the state's dtype, ``h`` is ``[N, *state]``."""
@@ -48,16 +74,33 @@ class VectorField:
             return -self._at_times(-t, h)
         return self._at_times(t, h)
 
+    def rms(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N]``: the norm step control uses, per row (torchdiffeq's RMS, or its mixed norm for tuples)."""
+        return self.layout.rms(x) if self.layout is not None else rms_rows(x)
+
+    def _eval(self, t: Any, h: torch.Tensor) -> torch.Tensor:
+        layout = self.layout
+        state = h if layout is None else layout.unpack(h)
+        out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
+        return out if layout is None else layout.pack_output(out, h.shape[0])   # not len(): see states.pack
+
+    def _time_rank(self, h: torch.Tensor) -> int:
+        """The rank a broadcast time takes: that of the state (of its first component for a tuple)."""
+        if self.layout is not None and self.layout.is_tuple:
+            return 1 + len(self.layout.shapes[0])
+        return h.ndim
+
     def _at_times(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode is TimeMode.AUTONOMOUS:
-            return self.func(t[0], h)
+            return self._eval(t[0], h)
         if mode is TimeMode.BROADCAST:
-            return self.func(t.view(-1, *([1] * (h.ndim - 1))), h)
+            return self._eval(t.view(-1, *([1] * (self._time_rank(h) - 1))), h)
+        if mode is TimeMode.VECTOR or mode is TimeMode.ROWS:
+            return self._eval(t, h)
         if mode is TimeMode.VMAP:
             if self._vmapped is None:
-                func = self.func
-                self._vmapped = torch.func.vmap(lambda ti, hi: func(ti, hi.unsqueeze(0)).squeeze(0))
+                self._vmapped = torch.func.vmap(lambda ti, hi: self._eval(ti, hi.unsqueeze(0)).squeeze(0))
             return self._vmapped(t, h)
         return self._loop(t, h)
 
@@ -69,39 +112,100 @@ class VectorField:
         change[1:] = ts[1:] != ts[:-1]
         bounds = torch.nonzero(change).flatten().tolist() + [len(ts)]
         if len(bounds) == 2:
-            return self.func(ts[0], h)
-        parts = [self.func(ts[a], h[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+            return self._eval(ts[0], h)
+        parts = [self._eval(ts[a], h[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
         return torch.cat(parts)[torch.argsort(order)]
 
     def reversed(self) -> "VectorField":
         """g(s, h) = -f(-s, h): integrating g forward in s integrates f backward in t."""
-        return VectorField(self.func, self.mode, -self.sign)
+        field = VectorField(self.func, self.mode, self.layout, -self.sign, self.order)
+        field._vmapped = self._vmapped
+        return field
 
     @classmethod
-    def detect(cls, func: Func, h: torch.Tensor, t_span: torch.Tensor) -> "VectorField":
-        """Probe ``func`` on a few rows of ``h`` to choose the time mode (see the module doc)."""
-        return cls(func, detect_time_mode(func, h, t_span))
+    def detect(cls, func: Func, h: torch.Tensor, t_span: torch.Tensor, layout: StateLayout | None = None,
+               order: str = "t,x") -> "VectorField":
+        """Probe ``func`` on a few packed rows ``h`` to choose the time mode (see the module doc)."""
+        field = cls(func, TimeMode.LOOP, layout, 1.0, order)
+        field.mode = detect_time_mode(field, h, t_span)
+        return field
+
+
+def _seeded(fn: Callable[[], torch.Tensor], seed: int, device: torch.device) -> torch.Tensor:
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * (1.0 + scale), equal_nan=True))
 
 
 @torch.no_grad()
-def detect_time_mode(func: Func, h: torch.Tensor, t_span: torch.Tensor) -> TimeMode:
-    """Choose how to give f one time per row; see the module docstring."""
+def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) -> TimeMode:
+    """Choose how to give f one time per row; see the module docstring. ``InputError`` when f
+    cannot be solved sample by sample (it mixes the rows of a batch)."""
     n = min(len(h), 4)
     rows = h[:n] if n >= 2 else h[:1].expand(2, *h.shape[1:]).clone()
     n = len(rows)
     t0, t1 = float(t_span[0]), float(t_span[-1])
     ta = torch.tensor(t0, dtype=rows.dtype, device=rows.device)
     tb = torch.tensor(t0 + 0.37 * (t1 - t0), dtype=rows.dtype, device=rows.device)
-    fa = func(ta, rows)
-    if torch.equal(fa, func(tb, rows)):
+    fa = _seeded(lambda: field(ta, rows), 1, rows.device)
+    if not torch.equal(fa, _seeded(lambda: field(ta, rows), 2, rows.device)):
+        return TimeMode.LOOP          # f draws noise (a Hutchinson trace): only one time per call is safe
+    singles = torch.cat([field(ta, rows[i:i + 1]) for i in range(n)])
+    if not _close(fa, singles):
+        raise InputError("the ODE function mixes the rows of a batch (its output for a sample depends on the other "
+                         "samples, e.g. BatchNorm in training mode or data captured for the whole batch); dise solves "
+                         "every sample on its own and cannot reproduce it")
+    if torch.equal(fa, field(tb, rows)):
         return TimeMode.AUTONOMOUS
     times = torch.linspace(t0, t1, n + 2, dtype=rows.dtype, device=rows.device)[1:-1]
-    expected = torch.cat([func(times[i], rows[i:i + 1]) for i in range(n)])
-    for mode in (TimeMode.BROADCAST, TimeMode.VMAP):
+    expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
+    for mode in (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP):
+        trial = VectorField(field.func, mode, field.layout, 1.0, field.order)
         try:
-            got = VectorField(func, mode).at_times(times, rows)
+            got = trial.at_times(times, rows)
         except Exception:  # noqa: BLE001 - any failure just rules this mode out
             continue
-        if got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-6):
+        if _close(got, expected):
             return mode
     return TimeMode.LOOP
+
+
+def detect_arg_order(func: Func, h: torch.Tensor, t0: float, layout: StateLayout) -> str:
+    """``t,x`` or ``x,t`` for a bare field: the argument names first (``forward(x, t)``), then which
+    order returns a state-shaped result. ``InputError`` when neither does."""
+    names = _positional_names(func)
+    time_names = ("t", "time", "times", "s", "tau", "timestep", "timesteps", "sigma")
+    if len(names) >= 2:
+        if names[0] in time_names and names[1] not in time_names:
+            return "t,x"
+        if names[1] in time_names and names[0] not in time_names:
+            return "x,t"
+    t = torch.tensor(t0, dtype=h.dtype, device=h.device)
+    errors = []
+    for order in ARG_ORDERS:
+        try:
+            with torch.no_grad():
+                VectorField(func, TimeMode.LOOP, layout, 1.0, order)(t, h[:2])
+            return order
+        except Exception as exc:  # noqa: BLE001 - the wrong order fails in the user's code
+            errors.append(f"f({order}): {type(exc).__name__}: {first_line(exc, 120)}")
+    raise InputError("the model takes two arguments but returns no state-shaped result for f(t, x) or f(x, t) (" +
+                     "; ".join(errors) + ")")
+
+
+def _positional_names(func: Func) -> list[str]:
+    import inspect
+    target = func.forward if isinstance(func, torch.nn.Module) else func
+    try:
+        params = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

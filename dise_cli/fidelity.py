@@ -1,0 +1,118 @@
+"""The fidelity check: before a command uses a model, run the model as it is on a few samples and
+compare its outputs with dise's reproduction by the baseline candidate (the model's own solver).
+
+A correct reading differs from the model only as much as two valid solves at the baseline's
+tolerance differ: dise's solve steps per sample while a library steps the whole batch, torchdyn
+lands on output times its own way. That part is measured, not assumed: the difference between
+dise's solve and the same method at ``LOOSER`` times the tolerance bounds it (times ``MARGIN``).
+A fixed-grid baseline reproduces the model's own steps, so only round-off (``FLOOR`` of the
+outputs' scale) is allowed. A model whose output is random (a Hutchinson trace, a sampled latent)
+is run twice more with another seed, and its own spread is allowed too. A misreading (a skipped
+encoder, the wrong state, a swapped argument order) changes the outputs by far more.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dise_cli.errors import InputError, first_line
+from dise_cli.integrators import Integrator, Status
+from dise_cli.odemodel import OdeModel
+
+FIDELITY_SAMPLES = 8
+LOOSER = 10.0
+MARGIN = 3.0
+FLOOR = 1e-4
+
+
+@dataclass
+class Fidelity:
+    samples: int
+    baseline: str
+    difference: float        # the largest |model - dise| over every output element
+    allowed: float           # what the baseline's tolerance (and the model's own randomness) explains
+    tolerance_part: float
+    randomness_part: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _seeded(fn, seed: int, device: torch.device):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest elementwise difference; NaN/Inf where only one of them is finite counts as infinite."""
+    if a.shape != b.shape:
+        return float("inf")
+    a, b = a.detach().double(), b.detach().double()
+    fa, fb = torch.isfinite(a), torch.isfinite(b)
+    if not torch.equal(fa, fb):
+        return float("inf")
+    return float((a - b)[fa].abs().max()) if bool(fa.any()) else 0.0
+
+
+@torch.no_grad()
+def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, seed: int = 0) -> Fidelity | None:
+    """Compare the model as it is with dise's reproduction on the first ``FIDELITY_SAMPLES`` rows of
+    ``x``. None for a bare vector field (it has no solver of its own to compare with)."""
+    if ode.how == "bare":
+        return None
+    x = x[:FIDELITY_SAMPLES]
+    device = x.device
+    statuses: list[torch.Tensor] = []
+
+    def reproduce(integrator: Integrator) -> torch.Tensor:
+        def solve(problem):
+            sol = integrator.solve(problem.field, problem.h0, problem.t)
+            statuses.append(sol.status)
+            return sol.ys
+        return ode.solve_and_decode(x, ode.encode(x) if ode.splittable else None, solve)
+
+    try:
+        model_out = _seeded(lambda: ode.run(x), seed, device)
+    except Exception as exc:  # noqa: BLE001 - the model failing on its own is the user's to know
+        raise InputError(f"the model fails when run as it is on {len(x)} samples ({type(exc).__name__}: "
+                         f"{first_line(exc)}), so dise cannot check its reading") from None
+    dise_out = _seeded(lambda: reproduce(baseline), seed, device)
+    failed = any(bool((s != int(Status.OK)).any()) for s in statuses)
+    again = _seeded(lambda: ode.run(x), seed + 1, device)
+    randomness = _max_abs(model_out, again)
+    loose = baseline.loosened(LOOSER)
+    tolerance = MARGIN * _max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
+    finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
+    floor = FLOOR * (1.0 + (float(finite.abs().max()) if finite.numel() else 0.0))
+    difference = float("inf") if failed else _max_abs(model_out, dise_out)
+    allowed = max(tolerance, MARGIN * randomness, floor)
+    if tolerance == float("inf"):
+        allowed = floor
+    return Fidelity(samples=len(x), baseline=baseline.spec, difference=difference, allowed=allowed,
+                    tolerance_part=tolerance if tolerance != float("inf") else 0.0,
+                    randomness_part=MARGIN * randomness, passed=difference <= allowed)
+
+
+def fidelity_error(check: Fidelity, ode: OdeModel, model_name: str, hint: str) -> InputError:
+    """The one line for a reading that does not reproduce the model."""
+    diff = "a failed or non-finite solve" if check.difference == float("inf") else f"up to {check.difference:.3g}"
+    return InputError(f"dise does not reproduce {model_name}: on {check.samples} samples the model's own outputs and "
+                      f"dise's with {check.baseline} differ by {diff}, beyond the {check.allowed:.3g} its tolerance "
+                      f"explains; dise read {reading_line(ode)}; {hint}")
+
+
+def reading_line(ode: OdeModel) -> str:
+    """What dise took as the solve, in one phrase."""
+    t = ode.t_span.tolist()
+    grid = str([round(v, 6) for v in t]) if len(t) <= 4 else f"[{t[0]:g} .. {t[-1]:g}] ({len(t)} points)"
+    if ode.how == "traced":
+        info = ode.solves[ode.target]
+        return (f"the {info.library} {info.entry} call at {info.where} (solve {info.index} of {len(ode.solves)}), "
+                f"f = {ode.func_description} ({ode.func_class}), state {ode.layout.describe()}, t = {grid}")
+    if ode.how == "attributes":
+        return (f"block '{ode.block_path or '(the model itself)'}' by its attributes (no solver call seen), "
+                f"f = {ode.func_description} ({ode.func_class}), h(0) = the block's input {ode.layout.describe()}, t = {grid}")
+    return f"the model as f itself, state {ode.layout.describe()}, t = {grid}"

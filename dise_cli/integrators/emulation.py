@@ -1,0 +1,95 @@
+"""The model's own solver as a dise candidate: the method, tolerances and options its call asked for
+(torchdiffeq's or torchdyn's), as the dise integrator that runs the same solve, or the closest one
+dise has, with a plain note of what differs. Methods dise cannot emulate (implicit, Adams,
+``scipy_solver``) give no integrator: the user names candidates instead."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dise_cli.integrators.base import Integrator
+from dise_cli.integrators.dopri5 import DEFAULT_MAX_STEPS, Dopri5
+from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+
+TORCHDIFFEQ_FIXED = {"euler": Euler, "midpoint": Midpoint, "heun2": Heun2, "heun3": Heun3, "rk4": RK4}
+TORCHDIFFEQ_ADAPTIVE_LATER = ("bosh3", "adaptive_heun", "fehlberg2", "dopri8")
+TORCHDYN_NAMES = {"Euler": "euler", "Midpoint": "midpoint", "RungeKutta4": "rk4", "rk-4": "rk4",
+                  "DormandPrince45": "dopri5", "DormandPrince5": "dopri5", "Tsitouras45": "tsit5",
+                  "Tsitouras5": "tsit5", "AsynchronousLeapfrog": "alf", "ImplicitEuler": "ieuler",
+                  "implicit_euler": "ieuler"}
+TORCHDYN_FIXED = {"euler": Euler, "midpoint": Midpoint, "rk4": RK4Classic}
+# torchdiffeq options dise honours; any other changes the solve in a way dise does not copy.
+HONOURED = {"first_step", "max_num_steps", "dtype", "step_size"}
+
+
+@dataclass(frozen=True)
+class Emulation:
+    """``integrator``: dise's candidate for the model's solver (None: dise cannot emulate it);
+    ``exact``: the same method and step control; ``note``: what differs, for people."""
+
+    method: str                    # the library's method name, e.g. "dopri5", "tsit5"
+    integrator: Integrator | None
+    exact: bool
+    note: str = ""
+
+
+def emulate(library: str, method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
+    """dise's integrator for a solve of ``library`` with these settings."""
+    if library == "torchdyn":
+        return _torchdyn(TORCHDYN_NAMES.get(method, method), rtol, atol)
+    return _torchdiffeq(method, rtol, atol, options)
+
+
+def _scalar(name: str, value: Any) -> tuple[float, str]:
+    """A tolerance as one float; per-element tolerances become their smallest value, with a note."""
+    if isinstance(value, (int, float)):
+        return float(value), ""
+    tensor = torch.as_tensor(value, dtype=torch.float64)
+    smallest = float(tensor.min())
+    if tensor.numel() == 1:
+        return smallest, ""
+    return smallest, f"per-element {name} given; dise uses its smallest value, {smallest:g}"
+
+
+def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
+    options = dict(options)
+    ignored = sorted(k for k in options if k not in HONOURED)
+    if method in TORCHDIFFEQ_FIXED:
+        if "grid_constructor" in options:
+            return Emulation(method, None, False, "it builds its own time grid (grid_constructor)")
+        step_size = options.get("step_size")
+        integrator = TORCHDIFFEQ_FIXED[method](step_size=float(step_size)) if step_size is not None \
+            else TORCHDIFFEQ_FIXED[method](steps=1)
+        notes = [f"option(s) {', '.join(ignored)} not copied"] if ignored else []
+        return Emulation(method, integrator, not notes, "; ".join(notes))
+    if method == "dopri5" or method in TORCHDIFFEQ_ADAPTIVE_LATER:
+        r, note_r = _scalar("rtol", rtol)
+        a, note_a = _scalar("atol", atol)
+        max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
+        first = options.get("first_step")
+        integrator = Dopri5(rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
+                            first_step=None if first is None else float(first))
+        notes = [n for n in (note_r, note_a) if n]
+        if ignored:
+            notes.append(f"option(s) {', '.join(ignored)} not copied")
+        if method != "dopri5":
+            notes.insert(0, f"dise has no {method} yet; the closest it has is dopri5 at the same tolerances")
+        return Emulation(method, integrator, not notes, "; ".join(notes))
+    return Emulation(method, None, False, f"dise cannot emulate torchdiffeq's '{method}'")
+
+
+def _torchdyn(method: str, rtol: Any, atol: Any) -> Emulation:
+    if method in TORCHDYN_FIXED:
+        return Emulation(method, TORCHDYN_FIXED[method](steps=1), True)
+    r, _ = _scalar("rtol", rtol)
+    a, _ = _scalar("atol", atol)
+    if method == "dopri5":
+        return Emulation(method, Dopri5(rtol=r, atol=a), False,
+                         "torchdyn's dopri5 picks its first step and lands on output times its own way; dise's "
+                         "follows torchdiffeq's step control at the same tolerances")
+    if method == "tsit5":
+        return Emulation(method, Dopri5(rtol=r, atol=a), False,
+                         "dise has no tsit5 yet; the closest it has is dopri5 at the same tolerances")
+    return Emulation(method, None, False, f"dise cannot emulate torchdyn's '{method}'")

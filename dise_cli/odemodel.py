@@ -1,0 +1,365 @@
+"""A model read by its solve: everything before the solve is the encoder, everything after it the
+decoder, and dise answers the solve with its own integrators.
+
+``Problem`` is one batch's solve as dise sees it (f with its calling conventions, the packed initial
+state, the grid). ``OdeModel`` is the interface every command uses:
+
+- ``encode(x)`` -> the ``Problem`` the model poses for inputs ``x``;
+- ``forward_with(x, solve)`` -> the model's outputs with the solve answered by ``solve(problem)``;
+- ``decode(problem, ys)`` -> outputs from a solution, for models whose decoder runs on its own
+  (``splittable``), so that one encoding serves every candidate integrator.
+
+Three readings implement it (``dise_cli.reading`` chooses): ``TracedModel`` (dise watched the model
+call torchdiffeq or torchdyn), ``AttributeModel`` (a solve dise cannot see, e.g. a hand-written
+loop, found by the block's attributes) and ``BareField`` (the saved module is f itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dise_cli.errors import InputError
+from dise_cli.integrators.vector_field import VectorField
+from dise_cli.solvecalls import SolveCall, intercept
+from dise_cli.states import StateLayout
+
+
+@dataclass
+class Problem:
+    """One batch's solve: ``field`` for this call's f, ``h0`` packed ``[N, ...]``, grid ``t`` [T] float64."""
+
+    field: VectorField
+    h0: torch.Tensor
+    t: torch.Tensor
+    call: SolveCall | None = None      # the model's call this problem answers (traced models)
+
+
+Solve = Callable[[Problem], torch.Tensor]     # problem -> packed states [T, N, ...]
+
+
+@dataclass
+class SolveInfo:
+    """What the probe saw of one solver call (``dise inspect`` lists them)."""
+
+    index: int
+    site: str
+    where: str
+    occurrence: int
+    library: str
+    entry: str
+    method: str
+    rtol: Any
+    atol: Any
+    options: dict
+    state: str             # the state's shape, e.g. "(N, 64, 6, 6)" or "((N, 2), (N, 1))"
+    t: list[float]
+    nfe: int
+    block: str             # the innermost module of the model running when the call was made
+    func: str              # what f is, for people
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.site, self.occurrence
+
+
+@dataclass
+class OwnSolver:
+    """The solver settings the model's own call asked for (library defaults filled in)."""
+
+    library: str
+    method: str
+    rtol: Any
+    atol: Any
+    options: dict = field(default_factory=dict)
+
+
+class OdeModel:
+    """Common state of every reading. Subclasses implement encode / decode / forward_with."""
+
+    how: str = ""              # traced | attributes | bare
+    kind: str = ""             # sequential | root | whole | nested | bare
+    splittable: bool = True
+
+    def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout):
+        self.module = module
+        self.field = field                   # the probe's f with its conventions
+        self.t_span = t_span                 # the probe's grid, float64 on the CPU
+        self.layout = layout
+        self.output_time_major = False       # the model's own output puts time first
+        self.own: OwnSolver | None = None
+        self.block_path = ""
+        self.func_description = ""           # where f is: its module path, or the function that is f
+        self.func_class = ""
+        self.func_modules: list[nn.Module] = []
+        self.solves: list[SolveInfo] = []
+        self.target = 0                      # index into ``solves`` of the routed solve
+        self.model_takes_grid = False        # forward(x, t): the grid is the second argument
+
+    @property
+    def h0_shape(self) -> tuple[int, ...]:
+        return self.layout.state_shape
+
+    def model_args(self, x: torch.Tensor) -> tuple:
+        if self.model_takes_grid:
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            return x, self.t_span.to(x.device, dtype)
+        return (x,)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The model as it is (its own solver), outputs batch first."""
+        return self.batch_major(self.module(*self.model_args(x)))
+
+    def batch_major(self, out: Any) -> torch.Tensor:
+        if isinstance(out, (tuple, list)):
+            out = out[-1]
+        return out.transpose(0, 1) if self.output_time_major else out
+
+    def record(self) -> dict:
+        """How the model was read, as plain data (selector files and bundle manifests keep it, so that
+        a later command can check it reads the model the same way)."""
+        return {"how": self.how, "kind": self.kind, "solve": self.target if self.how == "traced" else None,
+                "block": self.block_path, "extraction": getattr(self, "extraction", None),
+                "output_format": getattr(self, "output_format", None), "layout": self.layout.to_dict(),
+                "time_mode": self.field.mode.value, "arg_order": self.field.order,
+                "output_time_major": self.output_time_major, "model_takes_grid": self.model_takes_grid,
+                "t_span": [float(v) for v in self.t_span],
+                "library": self.solves[self.target].library if self.how == "traced" else None}
+
+    def encode(self, x: torch.Tensor) -> Problem:
+        raise NotImplementedError
+
+    def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+        raise NotImplementedError
+
+    def solve_and_decode(self, x: torch.Tensor, problem: Problem | None, solve: Solve) -> torch.Tensor:
+        """Outputs for ``x`` with ``solve``, reusing ``problem`` (from ``encode``) where the decoder runs alone."""
+        if problem is not None and self.splittable:
+            return self.decode(problem, solve(problem))
+        return self.forward_with(x, solve)
+
+
+def extract(result: Any, how: str) -> Any:
+    """What a block returns, from what its solver returned: ``returned`` (all of it), ``final`` (the last
+    state), ``solution`` (torchdyn's trajectory without its times)."""
+    if how == "returned":
+        return result
+    if how == "solution":
+        return result[1]
+    if how == "final":
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor) and \
+                isinstance(result[1], torch.Tensor) and result[0].ndim == 1 and result[1].ndim >= 2 and \
+                len(result[0]) == len(result[1]):
+            return result[1][-1]                       # torchdyn's (t, trajectory)
+        if isinstance(result, tuple):
+            return tuple(r[-1] for r in result)        # torchdiffeq's tuple state
+        return result[-1]
+    raise ValueError(f"unknown block output '{how}'")
+
+
+EXTRACTIONS = ("returned", "final", "solution")
+
+
+class _Captured(Exception):
+    def __init__(self, call: SolveCall):
+        super().__init__("solve captured")
+        self.call = call
+
+
+class _Dispatch:
+    """The handler of one forward: numbers the calls, answers the target, lets the others run as written."""
+
+    def __init__(self, target: tuple[str, int], on_target: Callable[[SolveCall], Any]):
+        self.target = target
+        self.on_target = on_target
+        self.counts: dict[str, int] = {}
+        self.index = 0
+        self.hit = False
+
+    def __call__(self, call: SolveCall, run_original: Callable[..., Any]) -> Any:
+        call.occurrence = self.counts.get(call.site, 0)
+        self.counts[call.site] = call.occurrence + 1
+        call.index, self.index = self.index, self.index + 1
+        if call.key == self.target and not self.hit:
+            self.hit = True
+            return self.on_target(call)
+        return run_original()
+
+
+class TracedModel(OdeModel):
+    """A model whose solver call dise saw. ``kind``: ``sequential`` (the block sits in ``nn.Sequential``
+    containers, takes the state as its input and returns what its solver returned, or part of it),
+    ``root`` (the same for the model itself), or ``whole`` (anything else: the forward runs whole
+    with the call answered, so the decoder does not run alone)."""
+
+    how = "traced"
+
+    def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout,
+                 key: tuple[str, int], kind: str, extraction: str = "returned",
+                 decoder: nn.Module | None = None, encoder: nn.Module | None = None):
+        super().__init__(module, field, t_span, layout)
+        self.key = key
+        self.kind = kind
+        self.splittable = kind != "whole"
+        self.extraction = extraction
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def problem_of(self, call: SolveCall) -> Problem:
+        layout = StateLayout.of(call.y0, "the solve's initial state")
+        if layout != self.layout:
+            raise InputError(f"the model's solve got a state of shape {layout.describe()} where the probe saw "
+                             f"{self.layout.describe()}; dise reads one state structure per model")
+        h0 = layout.pack(call.y0)
+        return Problem(field=self.field.with_func(call.func), h0=h0,
+                       t=call.t.detach().to(h0.device, torch.float64), call=call)
+
+    def _forward(self, x: torch.Tensor, on_target: Callable[[SolveCall], Any]) -> Any:
+        dispatch = _Dispatch(self.key, on_target)
+        with intercept(dispatch):
+            out = self.module(*self.model_args(x))
+        if not dispatch.hit:
+            raise InputError(f"the model's forward did not make the solve dise routes ({self.key[0]}, call "
+                             f"{self.key[1] + 1} from there); its solves depend on the input, which dise cannot route")
+        return out
+
+    def encode(self, x: torch.Tensor) -> Problem:
+        def capture(call: SolveCall):
+            raise _Captured(call)
+        try:
+            self._forward(x, capture)
+        except _Captured as cap:
+            return self.problem_of(cap.call)
+        raise InputError("the model's forward finished without making its solve")
+
+    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+        def answer(call: SolveCall):
+            problem = self.problem_of(call)
+            return call.answer(self.layout.unpack_trajectory(solve(problem)))
+        return self.batch_major(self._forward(x, answer))
+
+    def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        if not self.splittable:
+            raise InputError("this model's decoder does not run on its own")
+        out = extract(problem.call.answer(self.layout.unpack_trajectory(ys)), self.extraction)
+        if self.decoder is not None:
+            out = self.decoder(out)
+        return self.batch_major(out)
+
+
+class _SwapForward:
+    """Context manager: shadow a module's forward with an instance attribute, then restore it."""
+
+    def __init__(self, module: nn.Module, forward: Callable):
+        self.module, self.forward = module, forward
+
+    def __enter__(self):
+        self.had = "forward" in self.module.__dict__
+        self.old = self.module.__dict__.get("forward")
+        self.module.forward = self.forward
+        return self
+
+    def __exit__(self, *exc):
+        if self.had:
+            self.module.forward = self.old
+        else:
+            del self.module.forward
+        return False
+
+
+class _BlockInput(Exception):
+    def __init__(self, h0: torch.Tensor):
+        super().__init__("h0 captured")
+        self.h0 = h0
+
+
+class AttributeModel(OdeModel):
+    """A block found by its attributes (``odefunc``/``func``/``f``/``vf`` and a time span), for solves
+    dise cannot see. The block's whole forward is replaced by dise's solve of its input.
+    ``kind``: ``sequential`` | ``nested`` | ``root``; ``output_format``: final | trajectory | torchdyn."""
+
+    how = "attributes"
+
+    def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout,
+                 kind: str, block_path: str, func_attr: str, output_format: str = "final",
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__(module, field, t_span, layout)
+        self.kind = kind
+        self.splittable = kind != "nested"
+        self.block_path = block_path
+        self.func_attr = func_attr
+        self.output_format = output_format
+        self.encoder = encoder
+        self.decoder = decoder
+
+    @property
+    def block(self) -> nn.Module:
+        return self.module.get_submodule(self.block_path) if self.block_path else self.module
+
+    def _problem(self, h0: torch.Tensor) -> Problem:
+        return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
+
+    def encode(self, x: torch.Tensor) -> Problem:
+        if self.kind == "root":
+            return self._problem(x)
+        if self.kind == "sequential":
+            return self._problem(self.encoder(x))
+
+        def capture(h, *args, **kwargs):
+            raise _BlockInput(h)
+        with _SwapForward(self.block, capture):
+            try:
+                self.module(*self.model_args(x))
+            except _BlockInput as cap:
+                return self._problem(cap.h0)
+        raise InputError(f"the model's forward never called its ODE block '{self.block_path}'")
+
+    def block_output(self, ys: torch.Tensor) -> Any:
+        if self.output_format == "final":
+            return ys[-1]
+        if self.output_format == "torchdyn":
+            return self.t_span.to(ys.device, ys.dtype), ys
+        return ys
+
+    def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        out = self.block_output(ys)
+        if self.kind == "sequential":
+            out = self.decoder(out)
+        return self.batch_major(out)
+
+    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+        if self.splittable:
+            problem = self.encode(x)
+            return self.decode(problem, solve(problem))
+        with _SwapForward(self.block, lambda h, *a, **k: self.block_output(solve(self._problem(h)))):
+            return self.batch_major(self.module(*self.model_args(x)))
+
+
+class BareField(OdeModel):
+    """The saved module is f itself (``ode_demo`` style, or a flow-matching velocity field): the data
+    are initial states, the output is the trajectory on the grid, batch first."""
+
+    how = "bare"
+    kind = "bare"
+
+    def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout):
+        super().__init__(module, field, t_span, layout)
+        self.output_time_major = True
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        raise InputError("a bare vector field has no solver of its own to run")
+
+    def encode(self, x: torch.Tensor) -> Problem:
+        return Problem(field=self.field, h0=x, t=self.t_span.to(x.device))
+
+    def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        return self.batch_major(ys)
+
+    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+        problem = self.encode(x)
+        return self.decode(problem, solve(problem))

@@ -1,0 +1,276 @@
+"""A read model as ``torch.export`` programs, so that a bundle runs without the user's code.
+
+Two layouts:
+
+- ``split`` (the decoder runs on its own): ``encoder`` (x -> the state as the model passes it),
+  ``ode_function`` (f over the packed state) and ``decoder`` (the trajectory -> outputs);
+- ``whole`` (a forward that runs its solve itself: latent ODEs, augmented blocks, an encoder then
+  ``odeint``): ``model`` (the user's forward, its routed solve replaced by the ``dise::solve``
+  operator) and ``ode_function``. At run time the operator asks the routed model for the solution.
+
+f keeps its time convention: fields that take a time per row are exported with ``t`` of shape
+``[N]``; fields that need ``vmap`` are exported for one row and vmapped when loaded; fields that
+take only a scalar time are exported with one and called once per distinct time.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+import zipfile
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dise_cli.errors import InputError, first_line
+from dise_cli.integrators.vector_field import PER_ROW_MODES, TimeMode, VectorField
+from dise_cli.odemodel import OdeModel, Problem, Solve, TracedModel, _Dispatch, extract
+from dise_cli.solvecalls import intercept
+from dise_cli.states import StateLayout
+
+SPLIT = ("encoder", "ode_function", "decoder")
+WHOLE = ("model", "ode_function")
+
+
+class _OpState(threading.local):
+    handler: Callable[[list, torch.Tensor], list] | None = None
+
+
+_op = _OpState()
+
+
+@torch.library.custom_op("dise::solve", mutates_args=())
+def solve_op(y0: list[torch.Tensor], t: torch.Tensor) -> list[torch.Tensor]:
+    """The routed solve of an exported model: the state's components in, their trajectories out."""
+    if _op.handler is None:
+        raise RuntimeError("dise::solve runs only inside a model loaded with dise_cli.load")
+    return _op.handler(list(y0), t)
+
+
+@solve_op.register_fake
+def _solve_fake(y0, t):
+    return [y.new_empty((t.shape[0], *y.shape)) for y in y0]
+
+
+def torchdyn_times(t: torch.Tensor, backwards: bool) -> torch.Tensor:
+    """The times torchdyn returns beside its solution: negated when it integrated backwards."""
+    return -t if backwards else t
+
+
+class FieldPart(nn.Module):
+    """f as a bundle stores it: packed state in, packed derivative out, with a time per row where f
+    takes one (``per_row``), else one time for the batch. Registers the modules f calls."""
+
+    def __init__(self, field: VectorField, modules: list[nn.Module], per_row: bool):
+        super().__init__()
+        self.owners = nn.ModuleList(modules)
+        self.__dict__["field"] = field
+        self.per_row = per_row
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.field.at_times(t, h) if self.per_row else self.field(t, h)
+
+
+class _Decoder(nn.Module):
+    """The trajectory (a tensor or a tuple, as the model's solver returned it) -> the model's outputs."""
+
+    def __init__(self, ode: OdeModel):
+        super().__init__()
+        self.after = ode.decoder if ode.kind == "sequential" else nn.Identity()
+        self.ode_how = ode.how
+        self.register_buffer("t_eval", ode.t_span.to(torch.float32), persistent=False)
+        if isinstance(ode, TracedModel):
+            self.extraction, self.library = ode.extraction, ode.solves[ode.target].library
+            self.backwards = len(ode.t_span) > 1 and bool(ode.t_span[1] < ode.t_span[0])
+        else:
+            self.format = ode.output_format
+
+    def forward(self, ys: Any) -> Any:
+        if self.ode_how == "traced":
+            t = torchdyn_times(self.t_eval, self.backwards).to(_first(ys).dtype)
+            out = extract((t, ys) if self.library == "torchdyn" else ys, self.extraction)
+        elif self.ode_how == "attributes":
+            out = ys[-1] if self.format == "final" else (self.t_eval.to(ys.dtype), ys) if self.format == "torchdyn" \
+                else ys
+        else:
+            out = ys
+        return self.after(out)
+
+
+def _first(value: Any) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else value[0]
+
+
+def _field_export(ode: OdeModel, h0: torch.Tensor) -> tuple[nn.Module, tuple, Any, str]:
+    """f's program, its example arguments, dynamic shapes, and the time mode it is loaded with."""
+    field, mode = ode.field, ode.field.mode
+    batch = torch.export.Dim("batch", min=2, max=1 << 20)
+    t0 = ode.t_span[0].to(h0.device, h0.dtype)
+    if mode in PER_ROW_MODES and mode is not TimeMode.VMAP:
+        part = FieldPart(field, ode.func_modules, per_row=True)
+        return part, (t0.expand(len(h0)).clone(), h0), ({0: batch}, {0: batch}), TimeMode.ROWS.value
+    if mode is TimeMode.VMAP:       # vmap does not export with a dynamic batch: one row, vmapped when loaded
+        part = FieldPart(field, ode.func_modules, per_row=False)
+        return part, (t0, h0[:1]), None, TimeMode.VMAP.value
+    part = FieldPart(field, ode.func_modules, per_row=False)
+    return part, (t0, h0), (None, {0: batch}), TimeMode.LOOP.value
+
+
+def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], str | None, str, str]:
+    """``({name: .pt2 bytes}, layout, note, f's loaded time mode)``; no programs (and why) where
+    ``torch.export`` cannot capture a part."""
+    if ode.how == "attributes" and not ode.splittable:
+        return {}, None, "the model's forward calls its ODE block itself and dise cannot see its solve", ""
+    x = x[:4] if len(x) >= 2 else x.expand(2, *x.shape[1:])
+    batch = torch.export.Dim("batch", min=2, max=1 << 20)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            problem = ode.encode(x)
+            part, args, shapes, loaded_mode = _field_export(ode, problem.h0)
+            programs = {"ode_function": torch.export.export(part, args, dynamic_shapes=shapes, strict=False)}
+            if ode.splittable:
+                layout = "split"
+                programs.update(_split_parts(ode, x, problem, batch))
+            else:
+                layout = "whole"
+                programs["model"] = _whole_part(ode, x, batch)
+    except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways on user code
+        return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}", ""
+    return {name: _without_pickle(ep) for name, ep in programs.items()}, layout, "", loaded_mode
+
+
+def _split_parts(ode: OdeModel, x: torch.Tensor, problem: Problem, batch) -> dict:
+    encoder = ode.encoder if ode.kind == "sequential" else nn.Identity()
+    decoder = _Decoder(ode).to(x.device)
+    ys = ode.layout.unpack_trajectory(problem.h0.unsqueeze(0).expand(len(problem.t), *problem.h0.shape).contiguous())
+    ys_shapes = tuple({1: batch} for _ in ys) if isinstance(ys, tuple) else {1: batch}
+    return {"encoder": torch.export.export(encoder, (x,), dynamic_shapes=({0: batch},), strict=False),
+            "decoder": torch.export.export(decoder, (ys,), dynamic_shapes=(ys_shapes,), strict=False)}
+
+
+def _whole_part(ode: TracedModel, x: torch.Tensor, batch):
+    """The user's forward with its routed solve replaced by ``dise::solve``."""
+    info = ode.solves[ode.target]
+    backwards = len(ode.t_span) > 1 and bool(ode.t_span[1] < ode.t_span[0])
+
+    def on_target(call):
+        parts = list(call.y0) if isinstance(call.y0, (tuple, list)) else [call.y0]
+        out = torch.ops.dise.solve(parts, call.t)
+        ys = tuple(out) if ode.layout.is_tuple else out[0]
+        if info.library == "torchdyn":
+            return torchdyn_times(call.t, backwards), ys
+        return ys
+
+    args = ode.model_args(x)
+    shapes = ({0: batch},) + ((None,) if len(args) > 1 else ())
+    with intercept(_Dispatch(ode.key, on_target)):
+        return torch.export.export(ode.module, args, dynamic_shapes=shapes, strict=False)
+
+
+def _without_pickle(ep) -> bytes:
+    """The .pt2 archive with its sample-inputs member (a pickle) left empty."""
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in src.infolist():
+            z.writestr(info, b"" if "sample_inputs" in info.filename else src.read(info.filename))
+    return out.getvalue()
+
+
+def load_program(members: dict[str, bytes], name: str, bundle: str) -> nn.Module:
+    data = members.get(f"{name}.pt2")
+    if data is None:
+        raise InputError(f"bundle '{bundle}' is missing member '{name}.pt2'")
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for info in z.infolist():
+            if ("sample_inputs" in info.filename or info.filename.endswith((".pt", ".pkl"))) and info.file_size:
+                raise InputError(f"bundle '{bundle}': '{name}.pt2' carries a pickle ('{info.filename}'); dise "
+                                 f"does not load it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(data)).module()
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"bundle '{bundle}': '{name}.pt2' could not be loaded ({first_line(exc)})") from None
+
+
+class _OpCaptured(Exception):
+    def __init__(self, y0: list, t: torch.Tensor):
+        super().__init__("solve captured")
+        self.y0, self.t = y0, t
+
+
+class _Parts(nn.Module):
+    """A bundle's programs, registered so that ``.to()`` reaches them; not trained, not switched to eval."""
+
+    exported_programs = True
+
+    def __init__(self, **programs: nn.Module):
+        super().__init__()
+        for name, program in programs.items():
+            self.add_module(name, program)
+
+
+class ProgramModel(OdeModel):
+    """A model loaded from a bundle's programs (``split`` or ``whole``), with the interface of the
+    model it was exported from."""
+
+    how = "programs"
+
+    def __init__(self, programs: dict[str, nn.Module], layout_kind: str, reading: dict, field_mode: str):
+        layout = StateLayout.from_dict(reading["layout"])
+        func = programs["ode_function"]
+        field = VectorField(func, field_mode, layout.as_packed())
+        t_span = torch.tensor(reading["t_span"], dtype=torch.float64)
+        super().__init__(_Parts(**programs), field, t_span, layout)
+        self.kind = reading["kind"] if layout_kind == "split" else "whole"
+        self.splittable = layout_kind == "split"
+        self.programs = programs
+        self.output_time_major = bool(reading["output_time_major"])
+        self.model_takes_grid = bool(reading.get("model_takes_grid", False))
+        self.block_path = reading.get("block", "")
+
+    def _problem(self, y0: Any, t: torch.Tensor | None = None) -> Problem:
+        """The problem for the state's components ``y0`` (a list from ``dise::solve``, or a tensor / tuple)."""
+        if isinstance(y0, list):
+            y0 = tuple(y0) if self.layout.is_tuple else y0[0]
+        h0 = self.layout.pack(y0)
+        grid = self.t_span if t is None else t.detach()
+        return Problem(field=self.field, h0=h0, t=grid.to(h0.device, torch.float64))
+
+    def encode(self, x: torch.Tensor) -> Problem:
+        if self.splittable:
+            return self._problem(self.programs["encoder"](x))
+
+        def capture(y0, t):
+            raise _OpCaptured(y0, t)
+        try:
+            self._run_whole(x, capture)
+        except _OpCaptured as cap:
+            return self._problem(cap.y0, cap.t)
+        raise InputError("the exported model finished without its solve")
+
+    def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        return self.batch_major(self.programs["decoder"](self.layout.unpack_trajectory(ys)))
+
+    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+        if self.splittable:
+            problem = self.encode(x)
+            return self.decode(problem, solve(problem))
+
+        def answer(y0: list, t: torch.Tensor) -> list:
+            problem = self._problem(y0, t)
+            ys = self.layout.unpack_trajectory(solve(problem))
+            return list(ys) if isinstance(ys, tuple) else [ys]
+        return self.batch_major(self._run_whole(x, answer))
+
+    def _run_whole(self, x: torch.Tensor, handler) -> Any:
+        previous, _op.handler = _op.handler, handler
+        try:
+            return self.programs["model"](*self.model_args(x))
+        finally:
+            _op.handler = previous

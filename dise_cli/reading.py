@@ -1,0 +1,351 @@
+"""Read a model by its solve: run it once on a few samples while watching it call its solver, and
+decide what is encoder, solve and decoder.
+
+``read_model`` records every torchdiffeq / torchdyn call the forward makes (f, the initial state as
+passed, the grid, method, tolerances, options; the module that made it; the NFE it took), picks the
+solve to route (``--solve N``, ``--ode-block``, else the most expensive) and returns a
+``TracedModel``. A model that calls no solver is either a vector field itself (``BareField``) or
+has a solve dise cannot see; then the block is found by its attributes (``AttributeModel``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+from dise_cli.errors import InputError, UsageError, first_line
+from dise_cli.integrators.vector_field import VectorField, detect_arg_order
+from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
+                               sequential_split, time_major_output)
+from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, extract)
+from dise_cli.solvecalls import SolveCall, intercept
+from dise_cli.states import StateLayout, same_structure
+
+
+class _Counting(nn.Module):
+    """f with a call counter (a module, so that odeint_adjoint still finds f's parameters)."""
+
+    def __init__(self, func):
+        super().__init__()
+        if isinstance(func, nn.Module):
+            self.inner = func
+        else:
+            self.__dict__["_fn"] = func
+        self.count = 0
+
+    def forward(self, *args, **kwargs):
+        self.count += 1
+        fn = self.inner if "inner" in self._modules else self.__dict__["_fn"]
+        return fn(*args, **kwargs)
+
+
+@dataclass
+class _Seen:
+    call: SolveCall
+    nfe: int
+    block: nn.Module
+    block_path: str
+    block_args: tuple
+    result: Any
+    block_output: Any = None
+
+
+@dataclass
+class _Recorder:
+    """Handler that lets every call run as written, counting its NFE and noting which module of the
+    model made it, and global module hooks that keep the stack of running modules."""
+
+    root: nn.Module
+    seen: list[_Seen] = field(default_factory=list)
+    stack: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.paths = {id(m): name for name, m in self.root.named_modules()}
+
+    def pre(self, module, args):
+        self.stack.append((module, args))
+
+    def post(self, module, args, output):
+        while self.stack:
+            top, _ = self.stack.pop()
+            if top is module:
+                break
+        for s in self.seen:
+            if s.block is module and s.block_output is None:
+                s.block_output = output
+
+    def __call__(self, call: SolveCall, run_original) -> Any:
+        call.occurrence = self.counts.get(call.site, 0)
+        self.counts[call.site] = call.occurrence + 1
+        call.index = len(self.seen)
+        block, args = self.root, ()
+        for module, module_args in reversed(self.stack):
+            if id(module) in self.paths:
+                block, args = module, module_args
+                break
+        counting = _Counting(call.func)
+        result = run_original(counting)
+        self.seen.append(_Seen(call=call, nfe=counting.count, block=block, block_path=self.paths.get(id(block), ""),
+                               block_args=args, result=result))
+        return result
+
+    def run(self, args: tuple) -> Any:
+        pre = register_module_forward_pre_hook(lambda m, a: self.pre(m, a))
+        post = register_module_forward_hook(lambda m, a, o: self.post(m, a, o), always_call=True)
+        try:
+            with intercept(self):
+                return self.root(*args)
+        finally:
+            pre.remove()
+            post.remove()
+
+
+def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
+               ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
+               model_name: str = "model", batch: int = 3) -> OdeModel:
+    """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it."""
+    grid, grid_source = _grid(t_span, data_t)
+    takes_grid = len(required_args(module)) >= 2
+    rows = x[:batch]
+    recorder = _Recorder(module)
+    args = _args(rows, grid, takes_grid)
+    try:
+        with torch.no_grad():
+            out = recorder.run(args)
+        failure = None
+    except Exception as exc:  # noqa: BLE001 - the user's model rejecting the data, or a bare f called wrongly
+        out, failure = None, exc
+    if recorder.seen:
+        if failure is not None:
+            raise _rejects(data_name, rows, failure)
+        if t_span is not None and not takes_grid:
+            raise UsageError(f"--t-span: {model_name} passes its own time grid to its solver "
+                             f"(t = {_short(recorder.seen[0].call.t)}); dise solves on that grid")
+        chosen = _choose(recorder.seen, solve, ode_block, model_name)
+        n_t = len(chosen.call.t)
+        if n_t == len(rows) and len(x) > len(rows):      # a batch size unlike T, to tell the batch axis from time
+            return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
+                              data_t=data_t, model_name=model_name, batch=len(rows) + 1)
+        model = _traced(module, rows, recorder, chosen, out, takes_grid)
+        model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
+        return model
+    if is_vector_field(module):
+        model = _bare(module, rows, grid)
+        model.t_span_source = grid_source
+        return model
+    if failure is not None:
+        raise _rejects(data_name, rows, failure)
+    with torch.no_grad():
+        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args)
+
+
+def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:
+    if t_span is not None:
+        return t_span.to(torch.float64), "--t-span"
+    if data_t is not None:
+        return data_t.detach().to("cpu", torch.float64), "data 't'"
+    return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"
+
+
+def _args(x: torch.Tensor, grid: torch.Tensor, takes_grid: bool) -> tuple:
+    if not takes_grid:
+        return (x,)
+    return x, grid.to(x.device, x.dtype if x.is_floating_point() else torch.float32)
+
+
+def _rejects(data_name: str, x: torch.Tensor, exc: Exception) -> InputError:
+    return InputError(f"the model rejects data '{data_name}' (input shape {tuple(x.shape)}, {x.dtype}): "
+                      f"{type(exc).__name__}: {first_line(exc)}")
+
+
+def _short(t: torch.Tensor) -> str:
+    values = [round(float(v), 6) for v in t.detach().flatten()]
+    if len(values) <= 6:
+        return str(values)
+    return f"[{values[0]}, {values[1]}, ..., {values[-1]}] ({len(values)} points)"
+
+
+def _choose(seen: list[_Seen], solve: int | None, ode_block: str | None, model_name: str) -> _Seen:
+    """The solve to route: ``--solve N``, else the one made from ``--ode-block``, else the most expensive."""
+    if solve is not None:
+        if not 0 <= solve < len(seen):
+            raise UsageError(f"--solve: {model_name} makes {len(seen)} solver call(s) per forward "
+                             f"(0 to {len(seen) - 1}; dise inspect lists them); got {solve}")
+        return seen[solve]
+    if ode_block is not None:
+        path = "" if ode_block in ("", ".") else ode_block
+        matches = [s for s in seen if s.block_path == path or s.block_path.startswith(path + ".")
+                   or _func_path(s) == path]
+        if not matches:
+            blocks = sorted({s.block_path or "(the model itself)" for s in seen})
+            raise UsageError(f"--ode-block: no solve of {model_name} is made from '{ode_block}'; the solves are made "
+                             f"from {', '.join(blocks)}")
+        seen = matches
+    return max(seen, key=lambda s: (s.nfe, -s.call.index))
+
+
+def _func_path(s: _Seen) -> str | None:
+    func = s.call.func
+    owner = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    return None if owner is None else _path_of(s, owner)
+
+
+def _path_of(s: _Seen, module: Any) -> str | None:
+    for name, m in s.block.named_modules():
+        if m is module:
+            return f"{s.block_path}.{name}".strip(".")
+    return None
+
+
+def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
+            takes_grid: bool) -> TracedModel:
+    call = chosen.call
+    if call.unsupported:
+        names = ", ".join(call.unsupported)
+        raise InputError(f"the model's solve ({call.where}) passes {names} to {call.library}'s {call.entry}, which dise "
+                         f"cannot answer per sample; route another solve with --solve")
+    layout = StateLayout.of(call.y0, f"the state the model passes to {call.entry} ({call.where})")
+    n = len(x)
+    h0 = layout.pack(call.y0)
+    if len(h0) != n:
+        raise InputError(f"the model's solve ({call.where}) integrates {len(h0)} states for {n} inputs; dise routes "
+                         f"solves with one state per input")
+    grid = call.t.detach().to("cpu", torch.float64)
+    kind, extraction, encoder, decoder = _split(module, x, chosen, out, takes_grid)
+    with torch.no_grad():
+        field = VectorField.detect(call.func, h0, grid, layout)
+    model = TracedModel(module, field, grid, layout, key=call.key, kind=kind, extraction=extraction,
+                        encoder=encoder, decoder=decoder)
+    model.model_takes_grid = takes_grid
+    model.output_time_major = time_major_output(out, n, len(grid))
+    model.block_path = chosen.block_path
+    model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),
+                          options=dict(call.options))
+    model.func_description, model.func_modules = _describe_func(chosen, h0, grid, layout)
+    model.func_class = _describe_func_short(call.func)
+    model.solves = [_info(s, recorder) for s in recorder.seen]
+    model.target = chosen.call.index
+    return model
+
+
+def _split(module: nn.Module, x: torch.Tensor, chosen: _Seen, out: Any,
+           takes_grid: bool) -> tuple[str, str, nn.Module | None, nn.Module | None]:
+    """``sequential``, ``root`` or ``whole``, how the block's output derives from the solver's result,
+    and the encoder / decoder modules of a sequential split."""
+    call = chosen.call
+    if chosen.block is module:
+        inputs, output = (x,), out
+    else:
+        inputs, output = chosen.block_args, chosen.block_output
+    takes_state = bool(inputs) and (inputs[0] is call.y0 or same_structure(inputs[0], call.y0))
+    extraction = next((how for how in EXTRACTIONS if _extracts(chosen.result, how, output)), None)
+    if not takes_state or extraction is None:
+        return "whole", "returned", None, None
+    if chosen.block is module:
+        return ("root", extraction, None, None) if not takes_grid else ("whole", "returned", None, None)
+    if sequential_kind(module, chosen.block_path):
+        encoder, decoder = sequential_split(module, chosen.block_path)
+        return "sequential", extraction, encoder, decoder
+    return "whole", "returned", None, None
+
+
+def _extracts(result: Any, how: str, output: Any) -> bool:
+    try:
+        return same_structure(extract(result, how), output) or extract(result, how) is output
+    except Exception:  # noqa: BLE001 - an extraction that does not apply to this result
+        return False
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value
+
+
+def _describe_func(chosen: _Seen, h0: torch.Tensor, grid: torch.Tensor,
+                   layout: StateLayout) -> tuple[str, list[nn.Module]]:
+    """What f is, for people, and the modules it calls (their parameters are f's)."""
+    func = chosen.call.func
+    called: list[nn.Module] = []
+    depth = [0]
+
+    def pre(m, a):
+        if depth[0] == 0:
+            called.append(m)
+        depth[0] += 1
+
+    def post(m, a, o):
+        depth[0] -= 1
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    try:
+        with torch.no_grad():
+            VectorField(func, "loop", layout)(grid[0].to(h0.device, h0.dtype), h0[:2])
+    except Exception:  # noqa: BLE001 - the description is for people; detection already ran f
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    unique: list[nn.Module] = []
+    for m in called:
+        if all(m is not u for u in unique):
+            unique.append(m)
+    path = _func_path(chosen)
+    if isinstance(func, nn.Module):
+        text = path or type(func).__name__
+    elif getattr(func, "__self__", None) is not None:
+        text = f"{path or type(func.__self__).__name__}.{func.__name__}"
+    else:
+        code = getattr(func, "__code__", None)
+        where = f" at {os.path.basename(code.co_filename)}:{code.co_firstlineno}" if code is not None else ""
+        names = [_path_of(chosen, m) or type(m).__name__ for m in unique]
+        text = f"{getattr(func, '__qualname__', type(func).__name__)}{where}" + (
+            f", calling {', '.join(names)}" if names else "")
+    return text, unique
+
+
+def _info(s: _Seen, recorder: _Recorder) -> SolveInfo:
+    call = s.call
+    try:
+        state = StateLayout.of(call.y0).describe()
+    except InputError:
+        state = type(call.y0).__name__
+    return SolveInfo(index=call.index, site=call.site, where=call.where, occurrence=call.occurrence,
+                     library=call.library, entry=call.entry, method=call.method, rtol=_number(call.rtol),
+                     atol=_number(call.atol), options={k: _plain(v) for k, v in call.options.items()}, state=state,
+                     t=[float(v) for v in call.t.detach().flatten()], nfe=s.nfe,
+                     block=s.block_path or "(the model itself)", func=_describe_func_short(call.func))
+
+
+def _describe_func_short(func: Any) -> str:
+    if isinstance(func, nn.Module):
+        return type(func).__name__
+    owner = getattr(func, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(func, '__name__', '')}"
+    return getattr(func, "__qualname__", type(func).__name__)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return repr(value)[:60]
+
+
+def _bare(module: nn.Module, x: torch.Tensor, grid: torch.Tensor) -> BareField:
+    layout = StateLayout.of(x, "the data's initial states")
+    with torch.no_grad():
+        order = detect_arg_order(module, x, float(grid[0]), layout)
+        field = VectorField.detect(module, x, grid, layout, order=order)
+    model = BareField(module, field, grid, layout)
+    model.func_description = "(the model itself)"
+    model.func_class = type(module).__name__
+    model.func_modules = [module]
+    return model

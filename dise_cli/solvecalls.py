@@ -1,0 +1,240 @@
+"""Watch a model call its ODE solver, and answer the call with dise's solver.
+
+dise never edits the user's classes. While one of its contexts is active (``intercept``), the solver
+functions a model can reach are replaced by thin wrappers: torchdiffeq's ``odeint`` and
+``odeint_adjoint`` (also where a module bound them with ``from torchdiffeq import odeint``, as
+flow_matching's ``ODESolver`` and most user code do) and torchdyn's ``odeint`` (``NeuralODE`` calls
+it). A wrapper hands each call, parsed into a ``SolveCall``, to the handler of the active context;
+with no handler (another thread, or a solve nested inside the original solver or inside f) it
+calls the original. The originals come back when the last context ends.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+SolveHandler = Callable[["SolveCall", Callable[..., Any]], Any]
+
+
+@dataclass
+class SolveCall:
+    """One call of a solver as the model made it, normalised across libraries.
+
+    ``site`` is where the call was made (file:line), ``occurrence`` how many calls from the same
+    site came before it in this forward, ``index`` its place among all calls of the forward:
+    ``(site, occurrence)`` names the same solve in every forward of the model.
+    """
+
+    library: str                  # torchdiffeq | torchdyn
+    entry: str                    # odeint | odeint_adjoint
+    func: Callable[..., Any]      # f(t, y) as the library calls it
+    y0: Any                       # a tensor or a tuple of tensors
+    t: torch.Tensor               # the time grid as passed
+    method: str
+    rtol: Any
+    atol: Any
+    options: dict = field(default_factory=dict)
+    unsupported: dict = field(default_factory=dict)   # arguments dise cannot honour (event_fn, save_at, ...)
+    site: str = ""
+    where: str = ""               # the innermost frame outside the solver libraries, for people
+    index: int = 0
+    occurrence: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.site, self.occurrence
+
+    def answer(self, ys: Any) -> Any:
+        """What the library returns for this call, given the trajectory ``ys`` (a tensor ``[T, N, ...]``
+        or a tuple of them, as the state is)."""
+        return _LIBRARIES[self.library].answer(self, ys)
+
+
+class _Torchdiffeq:
+    name = "torchdiffeq"
+
+    @staticmethod
+    def originals() -> dict[str, Callable]:
+        try:
+            from torchdiffeq._impl.adjoint import odeint_adjoint
+            from torchdiffeq._impl.odeint import odeint
+        except ImportError:
+            return {}
+        return {"odeint": odeint, "odeint_adjoint": odeint_adjoint}
+
+    @staticmethod
+    def parse(entry: str, args: dict) -> SolveCall:
+        unsupported = {k: args[k] for k in ("event_fn",) if args.get(k) is not None}
+        return SolveCall(library="torchdiffeq", entry=entry, func=args["func"], y0=args["y0"], t=args["t"],
+                         method=args.get("method") or "dopri5", rtol=args.get("rtol", 1e-7),
+                         atol=args.get("atol", 1e-9), options=dict(args.get("options") or {}),
+                         unsupported=unsupported)
+
+    @staticmethod
+    def answer(call: SolveCall, ys: Any) -> Any:
+        return ys
+
+
+class _Torchdyn:
+    name = "torchdyn"
+
+    @staticmethod
+    def originals() -> dict[str, Callable]:
+        module = sys.modules.get("torchdyn.numerics.odeint")     # only when the model imported torchdyn
+        fn = getattr(module, "odeint", None)
+        return {"odeint": fn} if callable(fn) else {}
+
+    @staticmethod
+    def parse(entry: str, args: dict) -> SolveCall:
+        t = args["t_span"]
+        if isinstance(t, list):
+            t = torch.cat([torch.as_tensor(v).reshape(-1) for v in t])
+        from dise_cli.integrators.emulation import TORCHDYN_NAMES
+        solver = args.get("solver")
+        method = solver if isinstance(solver, str) else type(solver).__name__
+        method = TORCHDYN_NAMES.get(method, method)
+        unsupported = {name: args[name] for name in ("t_stops", "interpolator", "return_all_eval", "save_at", "args",
+                                                     "seminorm") if not _unset(name, args.get(name))}
+        return SolveCall(library="torchdyn", entry=entry, func=args["f"], y0=args["x"], t=t, method=str(method),
+                         rtol=args.get("rtol", 1e-3), atol=args.get("atol", 1e-3), unsupported=unsupported)
+
+    @staticmethod
+    def answer(call: SolveCall, ys: Any) -> Any:
+        t = call.t.to(ys.device)
+        # torchdyn returns the times it integrated over: negated when it ran time backwards
+        t_eval = -t if len(t) > 1 and bool(t[1] < t[0]) else t
+        return t_eval, ys
+
+
+def _unset(name: str, value: Any) -> bool:
+    """A torchdyn argument left at its default (or empty), so dise can answer the call."""
+    if value is None or value is False:
+        return True
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 0
+    if isinstance(value, (tuple, list, dict)) and not value:
+        return True
+    return name == "seminorm" and isinstance(value, (tuple, list)) and not value[0]
+
+
+_LIBRARIES = {lib.name: lib for lib in (_Torchdiffeq, _Torchdyn)}
+_LIBRARY_DIRS = tuple(os.sep + name + os.sep for name in ("torchdiffeq", "torchdyn", "torch", "dise_cli"))
+
+
+class _State(threading.local):
+    def __init__(self):
+        self.handlers: list[SolveHandler] = []
+        self.depth = 0           # > 0 inside a solve: nested calls go to the original
+
+
+_state = _State()
+_lock = threading.Lock()
+_users = 0
+_patched: dict[tuple[int, str], tuple[dict, str, Callable]] = {}   # (id(namespace), name) -> what was there
+_wrappers: dict[int, Callable] = {}      # id(original) -> wrapper
+_seen_modules = 0
+
+
+def _wrapper(library: str, entry: str, original: Callable) -> Callable:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _state.depth or not _state.handlers:
+            return original(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        call = _LIBRARIES[library].parse(entry, dict(bound.arguments))
+        call.site, call.where = _call_site(sys._getframe(1))
+        handler = _state.handlers[-1]
+
+        def run_original(func: Callable | None = None) -> Any:
+            """The library's own solve of this call (with ``func`` in place of f if given)."""
+            if func is not None:
+                first = next(iter(bound.arguments))
+                bound.arguments[first] = func
+            return original(*bound.args, **bound.kwargs)
+
+        _state.depth += 1
+        try:
+            return handler(call, run_original)
+        finally:
+            _state.depth -= 1
+
+    wrapper.__dise_original__ = original
+    return wrapper
+
+
+def _call_site(frame) -> tuple[str, str]:
+    site = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    where = frame
+    while where is not None and any(d in where.f_code.co_filename for d in _LIBRARY_DIRS):
+        where = where.f_back
+    where = where or frame
+    return site, f"{os.path.basename(where.f_code.co_filename)}:{where.f_lineno} in {where.f_code.co_name}"
+
+
+def _install() -> None:
+    """Put wrappers wherever a module holds a solver function (called with the lock held)."""
+    global _seen_modules
+    targets: dict[int, Callable] = {}
+    for lib in _LIBRARIES.values():
+        for entry, original in lib.originals().items():
+            targets[id(original)] = original
+            if id(original) not in _wrappers:
+                _wrappers[id(original)] = _wrapper(lib.name, entry, original)
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or namespace.get("__name__", "").startswith("dise_cli.solvecalls"):
+            continue
+        for name, value in list(namespace.items()):
+            if id(value) in targets and targets[id(value)] is value:
+                _patched.setdefault((id(namespace), name), (namespace, name, value))
+                namespace[name] = _wrappers[id(value)]
+    _seen_modules = len(sys.modules)
+
+
+def _uninstall() -> None:
+    for namespace, name, original in _patched.values():
+        if getattr(namespace.get(name), "__dise_original__", None) is original:
+            namespace[name] = original
+    _patched.clear()
+
+
+@contextmanager
+def intercept(handler: SolveHandler) -> Iterator[None]:
+    """Route every solver call made in this thread to ``handler(call, run_original)`` while the block
+    runs. The handler returns what the solver should return: ``call.answer(ys)`` with dise's
+    solution, or ``run_original()`` to let the library solve as written."""
+    global _users
+    with _lock:
+        if _users == 0 or len(sys.modules) != _seen_modules:
+            _install()
+        _users += 1
+    _state.handlers.append(handler)
+    try:
+        yield
+    finally:
+        _state.handlers.pop()
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                _uninstall()
+
+
+@contextmanager
+def outside_solves() -> Iterator[None]:
+    """Run code that calls f (dise's own solves) as if inside a solve: nested solver calls inside f
+    go to the original library."""
+    _state.depth += 1
+    try:
+        yield
+    finally:
+        _state.depth -= 1

@@ -1,0 +1,186 @@
+"""The state dise integrates: one tensor ``[N, ...]``, or a tuple of them (a CNF's ``(z, log p)``).
+
+Solvers work on one tensor per batch. A tensor state is used as it is (a conv f gets its
+``[N, C, H, W]``); a tuple state is packed per row into ``[N, F]`` (each component flattened and
+concatenated) and unpacked into views for f, as torchdiffeq does with its flat state. Adaptive
+step control measures a tuple with torchdiffeq's mixed norm (the largest RMS of any component),
+per row, so a sample solved alone takes torchdiffeq's steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dise_cli.errors import InputError
+
+
+class StateShapeError(InputError):
+    """f returned something that does not fit the state it was given (exit 2)."""
+
+
+def rms_rows(x: torch.Tensor) -> torch.Tensor:
+    """torchdiffeq's ``_rms_norm`` (``x.abs().pow(2).mean().sqrt()``; the abs changes no bit of
+    the square), per row: ``[N, ...] -> [N]``."""
+    return x.pow(2).reshape(len(x), -1).mean(1).sqrt()
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Per-sample shapes of the state's components; ``is_tuple`` says whether f sees a tuple.
+
+    ``packed`` layouts describe an already packed ``[N, F]`` state (a bundle's exported f takes
+    and returns it) and keep the tuple's norm groups.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    is_tuple: bool = False
+    packed: bool = False
+
+    @classmethod
+    def of(cls, state: Any, what: str = "the initial state") -> "StateLayout":
+        """The layout of ``state`` (a tensor or a tuple/list of tensors, all ``[N, ...]``)."""
+        if isinstance(state, torch.Tensor):
+            _check_component(state, what)
+            return cls(shapes=(tuple(state.shape[1:]),))
+        if isinstance(state, (tuple, list)) and state and all(isinstance(c, torch.Tensor) for c in state):
+            for i, c in enumerate(state):
+                _check_component(c, f"{what} (component {i})")
+            n = {len(c) for c in state}
+            if len(n) != 1:
+                raise InputError(f"{what} is a tuple whose components have different batch sizes "
+                                 f"{[tuple(c.shape) for c in state]}; dise needs every component batch first")
+            dtypes = {c.dtype for c in state}
+            if len(dtypes) != 1:
+                raise InputError(f"{what} is a tuple of mixed dtypes {sorted(map(str, dtypes))}; dise needs one dtype")
+            return cls(shapes=tuple(tuple(c.shape[1:]) for c in state), is_tuple=True)
+        raise InputError(f"{what} is a {type(state).__name__}; dise solves a tensor or a tuple of tensors")
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """The per-sample shape of the packed state."""
+        return (sum(self.sizes),) if self.is_tuple or self.packed else self.shapes[0]
+
+    def as_packed(self) -> "StateLayout":
+        """The layout of this state once packed: f takes ``[N, F]``, the norm keeps the groups."""
+        if not self.is_tuple:
+            return self
+        return StateLayout(shapes=self.shapes, is_tuple=False, packed=True)
+
+    def pack(self, state: Any) -> torch.Tensor:
+        """``[N, ...]`` from the user's state (a tensor is returned as it is)."""
+        if not self.is_tuple:
+            return state
+        n = state[0].shape[0]          # not len(): it would fix the batch size in an exported program
+        return torch.cat([c.reshape(n, -1) for c in state], dim=1)
+
+    def unpack(self, h: torch.Tensor) -> Any:
+        """The user's state from packed rows ``[N, ...]`` (views, no copy)."""
+        if not self.is_tuple:
+            return h
+        parts, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            parts.append(h[:, start:start + size].view(h.shape[0], *shape))
+            start += size
+        return tuple(parts)
+
+    def unpack_trajectory(self, ys: torch.Tensor) -> Any:
+        """The user's trajectory from packed ``[T, N, ...]``: a tensor, or a tuple of ``[T, N, ...]``."""
+        if not self.is_tuple:
+            return ys
+        parts, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            parts.append(ys[:, :, start:start + size].reshape(ys.shape[0], ys.shape[1], *shape))
+            start += size
+        return tuple(parts)
+
+    def pack_output(self, out: Any, n: Any, what: str = "f") -> torch.Tensor:
+        """f's output for ``n`` rows, packed; ``StateShapeError`` when it does not fit the state."""
+        if not self.is_tuple:
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *self.state_shape):
+                raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
+                                      f"{_MIXING_HINT}")
+            return out
+        if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes) or any(
+                not isinstance(c, torch.Tensor) or tuple(c.shape) != (n, *s) for c, s in zip(out, self.shapes)):
+            raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
+                                  f"{_MIXING_HINT}")
+        return torch.cat([c.reshape(n, -1) for c in out], dim=1)
+
+    def rms(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N]``: torchdiffeq's norm per row: RMS for a tensor, the largest component RMS for a tuple."""
+        if not (self.is_tuple or self.packed) or len(self.shapes) == 1:
+            return rms_rows(x)
+        parts, start = [], 0
+        for size in self.sizes:
+            parts.append(rms_rows(x[:, start:start + size]))
+            start += size
+        return torch.stack(parts).amax(0)
+
+    def describe(self, n: int | str = "N") -> str:
+        if not self.is_tuple and not self.packed:
+            return str((n, *self.shapes[0])).replace("'", "")
+        return "(" + ", ".join(str((n, *s)).replace("'", "") for s in self.shapes) + ")"
+
+    def to_dict(self) -> dict:
+        return {"shapes": [list(s) for s in self.shapes], "is_tuple": self.is_tuple, "packed": self.packed}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StateLayout":
+        return cls(shapes=tuple(tuple(int(v) for v in s) for s in data["shapes"]), is_tuple=bool(data["is_tuple"]),
+                   packed=bool(data.get("packed", False)))
+
+
+_MIXING_HINT = ("f must return one row per state row, shaped like its state (a function that keeps per-sample data "
+                "outside its state, such as noise or conditioning drawn for the whole batch, cannot be solved sample "
+                "by sample)")
+
+
+def _check_component(c: torch.Tensor, what: str) -> None:
+    if c.ndim < 1 or not c.is_floating_point():
+        raise InputError(f"{what} has shape {tuple(c.shape)} and dtype {c.dtype}; dise needs a floating-point "
+                         f"batch [N, ...]")
+
+
+def _shape_of(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return str(tuple(out.shape))
+    if isinstance(out, (tuple, list)):
+        return "(" + ", ".join(_shape_of(c) for c in out) + ")"
+    return type(out).__name__
+
+
+def same_structure(a: Any, b: Any) -> bool:
+    """Exactly equal tensors or nested tuples/lists of them (for telling what a block returns)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_structure(x, y) for x, y in zip(a, b))
+    return False
+
+
+def map_tensors(value: Any, fn) -> Any:
+    """Apply ``fn`` to every tensor in a tensor or a (nested) tuple/list of them."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        mapped = [map_tensors(v, fn) for v in value]
+        return tuple(mapped) if isinstance(value, tuple) else mapped
+    return value
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            found = first_tensor(v)
+            if found is not None:
+                return found
+    return None
