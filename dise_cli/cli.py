@@ -12,7 +12,7 @@ from dise_cli import options as opt
 from dise_cli.config import pick, positive_int
 from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError
 from dise_cli.files import writable_target
-from dise_cli.output import Output, error_line
+from dise_cli.output import Output, error_line, user_prints_to_stderr
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config
 from dise_cli.profiles import write_profile
 from dise_cli.profiling import select_rows
@@ -33,7 +33,8 @@ def command(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug"))
         try:
-            return fn(*args, **kwargs)
+            with user_prints_to_stderr():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except DiseError as exc:
@@ -183,7 +184,7 @@ def inspect(
     name = f"model '{inputs.model.path}'"
     with torch.no_grad():
         fidelity = check_fidelity(opened.model, probe_rows(opened.data.x).to(opened.device),
-                                  opened.candidates.reproduction)
+                                  opened.candidates.reproduction, exact=opened.candidates.reproduction_exact)
     render_inspect(ui, describe_model(opened, fidelity, export_plan(opened.model, opened.loaded)))
     if fidelity is not None and not fidelity.passed:
         raise fidelity_error(fidelity, opened.model, name, override_hint(opened.model, opened.candidates))

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from dise_cli.errors import UsageError
+from dise_cli.errors import UsageError, first_line
 
 
 @contextmanager
@@ -47,13 +47,14 @@ def import_object(spec: str, flag: str, code_path: Sequence[str | os.PathLike] =
     return obj
 
 
-def call_factory(spec: str, flag: str, code_path: Sequence[str | os.PathLike] = ()) -> Any:
-    """Import ``spec`` and call it with no arguments."""
+def call_factory(spec: str, flag: str, code_path: Sequence[str | os.PathLike] = (), *args: Any) -> Any:
+    """Import ``spec`` and call it (with ``args``, e.g. a checkpoint)."""
     factory = import_object(spec, flag, code_path)
     if not callable(factory):
         raise UsageError(f"{flag}: '{spec}' is not callable")
     with code_paths(code_path):
         try:
-            return factory()
+            return factory(*args)
         except Exception as exc:  # noqa: BLE001 - user code
-            raise UsageError(f"{flag}: calling '{spec}()' failed: {type(exc).__name__}: {exc}") from None
+            call = f"{spec}({'checkpoint' if args else ''})"
+            raise UsageError(f"{flag}: calling '{call}' failed: {type(exc).__name__}: {first_line(exc)}") from None

@@ -1,7 +1,10 @@
-"""Load the user's model: a state dict (.pt/.pth/.safetensors) plus --arch, or a pickled module
-with --trust-pickle. Nothing here runs code from a file unless --trust-pickle says so."""
+"""Load the user's model: a state dict (.pt/.pth/.safetensors) plus --arch, a checkpoint holding
+several state dicts plus an --arch factory that takes it, or a pickled module with --trust-pickle.
+Nothing here runs code from a file unless --trust-pickle says so (numpy arrays in a checkpoint are
+rebuilt by numpy's array constructors only)."""
 from __future__ import annotations
 
+import inspect
 import pickle
 import pickletools
 import zipfile
@@ -53,10 +56,15 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         state, fmt = _read_torch(path, spec)
     if isinstance(state, nn.Module):
         module = state
-        if spec.arch:
-            raise UsageError(f"--arch: model '{path}' is a whole pickled module; --arch is only for state dicts")
+        if spec.arch:         # a factory that rebuilds it (export needs one where torch.export cannot capture it)
+            _rebuild(path, module.state_dict(), spec)
     else:
-        module = _rebuild(path, state, spec)
+        try:
+            module = _rebuild(path, _unwrap_state(path, state), spec)
+        except InputError:
+            if not (spec.arch and _takes_checkpoint(spec)):
+                raise
+            module, fmt = _from_checkpoint(path, state, spec), "checkpoint"    # the factory loads it itself
     module.eval()
     return LoadedModel(module=module, spec=spec, format=fmt, sha256=sha256_file(path))
 
@@ -78,6 +86,14 @@ def _read_torch(path: Path, spec: ModelSpec):
                    if not g.startswith(SAFE_GLOBAL_PREFIXES) and not g.endswith("Storage")]
         if not objects:                                       # not a pickle of objects: damaged or not PyTorch
             raise InputError(f"model '{path}' is not a readable PyTorch file") from None
+        if all(g.startswith(NUMPY_ARRAY_GLOBALS) for g in objects) and "numpy.dtypes.ObjectDType" not in objects:
+            return _read_with_numpy_arrays(path), "state_dict"
+        main = next((g for g in objects if g.startswith("__main__.")), None)
+        if main is not None:
+            raise InputError(f"model '{path}' holds a class pickled from a script run as __main__ ({main}), which no "
+                             f"other program can import; define the class in a module (e.g. mymodel.py), then save "
+                             f"model.state_dict() and pass --arch mymodel:build, or pickle the model again after "
+                             f"importing the class from that module") from None
         if not spec.trust_pickle:
             raise InputError(
                 f"model '{path}' holds pickled Python objects ({objects[0]}); unpickling runs code from "
@@ -87,7 +103,27 @@ def _read_torch(path: Path, spec: ModelSpec):
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on damaged files (struct, zip, ...)
         raise InputError(f"model '{path}' is not a readable PyTorch file ({type(exc).__name__}: "
                          f"{first_line(exc)})") from None
-    return _unwrap_state(path, obj), "state_dict"
+    return obj, "state_dict"
+
+
+NUMPY_ARRAY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+                       "numpy.dtype", "numpy.dtypes.", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+                       "_codecs.encode")
+
+
+def _read_with_numpy_arrays(path: Path):
+    """A checkpoint whose only objects besides tensors are numpy arrays (torchdiffeq's latent ODE example
+    saves its data with the weights): loaded with weights_only and numpy's array constructors allowed."""
+    import numpy as np
+    core = getattr(np, "_core", None) or np.core
+    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged or with objects numpy's constructors do not build
+        raise InputError(f"model '{path}' is not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{first_line(exc)})") from None
 
 
 def _read_pickle(path: Path, spec: ModelSpec) -> nn.Module:
@@ -98,13 +134,17 @@ def _read_pickle(path: Path, spec: ModelSpec) -> nn.Module:
             raise InputError(f"model '{path}' needs module '{exc.name}', which cannot be imported; run dise from "
                              f"the folder that holds it or add --code-path DIR") from None
         except AttributeError as exc:
+            if "__main__" in str(exc):
+                raise InputError(f"model '{path}' holds a class pickled from a script run as __main__ "
+                                 f"({first_line(exc)}); define the class in a module (e.g. mymodel.py), then save "
+                                 f"model.state_dict() and pass --arch mymodel:build") from None
             raise InputError(f"model '{path}' names a class that cannot be found ({first_line(exc)}); "
                              f"add --code-path DIR for the code that defines it") from None
         except Exception as exc:  # noqa: BLE001 - arbitrary unpickling failures
             raise InputError(f"model '{path}' could not be unpickled ({type(exc).__name__}: "
                              f"{first_line(exc)})") from None
     if isinstance(obj, dict):
-        return _unwrap_state(path, obj)
+        return obj
     if not isinstance(obj, nn.Module):
         raise InputError(f"model '{path}' holds a {type(obj).__name__}, not an nn.Module or a state dict")
     return obj
@@ -116,10 +156,40 @@ def _unwrap_state(path: Path, obj) -> dict[str, torch.Tensor]:
             return obj
         for key in NESTED_STATE_KEYS:
             inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if _is_state_dict(inner):
                 return inner
+        states = [k for k, v in obj.items() if _is_state_dict(v) and not k.startswith("optim")]
+        if states:
+            others = [str(k) for k in obj if k not in states]
+            raise InputError(f"model '{path}' is a checkpoint holding several state dicts ({', '.join(map(str, states))})"
+                             + (f" and other entries ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''})"
+                                if others else "")
+                             + "; pass --arch package.module:build where build(checkpoint) receives this dict and "
+                               "returns the model with them loaded")
     raise InputError(f"model '{path}' is not a state dict (a dict of tensors, or one under "
                      f"{', '.join(repr(k) for k in NESTED_STATE_KEYS)})")
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _takes_checkpoint(spec: ModelSpec) -> bool:
+    """The --arch factory takes one required argument: it receives the checkpoint and loads it itself."""
+    from dise_cli.imports import import_object
+    factory = import_object(spec.arch, "--arch", spec.code_path)
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+
+
+def _from_checkpoint(path: Path, checkpoint, spec: ModelSpec) -> nn.Module:
+    module = call_factory(spec.arch, "--arch", spec.code_path, checkpoint)
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"--arch: '{spec.arch}(checkpoint)' returned a {type(module).__name__}, not an nn.Module")
+    return module
 
 
 def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.Module:

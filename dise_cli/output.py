@@ -2,6 +2,8 @@
 JSON for machines. Results go to stdout; progress, notes and errors to stderr."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import sys
 from contextlib import contextmanager
@@ -14,11 +16,31 @@ from rich.table import Table
 from dise_cli.files import atomic_path
 
 
+_RESULTS = contextvars.ContextVar("dise_results_stream", default=None)
+
+
+def results_stream():
+    """Where results go: the stdout a command started with (user code's prints go to stderr meanwhile)."""
+    return _RESULTS.get() or sys.stdout
+
+
+@contextmanager
+def user_prints_to_stderr():
+    """While a command runs, anything the user's code prints (a model announcing itself at construction)
+    goes to stderr, so that stdout holds dise's results only (``--json -`` stays parseable)."""
+    token = _RESULTS.set(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _RESULTS.reset(token)
+
+
 class Output:
     def __init__(self, quiet: bool = False, json_path: str | None = None):
         self.quiet = quiet
         self.json_path = json_path
-        self.out = Console(file=sys.stdout, soft_wrap=True, highlight=False, markup=False)
+        self.out = Console(file=results_stream(), soft_wrap=True, highlight=False, markup=False)
         self.err = Console(file=sys.stderr, soft_wrap=True, highlight=False, markup=False)
 
     @property
@@ -67,8 +89,9 @@ class Output:
             return
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
         if self.json_path == "-":
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            stream = results_stream()
+            stream.write(text)
+            stream.flush()
             return
         with atomic_path(self.json_path) as tmp:
             tmp.write_text(text)

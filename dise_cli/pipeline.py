@@ -54,6 +54,11 @@ class Candidates:
             return self.own.integrator
         return self.integrators[self.baseline]
 
+    @property
+    def reproduction_exact(self) -> bool:
+        """The reproduction runs the model's own method (or dise saw no solver call to differ from)."""
+        return self.own is None or (self.own.integrator is not None and self.own.exact)
+
 
 @dataclass
 class Opened:
@@ -124,7 +129,7 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     fidelity = None
     if check:
         try:
-            fidelity = check_fidelity(model, x, chosen.reproduction)
+            fidelity = check_fidelity(model, x, chosen.reproduction, exact=chosen.reproduction_exact)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - the user's code failing under dise's solve
@@ -218,6 +223,6 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
         "labels": "data" if data.y is not None else f"reference:{reference.spec}",
         "metric": judge.metric_name if task == "regression" else "", "seed": str(seed),
         "reading": json.dumps(ode.record(), sort_keys=True),
-        "notes": "; ".join(opened.candidates.notes),
+        "notes": json.dumps(opened.candidates.notes),
     })
     return run

@@ -52,12 +52,18 @@ class Reference:
 
     def solve(self, problem: Problem) -> torch.Tensor:
         func = problem.field.func
-        if not isinstance(func, nn.Module) or problem.h0.dtype == torch.float64:
-            return self.integrator.solve(problem.field, problem.h0, problem.t).ys
-        if id(func) not in self._copies:
-            self._copies[id(func)] = (func, copy.deepcopy(func).double())
-        field64 = problem.field.with_func(self._copies[id(func)][1])
-        return self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
+        exported = isinstance(func, torch.fx.GraphModule)     # a bundle's program keeps the dtype it was traced in
+        if isinstance(func, nn.Module) and not exported and problem.h0.dtype != torch.float64:
+            if id(func) not in self._copies:
+                self._copies[id(func)] = (func, copy.deepcopy(func).double())
+            copy64 = self._copies[id(func)][1]
+            if copy64 is not None:
+                try:
+                    field64 = problem.field.with_func(copy64)
+                    return self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
+                except Exception:  # noqa: BLE001 - f does not run in float64 (an exported program): its own dtype
+                    self._copies[id(func)] = (func, None)
+        return self.integrator.solve(problem.field, problem.h0, problem.t).ys
 
 
 def select_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:

@@ -83,7 +83,7 @@ class _Decoder(nn.Module):
         if isinstance(ode, TracedModel):
             self.extraction, self.library = ode.extraction, ode.solves[ode.target].library
             self.backwards = len(ode.t_span) > 1 and bool(ode.t_span[1] < ode.t_span[0])
-        else:
+        elif ode.how == "attributes":
             self.format = ode.output_format
 
     def forward(self, ys: Any) -> Any:
@@ -193,9 +193,25 @@ def load_program(members: dict[str, bytes], name: str, bundle: str) -> nn.Module
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.load(io.BytesIO(data)).module()
+            program = torch.export.load(io.BytesIO(data)).module()
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"bundle '{bundle}': '{name}.pt2' could not be loaded ({first_line(exc)})") from None
+    if name == "ode_function":
+        # f is called a few hundred times per solve with inputs dise shaped itself: its per-call check of the
+        # input shapes (a Python hook) would cost more than a small f.
+        program._forward_pre_hooks.clear()
+    return program
+
+
+class _OneRowProgram:
+    """An f exported for one row and a 0-dim time, called on a batch with a time per row by vmap."""
+
+    def __init__(self, program: nn.Module):
+        self.program = program
+        self.vmapped = torch.func.vmap(lambda ti, hi: program(ti, hi.unsqueeze(0)).squeeze(0))
+
+    def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.vmapped(t.expand(h.shape[0]) if t.ndim == 0 else t, h)
 
 
 class _OpCaptured(Exception):
@@ -224,6 +240,8 @@ class ProgramModel(OdeModel):
     def __init__(self, programs: dict[str, nn.Module], layout_kind: str, reading: dict, field_mode: str):
         layout = StateLayout.from_dict(reading["layout"])
         func = programs["ode_function"]
+        if field_mode == TimeMode.VMAP.value:          # exported for one row: vmapped over the batch here
+            func, field_mode = _OneRowProgram(func), TimeMode.ROWS.value
         field = VectorField(func, field_mode, layout.as_packed())
         t_span = torch.tensor(reading["t_span"], dtype=torch.float64)
         super().__init__(_Parts(**programs), field, t_span, layout)

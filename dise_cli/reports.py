@@ -5,6 +5,8 @@ with stable keys; the CLI renders them as tables or JSON.
 """
 from __future__ import annotations
 
+import json
+
 import torch
 
 from dise_cli.integrators.base import Status
@@ -95,6 +97,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
         "n_samples": profile.n_samples,
         "t_span": profile.t_span,
         "baseline": profile.candidates[base],
+        "notes": json.loads(profile.meta.get("notes") or "[]"),
         "labels": profile.meta.get("labels", "data"),
         "candidates": rows,
         "oracle": orc,

@@ -138,7 +138,7 @@ class _State(threading.local):
 _state = _State()
 _lock = threading.Lock()
 _users = 0
-_patched: dict[tuple[int, str], tuple[dict, str, Callable]] = {}   # (id(namespace), name) -> what was there
+_locations: dict[tuple[int, str], tuple[dict, str, Callable]] = {}   # (id(namespace), name) -> the original there
 _wrappers: dict[int, Callable] = {}      # id(original) -> wrapper
 _seen_modules = 0
 
@@ -181,8 +181,9 @@ def _call_site(frame) -> tuple[str, str]:
     return site, f"{os.path.basename(where.f_code.co_filename)}:{where.f_lineno} in {where.f_code.co_name}"
 
 
-def _install() -> None:
-    """Put wrappers wherever a module holds a solver function (called with the lock held)."""
+def _scan() -> None:
+    """Find every module-level name that holds a solver function (a full pass over ``sys.modules``,
+    repeated only when modules were imported since the last one)."""
     global _seen_modules
     targets: dict[int, Callable] = {}
     for lib in _LIBRARIES.values():
@@ -196,16 +197,23 @@ def _install() -> None:
             continue
         for name, value in list(namespace.items()):
             if id(value) in targets and targets[id(value)] is value:
-                _patched.setdefault((id(namespace), name), (namespace, name, value))
-                namespace[name] = _wrappers[id(value)]
+                _locations[(id(namespace), name)] = (namespace, name, value)
     _seen_modules = len(sys.modules)
 
 
+def _install() -> None:
+    """Put a wrapper wherever a module holds a solver function (called with the lock held)."""
+    if len(sys.modules) != _seen_modules:
+        _scan()
+    for namespace, name, original in _locations.values():
+        if namespace.get(name) is original:
+            namespace[name] = _wrappers[id(original)]
+
+
 def _uninstall() -> None:
-    for namespace, name, original in _patched.values():
+    for namespace, name, original in _locations.values():
         if getattr(namespace.get(name), "__dise_original__", None) is original:
             namespace[name] = original
-    _patched.clear()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ TESTS = str(Path(__file__).resolve().parent)
 REPO = Path(TESTS).parent
 runner = CliRunner()
 
-PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "labels", "candidates", "oracle",
+PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "notes", "labels", "candidates", "oracle",
                 "best_single"}
 CANDIDATE_KEYS = {"candidate", "accuracy", "nfe", "status", "failed_samples", "agreement_with_baseline",
                   "seconds_per_sample", "seconds_per_nfe", "peak_memory_mb"}

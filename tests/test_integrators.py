@@ -260,3 +260,52 @@ def test_first_step_option_matches_torchdiffeq():
         ys = odeint(counter, y0[i:i + 1], t, rtol=1e-6, atol=1e-6, options={"first_step": 0.05})
         assert sol.nfe[i].item() == counter.calls
         torch.testing.assert_close(sol.final[i], ys[-1, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-7)])
+def test_tuple_state_matches_torchdiffeq_per_sample(dtype, tol):
+    """A CNF's (z, log p) with the exact trace by autograd inside f, solved backwards in time: each
+    sample takes torchdiffeq's NFE (its mixed norm over the tuple) and its result, solved alone."""
+    import families
+    from dise_cli.states import StateLayout
+    from torchdiffeq import odeint
+    cnf = families.build_cnf().to(dtype)
+    z = families.make_circles(6).to(dtype)
+    logp = torch.zeros(6, 1, dtype=dtype)
+    layout = StateLayout.of((z, logp))
+    t = torch.tensor([10.0, 0.0], dtype=dtype)
+    with torch.no_grad():
+        sol = Dopri5(rtol=tol, atol=tol).solve(VectorField(cnf, TimeMode.LOOP, layout), layout.pack((z, logp)),
+                                               t.double())
+    for i in range(6):
+        calls = [0]
+
+        def counted(tt, state):
+            calls[0] += 1
+            return cnf(tt, state)
+
+        ref = odeint(counted, (z[i:i + 1], logp[i:i + 1]), t, rtol=tol, atol=tol)
+        got = layout.unpack_trajectory(sol.ys[:, i:i + 1])
+        assert sol.nfe[i].item() == calls[0]
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_step_size_grid_matches_torchdiffeq():
+    """euler / midpoint / heun / rk4 with torchdiffeq's step_size option: its grid, its NFE and outputs
+    linearly interpolated between grid points, as torchdiffeq computes them."""
+    from torchdiffeq import odeint
+    from dise_cli.integrators import Heun2, Heun3, Midpoint
+    torch.manual_seed(0)
+    a = torch.randn(3, 3, dtype=torch.float64) * 0.5
+
+    def f(t, y):
+        return y @ a.T + torch.sin(t)
+
+    y0 = torch.randn(5, 3, dtype=torch.float64)
+    for method, cls in (("euler", Euler), ("midpoint", Midpoint), ("heun2", Heun2), ("heun3", Heun3), ("rk4", RK4)):
+        for t in (torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.25, 0.0], dtype=torch.float64)):
+            sol = cls(step_size=0.07).solve(VectorField(f), y0, t)
+            torch.testing.assert_close(sol.ys, odeint(f, y0, t, method=method, options={"step_size": 0.07}),
+                                       rtol=1e-13, atol=1e-13)
+            assert sol.nfe.tolist() == [15 * cls.tableau.stages] * 5     # ceil(1 / 0.07) steps

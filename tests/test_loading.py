@@ -143,3 +143,48 @@ def test_directory_as_model(tmp_path):
 
 def test_tiny_models_importable():
     assert tiny_models.build_classifier() is not None
+
+
+@pytest.mark.parametrize("numpy_data", [False, True])
+def test_checkpoint_with_several_state_dicts(tmp_path, numpy_data):
+    """torchdiffeq's latent ODE example saves func/rec/dec state dicts, optimizer state and its data
+    (numpy arrays): one clear line without a factory that takes it; the model with one."""
+    import families
+    families.save_latent_ode_checkpoint(tmp_path / "ckpt.pth", numpy_data=numpy_data)
+    with pytest.raises(InputError) as err:
+        load_model(spec(tmp_path / "ckpt.pth", arch="families:build_latent_ode"))
+    message = str(err.value)
+    assert "several state dicts (func_state_dict, rec_state_dict, dec_state_dict)" in message
+    assert "optimizer_state_dict" in message and "build(checkpoint)" in message
+    loaded = load_model(spec(tmp_path / "ckpt.pth", arch="families:build_latent_ode_from_checkpoint"))
+    x, _ = families.make_latent_ode_data(8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), families.build_latent_ode()(x))
+    assert loaded.format == "checkpoint"
+
+
+def test_class_pickled_from_main_says_so(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(2, 2)
+        torch.save(Net(), "net.pt")
+    """))
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    for trust in (False, True):
+        with pytest.raises(InputError, match="__main__.*define the class in a module") as err:
+            load_model(spec(tmp_path / "net.pt", trust_pickle=trust))
+        assert "--arch mymodel:build" in str(err.value)
+
+
+def test_pickled_module_with_arch_for_export(tiny, tmp_path):
+    torch.save(tiny["module"], tmp_path / "whole.pt")
+    loaded = load_model(spec(tmp_path / "whole.pt", trust_pickle=True, arch=ARCH))
+    assert loaded.format == "pickle" and loaded.spec.arch == ARCH
+    with pytest.raises(InputError, match="does not fit --arch"):
+        load_model(spec(tmp_path / "whole.pt", trust_pickle=True, arch="tiny_models:build_wrapper"))

@@ -167,3 +167,50 @@ class WrapperWithTime(nn.Module):
     def forward(self, y0, t):
         return odeint(self.net, y0, t)
 TESTS_CONSTANT = 42
+
+
+class HandLoopWithEncoder(nn.Module):
+    """Encodes, then runs its own Euler loop over ``odefunc`` (no solver dise can see)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.enc = nn.Linear(2, 2)
+        self.odefunc = MLPFunc(2)
+        self.integration_time = torch.tensor([0.0, 1.0])
+        self.head = nn.Linear(2, 2)          # two classes: the state's shape, so a misreading runs
+
+    def forward(self, x):
+        h = self.enc(x)
+        for i in range(4):
+            h = h + 0.25 * self.odefunc(torch.tensor(i * 0.25), h)
+        return self.head(h)
+
+
+def build_hand_loop_with_encoder() -> nn.Module:
+    return HandLoopWithEncoder()
+
+
+class SolverChoice(nn.Module):
+    """A classifier whose block solves with a method and options given at construction."""
+
+    def __init__(self, method: str, **options):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(2, 4)
+        self.func = MLPFunc(4)
+        self.head = nn.Linear(4, 3)
+        self.method, self.options = method, options
+
+    def forward(self, x):
+        h = odeint(self.func, self.lin(x), torch.tensor([0.0, 1.0]), method=self.method, options=self.options,
+                   rtol=1e-5, atol=1e-5)
+        return self.head(h[-1])
+
+
+def build_adams() -> nn.Module:
+    return SolverChoice("implicit_adams", step_size=0.05)
+
+
+def build_bosh3() -> nn.Module:
+    return SolverChoice("bosh3")

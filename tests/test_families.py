@@ -1,0 +1,167 @@
+"""Every model family through the whole pipeline (profile, train-selector, export, evaluate, run),
+with the models as people write them (tests/families.py), saved as state dicts plus --arch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import dise_cli
+import families
+from dise_cli.cli import app
+
+TESTS = str(Path(__file__).resolve().parent)
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _classifier(build, make, n=48):
+    def setup():
+        model = build()
+        x, y = make(n, model)
+        return model, {"x": x, "y": y}
+    return setup
+
+
+def _unlabelled(build, make, n=24):
+    def setup():
+        return build(), {"x": make(n)}
+    return setup
+
+
+# family -> (setup, extra CLI flags, what the profile's baseline must be)
+FAMILIES = {
+    "encoder then odeint": (_classifier(families.build_encoder_then_odeint, families.make_encoder_then_odeint_data),
+                            [], "dopri5:rtol=0.001,atol=0.001"),
+    "latent ODE at odeint's defaults": (_classifier(families.build_latent_ode, families.make_latent_ode_data, 32), [],
+                                        "dopri5:rtol=1e-07,atol=1e-09"),
+    "ANODE padding block, odeint_adjoint": (_classifier(families.build_anode, families.make_anode_data), [],
+                                            "dopri5:rtol=0.001,atol=0.001,max_steps=1000"),
+    "CNF density, tuple state, t 10 -> 0": (_unlabelled(families.build_cnf_row_time_density, families.make_circles, 16),
+                                            [], "dopri5:rtol=1e-05,atol=1e-05"),
+    "flow matching field f(x, t)": (_unlabelled(families.build_fm_field, families.make_noise), ["--t-span", "0,1"],
+                                    "dopri5:rtol=0.001,atol=0.001"),
+    "torchcfm field needing vmap": (_unlabelled(families.build_torchcfm_field, families.make_noise), ["--t-span", "0,1"],
+                                    "dopri5:rtol=0.001,atol=0.001"),
+    "field with a scalar-only time": (_unlabelled(families.build_scalar_time_field, families.make_noise, 12),
+                                      ["--t-span", "0,1"], "dopri5:rtol=0.001,atol=0.001"),
+    "flow matching sampler with a lambda": (_unlabelled(families.build_fm_sampler, families.make_noise), [],
+                                            "dopri5:rtol=0.0001,atol=0.0001"),
+    "flow_matching ODESolver, midpoint step_size": (_unlabelled(families.build_fm_solver_sampler, families.make_noise),
+                                                    [], "midpoint:step_size=0.05"),
+}
+BUILDERS = {"encoder then odeint": "build_encoder_then_odeint", "latent ODE at odeint's defaults": "build_latent_ode",
+            "ANODE padding block, odeint_adjoint": "build_anode",
+            "CNF density, tuple state, t 10 -> 0": "build_cnf_row_time_density",
+            "flow matching field f(x, t)": "build_fm_field", "torchcfm field needing vmap": "build_torchcfm_field",
+            "field with a scalar-only time": "build_scalar_time_field",
+            "flow matching sampler with a lambda": "build_fm_sampler",
+            "flow_matching ODESolver, midpoint step_size": "build_fm_solver_sampler"}
+
+
+def run_pipeline(tmp_path: Path, model, data: dict, arch: str, extra: list) -> dict:
+    """profile -> train-selector -> export -> evaluate -> run; returns the reports."""
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({k: v.contiguous() for k, v in data.items()}, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "m.pt", "--data", tmp_path / "d.safetensors", "--code-path", TESTS, *extra]
+    res = invoke("profile", *common, "--arch", arch, "--out", tmp_path / "p.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    profile = json.loads(res.stdout)
+    res = invoke("train-selector", *common, "--model-arch", arch, "--profile", tmp_path / "p.safetensors",
+                 "--epochs", 2, "--out", tmp_path / "s.safetensors", "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("export", tmp_path / "m.pt", "--arch", arch, "--code-path", TESTS, "--selector",
+                 tmp_path / "s.safetensors", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("evaluate", tmp_path / "b.dise", "--data", tmp_path / "d.safetensors", "--code-path", TESTS,
+                 "--batch-sizes", 4, "--repeats", 1, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    evaluation = json.loads(res.stdout)
+    res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d.safetensors", "--code-path", TESTS,
+                 "--out", tmp_path / "pred.safetensors")
+    assert res.exit_code == 0, res.stderr
+    return {"profile": profile, "evaluate": evaluation, "export": res.stderr}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_through_the_pipeline(tmp_path, family):
+    setup, extra, baseline = FAMILIES[family]
+    model, data = setup()
+    reports = run_pipeline(tmp_path, model, data, f"families:{BUILDERS[family]}", extra)
+    profile = reports["profile"]
+    assert profile["baseline"] == baseline                       # the model's own solver
+    base = next(c for c in profile["candidates"] if c["candidate"] == baseline)
+    if "y" in data:
+        assert base["accuracy"] == 1.0                           # labels are the model's own predictions
+    assert base["status"]["ok"] == len(data["x"])
+    from safetensors.torch import load_file
+    pred = load_file(str(tmp_path / "pred.safetensors"))
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    out, stats = bundle(data["x"], return_stats=True)
+    assert torch.equal(pred["nfe"], stats.nfe)
+    torch.testing.assert_close(pred["outputs"], out, rtol=1e-4, atol=1e-4)
+
+
+def test_torchdyn_models_through_the_pipeline(tmp_path):
+    pytest.importorskip("torchdyn")
+    model = families.build_torchdyn_sequential()
+    x, y = families.make_torchdyn_data(40, model)
+    reports = run_pipeline(tmp_path, model, {"x": x, "y": y}, "families:build_torchdyn_sequential", [])
+    profile = reports["profile"]
+    assert profile["baseline"] == "dopri5:rtol=0.001,atol=0.001"   # the closest dise has to torchdyn's tsit5
+    assert any("tsit5" in note for note in profile["notes"])
+    assert dise_cli.load(tmp_path / "b.dise").manifest["programs"] == "split"    # no user code needed
+    res = invoke("inspect", tmp_path / "m.pt", "--arch", "families:build_torchdyn_sequential", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--json", "-")
+    info = json.loads(res.stdout)
+    assert info["own_solver"]["library"] == "torchdyn" and info["own_solver"]["method"] == "tsit5"
+    assert info["fidelity"]["passed"] and not info["baseline_exact"]
+
+
+def test_hand_written_solver_loop_is_a_clear_exit_2(tmp_path):
+    model = families.build_hand_written_euler()
+    x, y = families.make_hand_written_euler_data(32, model)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("profile", tmp_path / "m.pt", "--arch", "families:build_hand_written_euler", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "no solver call" in res.stderr and not (tmp_path / "p.safetensors").exists()
+
+
+def test_a_vmap_field_keeps_its_convention_in_the_bundle(tmp_path):
+    """torchcfm's wrapper needs a 0-dim t (vmap gives each row its own): the bundle's f is vmapped too,
+    so its DOPRI5 solve takes the same NFE as in memory and no more than 1.5x the time."""
+    import time
+    from dise_cli.integrators import Dopri5, TimeMode
+    from dise_cli.reading import read_model
+    model = families.build_torchcfm_field()
+    run_pipeline(tmp_path, model, {"x": families.make_noise(24)}, "families:build_torchcfm_field", ["--t-span", "0,1"])
+    bundle = dise_cli.load(tmp_path / "b.dise")
+    assert bundle.manifest["programs"] == "split" and bundle.manifest["programs_time_mode"] == "vmap"
+    memory = read_model(model, families.make_noise(8), t_span=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert memory.field.mode is TimeMode.VMAP
+    x = families.make_noise(256, seed=1)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    solver = Dopri5(rtol=1e-4, atol=1e-4)
+    times = {"bundle": [], "memory": []}
+    with torch.no_grad():
+        sols = {name: solver.solve(ode.field, ode.encode(x).h0, t) for name, ode in
+                (("bundle", bundle.ode), ("memory", memory))}
+        assert torch.equal(sols["bundle"].nfe, sols["memory"].nfe)
+        torch.testing.assert_close(sols["bundle"].ys, sols["memory"].ys, rtol=1e-5, atol=1e-5)
+        for _ in range(9):
+            for name, ode in (("bundle", bundle.ode), ("memory", memory)):
+                began = time.perf_counter()
+                solver.solve(ode.field, x, t)
+                times[name].append(time.perf_counter() - began)
+    ratio = min(times["bundle"]) / min(times["memory"])       # the least disturbed run of each
+    print(f"bundle vs memory: {ratio:.2f}x")
+    assert ratio <= 1.5, ratio

@@ -1,0 +1,94 @@
+"""The fidelity check: dise runs the model as it is and compares with its own reproduction; it
+catches a misreading and accepts a solver that differs only within its tolerance."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torchdiffeq import odeint
+from typer.testing import CliRunner
+
+import families
+import tiny_models
+from dise_cli.cli import app
+from dise_cli.fidelity import check_fidelity
+from dise_cli.integrators import Dopri5
+from dise_cli.odeblock import read_by_attributes
+from dise_cli.reading import read_model
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+class SquareEncoderThenOdeint(families.EncoderThenOdeint):
+    """The issue's model: encode, then odeint(self.func, self.enc(x), self.t); x, h(0) and the outputs
+    alike in shape, so reading x as h(0) (and the solve's end as the output) runs, and is wrong."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.enc = nn.Linear(4, 4)
+        self.dec = nn.Linear(4, 4)
+
+
+def test_the_check_catches_a_skipped_encoder():
+    model = SquareEncoderThenOdeint().eval()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        misread = read_by_attributes(model, x, None, None, None, "model", (x,))   # the old reading: h(0) = x
+        check = check_fidelity(misread, x, Dopri5(rtol=1e-3, atol=1e-3))
+        assert misread.kind == "root" and not check.passed and check.difference > 10 * check.allowed
+        right = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-3, atol=1e-3))
+        assert right.passed and right.difference < right.allowed / 5
+
+
+def test_the_check_accepts_a_batch_coupled_solve_within_its_tolerance():
+    """torchdiffeq steps the whole batch with one step size; dise steps each sample: at a loose tolerance
+    the outputs differ visibly, and the check still passes."""
+    class Loose(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.func = tiny_models.MLPFunc(2)
+
+        def forward(self, x):
+            return odeint(self.func, x * 3, torch.tensor([0.0, 2.0]), rtol=1e-2, atol=1e-2)[-1]
+
+    model = Loose().eval()
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        check = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-2, atol=1e-2))
+    assert check.passed and check.difference > 1e-5 and check.tolerance_part > check.difference
+
+
+def test_a_random_encoder_is_compared_with_the_same_draws():
+    class Sampled(families.EncoderThenOdeint):
+        def forward(self, x):
+            h = self.enc(x)
+            h = h + 0.3 * torch.randn_like(h)          # a sampled latent, as latent ODEs draw z0
+            return self.dec(odeint(self.func, h, self.t, rtol=1e-3, atol=1e-3)[-1])
+
+    model = Sampled().eval()
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        check = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-3, atol=1e-3))
+    assert check.passed and check.randomness_part > 0
+
+
+def test_a_misread_model_is_exit_2_before_anything_is_written(tmp_path):
+    module = tiny_models.build_hand_loop_with_encoder()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        save_file({"x": x, "y": module(x).argmax(1)}, str(tmp_path / "d.safetensors"))
+    args = [str(tmp_path / "m.pt"), "--arch", "tiny_models:build_hand_loop_with_encoder", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "dise does not reproduce" in lines[0]
+    assert "by its attributes" in lines[0] and "--ode-block" in lines[0] and not (tmp_path / "p.safetensors").exists()
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", str(tmp_path / "i.json")])
+    import json
+    info = json.loads((tmp_path / "i.json").read_text())
+    assert res.exit_code == 2 and info["fidelity"]["passed"] is False and info["read_by"].startswith("block attributes")

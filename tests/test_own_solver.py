@@ -1,0 +1,93 @@
+"""The model's own solver: read from its call, emulated by dise (exactly, or the closest it has, said
+plainly), or refused where dise cannot emulate it; it is the baseline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import tiny_models
+from dise_cli.cli import app
+from dise_cli.integrators.emulation import emulate
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.mark.parametrize("library,method,options,spec,exact", [
+    ("torchdiffeq", "dopri5", {}, "dopri5:rtol=1e-07,atol=1e-09", True),
+    ("torchdiffeq", "dopri5", {"max_num_steps": 50, "first_step": 0.1},
+     "dopri5:rtol=1e-07,atol=1e-09,max_steps=50,first_step=0.1", True),
+    ("torchdiffeq", "dopri5", {"safety": 0.8}, "dopri5:rtol=1e-07,atol=1e-09", False),
+    ("torchdiffeq", "bosh3", {}, "dopri5:rtol=1e-07,atol=1e-09", False),
+    ("torchdiffeq", "rk4", {"step_size": 0.1}, "rk4:step_size=0.1", True),
+    ("torchdiffeq", "euler", {}, "euler:steps=1", True),
+    ("torchdiffeq", "midpoint", {"step_size": 0.05, "perturb": True}, "midpoint:step_size=0.05", False),
+    ("torchdyn", "rk4", {}, "rk4_classic:steps=1", True),
+    ("torchdyn", "tsit5", {}, "dopri5:rtol=1e-07,atol=1e-09", False),
+])
+def test_emulation(library, method, options, spec, exact):
+    em = emulate(library, method, 1e-7, 1e-9, options)
+    assert em.integrator.spec == spec and em.exact is exact
+    assert bool(em.note) is not exact
+
+
+@pytest.mark.parametrize("library,method,options", [
+    ("torchdiffeq", "implicit_adams", {}), ("torchdiffeq", "scipy_solver", {}),
+    ("torchdiffeq", "euler", {"grid_constructor": lambda f, y0, t: t}), ("torchdyn", "ieuler", {}),
+])
+def test_methods_dise_cannot_emulate(library, method, options):
+    em = emulate(library, method, 1e-3, 1e-3, options)
+    assert em.integrator is None and em.note
+
+
+def _files(tmp_path, build):
+    module = getattr(tiny_models, build)()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        save_file({"x": x, "y": module(x).argmax(1)}, str(tmp_path / "d.safetensors"))
+    return [str(tmp_path / "m.pt"), "--arch", f"tiny_models:{build}", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+
+
+def test_a_method_dise_cannot_emulate_is_exit_2_until_candidates_are_named(tmp_path):
+    args = _files(tmp_path, "build_adams")
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 2 and "'implicit_adams'" in res.stderr and "--candidates" in res.stderr
+    res = CliRunner().invoke(app, ["profile", *args, "--candidates", "euler:steps=1,dopri5:rtol=1e-5,atol=1e-5",
+                                   "--out", str(tmp_path / "p.safetensors"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["baseline"] == "dopri5:rtol=1e-05,atol=1e-05"
+    assert any("implicit_adams" in n for n in report["notes"])
+
+
+def test_closest_baseline_is_said_plainly(tmp_path):
+    args = _files(tmp_path, "build_bosh3")
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["own_solver"]["method"] == "bosh3" and info["baseline"] == "dopri5:rtol=1e-05,atol=1e-05"
+    assert info["baseline_exact"] is False and any("no bosh3 yet" in n for n in info["notes"])
+    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "dopri5:rtol=1e-05,atol=1e-05"]
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 0 and "no bosh3 yet" in res.stderr
+
+
+def test_inspect_lists_every_solve_and_solve_picks_one(tmp_path):
+    args = _files(tmp_path, "build_two_blocks")
+    del args[args.index("--data") + 1]
+    args.remove("--data")
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    res = CliRunner().invoke(app, ["inspect", *args, "--data", str(tmp_path / "x.safetensors"), "--json", "-"])
+    info = json.loads(res.stdout)
+    assert [s["block"] for s in info["solves"]] == ["a", "b"] and sum(s["routed"] for s in info["solves"]) == 1
+    res = CliRunner().invoke(app, ["inspect", *args, "--data", str(tmp_path / "x.safetensors"), "--solve", "1",
+                                   "--json", "-"])
+    info = json.loads(res.stdout)
+    assert info["solves"][1]["routed"] and info["ode_block"] == "b" and info["fidelity"]["passed"]
