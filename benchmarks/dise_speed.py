@@ -60,21 +60,21 @@ def timed_rounds(runners: dict, repeats: int, device: torch.device) -> dict[str,
 @torch.no_grad()
 def measure(bundle: Path, device: torch.device, batch_sizes: list[int], repeats: int) -> dict:
     routed = load_bundle(bundle, device=device)
-    ode, t = routed.ode, routed.ode.t_span.to(device)
+    ode = routed.ode
     dopri = routed.integrators[routed.baseline]
     test = load_file(str(SAMPLE / "test.safetensors"))
     x_all, y_all = test["x"].to(device), test["y"].to(device)
 
     def baseline(x):
-        return ode.forward_with(x, lambda h: dopri.solve(ode.field, h, t).ys)
+        return ode.forward_with(x, lambda p: dopri.solve(p.field, p.h0, p.t).ys)
 
     out_d, stats = routed(x_all, return_stats=True)
     out_b = baseline(x_all)
     acc_d = float((out_d.argmax(1) == y_all).double().mean())
     acc_b = float((out_b.argmax(1) == y_all).double().mean())
-    h0 = ode.encode(x_all)
-    nfe_d = float(stats.nfe.double().mean()) + selector_cost_in_nfe(routed.selector.net, ode, h0[:256])
-    nfe_b = float(dopri.solve(ode.field, h0, t).nfe.double().mean())
+    problem = ode.encode(x_all)
+    nfe_d = float(stats.nfe.double().mean()) + selector_cost_in_nfe(routed.selector.net, ode, ode.encode(x_all[:256]))
+    nfe_b = float(dopri.solve(problem.field, problem.h0, problem.t).nfe.double().mean())
     result = {"device": str(device), "accuracy_dise": acc_d, "accuracy_dopri5": acc_b,
               "accuracy_delta_pp": 100 * (acc_d - acc_b), "nfe_dise": nfe_d, "nfe_dopri5": nfe_b,
               "nfe_ratio": nfe_d / nfe_b, "batches": []}

@@ -43,7 +43,7 @@ from dise_cli.demo import SAMPLE  # noqa: E402
 from dise_cli.evaluate import Gates, evaluate_routed  # noqa: E402
 from dise_cli.exporting import export_bundle  # noqa: E402
 from dise_cli.finetune import FinetuneSettings, finetune, state_rms, validate  # noqa: E402
-from dise_cli.integrators import DEFAULT_CANDIDATES, Dopri5, parse_candidates  # noqa: E402
+from dise_cli.integrators import Dopri5  # noqa: E402
 from dise_cli.judging import Judge  # noqa: E402
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config  # noqa: E402
 from dise_cli.selector_training import TrainSettings, train_selector  # noqa: E402
@@ -90,7 +90,7 @@ def split_train(data, seed: int = 0):
 
 def dise_row(model_file: Path, device: str, folder: Path) -> dict:
     train = opened("train", device, str(model_file))
-    run = profile_model(train, parse_candidates(DEFAULT_CANDIDATES), rows=torch.arange(len(train.data)), batch_size=256)
+    run = profile_model(train, rows=torch.arange(len(train.data)), batch_size=256)
     result = train_selector(train, run.profile, "profile", TrainSettings())
     project = str(SAMPLE / "dise.yaml")
     cfg, _ = read_config(project, None)

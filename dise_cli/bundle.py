@@ -53,7 +53,8 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
     info = ExportInfo(layout if programs else None, reason)
     if not info.programs and not arch:
         raise UsageError(f"--arch: the model cannot be exported as programs ({info.reason}), and without "
-                         f"--arch package.module:factory the bundle could not rebuild it")
+                         f"--arch package.module:factory, a function that builds the model without arguments (or "
+                         f"build(checkpoint=None)), the bundle could not rebuild it")
     members: dict[str, bytes] = {
         "model.safetensors": save_tensors({k: v.detach().cpu().contiguous() for k, v in model_state.items()}),
         "selector.safetensors": selector_bytes(selector),

@@ -185,7 +185,8 @@ def inspect(
     with torch.no_grad():
         fidelity = check_fidelity(opened.model, probe_rows(opened.data.x).to(opened.device),
                                   opened.candidates.reproduction, exact=opened.candidates.reproduction_exact)
-    render_inspect(ui, describe_model(opened, fidelity, export_plan(opened.model, opened.loaded)))
+    plan = export_plan(opened.model, opened.loaded, probe_rows(opened.data.x).to(opened.device))
+    render_inspect(ui, describe_model(opened, fidelity, plan))
     if fidelity is not None and not fidelity.passed:
         raise fidelity_error(fidelity, opened.model, name, override_hint(opened.model, opened.candidates))
 
@@ -195,9 +196,11 @@ def _reading_notes(ui: Output, opened) -> None:
     from dise_cli.exporting import export_plan
     for note in opened.candidates.notes:
         ui.note(f"note: {note}")
-    plan = export_plan(opened.model, opened.loaded)
-    if plan["needs_arch"]:
-        ui.note(f"note: {plan['note']}")
+    if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
+        from dise_cli.pipeline import probe_rows
+        plan = export_plan(opened.model, opened.loaded, probe_rows(opened.data.x).to(opened.device))
+        if plan["needs_arch"]:
+            ui.note(f"note: {plan['note']}")
 
 
 # The other commands live in their own modules and register themselves on ``app``.

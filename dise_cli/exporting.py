@@ -15,21 +15,33 @@ from dise_cli.reading import read_model
 from dise_cli.selector import Selector
 
 
-def export_plan(ode: OdeModel, loaded: LoadedModel) -> dict:
-    """What export will do with this model, said before any profiling: programs (tried at export,
-    checked against the model), or the ``--arch`` factory where ``torch.export`` cannot capture it."""
-    tries_programs = not (ode.how == "attributes" and not ode.splittable)
-    has_arch = bool(loaded.spec.arch)
-    needs_arch = not tries_programs and not has_arch
-    note = ""
+def export_plan(ode: OdeModel, loaded: LoadedModel, x: torch.Tensor | None = None) -> dict:
+    """What export will do with this model, said before any profiling: ``torch.export`` programs, or
+    the ``--arch`` factory where they cannot capture the model. With ``x``, programs are tried (and
+    checked against the model) now; without, only what the reading rules out is known."""
+    rebuilds = loaded.rebuildable
+    if ode.how == "attributes" and not ode.splittable:
+        programs, reason = "no", "the model's forward calls its ODE block itself and dise cannot see its solve"
+    elif x is None:
+        programs, reason = "tried at export", ""
+    else:
+        from dise_cli.bundle import _check_programs
+        from dise_cli.programs import export_programs
+        found, layout, reason, mode = export_programs(ode, x)
+        if found:
+            reason = _check_programs(ode, found, layout, mode, x)
+        programs = layout if found and not reason else "no"
+    needs_arch = programs == "no" and not rebuilds
     if needs_arch:
-        note = (f"dise cannot export this model as programs (its forward calls a solve dise cannot see), so export "
-                f"will need --arch package.module:factory that builds it")
-    elif not has_arch:
-        note = ("export tries torch.export programs; should they fail, it needs --arch package.module:factory "
-                "that builds the model")
-    return {"programs": "tried" if tries_programs else "no", "needs_arch": needs_arch, "has_arch": has_arch,
-            "note": note}
+        note = (f"export will need --arch package.module:factory, a function without arguments that builds the model: "
+                f"torch.export cannot capture it ({reason})")
+    elif programs == "no":
+        note = f"the bundle will rebuild the model with {loaded.spec.arch} ({reason})"
+    elif programs == "tried at export":
+        note = "export tries torch.export programs; where they fail the bundle rebuilds the model with --arch"
+    else:
+        note = f"exports as torch.export programs ({'encoder, f, decoder' if programs == 'split' else 'forward and f'})"
+    return {"programs": programs, "needs_arch": needs_arch, "note": note}
 
 
 def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: str | Path) -> ExportInfo:
@@ -52,7 +64,7 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     ode = read_model(module, x, data_name="the selector's recorded input", solve=solve, ode_block=inputs.ode_block,
                      t_span=grid, model_name=f"model '{inputs.model.path}'")
     check_reading(ode.record(), recorded, f"selector '{selector_name}'")
-    return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch,
+    return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch if loaded.rebuildable else None,
                         extra={"validation": selector.meta.get("validation", {})})
 
 

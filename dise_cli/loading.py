@@ -38,8 +38,13 @@ class ModelSpec:
 class LoadedModel:
     module: nn.Module
     spec: ModelSpec
-    format: str          # "state_dict" | "safetensors" | "pickle"
+    format: str          # "state_dict" | "safetensors" | "pickle" | "checkpoint" (given to the --arch factory)
     sha256: str
+
+    @property
+    def rebuildable(self) -> bool:
+        """The --arch factory builds the model without arguments, so a bundle can rebuild it from its weights."""
+        return bool(self.spec.arch) and not _factory_params(self.spec)[0]
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
@@ -174,15 +179,23 @@ def _is_state_dict(value) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
-def _takes_checkpoint(spec: ModelSpec) -> bool:
-    """The --arch factory takes one required argument: it receives the checkpoint and loads it itself."""
+def _factory_params(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """The --arch factory's (required, optional) positional parameters."""
     from dise_cli.imports import import_object
     factory = import_object(spec.arch, "--arch", spec.code_path)
     try:
-        params = inspect.signature(factory).parameters.values()
+        params = [p for p in inspect.signature(factory).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
-        return False
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
+        return [], []
+    return [p.name for p in params if p.default is p.empty], [p.name for p in params if p.default is not p.empty]
+
+
+def _takes_checkpoint(spec: ModelSpec) -> bool:
+    """The --arch factory takes an argument: it receives the checkpoint and loads it itself (with a default,
+    ``build(checkpoint=None)``, it also builds the model alone, as a bundle needs)."""
+    required, optional = _factory_params(spec)
+    return bool(required or optional)
 
 
 def _from_checkpoint(path: Path, checkpoint, spec: ModelSpec) -> nn.Module:
