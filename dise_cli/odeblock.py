@@ -16,7 +16,7 @@ from torch import nn
 
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField
-from dise_cli.odemodel import AttributeModel, _SwapForward
+from dise_cli.odemodel import AttributeModel
 from dise_cli.states import StateLayout
 
 FUNC_ATTRS = ("odefunc", "func", "f", "vf")
@@ -232,6 +232,3 @@ def time_major_output(out: Any, n: int, n_t: int) -> bool:
         return True
     raise InputError(f"cannot find the batch dimension ({n}) in the model's output of shape {tuple(out.shape)}")
 
-
-__all__ = ["FUNC_ATTRS", "TIME_ATTRS", "DEFAULT_T_SPAN", "find_blocks", "is_vector_field", "read_by_attributes",
-           "required_args", "sequential_kind", "sequential_split", "time_major_output", "_SwapForward"]
