@@ -193,10 +193,10 @@ def inspect(
 
 def _reading_notes(ui: Output, opened) -> None:
     """Say up front what a person should know about how dise read the model."""
-    from dise_cli.exporting import export_plan
     for note in opened.candidates.notes:
         ui.note(f"note: {note}")
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
+        from dise_cli.exporting import export_plan
         from dise_cli.pipeline import probe_rows
         plan = export_plan(opened.model, opened.loaded, probe_rows(opened.data.x).to(opened.device))
         if plan["needs_arch"]:

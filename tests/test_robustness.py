@@ -28,7 +28,7 @@ def test_sigint_exits_130_and_leaves_no_file(tmp_path, command):
     args = [a.replace("{out}", str(out)) for a in command]
     proc = subprocess.Popen([sys.executable, "-m", "dise_cli", *args, "--quiet"], cwd=tmp_path, env=CHILD_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(5.0)                      # past the imports, well into the work
+    time.sleep(8.0)                      # past the imports (some are lazy, and CI machines are slow), into the work
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -81,7 +81,7 @@ def test_sigint_during_train_selector(tmp_path):
                              str(moons / "train.safetensors"), "--profile", str(profile), "--epochs", "100000",
                              "--out", str(work / "s.safetensors"), "--quiet"], cwd=work, env=CHILD_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(5.0)
+    time.sleep(8.0)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
