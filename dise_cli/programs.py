@@ -14,7 +14,9 @@ take only a scalar time are exported with one and called once per distinct time.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import threading
 import warnings
 import zipfile
@@ -125,7 +127,7 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
     x = x[:4] if len(x) >= 2 else x.expand(2, *x.shape[1:])
     batch = torch.export.Dim("batch", min=2, max=1 << 20)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_torch_logs():
             warnings.simplefilter("ignore")
             problem = ode.encode(x)
             part, args, shapes, loaded_mode = _field_export(ode, problem.h0)
@@ -139,6 +141,18 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways on user code
         return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}", ""
     return {name: _without_pickle(ep) for name, ep in programs.items()}, layout, "", loaded_mode
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs its reasons for failing at WARNING; dise says why in one line instead."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _split_parts(ode: OdeModel, x: torch.Tensor, problem: Problem, batch) -> dict:
