@@ -10,6 +10,7 @@ import typer
 from dise_cli import options as opt
 from dise_cli.cli import app, command
 from dise_cli.config import pick, positive_int
+from dise_cli.errors import UsageError
 from dise_cli.files import writable_target
 from dise_cli.output import Output
 from dise_cli.pipeline import make_inputs, open_inputs, read_config
@@ -79,6 +80,8 @@ def finetune(
     writable_target(out_path, "--out")
     ui = Output(quiet=quiet, json_path=json_path)
     opened = open_inputs(inputs)
+    if opened.data.per_sample_grid:
+        raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
     train_data, val = _train_and_validation(opened.data, val_data, x_key, y_key, settings.seed)
     chosen_task = task or ("regression" if train_data.y is not None and train_data.y.is_floating_point() else "classification")
     with ui.progress(settings.epochs * len(train_data), f"fine-tuning ({reg}, λ={lam:g})") as advance:
@@ -96,10 +99,11 @@ def finetune(
 
 
 def _adaptive_baseline(opened):
-    """The model's own solver where it is DOPRI5 (fine-tuning trains through it); else the default."""
-    from dise_cli.integrators import Dopri5
+    """The model's own solver where it is adaptive (fine-tuning trains through its error estimates);
+    else DOPRI5 at the settings' tolerances."""
+    from dise_cli.integrators import EmbeddedRK
     base = opened.candidates.integrators[opened.candidates.baseline]
-    return base if isinstance(base, Dopri5) else None
+    return base if isinstance(base, EmbeddedRK) else None
 
 
 def _train_and_validation(data, val_path, x_key, y_key, seed):

@@ -1,5 +1,8 @@
 """Load the user's data: .pt (weights_only), .safetensors or .npz with x / y (/ t) keys, or a
-``--data-factory package.module:fn`` returning tensors or a torch Dataset. Labels are optional."""
+``--data-factory package.module:fn`` returning tensors or a torch Dataset. Labels are optional. A
+time grid may come along: ``t`` of shape ``[T]`` for every sample, ``[N, T]`` per sample (irregular
+series, each row increasing or decreasing), or per-sample end times ``t_end`` ``[N]`` (a grid from 0
+to each end time); ``t`` of shape ``[N]`` that is not a monotone grid is read as end times too."""
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +29,7 @@ class DataSpec:
     x_key: str | None = None          # None: "x", or "y0" where there is no "x"
     y_key: str | None = None          # None: "y" if present
     t_key: str = "t"
+    t_end_key: str = "t_end"
     code_path: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -45,6 +49,15 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def per_sample_grid(self) -> bool:
+        """Every sample has its own time grid (``t`` is ``[N, T]``)."""
+        return self.t is not None and self.t.ndim == 2
+
+    def grids(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The time grids of ``rows`` ``[n, T]`` float64, or None where the grid is not per sample."""
+        return self.t[rows].to(torch.float64) if self.per_sample_grid else None
 
 
 def load_data(spec: DataSpec) -> Dataset:
@@ -134,16 +147,49 @@ def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.
         y = _tensor(tensors[y_key], spec, y_key)
     elif spec.y_key is not None:
         raise InputError(f"data '{spec.name}' has no key '{spec.y_key}' (--y-key); keys: {keys}")
-    t = _tensor(tensors[spec.t_key], spec, spec.t_key) if spec.t_key in tensors else None
-    if t is not None and (t.ndim != 1 or len(t) < 2):
-        raise InputError(f"data '{spec.name}': time grid '{spec.t_key}' must be 1-D with at least 2 points, "
-                         f"got shape {tuple(t.shape)}")
+    t = _grid(tensors, spec, len(x))
     if y is not None and y.ndim == 0:
         raise InputError(f"data '{spec.name}': '{y_key}' is a scalar; expected one target per sample")
     if y is not None and len(y) != len(x) and not (y.ndim >= 2 and y.shape[1] == len(x)):
         raise InputError(f"data '{spec.name}': '{x_key}' has {len(x)} samples but '{y_key}' has shape "
                          f"{tuple(y.shape)}")
     return x, y, t
+
+
+def _grid(tensors: dict[str, Any], spec: DataSpec, n: int) -> torch.Tensor | None:
+    """The data's time grid: ``[T]``, or ``[N, T]`` (end times become ``[0, t_end]`` per sample)."""
+    key = spec.t_key if spec.t_key in tensors else spec.t_end_key if spec.t_end_key in tensors else None
+    if key is None:
+        return None
+    t = _tensor(tensors[key], spec, key)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    ends = key == spec.t_end_key or (t.ndim == 1 and len(t) == n and not _monotone(t))
+    if key == spec.t_key and t.ndim == 1 and len(t) == n and n > 1 and _monotone(t):
+        raise InputError(f"data '{spec.name}': '{key}' has one value per sample ({n}) and is monotone: is it one "
+                         f"grid of {n} times or an end time per sample? Save end times under '{spec.t_end_key}', or "
+                         f"the grid with another length")
+    if ends:
+        if t.ndim != 1 or len(t) != n:
+            raise InputError(f"data '{spec.name}': end times '{key}' must be [N] = [{n}], got shape {tuple(t.shape)}")
+        if not bool((t != 0).all()):
+            raise InputError(f"data '{spec.name}': end times '{key}' must not be 0 (the grid runs from 0 to each)")
+        return torch.stack([torch.zeros_like(t), t], dim=1)
+    if t.ndim == 1 and len(t) >= 2 and _monotone(t):
+        return t
+    if t.ndim == 2 and len(t) == n and t.shape[1] >= 2 and all(_monotone(row) for row in t):
+        steps = t[:, 1:] - t[:, :-1]
+        if not (bool((steps > 0).all()) or bool((steps < 0).all())):
+            raise InputError(f"data '{spec.name}': the grids in '{key}' run in different directions; every "
+                             f"sample's grid must run the same way")
+        return t
+    raise InputError(f"data '{spec.name}': time grid '{key}' must be [T] (T >= 2) or [N, T] with N = {n}, each "
+                     f"strictly increasing or decreasing; got shape {tuple(t.shape)}")
+
+
+def _monotone(t: torch.Tensor) -> bool:
+    steps = t[1:] - t[:-1]
+    return len(t) >= 2 and (bool((steps > 0).all()) or bool((steps < 0).all()))
 
 
 def _tensor(value: Any, spec: DataSpec, key: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from dise_cli.datasets import Dataset
 from dise_cli.judging import Judge, targets_batch_major
-from dise_cli.profiling import Reference, batch_targets, profile_candidates
+from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
 from dise_cli.reports import summarize
 from dise_cli.routing import RoutedModel
 from dise_cli.selector_training import selector_cost_in_nfe
@@ -65,11 +65,11 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
     scores, nfe, choice, fallback = [], [], [], []
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
-        x = data.x[idx].to(device)
+        x, t = data.x[idx].to(device), grids_of(data, idx, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(start)          # the same random encoder as the candidates' runs
-            out, stats = routed(x, return_stats=True)
-        target = batch_targets(ode, x, ode.encode(x) if ode.splittable else None, idx, targets, judge, reference,
+            out, stats = routed(x, t, return_stats=True)
+        target = batch_targets(ode, x, ode.encode(x, t) if ode.splittable else None, idx, targets, judge, reference,
                                seed=start)
         ok = stats.status == 0
         scores.append((judge.correct(out, target) & ok) if judge.task == "classification"
@@ -78,7 +78,8 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         choice.append(stats.integrator)
         fallback.append(stats.fallback)
     score, nfe_all, choice_all = torch.cat(scores).cpu(), torch.cat(nfe).cpu(), torch.cat(choice).cpu()
-    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, ode.encode(data.x[rows[:256]].to(device)))
+    v_nfe = selector_cost_in_nfe(routed.selector.net, ode, ode.encode(data.x[rows[:256]].to(device),
+                                                                       grids_of(data, rows[:256], device)))
     k = len(routed.integrators)
     metrics = {
         "nfe_mean": round(float(nfe_all.double().mean()) + v_nfe, 4),
@@ -106,10 +107,10 @@ def time_models(routed: RoutedModel, data: Dataset, rows: torch.Tensor, batch_si
     results = []
     for size in batch_sizes:
         idx = rows[torch.arange(size) % len(rows)]
-        x = data.x[idx].to(device)
-        runners = {"dise": lambda: routed(x)}
+        x, t = data.x[idx].to(device), grids_of(data, idx, device)
+        runners = {"dise": lambda: routed(x, t)}
         for cand in routed.integrators:
-            runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda p: cand.solve(p.field, p.h0, p.t).ys)
+            runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda p: cand.solve(p.field, p.h0, p.t).ys, t)
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(repeats + 1):
             for name, fn in runners.items():

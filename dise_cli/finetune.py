@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from dise_cli.datasets import Dataset
 from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
-from dise_cli.integrators import Dopri5
+from dise_cli.integrators import Dopri5, EmbeddedRK
 from dise_cli.judging import Judge, check_labels, targets_batch_major
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import profile_candidates
@@ -88,7 +88,7 @@ def regulariser(ode: OdeModel, reg: str, solution, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: Dopri5, device: torch.device,
+def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: EmbeddedRK, device: torch.device,
              batch_size: int) -> dict:
     """Accuracy (or share within β and mean Γ) and DOPRI5's mean NFE on ``data``."""
     ode.module.eval()
@@ -120,9 +120,11 @@ def scale_change(result: "FinetuneResult") -> float | None:
 
 
 def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,
-             task: str, progress: Callable[[dict], None] | None = None, solver: Dopri5 | None = None) -> FinetuneResult:
+             task: str, progress: Callable[[dict], None] | None = None,
+             solver: EmbeddedRK | None = None) -> FinetuneResult:
     """Fine-tune ``ode.module`` in place of its checkpoints; ``solver`` (default: DOPRI5 at the settings'
-    tolerances) is the adaptive solve trained through and validated with."""
+    tolerances; any adaptive method: R_err is its own error estimate) is the solve trained through and
+    validated with."""
     settings.check()
     if train.y is None:
         raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets")

@@ -82,9 +82,10 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "parameters": {"encoder": encoder, "ode_function": f_params, "decoder": decoder, "encoder_and_decoder": rest},
         "f_call": None,
     }
-    x = opened.data.x[:64].to(opened.device)
+    rows = torch.arange(min(64, len(opened.data)))
+    x, t = opened.data.x[rows].to(opened.device), opened.data.grids(rows)
     with torch.no_grad():
-        info["f_call"] = _f_cost(model.encode(x), repeats)
+        info["f_call"] = _f_cost(model.encode(x, None if t is None else t.to(opened.device)), repeats)
     return info
 
 
@@ -110,7 +111,7 @@ def _plain(value):
 def _f_cost(problem: Problem, repeats: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     h0 = problem.h0
-    t = problem.t[0].to(h0.device, h0.dtype)
+    t = problem.t.reshape(-1)[0].to(h0.device, h0.dtype)
     field = problem.field
     counter = FlopCounterMode(display=False)
     try:

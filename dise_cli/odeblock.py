@@ -202,7 +202,7 @@ def _grid(block: nn.Module, t_span: torch.Tensor | None, data_t: torch.Tensor | 
     found = time_attr(block)
     if found is not None:
         return found
-    if data_t is not None:
+    if data_t is not None and data_t.ndim == 1:
         return data_t.detach().to("cpu", torch.float64), "data 't'"
     return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"
 

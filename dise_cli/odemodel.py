@@ -29,12 +29,17 @@ from dise_cli.states import StateLayout
 
 @dataclass
 class Problem:
-    """One batch's solve: ``field`` for this call's f, ``h0`` packed ``[N, ...]``, grid ``t`` [T] float64."""
+    """One batch's solve: ``field`` for this call's f, ``h0`` packed ``[N, ...]``, grid ``t`` float64:
+    ``[T]`` for the batch, or ``[N, T]``, each sample its own."""
 
     field: VectorField
     h0: torch.Tensor
     t: torch.Tensor
     call: SolveCall | None = None      # the model's call this problem answers (traced models)
+
+    def grid_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The grid of ``rows`` of the batch (the batch's grid, or theirs)."""
+        return self.t[rows] if self.t.ndim == 2 else self.t
 
 
 Solve = Callable[[Problem], torch.Tensor]     # problem -> packed states [T, N, ...]
@@ -112,6 +117,11 @@ class OdeModel:
         """The model as it is (its own solver), outputs batch first."""
         return self.batch_major(self.module(*self.model_args(x)))
 
+    def _no_grids(self, t: torch.Tensor | None) -> None:
+        if t is not None:
+            raise InputError("a time grid per sample is for a model that is a bare vector field; this model passes "
+                             "its own grid to its solver")
+
     def batch_major(self, out: Any) -> torch.Tensor:
         if isinstance(out, (tuple, list)):
             out = out[-1]
@@ -128,20 +138,22 @@ class OdeModel:
                 "t_span": [float(v) for v in self.t_span],
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
-    def encode(self, x: torch.Tensor) -> Problem:
+    def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
+        """The solve the model poses for inputs ``x`` (``t``: a grid per sample ``[N, T]``, bare fields only)."""
         raise NotImplementedError
 
     def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+    def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
-    def solve_and_decode(self, x: torch.Tensor, problem: Problem | None, solve: Solve) -> torch.Tensor:
+    def solve_and_decode(self, x: torch.Tensor, problem: Problem | None, solve: Solve,
+                         t: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs for ``x`` with ``solve``, reusing ``problem`` (from ``encode``) where the decoder runs alone."""
         if problem is not None and self.splittable:
             return self.decode(problem, solve(problem))
-        return self.forward_with(x, solve)
+        return self.forward_with(x, solve, t)
 
 
 def extract(result: Any, how: str) -> Any:
@@ -228,7 +240,9 @@ class TracedModel(OdeModel):
                              f"{self.key[1] + 1} from there); its solves depend on the input, which dise cannot route")
         return out
 
-    def encode(self, x: torch.Tensor) -> Problem:
+    def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
+        self._no_grids(t)
+
         def capture(call: SolveCall):
             raise _Captured(call)
         try:
@@ -237,7 +251,9 @@ class TracedModel(OdeModel):
             return self.problem_of(cap.call)
         raise InputError("the model's forward finished without making its solve")
 
-    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+    def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
+        self._no_grids(t)
+
         def answer(call: SolveCall):
             problem = self.problem_of(call)
             return call.answer(self.layout.unpack_trajectory(solve(problem)))
@@ -304,7 +320,8 @@ class AttributeModel(OdeModel):
     def _problem(self, h0: torch.Tensor) -> Problem:
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
-    def encode(self, x: torch.Tensor) -> Problem:
+    def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
+        self._no_grids(t)
         if self.kind == "root":
             return self._problem(x)
         if self.kind == "sequential":
@@ -332,10 +349,11 @@ class AttributeModel(OdeModel):
             out = self.decoder(out)
         return self.batch_major(out)
 
-    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+    def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
         if self.splittable:
-            problem = self.encode(x)
+            problem = self.encode(x, t)
             return self.decode(problem, solve(problem))
+        self._no_grids(t)
         with _SwapForward(self.block, lambda h, *a, **k: self.block_output(solve(self._problem(h)))):
             return self.batch_major(self.module(*self.model_args(x)))
 
@@ -354,12 +372,13 @@ class BareField(OdeModel):
     def run(self, x: torch.Tensor) -> torch.Tensor:
         raise InputError("a bare vector field has no solver of its own to run")
 
-    def encode(self, x: torch.Tensor) -> Problem:
-        return Problem(field=self.field, h0=x, t=self.t_span.to(x.device))
+    def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
+        grid = self.t_span if t is None else t
+        return Problem(field=self.field, h0=x, t=grid.to(x.device, torch.float64))
 
     def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
         return self.batch_major(ys)
 
-    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
-        problem = self.encode(x)
+    def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
+        problem = self.encode(x, t)
         return self.decode(problem, solve(problem))

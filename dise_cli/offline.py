@@ -13,6 +13,7 @@ import torch
 from dise_cli.datasets import Dataset
 from dise_cli.files import atomic_path
 from dise_cli.odemodel import Problem
+from dise_cli.profiling import grids_of
 from dise_cli.routing import RoutedModel
 
 
@@ -30,10 +31,12 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
                 progress=None) -> OfflineResult:
     ode, n = routed.ode, len(data)
     began = time.perf_counter()
+    rows = torch.arange(n)
     if not ode.splittable:       # the decoder cannot run alone: route per batch
         outs, stats = [], []
         for i in range(0, n, batch_size):
-            out, st = routed(data.x[i:i + batch_size].to(device), return_stats=True)
+            out, st = routed(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device),
+                             return_stats=True)
             outs.append(out.cpu())
             stats.append(st)
             if progress:
@@ -43,7 +46,7 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
                              time.perf_counter() - began)
     problems, k1, choice = [], [], []
     for i in range(0, n, batch_size):               # pass 1: encode and choose
-        problem = ode.encode(data.x[i:i + batch_size].to(device))
+        problem = ode.encode(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device))
         first, chosen = routed.choose(problem)
         problems.append(problem)
         k1.append(first)
@@ -61,7 +64,7 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
         rows = torch.nonzero(choice_all == k).flatten()
         for part in rows.split(batch_size):
             stats: list = []
-            sub = Problem(field=merged.field, h0=merged.h0[part], t=merged.t, call=merged.call)
+            sub = Problem(field=merged.field, h0=merged.h0[part], t=merged.grid_of(part), call=merged.call)
             ys = routed.solve_chosen(sub, k1_all[part], choice_all[part], stats)
             out = ode.decode(sub, ys).cpu()
             if outputs is None:
@@ -75,9 +78,13 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
 
 
 def _merged(problems: list[Problem]) -> Problem | None:
-    """One problem holding every batch's initial states, when all batches share the grid."""
+    """One problem holding every batch's initial states (and grids, where each sample has its own), when
+    all batches share the grid or every sample has its own."""
     first = problems[0]
-    if any(not torch.equal(p.t, first.t) for p in problems[1:]):
+    if first.t.ndim == 2:
+        return Problem(field=first.field, h0=torch.cat([p.h0 for p in problems]), t=torch.cat([p.t for p in problems]),
+                       call=first.call)
+    if any(p.t.ndim != 1 or not torch.equal(p.t, first.t) for p in problems[1:]):
         return None
     return Problem(field=first.field, h0=torch.cat([p.h0 for p in problems]), t=first.t, call=first.call)
 

@@ -101,12 +101,12 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
         targets = targets_batch_major(data.y, len(data), len(model.t_span), time_major, data.name)
     reference = reference or Reference(candidates[base])
     cols = [_Column() for _ in candidates]
-    _warm_up(model, data.x[rows[:2]].to(device), candidates)
+    _warm_up(model, data.x[rows[:2]].to(device), candidates, grids_of(data, rows[:2], device))
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             idx = rows[start:start + batch_size]
             x = data.x[idx].to(device)
-            problem = model.encode(x) if model.splittable else None
+            problem = model.encode(x, grids_of(data, idx, device)) if model.splittable else None
             target = batch_targets(model, x, problem, idx, targets, judge, reference, seed=start)
             outputs = [_profile_one(model, x, problem, cand, col, judge, target, device, seed=start)
                        for cand, col in zip(candidates, cols)]
@@ -120,7 +120,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
         return torch.stack([c.stacked(name) for c in cols], dim=1)
 
     profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
-                      t_span=[float(v) for v in model.t_span], index=rows.clone(),
+                      t_span=[] if data.per_sample_grid else [float(v) for v in model.t_span], index=rows.clone(),
                       nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8))
     if judge.task == "classification":
         profile.correct, profile.pred = matrix("score").bool(), matrix("aux").to(torch.int64)
@@ -178,10 +178,16 @@ def run_model(model: OdeModel, x: torch.Tensor, problem: Problem | None, solve: 
         return model.forward_with(x, solve)
 
 
-def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator]) -> None:
+def grids_of(data: Dataset, rows: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The time grids of ``rows`` where the data give each sample its own."""
+    grids = data.grids(rows)
+    return None if grids is None else grids.to(device)
+
+
+def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator], t: torch.Tensor | None) -> None:
     """One untimed solve per candidate, so first-call costs (allocator, vmap setup) are not timed."""
     with torch.no_grad():
-        problem = model.encode(x) if model.splittable else None
+        problem = model.encode(x, t) if model.splittable else None
         for cand in candidates:
             run_model(model, x, problem, lambda p, cand=cand: cand.solve(p.field, p.h0, p.t).ys)
 

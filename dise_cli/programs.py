@@ -274,9 +274,10 @@ class ProgramModel(OdeModel):
         grid = self.t_span if t is None else t.detach()
         return Problem(field=self.field, h0=h0, t=grid.to(h0.device, torch.float64))
 
-    def encode(self, x: torch.Tensor) -> Problem:
+    def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         if self.splittable:
-            return self._problem(self.programs["encoder"](x))
+            return self._problem(self.programs["encoder"](x), t)
+        self._no_grids(t)
 
         def capture(y0, t):
             raise _OpCaptured(y0, t)
@@ -289,10 +290,11 @@ class ProgramModel(OdeModel):
     def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
         return self.batch_major(self.programs["decoder"](self.layout.unpack_trajectory(ys)))
 
-    def forward_with(self, x: torch.Tensor, solve: Solve) -> torch.Tensor:
+    def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
         if self.splittable:
-            problem = self.encode(x)
+            problem = self.encode(x, t)
             return self.decode(problem, solve(problem))
+        self._no_grids(t)
 
         def answer(y0: list, t: torch.Tensor) -> list:
             problem = self._problem(y0, t)

@@ -147,6 +147,8 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
 def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:
     if t_span is not None:
         return t_span.to(torch.float64), "--t-span"
+    if data_t is not None and data_t.ndim == 2:       # a grid per sample: the first sample's stands for all
+        return data_t[0].detach().to("cpu", torch.float64), "data 't', a grid per sample"
     if data_t is not None:
         return data_t.detach().to("cpu", torch.float64), "data 't'"
     return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"

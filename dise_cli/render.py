@@ -63,6 +63,8 @@ def _unique_method(report: dict, spec: str) -> bool:
 
 def short_grid(t: list[float]) -> str:
     """A time grid for one line: every point when there are few, else its ends and size."""
+    if not t:
+        return "a grid per sample"
     if len(t) <= 6:
         return "[" + ", ".join(f"{v:g}" for v in t) + "]"
     return f"[{t[0]:g}, {t[1]:g}, ..., {t[-1]:g}] ({len(t)} points)"

@@ -40,8 +40,10 @@ def resolve_inputs(ode, requested: str = "auto", task: str = "classification") -
 
 def first_stage(problem: Problem) -> torch.Tensor:
     """f(t0, h(0)): the first evaluation of every candidate integrator."""
-    h0 = problem.h0
-    return problem.field(problem.t[0].to(h0.device, h0.dtype), h0)
+    h0, t = problem.h0, problem.t
+    if t.ndim == 2:                     # a grid per sample: a start time per row
+        return problem.field.at_times(t[:, 0].to(h0.device, h0.dtype), h0)
+    return problem.field(t[0].to(h0.device, h0.dtype), h0)
 
 
 def selector_inputs(ode, problem: Problem, k1: torch.Tensor, inputs: str) -> torch.Tensor:
@@ -50,7 +52,11 @@ def selector_inputs(ode, problem: Problem, k1: torch.Tensor, inputs: str) -> tor
     h0 = problem.h0
     if inputs == "h0":
         return h0
-    span = (problem.t - problem.t[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
+    t = problem.t
+    if t.ndim == 2:                                         # [N, T]: each sample from its own start
+        span = (t - t[:, :1]).T.to(h0.device, h0.dtype).reshape(t.shape[1], len(h0), *([1] * (h0.ndim - 1)))
+    else:
+        span = (t - t[0]).to(h0.device, h0.dtype).view(-1, *([1] * h0.ndim))
     ys = h0.unsqueeze(0) + span * k1.unsqueeze(0)          # Euler from t0 to every grid time
     out = ode.decode(problem, ys).reshape(len(h0), -1).to(h0.dtype)
     if inputs == "euler_probs":
@@ -88,9 +94,10 @@ class RoutedModel(nn.Module):
         self.parts = nn.ModuleList([selector.net] + ([module] if isinstance(module, nn.Module) and not exported else []))
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, return_stats: bool = False):
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, return_stats: bool = False):
+        """Outputs for ``x`` (``t``: a time grid per sample ``[N, T]``, for a bare vector field)."""
         stats: list[RouteStats] = []
-        out = self.ode.forward_with(x, lambda problem: self.solve(problem, stats))
+        out = self.ode.forward_with(x, lambda problem: self.solve(problem, stats), t)
         return (out, stats[0]) if return_stats else out
 
     def choose(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,18 +114,18 @@ class RoutedModel(nn.Module):
                      stats: list | None = None) -> torch.Tensor:
         field, h0, t = problem.field, problem.h0, problem.t
         n = len(h0)
-        ys = h0.new_empty(len(t), *h0.shape)
+        ys = h0.new_empty(t.shape[-1], *h0.shape)
         nfe = torch.zeros(n, dtype=torch.int64, device=h0.device)
         status = torch.zeros(n, dtype=torch.uint8, device=h0.device)
         fallback = torch.zeros(n, dtype=torch.bool, device=h0.device)
         for k in torch.unique(choice).tolist():                  # one batched solve per integrator
             rows = torch.nonzero(choice == k).flatten()
-            sol = self.integrators[k].solve(field, h0[rows], t, f0=k1[rows])
+            sol = self.integrators[k].solve(field, h0[rows], problem.grid_of(rows), f0=k1[rows])
             ys[:, rows], nfe[rows], status[rows] = sol.ys, sol.nfe, sol.status
             failed = sol.status != int(Status.OK)
             if k != self.baseline and bool(failed.any()):
                 again = rows[failed]
-                sol_b = self.integrators[self.baseline].solve(field, h0[again], t, f0=k1[again])
+                sol_b = self.integrators[self.baseline].solve(field, h0[again], problem.grid_of(again), f0=k1[again])
                 ys[:, again], status[again] = sol_b.ys, sol_b.status
                 nfe[again] += sol_b.nfe - 1                       # the shared first stage counted once
                 fallback[again] = True

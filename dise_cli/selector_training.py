@@ -17,6 +17,7 @@ from dise_cli.errors import InputError
 from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
+from dise_cli.profiling import grids_of
 from dise_cli.reports import summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
@@ -63,7 +64,8 @@ def check_profile_matches(profile: Profile, opened: Opened, profile_name: str) -
 @torch.no_grad()
 def encode_rows(opened: Opened, rows: torch.Tensor, batch_size: int = 256) -> list[Problem]:
     """The model's solve for the given data rows, batch by batch, on the model's device."""
-    return [opened.model.encode(opened.data.x[rows[i:i + batch_size]].to(opened.device))
+    return [opened.model.encode(opened.data.x[rows[i:i + batch_size]].to(opened.device),
+                                grids_of(opened.data, rows[i:i + batch_size], opened.device))
             for i in range(0, len(rows), batch_size)]
 
 
@@ -99,7 +101,6 @@ def selector_cost_in_nfe(net: SelectorNet, ode, problem: Problem, repeats: int =
     """The time of one selector decision (its inputs from the shared first stage, then v) over the
     time of one f call, on the same batch: the selector's cost in NFE units (DESIGN)."""
     h0 = problem.h0
-    field, t = problem.field, problem.t[0].to(h0.device, h0.dtype)
     k1 = first_stage(problem)
 
     def median_time(fn) -> float:
@@ -115,7 +116,7 @@ def selector_cost_in_nfe(net: SelectorNet, ode, problem: Problem, repeats: int =
         return statistics.median(times[1:])
 
     decide = lambda: net(selector_inputs(ode, problem, k1, net.spec.inputs))  # noqa: E731
-    return median_time(decide) / median_time(lambda: field(t, h0))
+    return median_time(decide) / median_time(lambda: first_stage(problem))    # one f call on the batch
 
 
 def split_rows(n: int, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

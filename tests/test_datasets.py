@@ -69,7 +69,7 @@ def test_data_factory(factory):
     ({"x": X, "y": Y[:5]}, {}, "has 10 samples but 'y' has shape (5,)"),
     ({"x": torch.zeros(0, 3)}, {}, "holds no samples"),
     ({"x": torch.zeros(4, 2, dtype=torch.bool)}, {}, "has dtype torch.bool"),
-    ({"x": X, "t": torch.tensor([1.0])}, {}, "must be 1-D with at least 2 points"),
+    ({"x": X, "t": torch.tensor([1.0])}, {}, "must be [T] (T >= 2) or [N, T]"),
 ])
 def test_bad_contents(tmp_path, tensors, kw, needle):
     save_file(tensors, str(tmp_path / "d.safetensors"))

@@ -22,12 +22,16 @@ TESTS = str(Path(__file__).resolve().parent)
     ("torchdiffeq", "dopri5", {"max_num_steps": 50, "first_step": 0.1},
      "dopri5:rtol=1e-07,atol=1e-09,max_steps=50,first_step=0.1", True),
     ("torchdiffeq", "dopri5", {"safety": 0.8}, "dopri5:rtol=1e-07,atol=1e-09", False),
-    ("torchdiffeq", "bosh3", {}, "dopri5:rtol=1e-07,atol=1e-09", False),
+    ("torchdiffeq", "bosh3", {}, "bosh3:rtol=1e-07,atol=1e-09", True),
+    ("torchdiffeq", "dopri8", {"max_num_steps": 50}, "dopri8:rtol=1e-07,atol=1e-09,max_steps=50", True),
+    ("torchdiffeq", "adaptive_heun", {}, "adaptive_heun:rtol=1e-07,atol=1e-09", True),
+    ("torchdiffeq", "fehlberg2", {}, "fehlberg2:rtol=1e-07,atol=1e-09", True),
     ("torchdiffeq", "rk4", {"step_size": 0.1}, "rk4:step_size=0.1", True),
     ("torchdiffeq", "euler", {}, "euler:steps=1", True),
     ("torchdiffeq", "midpoint", {"step_size": 0.05, "perturb": True}, "midpoint:step_size=0.05", False),
     ("torchdyn", "rk4", {}, "rk4_classic:steps=1", True),
-    ("torchdyn", "tsit5", {}, "dopri5:rtol=1e-07,atol=1e-09", False),
+    ("torchdyn", "tsit5", {}, "tsit5:rtol=1e-07,atol=1e-09", True),
+    ("torchdyn", "dopri5", {}, "dopri5:rtol=1e-07,atol=1e-09,control=torchdyn", True),
 ])
 def test_emulation(library, method, options, spec, exact):
     em = emulate(library, method, 1e-7, 1e-9, options)
@@ -66,16 +70,26 @@ def test_a_method_dise_cannot_emulate_is_exit_2_until_candidates_are_named(tmp_p
     assert any("implicit_adams" in n for n in report["notes"])
 
 
-def test_closest_baseline_is_said_plainly(tmp_path):
+def test_another_adaptive_method_is_the_models_own_baseline(tmp_path):
     args = _files(tmp_path, "build_bosh3")
     res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
-    assert info["own_solver"]["method"] == "bosh3" and info["baseline"] == "dopri5:rtol=1e-05,atol=1e-05"
-    assert info["baseline_exact"] is False and any("no bosh3 yet" in n for n in info["notes"])
-    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "dopri5:rtol=1e-05,atol=1e-05"]
+    assert info["own_solver"]["method"] == "bosh3" and info["baseline"] == "bosh3:rtol=1e-05,atol=1e-05"
+    assert info["baseline_exact"] is True and not info["notes"]
+    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "bosh3:rtol=1e-05,atol=1e-05"]
+    assert info["fidelity"]["passed"] and info["fidelity"]["closest_part"] == 0
+
+
+def test_closest_baseline_is_said_plainly(tmp_path):
+    args = _files(tmp_path, "build_with_safety")
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["own_solver"]["options"] == {"safety": 0.8} and info["baseline"] == "dopri5:rtol=1e-05,atol=1e-05"
+    assert info["baseline_exact"] is False and any("safety not copied" in n for n in info["notes"])
     res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
-    assert res.exit_code == 0 and "no bosh3 yet" in res.stderr
+    assert res.exit_code == 0 and "safety not copied" in res.stderr
 
 
 def test_inspect_lists_every_solve_and_solve_picks_one(tmp_path):

@@ -214,3 +214,7 @@ def build_adams() -> nn.Module:
 
 def build_bosh3() -> nn.Module:
     return SolverChoice("bosh3")
+
+
+def build_with_safety() -> nn.Module:
+    return SolverChoice("dopri5", safety=0.8)

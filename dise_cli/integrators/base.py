@@ -84,27 +84,30 @@ class Integrator(ABC):
 
     def solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, *,
               record_errors: bool = False, f0: torch.Tensor | None = None) -> Solution:
-        """Solve from ``h0`` ``[N, *state]`` over the grid ``t`` ``[T]`` (increasing or decreasing).
+        """Solve from ``h0`` ``[N, *state]`` over the grid ``t``: ``[T]`` for every sample, or ``[N, T]``,
+        each sample its own (increasing or decreasing, all rows the same way).
 
         ``record_errors`` asks an adaptive solver for its per-step error estimates with gradients.
         ``f0``, if given, is f(t[0], h0) already computed (every explicit Runge-Kutta method starts
         with it): the solver uses it instead of calling f, and still counts it in the NFE.
         """
         t = t.to(device=h0.device, dtype=torch.float64)
-        if t.ndim != 1 or len(t) < 2:
-            raise ValueError(f"the time grid must be 1-D with at least two points, got shape {tuple(t.shape)}")
-        steps = t[1:] - t[:-1]
+        if t.ndim not in (1, 2) or t.shape[-1] < 2 or (t.ndim == 2 and len(t) != len(h0)):
+            raise ValueError(f"the time grid must be [T] or [N, T] with T >= 2 for N = {len(h0)} states, got "
+                             f"shape {tuple(t.shape)}")
+        steps = t[..., 1:] - t[..., :-1]
         if bool((steps > 0).all()):
             return self._solve(field, h0, t, record_errors, f0)
         if bool((steps < 0).all()):
             # Integrate backwards as torchdiffeq does: s = -t, dh/ds = -f(-s, h).
             return self._solve(field.reversed(), h0, -t, record_errors, None if f0 is None else -f0)
-        raise ValueError(f"the time grid must be strictly increasing or decreasing, got {t.tolist()}")
+        raise ValueError("the time grid must be strictly increasing or decreasing (every sample's the same way), "
+                         f"got {t.tolist() if t.numel() <= 12 else tuple(t.shape)}")
 
     @abstractmethod
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
                record_errors: bool, f0: torch.Tensor | None) -> Solution:
-        """Solve on a strictly increasing float64 grid."""
+        """Solve on a strictly increasing float64 grid, ``[T]`` or per sample ``[N, T]``."""
 
     def loosened(self, factor: float = 10.0) -> "Integrator | None":
         """The same method at ``factor`` times its tolerances (adaptive methods; None for fixed grids,

@@ -1,7 +1,7 @@
 """The model's own solver as a dise candidate: the method, tolerances and options its call asked for
-(torchdiffeq's or torchdyn's), as the dise integrator that runs the same solve, or the closest one
-dise has, with a plain note of what differs. Methods dise cannot emulate (implicit, Adams,
-``scipy_solver``) give no integrator: the user names candidates instead."""
+(torchdiffeq's or torchdyn's), as the dise integrator that runs the same solve, with a plain note of
+what it does not copy (options such as a custom ``norm``). Methods dise cannot emulate (implicit,
+Adams, ``scipy_solver``) give no integrator: the user names candidates instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
+from dise_cli.integrators.adaptive import DEFAULT_MAX_STEPS, AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from dise_cli.integrators.base import Integrator
-from dise_cli.integrators.dopri5 import DEFAULT_MAX_STEPS, Dopri5
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 
 TORCHDIFFEQ_FIXED = {"euler": Euler, "midpoint": Midpoint, "heun2": Heun2, "heun3": Heun3, "rk4": RK4}
-TORCHDIFFEQ_ADAPTIVE_LATER = ("bosh3", "adaptive_heun", "fehlberg2", "dopri8")
+TORCHDIFFEQ_ADAPTIVE = {cls.name: cls for cls in (Dopri5, Bosh3, AdaptiveHeun, Fehlberg2, Dopri8)}
 TORCHDYN_NAMES = {"Euler": "euler", "Midpoint": "midpoint", "RungeKutta4": "rk4", "rk-4": "rk4",
                   "DormandPrince45": "dopri5", "DormandPrince5": "dopri5", "Tsitouras45": "tsit5",
                   "Tsitouras5": "tsit5", "AsynchronousLeapfrog": "alf", "ImplicitEuler": "ieuler",
@@ -64,18 +64,16 @@ def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
             else TORCHDIFFEQ_FIXED[method](steps=1)
         notes = [f"option(s) {', '.join(ignored)} not copied"] if ignored else []
         return Emulation(method, integrator, not notes, "; ".join(notes))
-    if method == "dopri5" or method in TORCHDIFFEQ_ADAPTIVE_LATER:
+    if method in TORCHDIFFEQ_ADAPTIVE:
         r, note_r = _scalar("rtol", rtol)
         a, note_a = _scalar("atol", atol)
         max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
         first = options.get("first_step")
-        integrator = Dopri5(rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
-                            first_step=None if first is None else float(first))
+        integrator = TORCHDIFFEQ_ADAPTIVE[method](rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
+                                                  first_step=None if first is None else float(first))
         notes = [n for n in (note_r, note_a) if n]
         if ignored:
             notes.append(f"option(s) {', '.join(ignored)} not copied")
-        if method != "dopri5":
-            notes.insert(0, f"dise has no {method} yet; the closest it has is dopri5 at the same tolerances")
         return Emulation(method, integrator, not notes, "; ".join(notes))
     return Emulation(method, None, False, f"dise cannot emulate torchdiffeq's '{method}'")
 
@@ -85,11 +83,8 @@ def _torchdyn(method: str, rtol: Any, atol: Any) -> Emulation:
         return Emulation(method, TORCHDYN_FIXED[method](steps=1), True)
     r, _ = _scalar("rtol", rtol)
     a, _ = _scalar("atol", atol)
-    if method == "dopri5":
-        return Emulation(method, Dopri5(rtol=r, atol=a), False,
-                         "torchdyn's dopri5 picks its first step and lands on output times its own way; dise's "
-                         "follows torchdiffeq's step control at the same tolerances")
+    if method == "dopri5":      # torchdyn's step control: its first step, steps cut to land on output times
+        return Emulation(method, Dopri5(rtol=r, atol=a, control="torchdyn"), True)
     if method == "tsit5":
-        return Emulation(method, Dopri5(rtol=r, atol=a), False,
-                         "dise has no tsit5 yet; the closest it has is dopri5 at the same tolerances")
+        return Emulation(method, Tsit5(rtol=r, atol=a), True)
     return Emulation(method, None, False, f"dise cannot emulate torchdyn's '{method}'")

@@ -35,6 +35,8 @@ class FixedGridRK(Integrator):
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
                f0: torch.Tensor | None) -> Solution:
+        if t.ndim == 2:
+            return self._solve_rows(field, h0, t, f0)
         if self.step_size is not None:
             return self._solve_on_grid(field, h0, t, f0)
         tab = self.tableau
@@ -48,6 +50,38 @@ class FixedGridRK(Integrator):
                 h = self._step(field, h, t0, dt, tab, f0 if i == 0 and s == 0 else None)
             ys.append(h)
         return self._solution(torch.stack(ys), (len(t) - 1) * self.steps)
+
+    def _solve_rows(self, field: VectorField, h0: torch.Tensor, grid: torch.Tensor,
+                    f0: torch.Tensor | None) -> Solution:
+        """Every sample on its own grid ``[N, T]``: ``steps`` steps per interval of its grid, f called with
+        a time per row."""
+        if self.step_size is not None:
+            raise ValueError("step_size builds one grid for the whole batch; with a grid per sample use steps")
+        ys, h = [h0], h0
+        for i in range(grid.shape[1] - 1):
+            dt = (grid[:, i + 1] - grid[:, i]) / self.steps
+            for s in range(self.steps):
+                h = self._step_rows(field, h, grid[:, i] + s * dt, dt, f0 if i == 0 and s == 0 else None)
+            ys.append(h)
+        return self._solution(torch.stack(ys), (grid.shape[1] - 1) * self.steps)
+
+    def _step_rows(self, field: VectorField, h: torch.Tensor, t0: torch.Tensor, dt: torch.Tensor,
+                   k1: torch.Tensor | None) -> torch.Tensor:
+        """One step with a time and a step size per row (``[N]`` float64)."""
+        tab = self.tableau
+        rows = (-1, *([1] * (h.ndim - 1)))
+        ks: list[torch.Tensor] = [] if k1 is None else [k1]
+        for a_row, c_i in list(zip(tab.a, tab.c))[len(ks):]:
+            hi = h
+            for a_ij, k_j in zip(a_row, ks):
+                if a_ij != 0.0:
+                    hi = hi + (dt * a_ij).to(h.dtype).view(rows) * k_j
+            ks.append(field.at_times((t0 + c_i * dt).to(h.dtype), hi))
+        out = h
+        for b_i, k_i in zip(tab.b, ks):
+            if b_i != 0.0:
+                out = out + (dt * b_i).to(h.dtype).view(rows) * k_i
+        return out
 
     def _solve_on_grid(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
                        f0: torch.Tensor | None) -> Solution:

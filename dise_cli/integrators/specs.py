@@ -10,7 +10,8 @@ from typing import Callable
 
 from dise_cli.errors import UsageError
 from dise_cli.integrators.base import Integrator
-from dise_cli.integrators.dopri5 import Dopri5
+from dise_cli.integrators.adaptive import ADAPTIVE
+from dise_cli.integrators.control import CONTROLS
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 
 # The candidates beside the model's own solver (its baseline), and the list used where no solve of
@@ -18,14 +19,23 @@ from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, 
 CHEAP_CANDIDATES = "euler:steps=1,rk4:steps=1"
 DEFAULT_CANDIDATES = f"{CHEAP_CANDIDATES},dopri5:rtol=1e-3,atol=1e-3"
 
-METHODS: dict[str, type[Integrator]] = {cls.name: cls for cls in (Euler, Midpoint, Heun2, Heun3, RK4, RK4Classic,
-                                                                  Dopri5)}
+FIXED = (Euler, Midpoint, Heun2, Heun3, RK4, RK4Classic)
+METHODS: dict[str, type[Integrator]] = {cls.name: cls for cls in (*FIXED, *ADAPTIVE)}
+
+
+def _control(text: str) -> str:
+    if text not in CONTROLS:
+        raise ValueError(f"'{text}' (valid: {', '.join(CONTROLS)})")
+    return text
+
 
 FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": float}
+ADAPTIVE_OPTIONS: dict[str, Callable[[str], object]] = {"rtol": float, "atol": float, "max_steps": int,
+                                                        "first_step": float, "control": _control}
 # Option name -> parser, per method.
 OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
-    **{name: FIXED_GRID_OPTIONS for name in ("euler", "midpoint", "heun2", "heun3", "rk4", "rk4_classic")},
-    "dopri5": {"rtol": float, "atol": float, "max_steps": int, "first_step": float},
+    **{cls.name: FIXED_GRID_OPTIONS for cls in FIXED},
+    **{cls.name: ADAPTIVE_OPTIONS for cls in ADAPTIVE},
 }
 
 
@@ -64,9 +74,10 @@ def _build(method: str, options: dict[str, str], flag: str) -> Integrator:
             raise UsageError(f"{flag}: unknown option '{key}' for {method}; valid options: {', '.join(valid)}")
         try:
             kwargs[key] = valid[key](value)
-        except ValueError:
-            raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid "
-                             f"{valid[key].__name__}") from None
+        except ValueError as exc:
+            kind = "control" if key == "control" else valid[key].__name__
+            raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid {kind}"
+                             + (f" {exc}" if key == "control" else "")) from None
     try:
         return METHODS[method](**kwargs)
     except ValueError as exc:

@@ -1,0 +1,289 @@
+"""Embedded Runge-Kutta methods with step-size control per sample inside the batch.
+
+One implementation for every adaptive method: a method is its tableau (``tableaus.EmbeddedTableau``)
+and its controller (``control.StepControl``). Each sample has its own step size, accept/reject
+decisions, NFE, status and time grid. Samples that reach the end of their grid (or fail) leave the
+active set: later steps run f on fewer rows, so easy samples stop costing evaluations. With the
+torchdiffeq controller, initial step selection, norm, step-size control, mixed precision (times in
+float64, stages in the state's dtype) and dense output copy torchdiffeq 0.2.5 operation for
+operation, down to its rounding (``rounding``), so a sample solved here gives what it gives alone
+in torchdiffeq (bit for bit for dopri5, tested), whichever samples share its batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+from typing import ClassVar
+
+import torch
+
+from dise_cli.integrators.base import Integrator, Solution, Status, StepErrors
+from dise_cli.integrators.control import CONTROLS, SAFETY, StepControl
+from dise_cli.integrators.rounding import combine, per_row
+from dise_cli.integrators.tableaus import EmbeddedTableau
+from dise_cli.integrators.vector_field import VectorField
+
+DEFAULT_MAX_STEPS = 10_000
+
+
+@dataclass
+class _Results:
+    """Per-sample results, filled in as samples leave the active set."""
+
+    nfe: torch.Tensor
+    status: torch.Tensor
+    n_steps: torch.Tensor
+    out_time: list = dc_field(default_factory=list)     # chunks of grid indices
+    out_sample: list = dc_field(default_factory=list)   # chunks of sample indices
+    out_value: list = dc_field(default_factory=list)    # chunks of states
+    step_sample: list = dc_field(default_factory=list)   # per accepted step, when errors are recorded
+    step_error: list = dc_field(default_factory=list)
+    step_dt: list = dc_field(default_factory=list)
+    step_kinetic: list = dc_field(default_factory=list)
+
+    def output(self, time_idx: torch.Tensor, sample_idx: torch.Tensor, value: torch.Tensor) -> None:
+        self.out_time.append(time_idx)
+        self.out_sample.append(sample_idx)
+        self.out_value.append(value)
+
+
+class EmbeddedRK(Integrator):
+    """An adaptive embedded Runge-Kutta method. NFE = 2 (the first stage and the initial step
+    selection; 1 with ``first_step``) + the tableau's evaluations per attempted step."""
+
+    adaptive = True
+    tableau: ClassVar[EmbeddedTableau]
+    default_control: ClassVar[str] = "torchdiffeq"
+
+    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
+                 first_step: float | None = None, control: str | None = None):
+        if not rtol > 0 or not atol > 0:
+            raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if first_step is not None and not first_step > 0:
+            raise ValueError(f"first_step must be > 0, got {first_step}")
+        control = control or self.default_control
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got '{control}'")
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.max_steps = int(max_steps)
+        self.first_step = None if first_step is None else float(first_step)   # as torchdiffeq's option
+        self.control: StepControl = CONTROLS[control]
+
+    @property
+    def spec(self) -> str:
+        spec = f"{self.name}:rtol={self.rtol:g},atol={self.atol:g}"
+        if self.max_steps != DEFAULT_MAX_STEPS:
+            spec += f",max_steps={self.max_steps}"
+        if self.first_step is not None:
+            spec += f",first_step={self.first_step:g}"
+        if self.control.name != self.default_control:
+            spec += f",control={self.control.name}"
+        return spec
+
+    def loosened(self, factor: float = 10.0) -> "EmbeddedRK":
+        return type(self)(rtol=self.rtol * factor, atol=self.atol * factor, max_steps=self.max_steps,
+                          first_step=self.first_step, control=self.control.name)
+
+    def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
+               f0: torch.Tensor | None) -> Solution:
+        tab, control = self.tableau, self.control
+        dtype, device, n, ndim = h0.dtype, h0.device, len(h0), h0.ndim
+        grid = t.expand(n, t.shape[-1]) if t.ndim == 1 else t          # [N, T] float64, increasing
+        n_t = grid.shape[1]
+        # Stage weights, then the solution's (unless it is the last stage's argument), then the error's,
+        # as one zero-padded table: one product with dt gives every coefficient of a step.
+        weights = [*tab.beta, *([] if tab.fsal else [tab.b]), tab.b_err]
+        width = len(tab.b_err)
+        table = torch.tensor([list(w) + [0.0] * (width - len(w)) for w in weights], dtype=dtype, device=device)
+        alpha = torch.tensor(tab.alpha, dtype=dtype, device=device)
+        mid = torch.tensor(tab.mid, dtype=dtype, device=device) if tab.mid else None
+        rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
+        atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
+        safety = torch.tensor(SAFETY, dtype=torch.float64, device=device)
+
+        res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),
+                       status=torch.zeros(n, dtype=torch.uint8, device=device),
+                       n_steps=torch.zeros(n, dtype=torch.int64, device=device))
+        idx = torch.arange(n, device=device)
+        res.output(torch.zeros(n, dtype=torch.long, device=device), idx, h0)
+
+        t0 = grid[:, 0]
+        if f0 is None:
+            shared = bool((t0 == t0[0]).all())
+            f0 = field(t0[0].to(dtype), h0) if shared else field.at_times(t0.to(dtype), h0)
+        rows = {  # per active row; compacted together when rows leave
+            "idx": idx, "y": h0, "f": f0, "grid": grid,
+            "t_now": t0.clone(),
+            "dt": (control.initial_step(field, t0, h0, f0, rtol, atol, tab.order) if self.first_step is None
+                   else torch.full((n,), self.first_step, dtype=torch.float64, device=device)),
+            "ptr": torch.ones(n, dtype=torch.long, device=device),   # next grid index to output
+            "attempts": torch.zeros(n, dtype=torch.int64, device=device),
+            "accepted": torch.zeros(n, dtype=torch.int64, device=device),
+        }
+        n_fixed = 2 if self.first_step is None else 1
+
+        while len(rows["idx"]):
+            t_now, dt = rows["t_now"], rows["dt"]
+            if control.lands_on_outputs:
+                dt, t_next, cut, rest = _land(rows, dt, n_t)
+            else:
+                t_next, cut, rest = t_now + dt, None, None
+            cannot_step = ~(t_next > t_now) | (rows["attempts"] >= self.max_steps)   # also NaN dt
+            if bool(cannot_step.any()):
+                stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
+                stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)
+                stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
+                rows = self._retire(res, rows, stop, n_fixed)
+                continue
+            y, f = rows["y"], rows["f"]
+
+            # One step of the method for every active row (torchdiffeq's _runge_kutta_step).
+            dty, t0y, t1y = dt.to(dtype), t_now.to(dtype), t_next.to(dtype)
+            coefs = table[:, :, None] * dty                      # [rows of the table, stages, N]
+            times = t0y + alpha[:, None] * dty                   # [stages, N]
+            end = torch.nextafter(t1y, t1y - 1) if control.perturb_end else t1y
+            k = [f]
+            for i, a_i in enumerate(tab.alpha):
+                yi = combine(y, k, tab.beta[i], coefs[i])
+                # stages at the step's end: just before it for torchdiffeq (Perturb.PREV)
+                k.append(field.at_times(end if a_i == 1.0 else times[i], yi))
+            if tab.fsal:
+                y1 = yi
+            else:
+                y1 = combine(y, k, tab.b, coefs[len(tab.beta)])
+            f1 = k[-1]
+            y_err = combine(None, k, tab.b_err, coefs[-1])
+            ratio = field.rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
+            accept = ratio <= 1    # NaN compares False: rejected, and retired below
+            with torch.no_grad():
+                base = dt if cut is None else torch.where(cut, rest, dt)    # torchdyn: what was left of a cut step
+                rows["dt"] = control.next_step(base, ratio, tab.order, safety)
+
+            if record_errors:
+                self._record(res, rows, accept, ratio, dt, dty, k, grid_end=rows["grid"][:, -1], t_now=t_now)
+            rows["attempts"] = rows["attempts"] + 1
+            rows["accepted"] = rows["accepted"] + accept.long()
+            if control.lands_on_outputs:
+                _emit_landed(res, rows, accept, t_next, y1, n_t)
+            else:
+                _dense_output(res, rows, accept, t_now, t_next, y, y1, k, dty, mid, n_t)
+
+            if bool(accept.all()):
+                rows["y"], rows["f"] = y1, f1
+            else:
+                acc_rows = per_row(accept, ndim)
+                rows["y"] = torch.where(acc_rows, y1, y)
+                rows["f"] = torch.where(acc_rows, f1, f)
+            rows["t_now"] = torch.where(accept, t_next, t_now)
+            stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
+            stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
+            if bool((stop >= 0).any()):
+                rows = self._retire(res, rows, stop, n_fixed)
+        return self._assemble(res, h0, n_t, record_errors)
+
+    def _record(self, res: _Results, rows: dict, accept: torch.Tensor, ratio: torch.Tensor, dt: torch.Tensor,
+                dty: torch.Tensor, k: list[torch.Tensor], grid_end: torch.Tensor, t_now: torch.Tensor) -> None:
+        """Every accepted step's error estimate (with gradients) and its share of the kinetic energy,
+        by the method's own quadrature of the mean squared f over the step."""
+        res.step_sample.append(rows["idx"][accept])
+        res.step_error.append(ratio[accept])
+        res.step_dt.append(dt[accept])
+        n = len(k[0])
+        kinetic = sum(w * k[j].pow(2).reshape(n, -1).mean(1) for j, w in enumerate(self.tableau.b) if w)
+        # The last step may end past the grid (dense output interpolates back): count only the part of
+        # it inside, as if f^2 were even across the step.
+        inside = ((grid_end - t_now) / dt).clamp(max=1.0).to(dty.dtype)
+        res.step_kinetic.append((kinetic * dty * inside)[accept])
+
+    def _retire(self, res: _Results, rows: dict, stop: torch.Tensor, n_fixed: int) -> dict:
+        """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
+        leaving = stop >= 0
+        gone = rows["idx"][leaving]
+        res.status[gone] = stop[leaving].to(torch.uint8)
+        res.nfe[gone] = n_fixed + self.tableau.evaluations * rows["attempts"][leaving]
+        res.n_steps[gone] = rows["accepted"][leaving]
+        keep = torch.nonzero(~leaving).flatten()      # one nonzero for all the row tensors
+        return {name: value.index_select(0, keep) for name, value in rows.items()}
+
+    @staticmethod
+    def _assemble(res: _Results, h0: torch.Tensor, n_t: int, record_errors: bool) -> Solution:
+        n = len(h0)
+        time_idx = torch.cat(res.out_time)
+        sample_idx = torch.cat(res.out_sample)
+        values = torch.cat(res.out_value)
+        ys = torch.full((n_t, n, *h0.shape[1:]), float("nan"), dtype=h0.dtype, device=h0.device)
+        ys = ys.index_put((time_idx, sample_idx), values)
+        step_errors = None
+        if record_errors:
+            step_errors = StepErrors(sample=torch.cat(res.step_sample), error=torch.cat(res.step_error),
+                                     dt=torch.cat(res.step_dt), kinetic=torch.cat(res.step_kinetic))
+        return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
+
+
+def _next_output(rows: dict, n_t: int) -> torch.Tensor:
+    """Each active row's next output time."""
+    return rows["grid"].gather(1, rows["ptr"].clamp(max=n_t - 1)[:, None])[:, 0]
+
+
+def _land(rows: dict, dt: torch.Tensor, n_t: int):
+    """torchdyn's stepping onto output times: a step is cut to end at the end of the grid, then at
+    the next output time; after a cut at an output time short of the end, the next step size grows
+    from what was left of the cut step (``dt_old - dt``). Returns the step, its end (exactly the
+    output time where it lands), whether it was cut at an output time, and what was left."""
+    t_now, grid = rows["t_now"], rows["grid"]
+    dt = torch.minimum(dt, grid[:, -1] - t_now)
+    target = _next_output(rows, n_t)
+    cut = t_now + dt > target
+    rest = dt - (target - t_now)
+    dt = torch.where(cut, target - t_now, dt)
+    t_next = torch.where(t_now + dt >= target, target, t_now + dt)
+    return dt, t_next, cut, rest
+
+
+def _emit_landed(res: _Results, rows: dict, accept: torch.Tensor, t_next: torch.Tensor, y1: torch.Tensor,
+                 n_t: int) -> None:
+    """Output the state of every accepted step that landed on its row's next output time."""
+    landed = accept & (rows["ptr"] < n_t) & (t_next == _next_output(rows, n_t))
+    if bool(landed.any()):
+        where = torch.nonzero(landed).flatten()
+        res.output(rows["ptr"][where].clone(), rows["idx"][where], y1[where])
+        rows["ptr"][where] += 1
+
+
+def _dense_output(res: _Results, rows: dict, accept: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
+                  y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dty: torch.Tensor,
+                  mid: torch.Tensor, n_t: int) -> None:
+    """Emit every output time an accepted step passed, by torchdiffeq's 4th-order interpolant through
+    y0, y1, the step's midpoint (the tableau's ``mid`` weights), f0 and f1. Advances ``ptr``."""
+    ptr, grid = rows["ptr"], rows["grid"]
+    due = accept & (ptr < n_t) & (_next_output(rows, n_t) <= t1)
+    if not bool(due.any()):
+        return
+    sel = torch.nonzero(due).flatten()
+    y0r, y1r, kr = y0[sel], y1[sel], [kj[sel] for kj in k]
+    dtr = per_row(dty[sel], y0.ndim)
+    y_mid = combine(y0r, kr, tuple(float(m) for m in mid), mid[:, None] * dty[sel])
+    f0r, f1r = kr[0], kr[-1]
+    coeffs = [
+        y0r,
+        dtr * f0r,
+        dtr * (f1r - 4 * f0r) - 11 * y0r - 5 * y1r + 16 * y_mid,
+        dtr * (5 * f0r - 3 * f1r) + 18 * y0r + 14 * y1r - 32 * y_mid,
+        2 * dtr * (f1r - f0r) - 8 * (y1r + y0r) + 16 * y_mid,
+    ]
+    while len(sel):
+        tq = grid[sel].gather(1, ptr[sel][:, None])[:, 0]
+        x = per_row(((tq - t0[sel]) / (t1[sel] - t0[sel])).to(y0.dtype), y0.ndim)
+        total = coeffs[0] + x * coeffs[1]
+        x_power = x
+        for c in coeffs[2:]:
+            x_power = x_power * x
+            total = total + x_power * c
+        res.output(ptr[sel].clone(), rows["idx"][sel], total)
+        ptr[sel] += 1
+        nxt = ptr[sel]
+        more = (nxt < n_t) & (grid[sel].gather(1, nxt.clamp(max=n_t - 1)[:, None])[:, 0] <= t1[sel])
+        sel = sel[more]
+        coeffs = [c[more] for c in coeffs]
