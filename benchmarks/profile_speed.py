@@ -1,10 +1,18 @@
-"""Speed and NFE of per-sample DOPRI5: dise vs a per-sample torchdiffeq loop vs torchode.
+"""Speed and NFE of per-sample adaptive solves: dise vs a per-sample torchdiffeq loop vs torchode.
 
 Run from the repository root:
 
     python benchmarks/profile_speed.py                      # full run (slow on a CPU)
     python benchmarks/profile_speed.py --mlp-samples 256 --mnist-samples 50 --loop-samples 20
     python benchmarks/profile_speed.py --device cuda --json speed.json
+    python benchmarks/profile_speed.py --problems mlp --methods all    # every adaptive method
+
+DOPRI5 gets every check below. With ``--methods``, every other adaptive method (bosh3,
+adaptive_heun, fehlberg2, dopri8 with torchdiffeq's control; tsit5 with torchdyn's) is timed side by
+side on the same problem: dise batched, the per-sample loop of the library that defines it
+(torchdiffeq, or torchdyn for tsit5, where installed), and torchode where torchode has the method
+(Dopri5, Tsit5, Heun for adaptive_heun); time per NFE and per attempted step, and NFE agreement
+with the loop.
 
 Two problems, float32, rtol = atol = 1e-3, every sample with its own step size:
 
@@ -56,7 +64,7 @@ if str(REPO_ROOT) not in sys.path:
 from safetensors.torch import load_file  # noqa: E402
 from torchdiffeq import odeint  # noqa: E402
 
-from dise_cli.integrators import Dopri5, TimeMode, VectorField  # noqa: E402
+from dise_cli.integrators import METHODS, Dopri5, EmbeddedRK, TimeMode, VectorField  # noqa: E402
 from sample_models.mnist_odenet.model import build as build_mnist_model  # noqa: E402
 
 try:
@@ -346,6 +354,105 @@ def run_problem(p: Problem, args: argparse.Namespace, mlp: MLPField | None = Non
     return result
 
 
+# ----------------------------------------------------------------------------- every adaptive method
+
+ADAPTIVE = [name for name, cls in METHODS.items() if cls.adaptive]
+TORCHODE_STEPS = {"dopri5": "Dopri5", "tsit5": "Tsit5", "adaptive_heun": "Heun"}
+
+
+def solve_dise_method(method: str, func: Func, h0: torch.Tensor, t: torch.Tensor, tol: float,
+                      batch_size: int = 0) -> dict:
+    solver: EmbeddedRK = METHODS[method](rtol=tol, atol=tol)
+    nfe, steps = [], []
+    for part in chunks(len(h0), batch_size):
+        sol = solver.solve(VectorField.detect(func, h0[part], t), h0[part], t)
+        nfe.append(sol.nfe)
+        steps.append((sol.nfe - 2) // solver.tableau.evaluations)        # attempted steps
+    return {"nfe": torch.cat(nfe).cpu(), "steps": torch.cat(steps).cpu()}
+
+
+def solve_loop_method(method: str, func: Func, h0: torch.Tensor, t: torch.Tensor, tol: float) -> dict | None:
+    """The defining library, one sample at a time: torchdiffeq, or torchdyn for tsit5 (None without it)."""
+    if method == "tsit5":
+        try:
+            from torchdyn.numerics import odeint as torchdyn_odeint
+        except ImportError:
+            return None
+        solve = lambda f, y: torchdyn_odeint(lambda tt, yy, args=None: f(tt, yy), y, t, "tsit5",  # noqa: E731
+                                             atol=tol, rtol=tol)
+    else:
+        solve = lambda f, y: odeint(f, y, t, rtol=tol, atol=tol, method=method)  # noqa: E731
+    nfe = []
+    for i in range(len(h0)):
+        counted = CountingFunc(func)
+        solve(counted, h0[i:i + 1])
+        nfe.append(counted.calls)
+    return {"nfe": torch.tensor(nfe, dtype=torch.int64)}
+
+
+def solve_torchode_method(method: str, func: Func, h0: torch.Tensor, t: torch.Tensor, tol: float,
+                          batch_size: int = 0) -> dict:
+    term = torchode.ODETerm(flat_field(func, h0.shape[1:]))
+    step = getattr(torchode, TORCHODE_STEPS[method])(term=term)
+    solver = torchode.AutoDiffAdjoint(step, torchode.IntegralController(atol=tol, rtol=tol, term=term))
+    steps = []
+    for part in chunks(len(h0), batch_size):
+        y0 = h0[part].flatten(1)
+        sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t.to(h0.dtype).repeat(len(y0), 1)))
+        steps.append(sol.stats["n_steps"].cpu())
+    return {"steps": torch.cat(steps)}
+
+
+@torch.no_grad()
+def run_methods(p: Problem, args: argparse.Namespace) -> list[dict]:
+    """Each adaptive method: dise, the per-sample loop and torchode, side by side on ``p``."""
+    n, size, k = len(p.h0), batch_size_for(p, args), p.loop_samples
+    rows = []
+    for method in args.methods:
+        run_dise = lambda m=method: solve_dise_method(m, p.func, p.h0, p.t, TOL, size)  # noqa: E731
+        has_tode = torchode is not None and method in TORCHODE_STEPS
+        run_tode = (lambda m=method: solve_torchode_method(m, p.func, p.h0, p.t, TOL, size)) if has_tode else None
+        out_d, _ = timed(run_dise, args.device)
+        if run_tode:
+            timed(run_tode, args.device)
+        times_d, times_t = [], []
+        for _ in range(args.repeats):
+            times_d.append(timed(run_dise, args.device)[1])
+            if run_tode:
+                times_t.append(timed(run_tode, args.device)[1])
+        sec_d = statistics.median(times_d)
+        loop, sec_loop = timed(lambda m=method: solve_loop_method(m, p.func, p.h0[:k], p.t, TOL), args.device)
+        steps = float(out_d["steps"].double().sum())
+        row = {"method": method, "dise_seconds_per_sample": sec_d / n, "nfe_mean": float(out_d["nfe"].double().mean()),
+               "dise_seconds_per_nfe": sec_d / float(out_d["nfe"].double().sum()),
+               "dise_seconds_per_step": sec_d / max(steps, 1.0), "loop": None, "torchode": None}
+        if loop is not None:
+            row["loop"] = {"library": "torchdyn" if method == "tsit5" else "torchdiffeq",
+                           "seconds_per_sample": sec_loop / k,
+                           "nfe_equal": int((loop["nfe"] == out_d["nfe"][:k]).sum()), "samples": k,
+                           "speedup": (sec_loop / k) / (sec_d / n)}
+        if run_tode:
+            sec_t = statistics.median(times_t)
+            row["torchode"] = {"seconds_per_sample": sec_t / n, "speedup": sec_t / sec_d}
+        rows.append(row)
+    return rows
+
+
+def methods_report(p: Problem, rows: list[dict]) -> str:
+    lines = [f"== every adaptive method: {p.name} ({p.h0.dtype}, rtol=atol={TOL:g}) ==",
+             f"  {'method':<14}{'dise/sample':>12}{'NFE':>7}{'per NFE':>11}{'per step':>11}   "
+             f"{'loop (library, speedup, NFE equal)':<40}{'torchode (speedup)'}"]
+    for r in rows:
+        loop = r["loop"]
+        loop_text = "not installed" if loop is None else (
+            f"{loop['library']}: {r['loop']['speedup']:.0f}x, {loop['nfe_equal']}/{loop['samples']}")
+        tode = "-" if r["torchode"] is None else f"{r['torchode']['speedup']:.2f}x"
+        lines.append(f"  {r['method']:<14}{fmt_time(r['dise_seconds_per_sample']):>12}{r['nfe_mean']:>7.1f}"
+                     f"{fmt_time(r['dise_seconds_per_nfe']):>11}{fmt_time(r['dise_seconds_per_step']):>11}   "
+                     f"{loop_text:<40}{tode}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt_time(seconds: float) -> str:
@@ -442,7 +549,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--problems", default="mlp,mnist",
                         help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--json", default=None, help="write all numbers to this JSON file")
+    parser.add_argument("--methods", default="",
+                        help="also time these adaptive methods side by side (comma-separated, or 'all')")
     args = parser.parse_args(argv)
+    args.methods = ADAPTIVE if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in ADAPTIVE]
+    if bad:
+        parser.error(f"unknown methods {bad}; choose from {','.join(ADAPTIVE)}")
     args.problems = [name.strip() for name in args.problems.split(",") if name.strip()]
     unknown = set(args.problems) - set(TARGETS)
     if unknown:
@@ -462,14 +575,21 @@ def main(argv: list[str] | None = None) -> None:
     if torchode is None:
         print("torchode is not installed: its column is skipped (pip install torchode to include it)")
     results = []
+    problems = []
     if "mlp" in args.problems:
         problem, mlp = mlp_problem(args.mlp_samples, args.loop_samples_mlp, args.device)
+        problems.append(problem)
         results.append(run_problem(problem, args, mlp))
         print(report(results[-1]), flush=True)
     if "mnist" in args.problems:
         problem = mnist_problem(args.mnist_samples, args.loop_samples_mnist, args.device)
+        problems.append(problem)
         results.append(run_problem(problem, args))
         print(report(results[-1]), flush=True)
+    for problem in problems if args.methods else []:
+        rows = run_methods(problem, args)
+        results.append({"problem": problem.name, "methods": rows})
+        print(methods_report(problem, rows), flush=True)
     if args.json:
         summary = {"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}
         Path(args.json).write_text(json.dumps(summary, indent=2))

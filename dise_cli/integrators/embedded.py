@@ -90,8 +90,7 @@ class EmbeddedRK(Integrator):
                f0: torch.Tensor | None) -> Solution:
         tab, control = self.tableau, self.control
         dtype, device, n, ndim = h0.dtype, h0.device, len(h0), h0.ndim
-        grid = t.expand(n, t.shape[-1]) if t.ndim == 1 else t          # [N, T] float64, increasing
-        n_t = grid.shape[1]
+        n_t = t.shape[-1]
         # Stage weights, then the solution's (unless it is the last stage's argument), then the error's,
         # as one zero-padded table: one product with dt gives every coefficient of a step.
         weights = [*tab.beta, *([] if tab.fsal else [tab.b]), tab.b_err]
@@ -109,12 +108,13 @@ class EmbeddedRK(Integrator):
         idx = torch.arange(n, device=device)
         res.output(torch.zeros(n, dtype=torch.long, device=device), idx, h0)
 
-        t0 = grid[:, 0]
+        t0 = t[:, 0] if t.ndim == 2 else t[0].expand(n)
         if f0 is None:
             shared = bool((t0 == t0[0]).all())
             f0 = field(t0[0].to(dtype), h0) if shared else field.at_times(t0.to(dtype), h0)
         rows = {  # per active row; compacted together when rows leave
-            "idx": idx, "y": h0, "f": f0, "grid": grid,
+            "idx": idx, "y": h0, "f": f0,
+            **({"grid": t} if t.ndim == 2 else {}),       # a grid per sample: compacted with its row
             "t_now": t0.clone(),
             "dt": (control.initial_step(field, t0, h0, f0, rtol, atol, tab.order) if self.first_step is None
                    else torch.full((n,), self.first_step, dtype=torch.float64, device=device)),
@@ -127,7 +127,7 @@ class EmbeddedRK(Integrator):
         while len(rows["idx"]):
             t_now, dt = rows["t_now"], rows["dt"]
             if control.lands_on_outputs:
-                dt, t_next, cut, rest = _land(rows, dt, n_t)
+                dt, t_next, cut, rest = _land(rows, t, dt, n_t)
             else:
                 t_next, cut, rest = t_now + dt, None, None
             cannot_step = ~(t_next > t_now) | (rows["attempts"] >= self.max_steps)   # also NaN dt
@@ -162,13 +162,13 @@ class EmbeddedRK(Integrator):
                 rows["dt"] = control.next_step(base, ratio, tab.order, safety)
 
             if record_errors:
-                self._record(res, rows, accept, ratio, dt, dty, k, grid_end=rows["grid"][:, -1], t_now=t_now)
+                self._record(res, rows, accept, ratio, dt, dty, k, grid_end=_grid(rows, t)[..., -1], t_now=t_now)
             rows["attempts"] = rows["attempts"] + 1
             rows["accepted"] = rows["accepted"] + accept.long()
             if control.lands_on_outputs:
-                _emit_landed(res, rows, accept, t_next, y1, n_t)
+                _emit_landed(res, rows, t, accept, t_next, y1, n_t)
             else:
-                _dense_output(res, rows, accept, t_now, t_next, y, y1, k, dty, mid, n_t)
+                _dense_output(res, rows, t, accept, t_now, t_next, y, y1, k, dty, mid, n_t)
 
             if bool(accept.all()):
                 rows["y"], rows["f"] = y1, f1
@@ -222,19 +222,33 @@ class EmbeddedRK(Integrator):
         return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
 
 
-def _next_output(rows: dict, n_t: int) -> torch.Tensor:
+def _grid(rows: dict, t: torch.Tensor) -> torch.Tensor:
+    """The active rows' grids ``[n, T]``, or the batch's ``[T]``."""
+    return rows.get("grid", t)
+
+
+def _time_at(rows: dict, t: torch.Tensor, ptr: torch.Tensor, sel: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's grid time at index ``ptr`` (of the rows ``sel``, or of every active row)."""
+    grid = rows.get("grid")
+    if grid is None:
+        return t[ptr]
+    grid = grid if sel is None else grid[sel]
+    return grid.gather(1, ptr[:, None])[:, 0]
+
+
+def _next_output(rows: dict, t: torch.Tensor, n_t: int) -> torch.Tensor:
     """Each active row's next output time."""
-    return rows["grid"].gather(1, rows["ptr"].clamp(max=n_t - 1)[:, None])[:, 0]
+    return _time_at(rows, t, rows["ptr"].clamp(max=n_t - 1))
 
 
-def _land(rows: dict, dt: torch.Tensor, n_t: int):
+def _land(rows: dict, t: torch.Tensor, dt: torch.Tensor, n_t: int):
     """torchdyn's stepping onto output times: a step is cut to end at the end of the grid, then at
     the next output time; after a cut at an output time short of the end, the next step size grows
     from what was left of the cut step (``dt_old - dt``). Returns the step, its end (exactly the
     output time where it lands), whether it was cut at an output time, and what was left."""
-    t_now, grid = rows["t_now"], rows["grid"]
-    dt = torch.minimum(dt, grid[:, -1] - t_now)
-    target = _next_output(rows, n_t)
+    t_now = rows["t_now"]
+    dt = torch.minimum(dt, _grid(rows, t)[..., -1] - t_now)
+    target = _next_output(rows, t, n_t)
     cut = t_now + dt > target
     rest = dt - (target - t_now)
     dt = torch.where(cut, target - t_now, dt)
@@ -242,23 +256,23 @@ def _land(rows: dict, dt: torch.Tensor, n_t: int):
     return dt, t_next, cut, rest
 
 
-def _emit_landed(res: _Results, rows: dict, accept: torch.Tensor, t_next: torch.Tensor, y1: torch.Tensor,
-                 n_t: int) -> None:
+def _emit_landed(res: _Results, rows: dict, t: torch.Tensor, accept: torch.Tensor, t_next: torch.Tensor,
+                 y1: torch.Tensor, n_t: int) -> None:
     """Output the state of every accepted step that landed on its row's next output time."""
-    landed = accept & (rows["ptr"] < n_t) & (t_next == _next_output(rows, n_t))
+    landed = accept & (rows["ptr"] < n_t) & (t_next == _next_output(rows, t, n_t))
     if bool(landed.any()):
         where = torch.nonzero(landed).flatten()
         res.output(rows["ptr"][where].clone(), rows["idx"][where], y1[where])
         rows["ptr"][where] += 1
 
 
-def _dense_output(res: _Results, rows: dict, accept: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor,
-                  y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dty: torch.Tensor,
+def _dense_output(res: _Results, rows: dict, t: torch.Tensor, accept: torch.Tensor, t0: torch.Tensor,
+                  t1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dty: torch.Tensor,
                   mid: torch.Tensor, n_t: int) -> None:
     """Emit every output time an accepted step passed, by torchdiffeq's 4th-order interpolant through
     y0, y1, the step's midpoint (the tableau's ``mid`` weights), f0 and f1. Advances ``ptr``."""
-    ptr, grid = rows["ptr"], rows["grid"]
-    due = accept & (ptr < n_t) & (_next_output(rows, n_t) <= t1)
+    ptr = rows["ptr"]
+    due = accept & (ptr < n_t) & (_next_output(rows, t, n_t) <= t1)
     if not bool(due.any()):
         return
     sel = torch.nonzero(due).flatten()
@@ -274,7 +288,7 @@ def _dense_output(res: _Results, rows: dict, accept: torch.Tensor, t0: torch.Ten
         2 * dtr * (f1r - f0r) - 8 * (y1r + y0r) + 16 * y_mid,
     ]
     while len(sel):
-        tq = grid[sel].gather(1, ptr[sel][:, None])[:, 0]
+        tq = _time_at(rows, t, ptr[sel], sel)
         x = per_row(((tq - t0[sel]) / (t1[sel] - t0[sel])).to(y0.dtype), y0.ndim)
         total = coeffs[0] + x * coeffs[1]
         x_power = x
@@ -284,6 +298,6 @@ def _dense_output(res: _Results, rows: dict, accept: torch.Tensor, t0: torch.Ten
         res.output(ptr[sel].clone(), rows["idx"][sel], total)
         ptr[sel] += 1
         nxt = ptr[sel]
-        more = (nxt < n_t) & (grid[sel].gather(1, nxt.clamp(max=n_t - 1)[:, None])[:, 0] <= t1[sel])
+        more = (nxt < n_t) & (_time_at(rows, t, nxt.clamp(max=n_t - 1), sel) <= t1[sel])
         sel = sel[more]
         coeffs = [c[more] for c in coeffs]
