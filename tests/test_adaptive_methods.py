@@ -86,6 +86,28 @@ def test_single_samples_match_torchdiffeq(cls, dtype, tol):
                 assert batch.nfe[i].item() == calls[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_revealed_summation_order_is_the_order_sum_uses(dtype):
+    """Stage sums of up to 14 products (dopri8's error sum) add in the tree PyTorch's sum(-1) uses,
+    for any number of rows: otherwise a sample's state would differ in its last bits from torchdiffeq's."""
+    from dise_cli.integrators.rounding import _add, _reveal_plan, _sum_plan
+    assert _reveal_plan(4, dtype) == (((0, 1), 2), 3)
+    for n in range(2, 15):
+        plan = _sum_plan(n, dtype, "cpu")
+        assert plan is not None and plan == _reveal_plan(n, dtype)
+        assert sorted(_leaves(plan)) == list(range(n))
+        for rows in (1, 3, 17, 1000):
+            gen = torch.Generator().manual_seed(rows + n)
+            x = torch.randn(rows, n, generator=gen, dtype=torch.float64)
+            x = (x * 10 ** (torch.rand(rows, n, generator=gen, dtype=torch.float64) * 16 - 8)).to(dtype)
+            assert torch.equal(_add(plan, lambda j, out: x[:, j].clone(), []), x.sum(-1))
+    assert _sum_plan(7, dtype, "cuda") is None       # other devices: the stacked sum(-1) itself
+
+
+def _leaves(plan):
+    return [plan] if isinstance(plan, int) else [leaf for sub in plan for leaf in _leaves(sub)]
+
+
 @pytest.mark.parametrize("cls,solver", [(Tsit5, "tsit5"), (lambda **k: Dopri5(control="torchdyn", **k), "dopri5")],
                          ids=["tsit5", "dopri5-torchdyn"])
 @pytest.mark.parametrize("dtype,tol,share", [(torch.float64, 1e-6, 0.9), (torch.float32, 1e-4, 0.6)])

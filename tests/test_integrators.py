@@ -103,7 +103,7 @@ def test_dopri5_batch_matches_torchdiffeq_per_sample_float64():
 
 def test_batch_position_does_not_change_the_arithmetic():
     """With an f that computes every row as it would alone, a batched float32 solve is bit for bit
-    the per-sample solve: dise's own step control has no batch round-off (see _pow, _sum_plan)."""
+    the per-sample solve: dise's own step control has no batch round-off (see rounding.exact_pow, rounding._sum_plan)."""
     torch.manual_seed(1)
     net = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
 

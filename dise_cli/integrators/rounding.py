@@ -4,40 +4,65 @@ PyTorch's ``sum(-1)`` adds them, and a ``pow`` that does not depend on a sample'
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 
 import torch
 
 Plan = "int | tuple[Plan, ...]"   # a summation order: an index, or sub-plans added left to right
 
 
-def _candidate_plans(n: int) -> list:
-    head, tail, rest = 0, tuple(range(4, n)), tuple(range(1, min(n, 4)))
-    return [
-        (head, *tail, *rest),                          # float32 on x86 CPUs: x0 + x4 + x5 + x6 + x1 + x2 + x3
-        ((head, tail) if tail else head, *rest),       # float64 on x86 CPUs: x0 + (x4 + x5 + x6) + x1 + ...
-        tuple(range(n)),                               # left to right
-    ]
+def _reveal_plan(n_terms: int, dtype: torch.dtype):
+    """The tree in which ``x.sum(-1)`` adds rows of ``n_terms`` entries, read from the sums
+    themselves (the idea of FPRev, Xie et al. 2024): in a row that is all ones but for a huge ``M``
+    at ``i`` and ``-M`` at ``j``, the ones added before ``M`` and ``-M`` meet are absorbed, so the sum
+    counts the ones outside the smallest subtree that holds both. From those subtree sizes the tree
+    is rebuilt bottom up. None when the sizes do not describe a tree of pairwise additions.
+    """
+    if n_terms == 1:
+        return 0
+    mantissa_bits = round(-math.log2(torch.finfo(dtype).eps)) + 1
+    big = 2.0 ** (mantissa_bits + n_terms.bit_length() + 1)
+    pairs = list(itertools.combinations(range(n_terms), 2))
+    rows = torch.ones(len(pairs), n_terms, dtype=dtype)
+    for r, (i, j) in enumerate(pairs):
+        rows[r, i], rows[r, j] = big, -big
+    subtree = {pair: n_terms - int(v) for pair, v in zip(pairs, rows.sum(-1).tolist())}
+
+    nodes: dict[frozenset, object] = {frozenset([i]): i for i in range(n_terms)}
+    while len(nodes) > 1:
+        size, a, b = min(
+            (max(subtree[min(u, v), max(u, v)] for u in a for v in b), sorted(a), sorted(b))
+            for a, b in itertools.combinations(nodes, 2))
+        a, b = sorted((frozenset(a), frozenset(b)), key=min)   # the one with the first entry goes first
+        if size != len(a) + len(b):
+            return None
+        nodes[a | b] = (nodes.pop(a), nodes.pop(b))
+    return next(iter(nodes.values()))
 
 
 @functools.lru_cache(maxsize=None)
 def _sum_plan(n_terms: int, dtype: torch.dtype, device_type: str):
     """The order in which ``x.sum(-1)`` adds the ``n_terms`` entries of a row here, so that dise's
-    sums of stage products round exactly as torchdiffeq's do; None when it is none of the candidates
-    (longer rows, other devices): then ``combine`` sums a stacked tensor with ``sum(-1)`` itself.
+    sums of stage products round exactly as torchdiffeq's do; None where it is not known (devices
+    other than the CPU, whose kernels may choose their tree by the tensor's shape): then ``combine``
+    sums a stacked tensor with ``sum(-1)`` itself.
 
-    PyTorch's CPU kernel does not add short rows left to right, and its order differs between
-    float32 and float64. It is an implementation detail, so it is measured once, on rows whose
-    entries span 16 orders of magnitude (where orders give different sums), not assumed.
+    PyTorch's CPU kernel does not add rows left to right (it keeps several vector accumulators),
+    and its tree differs between float32 and float64 and with the row length. It is an
+    implementation detail, so it is revealed here, not assumed (``_reveal_plan``), then checked on
+    rows whose entries span 16 orders of magnitude, where different orders give different sums.
     """
+    if device_type != "cpu":
+        return None
+    plan = _reveal_plan(n_terms, dtype)
+    if plan is None:
+        return None
     gen = torch.Generator().manual_seed(n_terms)
     x = torch.randn(4096, n_terms, generator=gen, dtype=torch.float64)
-    x = (x * 10 ** (torch.rand(4096, n_terms, generator=gen, dtype=torch.float64) * 16 - 8))
-    x = x.to(dtype=dtype, device=device_type)
-    expected = x.sum(-1)
-    plans = _candidate_plans(n_terms)
-    for plan in plans:
-        if torch.equal(_add(plan, lambda j, out: x[:, j].clone(), []), expected):
-            return plan
+    x = (x * 10 ** (torch.rand(4096, n_terms, generator=gen, dtype=torch.float64) * 16 - 8)).to(dtype)
+    if torch.equal(_add(plan, lambda j, out: x[:, j].clone(), []), x.sum(-1)):
+        return plan
     return None
 
 
