@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import tiny_models
 from dise_cli.cli import app
 from dise_cli.finetune import REGULARISERS, regulariser
-from dise_cli.integrators import Dopri5, VectorField
+from dise_cli.integrators import AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5, VectorField
 from dise_cli.reading import read_model
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -46,6 +46,51 @@ def test_r_err_gradient_matches_finite_differences():
                 fd[i, j] = (r_err(w + dw) - r_err(w - dw)) / (2 * eps)
     assert w.grad.abs().max() > 1e-4
     torch.testing.assert_close(w.grad, fd, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls,h", [(Bosh3, 0.5), (AdaptiveHeun, 0.5), (Fehlberg2, 0.5), (Dopri8, 2.0), (Tsit5, 0.5)],
+                         ids=lambda c: getattr(c, "name", ""))
+def test_r_err_of_every_embedded_method_has_the_right_gradient(cls, h):
+    """R_err is the error estimate of whichever embedded pair solves: its gradient is a derivative."""
+    torch.manual_seed(0)
+    w = (0.3 * torch.randn(3, 3, dtype=torch.float64)).requires_grad_(True)
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    solver = cls(rtol=1.0, atol=1.0, first_step=h)   # one accepted step of size h
+
+    def r_err(weight):
+        sol = solver.solve(VectorField(lambda t, y: torch.tanh(y @ weight.T)), y0, torch.tensor([0.0, h]),
+                           record_errors=True)
+        assert sol.n_steps.tolist() == [1] * 4
+        return sol.step_errors.per_sample(4).sum()
+
+    r_err(w).backward()
+    eps = 1e-4      # dopri8's estimate is a difference of O(1) terms: a smaller step drowns in round-off
+    fd = torch.zeros_like(w)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(3):
+                dw = torch.zeros_like(w)
+                dw[i, j] = eps
+                fd[i, j] = (r_err(w + dw) - r_err(w - dw)) / (2 * eps)
+    assert w.grad.abs().max() > 1e-8
+    torch.testing.assert_close(w.grad, fd, rtol=1e-4, atol=1e-12)
+
+
+def test_finetune_trains_through_the_models_own_adaptive_method(tmp_path):
+    """A model that solves with bosh3 is fine-tuned through bosh3's error estimates (its baseline)."""
+    model = tiny_models.build_bosh3()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(48, 2, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    import json
+    res = invoke("finetune", tmp_path / "m.pt", "--arch", "tiny_models:build_bosh3", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--reg", "err", "--lam", "1", "--epochs", 1,
+                 "--batch-size", 16, "--out", tmp_path / "t.pt", "--json", tmp_path / "ft.json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((tmp_path / "ft.json").read_text())
+    assert report["history"][1]["reg"] > 0 and report["history"][1]["train_nfe"] > 0
 
 
 @pytest.mark.parametrize("reg", [r for r in REGULARISERS if r != "none"])
