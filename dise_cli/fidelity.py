@@ -6,12 +6,12 @@ tolerance differ: dise's solve steps per sample while a library steps the whole 
 lands on output times its own way. That part is measured, not assumed: the difference between
 dise's solve and the same method at ``LOOSER`` times the tolerance bounds it (times ``MARGIN``).
 A fixed-grid baseline reproduces the model's own steps, so only round-off (``FLOOR`` of the
-outputs' scale) is allowed. Where dise runs only the closest method it has to the
-model's (torchdyn's tsit5, torchdiffeq's bosh3 before dise has it), the other method's error at the
-same tolerance (its interpolant's included) is not dopri5's: then the yardstick is the solve's own
-effect, and up to ``CLOSEST_SHARE`` of what one Euler step gets wrong is allowed (a misreading
-changes more than a coarse solver does). A model whose output is random (a Hutchinson trace, a sampled latent) is run twice more with another
-seed, and its own spread is allowed too. A misreading (a skipped encoder, the wrong state, a swapped
+outputs' scale) is allowed. Where dise runs only the closest it has to the model's solver (the
+method without an option it does not copy, such as ``safety`` or ``perturb``), the model's error at
+the same tolerance is not dise's: then the yardstick is the solve's own effect, and up to
+``CLOSEST_SHARE`` of what one Euler step gets wrong is allowed (a misreading changes more than a
+coarse solver does). A model whose output is random (a Hutchinson trace, a sampled latent) is run
+twice more with another seed, and its own spread is allowed too. A misreading (a skipped encoder, the wrong state, a swapped
 argument order) changes the outputs by far more.
 """
 from __future__ import annotations
