@@ -27,7 +27,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
 
 from paper_table1 import BATCH, F_OUTPUT_KEYS, measure_on_test, opened, split_train  # noqa: E402
 
-from dise_cli.finetune import FinetuneSettings, finetune, state_rms  # noqa: E402
+from dise_cli.finetuning import FinetuneSettings, finetune, state_rms  # noqa: E402
 from sample_models.mnist_odenet.model import build  # noqa: E402
 
 

@@ -40,9 +40,9 @@ if str(REPO_ROOT) not in sys.path:
 from dise_cli.bundle import load_bundle  # noqa: E402
 from dise_cli.datasets import Dataset  # noqa: E402
 from dise_cli.demo import SAMPLE  # noqa: E402
-from dise_cli.evaluate import Gates, evaluate_routed  # noqa: E402
+from dise_cli.evaluation import Gates, evaluate_routed  # noqa: E402
 from dise_cli.exporting import export_bundle  # noqa: E402
-from dise_cli.finetune import FinetuneSettings, finetune, state_rms, validate  # noqa: E402
+from dise_cli.finetuning import FinetuneSettings, finetune, state_rms, validate  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
 from dise_cli.judging import Judge  # noqa: E402
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config  # noqa: E402

@@ -58,7 +58,7 @@ def finetune(
       dise finetune sample_models/mnist_odenet/dise.yaml --data sample_models/mnist_odenet/train.safetensors \\\\
           --reg err --lam 10 --epochs 4 --out mnist_err.safetensors
     """
-    from dise_cli.finetune import FinetuneSettings, finetune as run_finetune
+    from dise_cli.finetuning import FinetuneSettings, finetune as run_finetune
     from dise_cli.model_files import output_for, save_model
     from dise_cli.render import render_finetune
 

@@ -198,7 +198,7 @@ def evaluate(
       dise evaluate mnist.dise --data test.safetensors --max-accuracy-drop 0.3 --min-nfe-reduction 0.8 --json -
     """
     from dise_cli.errors import GateFailed
-    from dise_cli.evaluate import Gates, evaluate_routed
+    from dise_cli.evaluation import Gates, evaluate_routed
     from dise_cli.render import render_evaluation
 
     sizes = _int_list(batch_sizes, "--batch-sizes")

@@ -10,7 +10,7 @@ import torch
 
 from dise_cli.bundle import load_bundle
 from dise_cli.errors import InputError
-from dise_cli.evaluate import Gates, evaluate_routed
+from dise_cli.evaluation import Gates, evaluate_routed
 from dise_cli.exporting import export_bundle
 from dise_cli.files import sha256_file
 from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config

@@ -1,7 +1,7 @@
 """Tables for people: how each command's report looks on a terminal or in a log."""
 from __future__ import annotations
 
-from dise_cli.finetune import scale_change
+from dise_cli.finetuning import scale_change
 from dise_cli.output import Output
 from dise_cli.profiling import ProfileRun
 from dise_cli.reports import summarize

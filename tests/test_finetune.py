@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import tiny_models
 from dise_cli.cli import app
-from dise_cli.finetune import REGULARISERS, regulariser
+from dise_cli.finetuning import REGULARISERS, regulariser
 from dise_cli.integrators import AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5, VectorField
 from dise_cli.reading import read_model
 
@@ -172,10 +172,10 @@ def test_bad_finetune_input(tiny, case, needle):
 def test_state_rms_and_the_scale_note(tiny):
     """h(0)'s RMS is measured on the validation data, and a kept checkpoint whose state shrank or grew
     past SCALE_NOTE_FACTOR gets a note: the tolerance atol + rtol·|h| then weighs it differently."""
-    from dise_cli.finetune import FinetuneResult, state_rms
+    from dise_cli.finetuning import FinetuneResult, state_rms
     from dise_cli.output import Output
     from dise_cli.render import SCALE_NOTE_FACTOR, render_finetune
-    from dise_cli.finetune import FinetuneSettings
+    from dise_cli.finetuning import FinetuneSettings
     from dise_cli.datasets import Dataset
 
     ode = read_model(tiny["module"], tiny["x"])
