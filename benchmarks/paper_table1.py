@@ -45,7 +45,8 @@ from dise_cli.exporting import export_bundle  # noqa: E402
 from dise_cli.finetuning import FinetuneSettings, finetune, state_rms, validate  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
 from dise_cli.judging import Judge  # noqa: E402
-from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config  # noqa: E402
+from dise_cli.pipeline import open_inputs, profile_model  # noqa: E402
+from dise_cli.sources import ModelOptions, model_inputs, project_config  # noqa: E402
 from dise_cli.selector_training import TrainSettings, train_selector  # noqa: E402
 
 ROWS = [("No reg.", "none", 0.0), ("Kinetic energy reg.", "kinetic", 1.0), ("L1 reg.", "l1", 1e-5),
@@ -73,12 +74,15 @@ def measure_on_test(test, state: dict, device: torch.device, reference_rms: floa
             "nfe_scale_matched": validate(test.model, test.data, judge, matched, device, 256)["nfe_mean"]}
 
 
-def opened(split: str, device: str, model: str | None = None):
+def sample_options(device: str, model: str | None = None, data: str | None = None) -> ModelOptions:
+    """The sample's project file, with another weights file in place of its model where given."""
     project = str(SAMPLE / "dise.yaml")
-    cfg, model_path = read_config(project, None)
-    return open_inputs(make_inputs(project, cfg, model or model_path, arch=None, trust_pickle=None, code_path=None,
-                                   ode_block=None, t_span=None, data=str(SAMPLE / f"{split}.safetensors"),
-                                   data_factory=None, x_key=None, y_key=None, device=device))
+    return ModelOptions(model=model or project, config=project, data=data, device=device)
+
+
+def opened(split: str, device: str, model: str | None = None):
+    source = sample_options(device, model, str(SAMPLE / f"{split}.safetensors"))
+    return open_inputs(model_inputs(source, project_config(source)))
 
 
 def split_train(data, seed: int = 0):
@@ -92,10 +96,8 @@ def dise_row(model_file: Path, device: str, folder: Path) -> dict:
     train = opened("train", device, str(model_file))
     run = profile_model(train, rows=torch.arange(len(train.data)), batch_size=256)
     result = train_selector(train, run.profile, "profile", TrainSettings())
-    project = str(SAMPLE / "dise.yaml")
-    cfg, _ = read_config(project, None)
-    inputs = make_inputs(project, cfg, str(model_file), arch=None, trust_pickle=None, code_path=None, ode_block=None,
-                         t_span=None, data=None, data_factory=None, x_key=None, y_key=None, device=device)
+    source = sample_options(device, str(model_file))
+    inputs = model_inputs(source, project_config(source), with_data=False)
     bundle = folder / f"{model_file.stem}.dise"
     export_bundle(inputs, result.selector, "selector", bundle)
     test = opened("test", device, str(model_file))

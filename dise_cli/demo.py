@@ -1,65 +1,59 @@
 """``dise demo``: the whole pipeline on the bundled MNIST ODE-Net (profile its training split, train
-the selector, export the bundle, evaluate on its test split)."""
+the selector, export the bundle, evaluate on its test split), through the Python API."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from dise_cli.bundle import load_bundle
+from dise_cli import api
 from dise_cli.errors import InputError
-from dise_cli.evaluation import Gates, evaluate_routed
-from dise_cli.exporting import export_bundle
-from dise_cli.files import sha256_file
-from dise_cli.pipeline import make_inputs, open_inputs, profile_model, read_config
-from dise_cli.profiles import write_profile
-from dise_cli.profiling import select_rows
-from dise_cli.selector import write_selector
-from dise_cli.selector_training import TrainSettings, train_selector
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "mnist_odenet"
+PLOTS = {"profile": "profile.png", "training": "training.png", "evaluation": "evaluation.png"}
 
 
-def run_demo(out_dir: Path, device: torch.device, train_limit: int | None = None,
-             note: Callable[[str], None] = print) -> dict:
-    """Run every step, writing profile, selector and bundle into ``out_dir``; the evaluation report."""
+def run_demo(out_dir: Path, device: str | None = None, train_limit: int | None = None,
+             note: Callable[[str], None] = print, plots: bool = False) -> dict:
+    """Run every step, writing profile, selector and bundle (and, with ``plots`` and matplotlib
+    installed, the three plots) into ``out_dir``; the evaluation report."""
     project = SAMPLE / "dise.yaml"
     if not project.exists():
         raise InputError(f"the bundled sample '{SAMPLE}' is not there: dise demo runs from a clone of the "
                          f"dise repository (pip install -e .)")
     began = time.perf_counter()
-    cfg, model_path = read_config(str(project), None)
-
-    def opened_for(split: str):
-        return open_inputs(make_inputs(str(project), cfg, model_path, arch=None, trust_pickle=None, code_path=None,
-                                       ode_block=None, t_span=None, data=str(SAMPLE / f"{split}.safetensors"),
-                                       data_factory=None, x_key=None, y_key=None, device=str(device)))
-
-    train = opened_for("train")
-    rows = select_rows(len(train.data), train_limit, 0)
-    note(f"[1/4] profiling {len(rows)} training images with {','.join(train.candidates.specs)}"
-         + (f" (a subset: --train-limit {train_limit})" if train_limit else ""))
-    run = profile_model(train, rows=rows, batch_size=256)
+    train = str(SAMPLE / "train.safetensors")
     profile_path = out_dir / "train.profile.safetensors"
-    write_profile(run.profile, profile_path)
+    note(f"[1/4] profiling {train_limit or 'all'} training images")
+    run = api.profile(project, out=profile_path, data=train, limit=train_limit, batch_size=256, device=device,
+                      note=note)
     note("[2/4] training the selector")
-    result = train_selector(train, run.profile, str(profile_path), TrainSettings())
-    result.selector.meta["profile_sha256"] = sha256_file(profile_path)
     selector_path = out_dir / "selector.safetensors"
-    write_selector(result.selector, selector_path)
+    result = api.train_selector(project, profile_path, out=selector_path, data=train, device=device)
     note("[3/4] exporting the bundle")
     bundle_path = out_dir / "mnist_odenet.dise"
-    inputs = make_inputs(str(project), cfg, model_path, arch=None, trust_pickle=None, code_path=None, ode_block=None,
-                         t_span=None, data=None, data_factory=None, x_key=None, y_key=None, device=str(device))
-    export_bundle(inputs, result.selector, str(selector_path), bundle_path)
+    api.export(project, selector_path, bundle_path, device=device)
     note("[4/4] evaluating on the 1000 test images")
-    test = opened_for("test")
-    routed = load_bundle(bundle_path, device=device)
-    report = evaluate_routed(routed, test.data, rows=torch.arange(len(test.data)), batch_size=256, batch_sizes=[256],
-                             device=device, gates=Gates())
+    report = api.evaluate(bundle_path, str(SAMPLE / "test.safetensors"), batch_sizes=(256,), device=device)
     report["training"] = result.report
     report["seconds"] = round(time.perf_counter() - began, 1)
     report["files"] = {"profile": str(profile_path), "selector": str(selector_path), "bundle": str(bundle_path)}
+    if plots:
+        report["files"].update(_draw(out_dir, run, result.report, report, note))
     return report
+
+
+def _draw(out_dir: Path, run, training: dict, evaluation: dict, note: Callable[[str], None]) -> dict[str, str]:
+    """The three plots, where matplotlib is installed (else a note saying what to install)."""
+    from dise_cli.errors import UsageError
+    from dise_cli import plots
+    try:
+        plots.check_plot_path(out_dir / PLOTS["profile"], "--plot")
+    except UsageError as exc:
+        note(f"note: no plots ({exc})")
+        return {}
+    paths = {name: out_dir / file for name, file in PLOTS.items()}
+    plots.plot_profile(run, paths["profile"])
+    plots.plot_training(training, paths["training"])
+    plots.plot_evaluation(evaluation, paths["evaluation"])
+    return {f"{name}_plot": str(path) for name, path in paths.items()}

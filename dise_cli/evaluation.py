@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
+from dise_cli.errors import UsageError
 from dise_cli.judging import Judge, targets_batch_major
 from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
 from dise_cli.reports import summarize
@@ -23,6 +25,33 @@ class Gates:
     max_accuracy_drop: float | None = None     # percentage points below the baseline
     min_nfe_reduction: float | None = None     # e.g. 0.5: mean NFE at most half the baseline's
     max_nfe: float | None = None               # mean NFE, the selector included
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """``dise evaluate``'s settings; each default is written here only."""
+
+    batch_size: int = 256
+    batch_sizes: tuple[int, ...] = (1, 64, 256)   # batch sizes to time
+    repeats: int = 5                              # timing rounds per batch size (the median is reported)
+    limit: int | None = None                      # evaluate this many samples drawn with ``seed`` (None: all)
+    seed: int = 0
+    time_major: bool | None = None
+    max_accuracy_drop: float | None = None        # the gates (None: not checked)
+    min_nfe_reduction: float | None = None
+    max_nfe: float | None = None
+
+    def check(self) -> None:
+        positive_int(self.batch_size, "--batch-size")
+        positive_int(self.repeats, "--repeats")
+        if self.limit is not None:
+            positive_int(self.limit, "--limit")
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise UsageError("--batch-sizes: give positive batch sizes, e.g. 1,64,256")
+
+    @property
+    def gates(self) -> Gates:
+        return Gates(self.max_accuracy_drop, self.min_nfe_reduction, self.max_nfe)
 
 
 def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, batch_size: int,

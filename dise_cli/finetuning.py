@@ -12,12 +12,14 @@ smallest validation NFE among those within ``max_accuracy_drop`` points of the s
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
@@ -25,6 +27,7 @@ from dise_cli.integrators import Dopri5, EmbeddedRK
 from dise_cli.judging import Judge, check_labels, targets_batch_major
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import profile_candidates
+from dise_cli.provenance import made_with
 from dise_cli.reports import summarize
 
 REGULARISERS = ("err", "err-dt", "kinetic", "l1", "l2", "none")
@@ -33,10 +36,12 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class FinetuneSettings:
+    """``dise finetune``'s settings; each default is written here only."""
+
     reg: str = "err"
-    lam: float = 0.01
+    lam: float = 1.0
     epochs: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-4
     batch_size: int = 128
     seed: int = 0
     max_accuracy_drop: float = 0.3
@@ -44,8 +49,13 @@ class FinetuneSettings:
     atol: float = 1e-3
     loss: str | None = None          # package.module:fn (outputs, targets) -> scalar
     schedule: str = "constant"       # or "cosine": the learning rate decays to 0 over all steps
+    task: str | None = None          # classification | regression (None: from the labels)
 
     def check(self) -> None:
+        positive_int(self.epochs, "--epochs")
+        positive_int(self.batch_size, "--batch-size")
+        if not 0 <= self.max_accuracy_drop:
+            raise UsageError(f"--max-accuracy-drop: must be >= 0, got {self.max_accuracy_drop}")
         if self.reg not in REGULARISERS:
             raise UsageError(f"--reg: unknown regulariser '{self.reg}'; valid: {', '.join(REGULARISERS)}")
         if not self.lam >= 0:
@@ -61,6 +71,10 @@ class FinetuneResult:
     state: dict[str, torch.Tensor]    # the kept checkpoint
     kept_epoch: int                   # 0: the starting model
     history: list[dict]               # per epoch: losses, training NFE, validation metrics
+    settings: FinetuneSettings | None = None   # what it ran with (set by dise_cli.finetune)
+    path: Path | None = None                   # where the kept checkpoint was written (ditto)
+    validation_size: int = 0                   # samples in the validation data (ditto)
+    made_with: dict[str, str] | None = None    # versions and device it ran with (provenance.made_with)
 
 
 def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -185,4 +199,4 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), epoch, val_metrics["nfe_mean"]
     module.eval()
     return FinetuneResult(state={k: v.detach().cpu() for k, v in best_state.items()}, kept_epoch=best_epoch,
-                          history=history)
+                          history=history, made_with=made_with(device))

@@ -10,11 +10,22 @@ from pathlib import Path
 
 import torch
 
+from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.files import atomic_path
 from dise_cli.odemodel import Problem
 from dise_cli.profiling import grids_of
 from dise_cli.routing import RoutedModel
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """``dise run``'s settings; each default is written here only."""
+
+    batch_size: int = 256
+
+    def check(self) -> None:
+        positive_int(self.batch_size, "--batch-size")
 
 
 @dataclass
@@ -24,6 +35,7 @@ class OfflineResult:
     nfe: torch.Tensor           # [N]
     fallback: torch.Tensor      # [N] bool
     seconds: float
+    candidates: list[str]       # what the integrator indices mean
 
 
 @torch.no_grad()
@@ -43,7 +55,7 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
                 progress(2 * len(out))
         return OfflineResult(torch.cat(outs), torch.cat([s.integrator for s in stats]).cpu(),
                              torch.cat([s.nfe for s in stats]).cpu(), torch.cat([s.fallback for s in stats]).cpu(),
-                             time.perf_counter() - began)
+                             time.perf_counter() - began, list(routed.selector.candidates))
     problems, k1, choice = [], [], []
     for i in range(0, n, batch_size):               # pass 1: encode and choose
         problem = ode.encode(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device))
@@ -74,7 +86,8 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
             fallback[part.cpu()] = stats[0].fallback.cpu()
             if progress:
                 progress(len(part))
-    return OfflineResult(outputs, choice_all.cpu(), nfe, fallback, time.perf_counter() - began)
+    return OfflineResult(outputs, choice_all.cpu(), nfe, fallback, time.perf_counter() - began,
+                         list(routed.selector.candidates))
 
 
 def _merged(problems: list[Problem]) -> Problem | None:
@@ -98,7 +111,7 @@ def _per_batch(routed: RoutedModel, problems: list[Problem], k1: list, choice: l
         nfe.append(stats[0].nfe.cpu())
         fallback.append(stats[0].fallback.cpu())
     return OfflineResult(torch.cat(outs), torch.cat(choice).cpu(), torch.cat(nfe), torch.cat(fallback),
-                         time.perf_counter() - began)
+                         time.perf_counter() - began, list(routed.selector.candidates))
 
 
 def write_predictions(result: OfflineResult, routed: RoutedModel, path: str | Path) -> None:

@@ -4,34 +4,40 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from dise_cli.config import is_project_file, parse_t_span, pick, read_project, resolve_device
-from dise_cli.datasets import Dataset, DataSpec, load_data
+from dise_cli.config import positive_int
+from dise_cli.datasets import Dataset, load_data
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.fidelity import FIDELITY_SAMPLES, Fidelity, check_fidelity, fidelity_error
 from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrator, parse_candidates
 from dise_cli.integrators.emulation import Emulation, emulate
 from dise_cli.judging import Judge, check_labels, detect_task
-from dise_cli.loading import LoadedModel, ModelSpec, load_model
+from dise_cli.loading import LoadedModel, load_model
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import ProfileRun, Reference, profile_candidates
 from dise_cli.reading import read_model
+from dise_cli.sources import Inputs
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """What identifies the model and data of a command, validated before anything loads."""
+class ProfileSettings:
+    """``dise profile``'s settings; each default is written here only."""
 
-    model: ModelSpec
-    data: DataSpec | None
-    ode_block: str | None
-    t_span: tuple[float, ...] | None
-    device: torch.device
-    solve: int | None = None
+    candidates: str | None = None       # None: euler:steps=1, rk4:steps=1 and the model's own solver
+    batch_size: int = 256
+    limit: int | None = None            # profile this many samples drawn with ``seed`` (None: all)
+    seed: int = 0
+    task: str | None = None             # classification | regression (None: from the labels)
+    metric: str = "mse"                 # regression error: mse, mae or package.module:fn
+    time_major: bool | None = None      # targets [T, N, ...] (None: from the shapes)
+
+    def check(self) -> None:
+        positive_int(self.batch_size, "--batch-size")
+        if self.limit is not None:
+            positive_int(self.limit, "--limit")
 
 
 @dataclass
@@ -70,48 +76,6 @@ class Opened:
     fidelity: Fidelity | None = None
 
 
-def read_config(model_arg: str, config_flag: str | None) -> tuple[dict[str, Any], str | None]:
-    """The merged project settings, and the model path (None when the project file must name it)."""
-    config: dict[str, Any] = {}
-    if config_flag:
-        config.update(read_project(config_flag))
-    if is_project_file(model_arg):
-        config.update(read_project(model_arg))
-        return config, None
-    return config, model_arg
-
-
-def make_inputs(model_arg: str, config: dict[str, Any], model_path: str | None, *, arch: str | None,
-                trust_pickle: bool | None, code_path: list[str] | None, ode_block: str | None,
-                t_span: str | None, data: str | None, data_factory: str | None, x_key: str | None,
-                y_key: str | None, device: str | None, solve: int | None = None) -> Inputs:
-    path = model_path or config.get("model")
-    if not path:
-        raise UsageError(f"MODEL: project file '{model_arg}' has no 'model' key")
-    paths = tuple(code_path or ()) + tuple(config.get("code_path") or ())
-    grid = parse_t_span(t_span) if t_span is not None else parse_t_span(config.get("t_span"), "t_span in config")
-    if data is not None or data_factory is not None:      # flags win over the file, as a pair
-        data_path, factory = data, data_factory
-    else:
-        data_path, factory = config.get("data"), config.get("data_factory")
-    if data_path and factory:
-        raise UsageError("--data and --data-factory (or data and data_factory in the config): give one")
-    data_spec = None
-    if data_path or factory:
-        data_spec = DataSpec(path=Path(data_path) if data_path else None,
-                             factory=factory, x_key=pick(x_key, config, "x_key"),
-                             y_key=pick(y_key, config, "y_key"), code_path=paths)
-    return Inputs(
-        model=ModelSpec(path=Path(path), arch=pick(arch, config, "arch"),
-                        trust_pickle=bool(pick(trust_pickle, config, "trust_pickle", False)), code_path=paths),
-        data=data_spec,
-        ode_block=pick(ode_block, config, "ode_block"),
-        t_span=None if grid is None else tuple(grid.tolist()),
-        device=resolve_device(pick(device, config, "device")),
-        solve=pick(solve, config, "solve"),
-    )
-
-
 def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = True) -> Opened:
     """Load model and data, read the model by its solve on a few samples, choose the candidates and
     run the fidelity check (``InputError`` when dise does not reproduce the model)."""
@@ -140,6 +104,18 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
         if fidelity is not None and not fidelity.passed:
             raise fidelity_error(fidelity, model, name, override_hint(model, chosen))
     return Opened(loaded=loaded, data=data, model=model, device=inputs.device, candidates=chosen, fidelity=fidelity)
+
+
+def reading_notes(opened: Opened) -> list[str]:
+    """What a person should know up front about how dise read the model (and, for a model without a
+    factory, whether export will need one)."""
+    notes = [f"note: {note}" for note in opened.candidates.notes]
+    if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
+        from dise_cli.exporting import export_plan
+        plan = export_plan(opened.model, opened.loaded, probe_rows(opened.data.x).to(opened.device))
+        if plan["needs_arch"]:
+            notes.append(f"note: {plan['note']}")
+    return notes
 
 
 def probe_rows(x: torch.Tensor, n: int = FIDELITY_SAMPLES, scan: int = 4096) -> torch.Tensor:

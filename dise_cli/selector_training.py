@@ -12,8 +12,9 @@ from typing import Callable
 import torch
 
 from dise_cli.calibration import Point, calibrate, evaluate_point
-from dise_cli.costs import cost_labels
-from dise_cli.errors import InputError
+from dise_cli.config import positive_int
+from dise_cli.costs import DEFAULT_ALPHA, DEFAULT_M, cost_labels
+from dise_cli.errors import InputError, UsageError
 from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
@@ -25,17 +26,26 @@ from dise_cli.selector import Selector, SelectorNet, SelectorSpec
 
 @dataclass(frozen=True)
 class TrainSettings:
-    alpha: float = 0.3
-    M: float = 1000.0
-    beta: float | None = None
-    arch: str = "auto"
+    """``dise train-selector``'s settings; each default is written here only."""
+
+    alpha: float = DEFAULT_ALPHA
+    M: float = DEFAULT_M
+    beta: float | None = None          # regression: Γ threshold (None: the baseline's mean Γ)
+    selector_arch: str = "auto"        # auto | conv | mlp (selector.ARCHS)
     epochs: int = 40
     lr: float = 3e-3
-    batch_size: int = 128
-    val_split: float = 0.4            # calibration needs held-out errors more than v needs samples
+    train_batch_size: int = 128        # the selector's minibatch (not the model's --batch-size)
+    val_split: float = 0.4             # calibration needs held-out errors more than v needs samples
     seed: int = 0
     max_accuracy_drop: float = 0.3     # percentage points
     inputs: str = "auto"               # what the selector sees: auto | h0 | euler | euler_probs (routing.INPUTS)
+
+    def check(self) -> None:
+        positive_int(self.epochs, "--epochs")
+        if not 0 < self.val_split < 1:
+            raise UsageError(f"--val-split: must be between 0 and 1, got {self.val_split}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr: must be > 0, got {self.lr}")
 
 
 @dataclass
@@ -81,8 +91,8 @@ def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: Train
     for _ in range(settings.epochs):
         perm = torch.randperm(len(h0), generator=gen).to(h0.device)
         total = 0.0
-        for i in range(0, len(perm), settings.batch_size):
-            idx = perm[i:i + settings.batch_size]
+        for i in range(0, len(perm), settings.train_batch_size):
+            idx = perm[i:i + settings.train_batch_size]
             loss = torch.nn.functional.mse_loss(net(h0[idx]), costs[idx])
             opt.zero_grad()
             loss.backward()
@@ -136,7 +146,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     with torch.no_grad():
         feats = torch.cat([selector_inputs(opened.model, p, first_stage(p), inputs) for p in problems])
     train, val = split_rows(profile.n_samples, settings.val_split, settings.seed)
-    spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.arch, inputs)
+    spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.selector_arch, inputs)
     net = SelectorNet(spec).to(feats.device)
     net.set_normalisation(feats[train])
     losses = fit(net, feats[train], labels.costs[train], settings, progress)

@@ -74,7 +74,7 @@ def run_pipeline(tmp_path: Path, model, data: dict, arch: str, extra: list) -> d
     res = invoke("profile", *common, "--arch", arch, "--out", tmp_path / "p.safetensors", "--json", "-")
     assert res.exit_code == 0, res.stderr
     profile = json.loads(res.stdout)
-    res = invoke("train-selector", *common, "--model-arch", arch, "--profile", tmp_path / "p.safetensors",
+    res = invoke("train-selector", *common, "--arch", arch, "--profile", tmp_path / "p.safetensors",
                  "--epochs", 2, "--out", tmp_path / "s.safetensors", "--json", "-")
     assert res.exit_code == 0, res.stderr
     res = invoke("export", tmp_path / "m.pt", "--arch", arch, "--code-path", TESTS, "--selector",

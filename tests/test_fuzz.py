@@ -48,7 +48,7 @@ def valid_files() -> dict[str, bytes]:
     arch = ["--arch", "tiny_models:build_classifier", "--code-path", TESTS]
     for args in (["profile", d / "model.pt", "--data", d / "data.safetensors", *arch, "--out", d / "p.safetensors"],
                  ["train-selector", d / "model.pt", "--data", d / "data.safetensors", "--profile", d / "p.safetensors",
-                  "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 1,
+                  "--arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 1,
                   "--out", d / "s.safetensors"],
                  ["export", d / "model.pt", *arch, "--selector", d / "s.safetensors", "--out", d / "m.dise"]):
         res = run.invoke(app, [str(a) for a in args])

@@ -59,7 +59,7 @@ def test_the_pipeline_carries_the_grids_through(tmp_path):
     x, t = _data(tmp_path)
     data = ["--data", tmp_path / "d.safetensors"]
     assert invoke("profile", tmp_path / "f.pt", *ARGS, *data, "--out", tmp_path / "p.safetensors").exit_code == 0
-    res = invoke("train-selector", tmp_path / "f.pt", "--model-arch", "tiny_models:build_bare", "--code-path", TESTS,
+    res = invoke("train-selector", tmp_path / "f.pt", "--arch", "tiny_models:build_bare", "--code-path", TESTS,
                  *data, "--profile", tmp_path / "p.safetensors", "--epochs", 2, "--out", tmp_path / "s.safetensors")
     assert res.exit_code == 0, res.stderr
     res = invoke("export", tmp_path / "f.pt", *ARGS, "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "b.dise")

@@ -1,0 +1,301 @@
+"""The Python API: each command of the ``dise`` CLI as a function, so that a notebook never goes
+through argv. The CLI calls exactly these; options and defaults are the same in both (the
+settings dataclasses hold the defaults, a dise.yaml fills what is not given).
+
+    import dise_cli
+    run = dise_cli.profile("sample_models/mnist_odenet/dise.yaml", limit=64, out="p.safetensors")
+    result = dise_cli.train_selector("sample_models/mnist_odenet/dise.yaml", "p.safetensors", out="s.safetensors")
+    dise_cli.export("sample_models/mnist_odenet/dise.yaml", "s.safetensors", "mnist.dise")
+    report = dise_cli.evaluate("mnist.dise", "sample_models/mnist_odenet/test.safetensors")
+    routed = dise_cli.load("mnist.dise")
+
+Every function raises a ``dise_cli.errors.DiseError`` subclass for bad input (``UsageError``,
+``InputError``: exit 2 on the command line) and writes files whole or not at all.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from dise_cli.sources import DataOptions, ModelOptions, data_spec, device_of, model_inputs, options_from, \
+    project_config, settings_from
+
+Note = Callable[[str], None]
+Progress = Callable[[int, str], AbstractContextManager]   # (total, description) -> yields advance(n)
+
+
+def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, note: Note | None = None,
+            progress: Progress | None = None, **options: Any):
+    """Run every candidate integrator on every sample (``dise profile``).
+
+    Args:
+        model: a model file (.pt, .pth, .safetensors), a dise.yaml project file, or ``ModelOptions``.
+        out: write the profile file here (None: keep it in memory only).
+        note: receives each message a person should read (how dise read the model, the sample draw).
+        progress: ``progress(total, description)``, a context manager yielding ``advance(n)``.
+        **options: fields of ``ModelOptions`` (data, data_factory, x_key, y_key, arch, trust_pickle,
+            code_path, ode_block, solve, t_span, device, config) and of ``ProfileSettings``
+            (candidates, batch_size, limit, seed, task, metric, time_major).
+
+    Returns:
+        ``ProfileRun``: ``run.profile`` holds the per-sample arrays [N, K];
+        ``dise_cli.reports.summarize(run.profile, run.timing)`` is the report ``dise profile`` prints.
+    """
+    from dise_cli.files import writable_target
+    from dise_cli.pipeline import ProfileSettings, open_inputs, profile_model, reading_notes
+    from dise_cli.profiles import write_profile
+    from dise_cli.profiling import select_rows
+
+    source, config, settings = _model_command(model, options, ProfileSettings)
+    out_path = None if out is None else writable_target(out, "--out")
+    opened = open_inputs(model_inputs(source, config), candidates=settings.candidates)
+    tell = note or _ignore
+    for message in reading_notes(opened):
+        tell(message)
+    rows = select_rows(len(opened.data), settings.limit, settings.seed)
+    if len(rows) < len(opened.data):
+        tell(f"profiling {len(rows)} of {len(opened.data)} samples (--limit {settings.limit}, --seed {settings.seed})")
+    with (progress or _no_progress)(len(rows), "profiling") as advance:
+        run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
+                            metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
+                            progress=advance)
+    if out_path is not None:
+        write_profile(run.profile, out_path)
+    return run
+
+
+def train_selector(model: str | Path | ModelOptions, profile: str | Path, *, out: str | Path | None = None,
+                   progress: Progress | None = None, **options: Any):
+    """Fit and calibrate the selector on a profile of this model and data (``dise train-selector``).
+
+    Args:
+        model: as for ``profile``; the data must be the data the profile was made from.
+        profile: the profile file (``profile(..., out=...)`` or ``dise profile``).
+        out: write the selector file here (None: keep it in memory only).
+        **options: fields of ``ModelOptions`` and of ``TrainSettings`` (alpha, M, beta,
+            selector_arch, epochs, lr, train_batch_size, val_split, seed, max_accuracy_drop, inputs).
+
+    Returns:
+        ``TrainResult``: ``result.selector`` and ``result.report`` (what ``dise train-selector`` prints).
+    """
+    from dise_cli import selector_training
+    from dise_cli.files import sha256_file, writable_target
+    from dise_cli.pipeline import open_inputs
+    from dise_cli.profiles import read_profile
+    from dise_cli.selector import write_selector
+
+    source, config, settings = _model_command(model, options, selector_training.TrainSettings)
+    out_path = None if out is None else writable_target(out, "--out")
+    prof = read_profile(profile)
+    opened = open_inputs(model_inputs(source, config), candidates=",".join(prof.candidates))
+    with (progress or _no_progress)(settings.epochs, "training") as advance:
+        result = selector_training.train_selector(opened, prof, str(profile), settings, progress=advance)
+    result.selector.meta["profile_sha256"] = sha256_file(profile)
+    if out_path is not None:
+        write_selector(result.selector, out_path)
+    return result
+
+
+def export(model: str | Path | ModelOptions, selector: str | Path, out: str | Path, *,
+           profile: str | Path | None = None, **options: Any):
+    """Package model and selector into one ``.dise`` bundle at ``out`` (``dise export``).
+
+    Args:
+        model: as for ``profile`` (no data needed).
+        selector: the selector file; ``profile``: the profile it was trained on, to check they belong together.
+        **options: fields of ``ModelOptions``; ``device`` defaults to cpu here (programs exported on
+            the CPU load anywhere).
+
+    Returns:
+        ``ExportInfo``: which programs were exported, or why none were.
+    """
+    from dise_cli.exporting import check_selector_profile, export_bundle
+    from dise_cli.files import writable_target
+    from dise_cli.selector import read_selector
+
+    source, config, _ = _model_command(model, options, None)
+    if source.device is None and config.get("device") is None:
+        source = _replace(source, device="cpu")
+    out_path = writable_target(out, "--out")
+    sel = read_selector(selector)
+    if profile is not None:
+        check_selector_profile(sel, str(selector), str(profile))
+    return export_bundle(model_inputs(source, config, with_data=False), sel, str(selector), out_path)
+
+
+def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *, progress: Progress | None = None,
+             **options: Any) -> dict:
+    """Measure a bundle on data against DOPRI5-only, the best single candidate and the oracle
+    (``dise evaluate``); the gates' outcome is in ``report["gates"]``.
+
+    Args:
+        bundle: a ``.dise`` file; ``data``: a data file, or ``DataOptions``.
+        **options: fields of ``DataOptions`` (data_factory, x_key, y_key, code_path, device,
+            config) and of ``EvaluateSettings`` (batch_size, batch_sizes, repeats, limit, seed,
+            time_major, max_accuracy_drop, min_nfe_reduction, max_nfe).
+
+    Returns:
+        The report ``dise evaluate`` prints and writes as JSON.
+    """
+    from dise_cli.evaluation import EvaluateSettings, evaluate_routed
+    from dise_cli.profiling import select_rows
+
+    source, config, settings = _data_command(data, options, EvaluateSettings)
+    routed, dataset, device = _bundle_and_data(bundle, source, config)
+    rows = select_rows(len(dataset), settings.limit, settings.seed)
+    with (progress or _no_progress)(len(rows), "evaluating") as advance:
+        return evaluate_routed(routed, dataset, rows=rows, batch_size=settings.batch_size,
+                               batch_sizes=[int(b) for b in settings.batch_sizes], device=device,
+                               gates=settings.gates, time_major=settings.time_major, repeats=settings.repeats,
+                               progress=advance)
+
+
+def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out: str | Path | None = None,
+        progress: Progress | None = None, **options: Any):
+    """Offline inference over a whole dataset, grouped by chosen integrator (``dise run``).
+
+    Args:
+        bundle: a ``.dise`` file; ``data``: a data file, or ``DataOptions``.
+        out: write the predictions file here (None: in memory only).
+        **options: fields of ``DataOptions`` and of ``RunSettings`` (batch_size).
+
+    Returns:
+        ``OfflineResult``: outputs, integrator, NFE and fallback flag per sample, in input order.
+    """
+    from dise_cli.files import writable_target
+    from dise_cli.offline import RunSettings, run_offline, write_predictions
+
+    source, config, settings = _data_command(data, options, RunSettings)
+    out_path = None if out is None else writable_target(out, "--out")
+    routed, dataset, device = _bundle_and_data(bundle, source, config)
+    with (progress or _no_progress)(2 * len(dataset), "running") as advance:
+        result = run_offline(routed, dataset, batch_size=settings.batch_size, device=device, progress=advance)
+    if out_path is not None:
+        write_predictions(result, routed, out_path)
+    return result
+
+
+def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None, val_data: str | Path | None = None,
+             note: Note | None = None, progress: Progress | None = None, **options: Any):
+    """Fine-tune with L_task + λR (paper Eq. 3) and write the kept checkpoint (``dise finetune``).
+
+    Args:
+        model: as for ``profile``; the data are the training data.
+        out: the fine-tuned model (default: beside MODEL with a ``.finetuned`` infix).
+        val_data: validation data (default: 10 % of the data, held out with ``seed``).
+        note: receives what a person should know (a pickled module comes back as a state dict).
+        **options: fields of ``ModelOptions`` and of ``FinetuneSettings`` (reg, lam, epochs, lr,
+            batch_size, seed, max_accuracy_drop, rtol, atol, loss, schedule, task).
+
+    Returns:
+        ``FinetuneResult`` with ``settings`` and ``path`` (where the checkpoint went) filled in.
+    """
+    from dise_cli import finetuning
+    from dise_cli.errors import UsageError
+    from dise_cli.files import writable_target
+    from dise_cli.imports import import_object
+    from dise_cli.model_files import output_for, save_model
+    from dise_cli.pipeline import open_inputs
+
+    source, config, settings = _model_command(model, options, finetuning.FinetuneSettings)
+    if settings.loss:
+        import_object(settings.loss, "--loss")
+    inputs = model_inputs(source, config)
+    out_path, format_note = output_for(inputs.model, None if out is None else str(out))
+    writable_target(out_path, "--out")
+    opened = open_inputs(inputs)
+    if opened.data.per_sample_grid:
+        raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
+    train_data, val = _train_and_validation(opened.data, val_data, source, config, settings.seed)
+    task = settings.task or ("regression" if train_data.y is not None and train_data.y.is_floating_point()
+                             else "classification")
+    with (progress or _no_progress)(settings.epochs * len(train_data),
+                                    f"fine-tuning ({settings.reg}, λ={settings.lam:g})") as advance:
+        result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, task,
+                                     progress=lambda s: advance(s["advance"]), solver=_adaptive_baseline(opened))
+    save_model(opened, result.state, out_path)
+    if format_note:
+        (note or _ignore)(format_note)
+    result.settings, result.path, result.validation_size = settings, out_path, len(val)
+    return result
+
+
+# -- shared steps ---------------------------------------------------------------------------------
+
+def _model_command(model, options: dict[str, Any], settings_cls):
+    """ModelOptions (from ``model`` and the options that are its fields), the project config, and
+    the command's settings from the remaining options (a TypeError names an unknown one)."""
+    fixed = {} if isinstance(model, ModelOptions) else {"model": str(model)}
+    source, rest = options_from(ModelOptions, options, base=model if isinstance(model, ModelOptions) else None,
+                                **fixed)
+    config = project_config(source)
+    if settings_cls is None:
+        if rest:
+            raise TypeError(f"unknown option '{sorted(rest)[0]}'")
+        return source, config, None
+    return source, config, settings_from(settings_cls, rest, config)
+
+
+def _data_command(data, options: dict[str, Any], settings_cls):
+    base = data if isinstance(data, DataOptions) else None
+    fixed = {} if base is not None or data is None else {"data": str(data)}
+    source, rest = options_from(DataOptions, options, base=base, **fixed)
+    config = project_config(source)
+    return source, config, settings_from(settings_cls, rest, config)
+
+
+def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict):
+    from dise_cli.bundle import load_bundle
+    from dise_cli.datasets import load_data
+    from dise_cli.errors import UsageError
+    from dise_cli.sources import code_paths
+
+    device = device_of(source, config)
+    spec = data_spec(source, config)
+    if spec is None:
+        raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")
+    dataset = load_data(spec)
+    return load_bundle(bundle, device=device, code_path=code_paths(source, config)), dataset, device
+
+
+def _adaptive_baseline(opened):
+    """The model's own solver where it is adaptive (fine-tuning trains through its error estimates);
+    else DOPRI5 at the settings' tolerances."""
+    from dise_cli.integrators import EmbeddedRK
+    base = opened.candidates.integrators[opened.candidates.baseline]
+    return base if isinstance(base, EmbeddedRK) else None
+
+
+def _train_and_validation(data, val_path, source: ModelOptions, config: dict, seed: int):
+    """The training data and the validation data: ``val_path``, else 10 % held out with ``seed``."""
+    from dise_cli.datasets import Dataset, DataSpec, load_data
+    if val_path:
+        spec = data_spec(source, config)
+        return data, load_data(DataSpec(path=Path(val_path), x_key=spec.x_key, y_key=spec.y_key,
+                                        code_path=spec.code_path))
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, len(data) // 10)
+
+    def rows(picked: torch.Tensor, name: str) -> Dataset:
+        return Dataset(x=data.x[picked], y=None if data.y is None else data.y[picked], t=data.t, name=name,
+                       sha256=data.sha256)
+    return (rows(perm[n_val:].sort().values, data.name),
+            rows(perm[:n_val].sort().values, f"{data.name} (10 % held out)"))
+
+
+def _replace(source, **changes):
+    from dataclasses import replace
+    return replace(source, **changes)
+
+
+def _ignore(message: str) -> None:
+    del message
+
+
+@contextmanager
+def _no_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    del total, description
+    yield lambda n: None

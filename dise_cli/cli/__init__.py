@@ -1,0 +1,42 @@
+"""The ``dise`` command line: the Typer app, and every command registered on it in this one place.
+
+Each command module holds plain functions (parse flags -> call ``dise_cli.api`` -> render) and never
+imports this package back, so there is no import cycle.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dise_cli import __version__
+from dise_cli.cli.bundles import evaluate, run
+from dise_cli.cli.demo import demo
+from dise_cli.cli.finetuning import finetune
+from dise_cli.cli.profiling import inspect, profile
+from dise_cli.cli.selection import export, train_selector
+
+app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
+                  pretty_exceptions_enable=False, no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None)   # help texts hold [brackets]: print them, do not parse them
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                         help="Print the version and exit.")] = None) -> None:
+    """dise profiles a Neural ODE per integrator and per input, so that each input can get the
+    cheapest integrator that still answers it right."""
+
+
+COMMANDS = {
+    "inspect": inspect, "profile": profile, "train-selector": train_selector, "export": export,
+    "evaluate": evaluate, "run": run, "finetune": finetune, "demo": demo,
+}
+for _name, _fn in COMMANDS.items():
+    app.command(_name)(_fn)

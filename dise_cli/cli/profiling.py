@@ -1,0 +1,112 @@
+"""``dise profile`` and ``dise inspect``: what dise makes of a model, and every candidate on every sample."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dise_cli.cli import options as opt
+from dise_cli.cli.command import check_report_targets, command, with_options
+from dise_cli.cli.options import setting
+from dise_cli.files import writable_target
+from dise_cli.output import Output
+from dise_cli.pipeline import ProfileSettings as PS
+from dise_cli.sources import ModelOptions
+
+PROFILE_OUT = "profile.safetensors"
+CANDIDATES_HELP = "Integrators to profile, comma-separated specs such as rk4:steps=2 or dopri5:rtol=1e-4,atol=1e-4"
+
+
+@command(
+    "dise profile sample_models/mnist_odenet/dise.yaml",
+    "dise profile sample_models/mnist_odenet/dise.yaml --limit 200 --json report.json",
+    "dise profile model.pt --arch mypkg.nets:build --data test.npz --candidates \"euler:steps=2,rk4:steps=1,dopri5:rtol=1e-4,atol=1e-4\"",
+)
+@with_options(ModelOptions)
+def profile(
+    source: ModelOptions,
+    candidates: Annotated[Optional[str], setting(PS, "candidates", "--candidates", CANDIDATES_HELP,
+                                                 when_none="euler:steps=1,rk4:steps=1 and the model's own solver, the baseline")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help=f"Profile file to write [default: {PROFILE_OUT}].")] = None,
+    json_path: opt.JsonOut = None,
+    plot: opt.Plot = None,
+    batch_size: Annotated[Optional[int], setting(PS, "batch_size", "--batch-size", "Samples per batch.")] = None,
+    limit: Annotated[Optional[int], setting(PS, "limit", "--limit", "Profile N samples drawn with --seed.", when_none="all")] = None,
+    seed: Annotated[Optional[int], setting(PS, "seed", "--seed", "Seed for drawing samples and for the reference solve.")] = None,
+    task: Annotated[Optional[str], setting(PS, "task", "--task", "classification or regression.", when_none="from the labels")] = None,
+    metric: Annotated[Optional[str], setting(PS, "metric", "--metric", "Regression error Γ: mse, mae or package.module:fn.")] = None,
+    time_major: Annotated[Optional[bool], setting(PS, "time_major", "--time-major/--no-time-major",
+                                                  "Targets are [T, N, ...] (as odeint returns).", when_none="from the shapes",
+                                                  show_default=False)] = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Run every candidate integrator on every sample: accuracy or error, NFE, failures, time.
+
+    Writes the per-sample profile that train-selector reads, and prints a table with the oracle
+    (the cheapest right integrator per sample) and the best single integrator.
+    """
+    from dise_cli import api
+    from dise_cli.render import render_profile
+
+    out_path = writable_target(out or PROFILE_OUT, "--out")
+    check_report_targets(json_path, plot)
+    ui = Output(quiet=quiet, json_path=json_path)
+    run = api.profile(source, out=out_path, note=ui.note, progress=ui.progress, candidates=candidates,
+                      batch_size=batch_size, limit=limit, seed=seed, task=task, metric=metric, time_major=time_major)
+    render_profile(ui, run)
+    if plot:
+        from dise_cli.plots import plot_profile
+        plot_profile(run, plot)
+        ui.note(f"wrote {plot}")
+    ui.note(f"wrote {out_path}")
+
+
+@command(
+    "dise inspect sample_models/mnist_odenet/dise.yaml",
+    "dise inspect model.pt --arch mypkg.nets:build --data test.npz",
+)
+@with_options(ModelOptions)
+def inspect(
+    source: ModelOptions,
+    candidates: Annotated[Optional[str], setting(PS, "candidates", "--candidates",
+                                                 "Integrators to compare (shows which is the baseline).",
+                                                 when_none="euler:steps=1,rk4:steps=1 and the model's own solver")] = None,
+    json_path: opt.JsonOut = None,
+    quiet: opt.Quiet = False,
+    debug: opt.Debug = False,
+) -> None:
+    """Show how dise reads a model: the solve it watched the model make (or the block it found by
+    its attributes), every solver call of the forward, the model's own solver and dise's baseline
+    for it, how f takes its time and state, the fidelity check, whether export needs --arch,
+    parameters of encoder, f and decoder, and the cost of one f call. Reading the solve needs a few
+    inputs (--data). A fidelity check that fails is exit 2, after the report.
+    """
+    import torch
+
+    from dise_cli.exporting import export_plan
+    from dise_cli.fidelity import check_fidelity, fidelity_error
+    from dise_cli.inspection import describe_file, describe_model
+    from dise_cli.loading import load_model
+    from dise_cli.pipeline import open_inputs, override_hint, probe_rows
+    from dise_cli.render import render_inspect
+    from dise_cli.sources import model_inputs, project_config
+
+    check_report_targets(json_path, None)
+    config = project_config(source)
+    inputs = model_inputs(source, config)
+    ui = Output(quiet=quiet, json_path=json_path)
+    if inputs.data is None:
+        render_inspect(ui, describe_file(load_model(inputs.model)))
+        return
+    opened = open_inputs(inputs, candidates=candidates if candidates is not None else config.get("candidates"),
+                         check=False)
+    probe = probe_rows(opened.data.x).to(opened.device)
+    with torch.no_grad():
+        fidelity = check_fidelity(opened.model, probe, opened.candidates.reproduction,
+                                  exact=opened.candidates.reproduction_exact)
+    render_inspect(ui, describe_model(opened, fidelity, export_plan(opened.model, opened.loaded, probe)))
+    if fidelity is not None and not fidelity.passed:
+        raise fidelity_error(fidelity, opened.model, f"model '{inputs.model.path}'",
+                             override_hint(opened.model, opened.candidates))
+
