@@ -119,11 +119,12 @@ def export(model: str | Path | ModelOptions, selector: str | Path, out: str | Pa
     source, config, _ = _model_command(model, options, None)
     if source.device is None and config.get("device") is None:
         source = _replace(source, device="cpu")
+    inputs = model_inputs(source, config, with_data=False)
     out_path = writable_target(out, "--out")
     sel = read_selector(selector)
     if profile is not None:
         check_selector_profile(sel, str(selector), str(profile))
-    return export_bundle(model_inputs(source, config, with_data=False), sel, str(selector), out_path)
+    return export_bundle(inputs, sel, str(selector), out_path)
 
 
 def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *, progress: Progress | None = None,

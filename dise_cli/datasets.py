@@ -86,7 +86,8 @@ def _read_file(path: Path) -> dict[str, Any]:
             return load_file(str(path))
         if suffix == ".npz":
             import numpy as np
-            with np.load(str(path), allow_pickle=False) as archive:
+            # our own handle: numpy leaves the file open when it is not a whole zip archive
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 return {k: torch.from_numpy(archive[k].copy()) for k in archive.files}
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -55,7 +55,7 @@ def _bytes(t, name, content):
 def _evil(t):
     _RunsCode.marker = t["dir"] / "code-ran"
     with open(t["dir"] / "evil.pt", "wb") as fh:
-        pickle.dump({"w": _RunsCode()}, fh)
+        pickle.dump({"w": _RunsCode()}, fh, protocol=4)     # torch warns about protocol 4 as it refuses it
     return t["dir"] / "evil.pt"
 
 
@@ -141,6 +141,7 @@ def _locked(t):
     return folder
 
 
+@pytest.mark.filterwarnings("error")       # a warning that reached the user would fail the case (exit 3)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(tiny, case, monkeypatch):
     build, needle, code = CASES[case]
@@ -160,3 +161,18 @@ def test_bad_input(tiny, case, monkeypatch):
     assert after == before                                    # nothing created or changed
     if case == "pickle that would run code":
         assert not (tiny["dir"] / "code-ran").exists()
+
+
+def test_stderr_is_one_line_outside_the_test_runner_too(tiny):
+    """pytest and CliRunner capture warnings; a real process prints them. torch warns about a
+    protocol-4 pickle before refusing it: the user still sees only dise's one line."""
+    import subprocess
+    import sys
+    evil = _evil(tiny)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, "-m", "dise_cli", "profile", str(evil), "--data", str(tiny["data"])],
+                         capture_output=True, text=True, cwd=tiny["dir"], timeout=120, env=env)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
+    assert not (tiny["dir"] / "code-ran").exists()

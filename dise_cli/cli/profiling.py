@@ -54,10 +54,10 @@ def profile(
     ui = Output(quiet=quiet, json_path=json_path)
     run = api.profile(source, out=out_path, note=ui.note, progress=ui.progress, candidates=candidates,
                       batch_size=batch_size, limit=limit, seed=seed, task=task, metric=metric, time_major=time_major)
-    render_profile(ui, run)
+    report = render_profile(ui, run)
     if plot:
         from dise_cli.plots import plot_profile
-        plot_profile(run, plot)
+        plot_profile(run, plot, report=report)
         ui.note(f"wrote {plot}")
     ui.note(f"wrote {out_path}")
 
