@@ -198,6 +198,7 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     from dise_cli.errors import UsageError
     from dise_cli.files import writable_target
     from dise_cli.imports import import_object
+    from dise_cli.judging import detect_task
     from dise_cli.model_files import output_for, save_model
     from dise_cli.pipeline import open_inputs
 
@@ -211,8 +212,7 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     if opened.data.per_sample_grid:
         raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
     train_data, val = _train_and_validation(opened.data, val_data, source, config, settings.seed)
-    task = settings.task or ("regression" if train_data.y is not None and train_data.y.is_floating_point()
-                             else "classification")
+    task = settings.task or detect_task(train_data.y)
     with (progress or _no_progress)(settings.epochs * len(train_data),
                                     f"fine-tuning ({settings.reg}, λ={settings.lam:g})") as advance:
         result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, task,

@@ -61,13 +61,6 @@ def read_project(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def pick(flag: Any, config: dict[str, Any], key: str, default: Any = None) -> Any:
-    """The flag if given, else the config's value, else the default."""
-    if flag is not None:
-        return flag
-    return config.get(key, default)
-
-
 def parse_t_span(value: Any, flag: str = "--t-span") -> torch.Tensor | None:
     """``"0,1"`` or ``[0, 0.5, 1]`` -> a strictly monotone float64 grid of at least two points."""
     if value is None:

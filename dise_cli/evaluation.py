@@ -11,7 +11,7 @@ import torch
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
-from dise_cli.judging import Judge, targets_batch_major
+from dise_cli.judging import Judge, detect_task, targets_batch_major
 from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
 from dise_cli.reports import summarize
 from dise_cli.routing import RoutedModel
@@ -58,8 +58,7 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                     batch_sizes: list[int], device: torch.device, gates: Gates, time_major: bool | None = None,
                     repeats: int = 5, progress=None) -> dict:
     ode = routed.ode
-    task = routed.selector.meta.get("task") or ("classification" if data.y is None or not data.y.is_floating_point()
-                                                else "regression")
+    task = routed.selector.meta.get("task") or detect_task(data.y, has_decoder=True)
     judge = Judge(task)
     beta = routed.selector.meta.get("beta")
     reference = Reference(routed.integrators[routed.baseline])

@@ -12,12 +12,12 @@ TASKS = ("classification", "regression")
 METRICS = ("mse", "mae")
 
 
-def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor, has_decoder: bool) -> str:
+def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False) -> str:
     """classification for integer labels; regression for float targets; without labels, guess from
     the output: a decoder producing one vector of scores per sample means classification."""
     if y is not None:
         return "regression" if y.is_floating_point() else "classification"
-    if has_decoder and sample_output.ndim == 2 and sample_output.shape[1] >= 2:
+    if has_decoder and sample_output is not None and sample_output.ndim == 2 and sample_output.shape[1] >= 2:
         return "classification"
     return "regression"
 
