@@ -1,7 +1,8 @@
 """The ``.dise`` bundle: one zip holding everything that runs the routed model.
 
 Members: ``manifest.yaml`` (format version, dise version, candidates, how the model was read, task,
-selector, metrics measured at export, and the sha256 of every other member), ``model.safetensors``
+selector, metrics measured at export, the sha256 of every other member, and ``made_with``: versions
+and device of the export, a record that loading never checks), ``model.safetensors``
 (the model's state dict), ``selector.safetensors``, and, where ``torch.export`` captures the model
 (``dise_cli.programs``), its programs so that the bundle runs without the user's code: ``encoder``,
 ``ode_function`` and ``decoder`` (.pt2), or ``model`` and ``ode_function`` for a forward that runs its
@@ -27,6 +28,7 @@ from dise_cli.files import atomic_path, existing_file
 from dise_cli.integrators import Euler
 from dise_cli.odemodel import OdeModel
 from dise_cli.programs import SPLIT, WHOLE, ProgramModel, export_programs, load_program
+from dise_cli.provenance import PROVENANCE_KEY, made_with
 from dise_cli.selector import HEADER_KEY as SELECTOR_HEADER, Selector, selector_bytes, selector_from
 
 BUNDLE_FORMAT_VERSION = 2
@@ -78,6 +80,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         "input": {"shape": list(example_input.shape[1:]), "dtype": str(example_input.dtype).replace("torch.", "")},
         "metrics": (extra or {}),
         "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())},
+        PROVENANCE_KEY: made_with(example_input.device),   # the selector member keeps where it was trained
     }
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w") as z:

@@ -12,6 +12,7 @@ from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
 from dise_cli.judging import Judge, detect_task, targets_batch_major
+from dise_cli.provenance import made_with
 from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
 from dise_cli.reports import summarize
 from dise_cli.routing import RoutedModel
@@ -78,6 +79,7 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
         "best_single": {k: summary["best_single"][k] for k in ("candidate", "accuracy", "nfe_mean")},
         "oracle": summary["oracle"],
         "timing": time_models(routed, data, rows, batch_sizes, device, repeats),
+        "made_with": made_with(device),
     }
     report["gates"] = check_gates(report, gates)
     return report

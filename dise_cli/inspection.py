@@ -13,6 +13,8 @@ from torch import nn
 from dise_cli.fidelity import Fidelity, reading_line
 from dise_cli.loading import LoadedModel
 from dise_cli.odemodel import OdeModel, Problem
+from dise_cli.provenance import PROVENANCE_KEY, made_with
+from dise_cli.reading import plain
 
 SCHEMA_VERSION = 2
 
@@ -70,8 +72,9 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "t_span_source": getattr(model, "t_span_source", ""),
         "time_mode": model.field.mode.value,
         "arg_order": model.field.order,
-        "own_solver": None if own is None else {"library": own.library, "method": own.method, "rtol": own.rtol,
-                                                "atol": own.atol, "options": {k: _plain(v) for k, v in own.options.items()}},
+        "own_solver": None if own is None else {"library": own.library, "method": own.method,
+                                                "rtol": plain(own.rtol), "atol": plain(own.atol),
+                                                "options": {k: plain(v) for k, v in own.options.items()}},
         "baseline": cands.integrators[cands.baseline].spec,
         "baseline_exact": bool(cands.own is not None and cands.own.exact
                                and cands.own.integrator.spec == cands.integrators[cands.baseline].spec),
@@ -81,6 +84,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "export": export,
         "parameters": {"encoder": encoder, "ode_function": f_params, "decoder": decoder, "encoder_and_decoder": rest},
         "f_call": None,
+        PROVENANCE_KEY: made_with(opened.device),
     }
     rows = torch.arange(min(64, len(opened.data)))
     x, t = opened.data.x[rows].to(opened.device), opened.data.grids(rows)
@@ -92,19 +96,14 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
 def describe_file(loaded: LoadedModel) -> dict:
     """What can be said without data: the file and its parameters (reading the solve needs inputs)."""
     return {"schema_version": SCHEMA_VERSION, "read_by": None, "model": str(loaded.spec.path), "format": loaded.format,
-            "class": type(loaded.module).__name__, "parameters": {"total": _params(loaded.module)}}
+            "class": type(loaded.module).__name__, "parameters": {"total": _params(loaded.module)},
+            PROVENANCE_KEY: made_with("cpu")}       # files load onto the CPU; nothing else runs
 
 
 def _solve_dict(info, routed: bool) -> dict:
     d = asdict(info)
     d["routed"] = routed
     return d
-
-
-def _plain(value):
-    if isinstance(value, (int, float, str, bool)) or value is None:
-        return value
-    return repr(value)[:60]
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """The only place that prints: rich tables and progress bars on a terminal, plain text otherwise,
-JSON for machines. Results go to stdout; progress, notes and errors to stderr."""
+JSON for machines. Results go to stdout; progress, notes and errors to stderr. Every JSON document
+says where it was made (``made_with``, see ``dise_cli.provenance``)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +10,13 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from dise_cli.files import atomic_path
+from dise_cli.provenance import PROVENANCE_KEY, made_with
 
 
 _RESULTS = contextvars.ContextVar("dise_results_stream", default=None)
@@ -37,9 +40,10 @@ def user_prints_to_stderr():
 
 
 class Output:
-    def __init__(self, quiet: bool = False, json_path: str | None = None):
+    def __init__(self, quiet: bool = False, json_path: str | None = None, device: torch.device | str | None = None):
         self.quiet = quiet
         self.json_path = json_path
+        self.device = device      # where the command computes (set once known): the JSON's made_with names it
         self.out = Console(file=results_stream(), soft_wrap=True, highlight=False, markup=False)
         self.err = Console(file=sys.stderr, soft_wrap=True, highlight=False, markup=False)
 
@@ -84,9 +88,13 @@ class Output:
             self.out.print(fmt(row))
 
     def json(self, document: dict) -> None:
-        """Write ``document`` to ``--json PATH`` (atomically) or to stdout for ``-``."""
+        """Write ``document`` to ``--json PATH`` (atomically) or to stdout for ``-``, with a top-level
+        ``made_with``: the document's own where it has one (a profile's, from its file), else this
+        process's versions and ``self.device``."""
         if self.json_path is None:
             return
+        if PROVENANCE_KEY not in document:
+            document = {**document, PROVENANCE_KEY: made_with(self.device)}
         text = json.dumps(document, indent=2, sort_keys=False) + "\n"
         if self.json_path == "-":
             stream = results_stream()

@@ -73,7 +73,12 @@ class Opened:
     model: OdeModel
     device: torch.device
     candidates: Candidates
+    probe: torch.Tensor                 # the few samples the model was read on, on its device
     fidelity: Fidelity | None = None
+
+    @property
+    def name(self) -> str:
+        return f"model '{self.loaded.spec.path}'"
 
 
 def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = True) -> Opened:
@@ -92,18 +97,31 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     if data.per_sample_grid and model.how != "bare":
         raise InputError(f"data '{data.name}': 't' gives every sample its own time grid, which dise uses for a model "
                          f"that is a bare vector field; {name} passes its own grid to its solver")
-    chosen = choose_candidates(model, candidates)
-    fidelity = None
+    opened = Opened(loaded=loaded, data=data, model=model, device=inputs.device,
+                    candidates=choose_candidates(model, candidates), probe=x)
     if check:
-        try:
-            fidelity = check_fidelity(model, x, chosen.reproduction, exact=chosen.reproduction_exact)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's code failing under dise's solve
-            raise InputError(f"{name} fails when dise solves it ({type(exc).__name__}: {first_line(exc)})") from None
-        if fidelity is not None and not fidelity.passed:
-            raise fidelity_error(fidelity, model, name, override_hint(model, chosen))
-    return Opened(loaded=loaded, data=data, model=model, device=inputs.device, candidates=chosen, fidelity=fidelity)
+        opened.fidelity = check_model(opened)
+        raise_if_unfaithful(opened)
+    return opened
+
+
+def check_model(opened: Opened) -> Fidelity | None:
+    """The fidelity check on the probe samples; the user's code failing under dise's solve is an
+    ``InputError`` naming the model."""
+    chosen = opened.candidates
+    try:
+        return check_fidelity(opened.model, opened.probe, chosen.reproduction, exact=chosen.reproduction_exact)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code failing under dise's solve
+        raise InputError(f"{opened.name} fails when dise solves it ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def raise_if_unfaithful(opened: Opened) -> None:
+    """Exit 2 when dise's solve does not reproduce the model, with what to try instead."""
+    fidelity = opened.fidelity
+    if fidelity is not None and not fidelity.passed:
+        raise fidelity_error(fidelity, opened.model, opened.name, override_hint(opened.model, opened.candidates))
 
 
 def reading_notes(opened: Opened) -> list[str]:
@@ -112,7 +130,7 @@ def reading_notes(opened: Opened) -> list[str]:
     notes = [f"note: {note}" for note in opened.candidates.notes]
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
         from dise_cli.exporting import export_plan
-        plan = export_plan(opened.model, opened.loaded, probe_rows(opened.data.x).to(opened.device))
+        plan = export_plan(opened.model, opened.loaded, opened.probe)
         if plan["needs_arch"]:
             notes.append(f"note: {plan['note']}")
     return notes

@@ -5,8 +5,9 @@ header's order): ``nfe`` int32, ``status`` uint8, and ``correct`` uint8 plus ``p
 (classification) or ``gamma`` float64 plus ``deviation`` float64 (regression; Γ against the targets
 and against the baseline's output); ``index`` [N] holds each sample's row in the data. The text
 header (one metadata entry, ``dise_profile``, holding sorted JSON: safetensors keeps several
-entries in a random order) says what produced it. Wall-clock figures are not stored, so the same
-inputs and seed give a byte-identical file.
+entries in a random order) says what produced it, and under ``made_with`` where it was made
+(``dise_cli.provenance``: versions and device, a record that no check compares). Wall-clock figures
+are not stored, so the same inputs and seed give a byte-identical file on one machine.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from dise_cli import __version__
 from dise_cli.errors import InputError, first_line
 from dise_cli.files import atomic_path, read_safetensors
+from dise_cli.provenance import PROVENANCE_KEY, made_with, read_made_with
 
 PROFILE_FORMAT = "dise-profile"
 PROFILE_FORMAT_VERSION = 1
@@ -41,6 +43,8 @@ class Profile:
     gamma: torch.Tensor | None = None      # [N, K] float64 (regression)
     deviation: torch.Tensor | None = None  # [N, K] float64 (regression: Γ vs the baseline's output)
     meta: dict[str, str] = field(default_factory=dict)   # model/data sha256 and paths, labels, metric, ...
+    # versions and device it was made with (provenance.made_with); None for a file written before dise recorded them
+    made_with: dict[str, str] | None = field(default_factory=made_with)
 
     @property
     def n_samples(self) -> int:
@@ -52,11 +56,12 @@ class Profile:
         return Profile(candidates=list(self.candidates), baseline=self.baseline, task=self.task,
                        t_span=list(self.t_span), index=self.index[rows], nfe=self.nfe[rows],
                        status=self.status[rows], correct=pick(self.correct), pred=pick(self.pred),
-                       gamma=pick(self.gamma), deviation=pick(self.deviation), meta=dict(self.meta))
+                       gamma=pick(self.gamma), deviation=pick(self.deviation), meta=dict(self.meta),
+                       made_with=None if self.made_with is None else dict(self.made_with))
 
     def header(self) -> dict:
-        """Everything but the arrays (JSON-ready)."""
-        return {
+        """Everything but the arrays (JSON-ready); ``made_with`` only where it is known."""
+        header = {
             "format": PROFILE_FORMAT,
             "format_version": PROFILE_FORMAT_VERSION,
             "dise_version": __version__,
@@ -66,6 +71,9 @@ class Profile:
             "t_span": self.t_span,
             "meta": self.meta,
         }
+        if self.made_with is not None:
+            header[PROVENANCE_KEY] = self.made_with
+        return header
 
 
 def write_profile(profile: Profile, path: str | Path) -> None:
@@ -110,7 +118,8 @@ def read_profile(path: str | Path) -> Profile:
                 raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)}, expected {(n, k)}")
         profile = Profile(candidates=[str(c) for c in candidates], baseline=int(header["baseline"]), task=task,
                           t_span=[float(v) for v in header["t_span"]], index=arrays["index"],
-                          nfe=arrays["nfe"], status=arrays["status"], meta=dict(header.get("meta", {})))
+                          nfe=arrays["nfe"], status=arrays["status"], meta=dict(header.get("meta", {})),
+                          made_with=read_made_with(header.get(PROVENANCE_KEY)))
         for name in names[2:]:
             value = arrays[name]
             setattr(profile, name, value.bool() if name == "correct" else value)

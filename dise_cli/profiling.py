@@ -14,6 +14,7 @@ from dise_cli.integrators import Dopri5, Integrator, Solution
 from dise_cli.judging import Judge, targets_batch_major
 from dise_cli.odemodel import OdeModel, Problem, Solve
 from dise_cli.profiles import Profile
+from dise_cli.provenance import made_with
 
 REFERENCE_TOL = 1e-7     # the reference solve's tolerance, or 100 times tighter than the baseline's
 
@@ -121,7 +122,8 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
 
     profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
                       t_span=[] if data.per_sample_grid else [float(v) for v in model.t_span], index=rows.clone(),
-                      nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8))
+                      nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8),
+                      made_with=made_with(device))
     if judge.task == "classification":
         profile.correct, profile.pred = matrix("score").bool(), matrix("aux").to(torch.int64)
     else:

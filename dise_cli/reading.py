@@ -318,8 +318,8 @@ def _info(s: _Seen, recorder: _Recorder) -> SolveInfo:
     except InputError:
         state = type(call.y0).__name__
     return SolveInfo(index=call.index, site=call.site, where=call.where, occurrence=call.occurrence,
-                     library=call.library, entry=call.entry, method=call.method, rtol=_number(call.rtol),
-                     atol=_number(call.atol), options={k: _plain(v) for k, v in call.options.items()}, state=state,
+                     library=call.library, entry=call.entry, method=call.method, rtol=plain(call.rtol),
+                     atol=plain(call.atol), options={k: plain(v) for k, v in call.options.items()}, state=state,
                      t=[float(v) for v in call.t.detach().flatten()], nfe=s.nfe,
                      block=s.block_path or "(the model itself)", func=_describe_func_short(call.func))
 
@@ -333,11 +333,18 @@ def _describe_func_short(func: Any) -> str:
     return getattr(func, "__qualname__", type(func).__name__)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A solver option or tolerance as JSON can hold it, lists and tensors in full (tables shorten
+    them): a one-element tensor as a float, other tensors as nested lists, any other object by its
+    repr (cut to 60 characters)."""
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value)
+    if isinstance(value, torch.Tensor):
+        return float(value) if value.numel() == 1 else value.detach().cpu().tolist()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
     return repr(value)[:60]
 
 

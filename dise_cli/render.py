@@ -1,10 +1,19 @@
-"""Tables for people: how each command's report looks on a terminal or in a log."""
+"""Tables for people: how each command's report looks on a terminal or in a log.
+
+A list in a table or line shows its first few items, '...', its last and how many there are
+(``short_list``); the JSON document keeps every item.
+"""
 from __future__ import annotations
+
+from typing import Any, Callable, Sequence
 
 from dise_cli.finetuning import scale_change
 from dise_cli.output import Output
 from dise_cli.profiling import ProfileRun
+from dise_cli.provenance import PROVENANCE_KEY
 from dise_cli.reports import summarize
+
+LIST_HEAD = 3        # items a shortened list shows before its '...' and its last item
 
 
 def _pct(v: float | None) -> str:
@@ -18,6 +27,8 @@ def _num(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def render_profile(ui: Output, run: ProfileRun) -> dict:
     """Print the profile table (and the JSON document when asked); return the report."""
     report = summarize(run.profile, run.timing)
+    if run.profile.made_with is not None:
+        report[PROVENANCE_KEY] = run.profile.made_with    # the profile file's record, as written
     classification = report["task"] == "classification"
     cuda = any(r.get("peak_memory_mb") is not None for r in report["candidates"])
     columns = ["candidate", "accuracy" if classification else "Γ ≤ β", *([] if classification else ["mean Γ"]),
@@ -51,7 +62,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
             failed = sum(v for k, v in r["status"].items() if k != "ok")
             ui.line(f"{r['candidate']}: {failed} failed solves ("
                     + ", ".join(f"{k} {v}" for k, v in r["status"].items() if k != "ok" and v)
-                    + f"), data rows {r['failed_samples'][:10]}{' ...' if failed > 10 else ''}; they count as wrong")
+                    + f"), data rows {short_list(r['failed_samples'], 'rows', total=failed)}; they count as wrong")
     ui.json(report)
     return report
 
@@ -61,21 +72,45 @@ def _unique_method(report: dict, spec: str) -> bool:
     return sum(r["candidate"].split(":")[0] == method for r in report["candidates"]) == 1
 
 
-def short_grid(t: list[float]) -> str:
-    """A time grid for one line: every point when there are few, else its ends and size."""
+def short_list(values: Sequence[Any], unit: str = "items", fmt: Callable[[Any], str] = str,
+               head: int = LIST_HEAD, total: int | None = None) -> str:
+    """A list for one line: every item when there are few, else the first ``head``, '...', the last
+    and the count, e.g. ``0, 0.010101, 0.020202, ..., 1 (100 points)``. ``total``: how many there are
+    when ``values`` holds only the first of them (the count then says so)."""
+    n = len(values)
+    if total is not None and total > n:
+        return f"{_items(values, fmt, head)} (first {n} of {total} {unit})"
+    return _items(values, fmt, head) + (f" ({n} {unit})" if n > head + 2 else "")
+
+
+def _items(values: Sequence[Any], fmt: Callable[[Any], str], head: int) -> str:
+    if len(values) <= head + 2:
+        return ", ".join(fmt(v) for v in values)
+    return ", ".join(fmt(v) for v in values[:head]) + f", ..., {fmt(values[-1])}"
+
+
+def short_grid(t: Sequence[float]) -> str:
+    """A time grid for one line: ``[0, 0.5, 1]``, or ``[0, 0.010101, 0.020202, ..., 1] (100 points)``."""
     if not t:
         return "a grid per sample"
-    if len(t) <= 6:
-        return "[" + ", ".join(f"{v:g}" for v in t) + "]"
-    return f"[{t[0]:g}, {t[1]:g}, ..., {t[-1]:g}] ({len(t)} points)"
+    fmt = lambda v: f"{v:g}"  # noqa: E731
+    return f"[{_items(t, fmt, LIST_HEAD)}]" + (f" ({len(t)} points)" if len(t) > LIST_HEAD + 2 else "")
+
+
+def _short_value(value: Any) -> str:
+    """An option or tolerance for one line: a float as ``%g``, a list shortened, the rest as written."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        n = len(value)
+        return f"[{_items(value, _short_value, LIST_HEAD)}]" + (f" ({n} values)" if n > LIST_HEAD + 2 else "")
+    return str(value)
 
 
 def _solver_text(own: dict) -> str:
-    options = ", ".join(f"{k}={v}" for k, v in own["options"].items())
-    return (f"{own['library']} {own['method']}, rtol {own['rtol']:g}, atol {own['atol']:g}"
-            if isinstance(own["rtol"], (int, float)) and isinstance(own["atol"], (int, float))
-            else f"{own['library']} {own['method']}, rtol {own['rtol']}, atol {own['atol']}") + \
-        (f", options {options}" if options else "")
+    options = ", ".join(f"{k}={_short_value(v)}" for k, v in own["options"].items())
+    return (f"{own['library']} {own['method']}, rtol {_short_value(own['rtol'])}, atol {_short_value(own['atol'])}"
+            + (f", options {options}" if options else ""))
 
 
 def render_inspect(ui: Output, info: dict) -> None:
@@ -92,11 +127,12 @@ def render_inspect(ui: Output, info: dict) -> None:
     rows = [("read by", info["read_by"])]
     if routed is not None:
         rows.append(("solve routed", f"{routed['index']}: {routed['library']} {routed['entry']} at {routed['where']}, "
-                                     f"{routed['nfe']} NFE on the probe"))
+                                     f"t = {short_grid(routed['t'])}, {routed['nfe']} NFE on the probe"))
         for s in info["solves"]:
             if not s["routed"]:
                 rows.append(("other solve", f"{s['index']}: {s['library']} {s['entry']} at {s['where']}, "
-                                            f"{s['nfe']} NFE; runs as written (--solve {s['index']} routes it)"))
+                                            f"t = {short_grid(s['t'])}, {s['nfe']} NFE; runs as written "
+                                            f"(--solve {s['index']} routes it)"))
     split = {"sequential": "encoder and decoder are layers of nn.Sequential containers",
              "root": "the model is the solve (no encoder or decoder)",
              "whole": "the forward runs whole with the solve answered by dise (its decoder does not run alone)",
@@ -111,7 +147,7 @@ def render_inspect(ui: Output, info: dict) -> None:
         ("f is called as", f"f({info['arg_order']}); a time per row: {info['time_mode']}"),
         ("model's own solver", "not seen" if info["own_solver"] is None else _solver_text(info["own_solver"])),
         ("baseline", info["baseline"] + (" (the model's own, exactly)" if info["baseline_exact"] else "")),
-        ("candidates", ", ".join(info["candidates"])),
+        ("candidates", short_list(info["candidates"], "candidates", head=8)),
     ]
     rows += [("note", note) for note in info["notes"]]
     fid = info["fidelity"]
@@ -253,5 +289,7 @@ def render_finetune(ui: Output, result, settings) -> dict:
     report = {"schema_version": 1, "reg": settings.reg, "lam": settings.lam, "epochs": settings.epochs,
               "schedule": settings.schedule, "kept_epoch": result.kept_epoch, "state_rms_change": growth,
               "history": result.history}
+    if result.made_with is not None:
+        report[PROVENANCE_KEY] = result.made_with
     ui.json(report)
     return report

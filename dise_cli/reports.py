@@ -16,7 +16,6 @@ from dise_cli.profiling import Timing
 SCHEMA_VERSION = 1
 # A single candidate "matches" the baseline if its accuracy is at most this many percentage points lower.
 MATCH_TOLERANCE_PP = 0.3
-MAX_LISTED = 50        # failed samples listed per candidate (their rows in the data)
 
 
 def success(profile: Profile, beta: float | None = None) -> torch.Tensor:
@@ -70,7 +69,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
             "accuracy": round(float(good[:, k].double().mean()), 4),
             "nfe": _nfe_stats(profile.nfe[:, k]),
             "status": _status_counts(profile.status[:, k]),
-            "failed_samples": profile.index[profile.status[:, k] != int(Status.OK)][:MAX_LISTED].tolist(),
+            "failed_samples": profile.index[profile.status[:, k] != int(Status.OK)].tolist(),
         }
         if profile.task == "classification":
             row["agreement_with_baseline"] = round(float((profile.pred[:, k] == profile.pred[:, base]).double().mean()), 4)

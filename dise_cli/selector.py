@@ -7,7 +7,8 @@ Table 7 (FC to 32, then tanh FCs 64, 32, K). The input is h(0), as in the paper,
 one-step Euler answer (``routing.selector_inputs``). Inputs are standardised with the training split's
 statistics, kept as buffers. The file is safetensors: weights plus one JSON header entry
 (architecture, candidates, calibration offsets, cost settings, and the hashes of the model, data
-and profile it was trained from). No pickle.
+and profile it was trained from), with ``made_with`` (``dise_cli.provenance``: versions and device)
+beside them, a record that no check compares. No pickle.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 from dise_cli import __version__
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import atomic_path, read_safetensors
+from dise_cli.provenance import PROVENANCE_KEY, made_with, read_made_with
 
 SELECTOR_FORMAT = "dise-selector"
 SELECTOR_FORMAT_VERSION = 1
@@ -108,6 +110,9 @@ class Selector:
     candidates: list[str]
     offsets: list[float]
     meta: dict = field(default_factory=dict)     # cost settings, hashes, metrics
+    # versions and device it was trained with (provenance.made_with; pass made_with(device) where it is
+    # known); None for a file written before dise recorded them. Written as read, never refreshed.
+    made_with: dict[str, str] | None = field(default_factory=made_with)
 
     @torch.no_grad()
     def choose(self, h0: torch.Tensor) -> torch.Tensor:
@@ -122,6 +127,8 @@ def selector_bytes(selector: Selector) -> bytes:
     header = {"format": SELECTOR_FORMAT, "format_version": SELECTOR_FORMAT_VERSION, "dise_version": __version__,
               "spec": asdict(selector.net.spec), "candidates": selector.candidates, "offsets": selector.offsets,
               "meta": selector.meta}
+    if selector.made_with is not None:
+        header[PROVENANCE_KEY] = selector.made_with
     state = {k: v.detach().cpu().contiguous() for k, v in selector.net.state_dict().items()}
     return save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)})
 
@@ -159,4 +166,5 @@ def selector_from(state: dict[str, torch.Tensor], header_text: str | None, name:
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"selector '{name}' is damaged ({first_line(exc)})") from None
     net.eval()
-    return Selector(net=net, candidates=candidates, offsets=offsets, meta=dict(header.get("meta", {})))
+    return Selector(net=net, candidates=candidates, offsets=offsets, meta=dict(header.get("meta", {})),
+                    made_with=read_made_with(header.get(PROVENANCE_KEY)))

@@ -19,6 +19,7 @@ from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
 from dise_cli.profiling import grids_of
+from dise_cli.provenance import made_with
 from dise_cli.reports import summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
@@ -159,7 +160,8 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                               settings.max_accuracy_drop, settings.seed)
     raw = evaluate_point(pred_val.double(), labels.right[val], profile.nfe[val].double(),
                          torch.zeros(pred_val.shape[1], dtype=torch.float64), v_nfe)
-    selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets))
+    selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets),
+                        made_with=made_with(opened.device))
     report = _report(val_profile, labels, settings, chosen, raw, curve, v_nfe, losses, n_train=len(train),
                      selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()))
     selector.meta = {
@@ -173,6 +175,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "validation": {"accuracy": chosen.accuracy, "nfe_integrators": round(chosen.nfe - v_nfe, 6),
                        "share": dict(zip(profile.candidates, chosen.share))},
     }
+    report["made_with"] = selector.made_with
     return TrainResult(selector=selector, report=report)
 
 

@@ -20,7 +20,7 @@ REPO = Path(TESTS).parent
 runner = CliRunner()
 
 PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "notes", "labels", "candidates", "oracle",
-                "best_single"}
+                "best_single", "made_with"}
 CANDIDATE_KEYS = {"candidate", "accuracy", "nfe", "status", "failed_samples", "agreement_with_baseline",
                   "seconds_per_sample", "seconds_per_nfe", "peak_memory_mb"}
 

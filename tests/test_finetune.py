@@ -125,7 +125,7 @@ def test_finetune_end_to_end(tiny):
     import json
     report = json.loads((d / "ft.json").read_text())
     assert set(report) == {"schema_version", "reg", "lam", "epochs", "schedule", "kept_epoch", "state_rms_change",
-                           "history"}
+                           "history", "made_with"}
     assert report["reg"] == "err" and [h["epoch"] for h in report["history"]] == [0, 1, 2]
     assert {"loss", "task_loss", "reg", "train_nfe", "lr", "validation"} <= set(report["history"][1])
     # cosine: the rate has decayed to (nearly) 0 by the last step, from 3e-4 at the start

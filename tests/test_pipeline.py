@@ -39,7 +39,7 @@ def pipeline(tiny) -> dict:
     res = invoke("profile", tiny["model"], "--data", d / "train.safetensors", *args, "--out", d / "p.safetensors")
     assert res.exit_code == 0, res.stderr
     res = invoke("train-selector", tiny["model"], "--data", d / "train.safetensors", "--profile", d / "p.safetensors",
-                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 5,
+                 "--arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 5,
                  "--out", d / "sel.safetensors", "--json", d / "train.json")
     assert res.exit_code == 0, res.stderr
     res = invoke("export", tiny["model"], *args, "--selector", d / "sel.safetensors", "--out", d / "m.dise")
@@ -53,7 +53,7 @@ def test_train_selector_report(pipeline):
     assert set(report) == {"schema_version", "task", "selector", "n_train", "n_validation", "costs", "selector_nfe",
                            "final_train_loss",
                            "max_accuracy_drop_pp", "dise", "uncalibrated", "baseline_only", "best_single", "oracle",
-                           "tradeoff"}
+                           "tradeoff", "made_with"}
     assert set(report["dise"]) == {"accuracy", "nfe_mean", "share", "offsets"}
     assert set(report["costs"]) == {"alpha", "M", "M_raised", "beta"}
     assert set(report["tradeoff"][0]) == {"accuracy", "nfe_mean", "share"}
@@ -90,7 +90,7 @@ def test_evaluate_and_gates(pipeline):
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert set(report) == {"schema_version", "task", "n_samples", "dise", "baseline_only", "candidates", "best_single",
-                           "oracle", "timing", "gates"}
+                           "oracle", "timing", "gates", "made_with"}
     assert set(report["dise"]) == {"accuracy", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
     assert set(report["timing"][0]) == {"batch_size", "seconds_per_batch", "speedup_vs_baseline"}
     assert [t["batch_size"] for t in report["timing"]] == [1, 8]
@@ -183,7 +183,7 @@ def test_profile_from_another_model_is_exit_2(pipeline):
             p.add_(0.01)
     torch.save(other.state_dict(), pipeline["dir"] / "other.pt")
     res = invoke("train-selector", pipeline["dir"] / "other.pt", "--data", pipeline["train"], "--profile", pipeline["profile"],
-                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--out", pipeline["dir"] / "s2.safetensors")
+                 "--arch", "tiny_models:build_classifier", "--code-path", TESTS, "--out", pipeline["dir"] / "s2.safetensors")
     assert res.exit_code == 2 and "was made from another model" in res.stderr
     assert not (pipeline["dir"] / "s2.safetensors").exists()
 
@@ -231,7 +231,7 @@ def test_selector_for_data_without_labels(tiny):
     assert invoke("profile", tiny["model"], "--data", d / "nolabels.safetensors", *tiny["arch"],
                   "--out", d / "p.safetensors").exit_code == 0
     res = invoke("train-selector", tiny["model"], "--data", d / "nolabels.safetensors", "--profile", d / "p.safetensors",
-                 "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 2,
+                 "--arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 2,
                  "--out", d / "s.safetensors")
     assert res.exit_code == 0, res.stderr
 
@@ -313,7 +313,7 @@ def test_same_inputs_and_seed_give_byte_identical_selector_and_bundle(pipeline):
     d = pipeline["dir"]
     for i in (1, 2):
         assert invoke("train-selector", pipeline["model"], "--data", pipeline["train"], "--profile", pipeline["profile"],
-                      "--model-arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 3,
+                      "--arch", "tiny_models:build_classifier", "--code-path", TESTS, "--epochs", 3,
                       "--out", d / f"s{i}.safetensors").exit_code == 0
         assert invoke("export", pipeline["model"], *pipeline["arch"], "--selector", d / f"s{i}.safetensors",
                       "--out", d / f"b{i}.dise").exit_code == 0
@@ -341,7 +341,7 @@ def _profile_and_train(tmp_path, module, factory: str, x, y, epochs: int) -> dic
     arch = ["--code-path", TESTS]
     assert invoke("profile", tmp_path / "m.pt", "--arch", f"tiny_models:{factory}", *arch, "--data",
                   tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors").exit_code == 0
-    res = invoke("train-selector", tmp_path / "m.pt", "--model-arch", f"tiny_models:{factory}", *arch, "--data",
+    res = invoke("train-selector", tmp_path / "m.pt", "--arch", f"tiny_models:{factory}", *arch, "--data",
                  tmp_path / "d.safetensors", "--profile", tmp_path / "p.safetensors", "--epochs", epochs,
                  "--out", tmp_path / "s.safetensors", "--json", "-")
     assert res.exit_code == 0, res.stderr

@@ -82,13 +82,10 @@ def inspect(
     parameters of encoder, f and decoder, and the cost of one f call. Reading the solve needs a few
     inputs (--data). A fidelity check that fails is exit 2, after the report.
     """
-    import torch
-
     from dise_cli.exporting import export_plan
-    from dise_cli.fidelity import check_fidelity, fidelity_error
     from dise_cli.inspection import describe_file, describe_model
     from dise_cli.loading import load_model
-    from dise_cli.pipeline import open_inputs, override_hint, probe_rows
+    from dise_cli.pipeline import check_model, open_inputs, raise_if_unfaithful
     from dise_cli.render import render_inspect
     from dise_cli.sources import model_inputs, project_config
 
@@ -101,12 +98,7 @@ def inspect(
         return
     opened = open_inputs(inputs, candidates=candidates if candidates is not None else config.get("candidates"),
                          check=False)
-    probe = probe_rows(opened.data.x).to(opened.device)
-    with torch.no_grad():
-        fidelity = check_fidelity(opened.model, probe, opened.candidates.reproduction,
-                                  exact=opened.candidates.reproduction_exact)
-    render_inspect(ui, describe_model(opened, fidelity, export_plan(opened.model, opened.loaded, probe)))
-    if fidelity is not None and not fidelity.passed:
-        raise fidelity_error(fidelity, opened.model, f"model '{inputs.model.path}'",
-                             override_hint(opened.model, opened.candidates))
+    opened.fidelity = check_model(opened)
+    render_inspect(ui, describe_model(opened, opened.fidelity, export_plan(opened.model, opened.loaded, opened.probe)))
+    raise_if_unfaithful(opened)
 
