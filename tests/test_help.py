@@ -96,3 +96,38 @@ def test_one_meaning_per_flag():
     arch = {n for n in COMMANDS if any("--arch" in getattr(p, "opts", []) for p in _click(n).params)}
     assert arch == {"inspect", "profile", "train-selector", "export", "finetune"}
     assert all("factory" in p.help for n in arch for p in _click(n).params if "--arch" in getattr(p, "opts", []))
+
+
+def _readme_command_lines() -> list[str]:
+    """Every ``dise ...`` line in the README's code blocks, continuation lines joined."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("dise ") and not line.startswith("dise demo:"):
+                lines.append(line)
+    return lines
+
+
+def test_the_readmes_command_lines_parse():
+    group = typer.main.get_command(app)
+    lines = _readme_command_lines()
+    assert len(lines) >= 5
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[1] in ("--version", "--help"):
+            continue
+        assert argv[1] in group.commands, line
+        group.commands[argv[1]].make_context(argv[1], argv[2:])
+
+
+def test_the_readmes_flags_exist():
+    """A flag the README names in backticks is an option of some command (or of a benchmark script)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    flags = {f for f in re.findall(r"`(--[a-z][a-z-]*)", text)}
+    known = {opt for name in COMMANDS for p in _click(name).params for opt in getattr(p, "opts", [])}
+    known |= {opt.split("/")[-1] for opt in known}
+    scripts = "\n".join(p.read_text() for p in (REPO / "benchmarks").glob("*.py"))
+    unknown = sorted(f for f in flags if f not in known and f"\"{f}\"" not in scripts and f not in ("--version", "--help", "--no-deps"))  # --no-deps: pip's
+    assert not unknown, f"README names flags no command has: {unknown}"
