@@ -175,3 +175,31 @@ def test_without_matplotlib_a_one_line_usage_error(tmp_path, monkeypatch):
             call()
         assert "\n" not in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_commands_draw_their_plots(tiny, mpl):
+    """--plot through the CLI: profile, train-selector and evaluate each write a valid image, and a bad
+    extension is exit 2 before any work."""
+    from typer.testing import CliRunner
+    from dise_cli.cli import app
+
+    d, runner = tiny["dir"], CliRunner()
+
+    def invoke(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.stderr
+        return res
+
+    common = [tiny["model"], "--data", tiny["data"], *tiny["arch"]]
+    plots_dir = d / "plots"
+    plots_dir.mkdir()
+    invoke("profile", *common, "--out", d / "p.safetensors", "--plot", plots_dir / "profile.png")
+    invoke("train-selector", *common, "--profile", d / "p.safetensors", "--epochs", 2, "--val-split", 0.5,
+           "--out", d / "s.safetensors", "--plot", plots_dir / "training.svg")
+    invoke("export", tiny["model"], *tiny["arch"], "--selector", d / "s.safetensors", "--out", d / "m.dise")
+    invoke("evaluate", d / "m.dise", "--data", tiny["data"], *tiny["arch"][2:], "--batch-sizes", "4,8",
+           "--repeats", 1, "--plot", plots_dir / "evaluation.png")
+    for name in ("profile.png", "training.svg", "evaluation.png"):
+        (assert_png if name.endswith(".png") else assert_svg)(plots_dir / name)
+    res = runner.invoke(app, ["profile", *map(str, common), "--out", str(d / "q.safetensors"), "--plot", "p.pdf"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: --plot") and not (d / "q.safetensors").exists()
