@@ -1,7 +1,13 @@
 """Cost labels (paper Eq. 4 and 5) as pure functions of a profile and α, M, β.
 
-classification: c = NFE^α if the answer is right, else M^α;
-other tasks:    c = (NFE·Γ)^α if Γ ≤ β, else M^α   (β defaults to the baseline's mean Γ).
+classification: c = Δ^α if the answer is right, else M^α;
+other tasks:    c = (Δ·Γ)^α if Γ ≤ β, else M^α   (β defaults to the baseline's mean Γ).
+
+Δ is the paper's NFE (``cost="nfe"``), or the sample's solve time (``cost="seconds"``): its NFE times
+the candidate's measured seconds per NFE on the profiling device, in units of the baseline's
+seconds per NFE, so that both costs live on the same scale (a baseline sample costs the same in
+either) and M means the same. Time is the truer cost where candidates' steps carry different
+overhead per evaluation (step control, dense output on a long grid).
 A failed solve (max_steps, non-finite, underflow) is never right. A wrong answer must cost more
 than any right one, so M is raised to ten times the largest right-answer base (NFE, or NFE·Γ)
 when the given M is not at least that; the result says so.
@@ -14,8 +20,9 @@ import torch
 
 from dise_cli.errors import UsageError
 from dise_cli.profiles import Profile
-from dise_cli.reports import default_beta, success
+from dise_cli.reports import default_beta, estimated_seconds, success
 
+COSTS = ("nfe", "seconds")
 DEFAULT_ALPHA = 0.3
 DEFAULT_M = 1000.0
 M_HEADROOM = 10.0     # M must be at least this many times the largest right-answer base
@@ -29,10 +36,12 @@ class CostLabels:
     M: float                   # the M used
     M_raised: bool             # True if the given M was too small and was raised
     beta: float | None         # the β used (regression), else None
+    delta: torch.Tensor        # [N, K] float64: Δ, the cost of each solve (NFE, or time in baseline NFE)
+    cost: str = "nfe"
 
 
 def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAULT_M,
-                beta: float | None = None) -> CostLabels:
+                beta: float | None = None, cost: str = "nfe") -> CostLabels:
     """``[N, K]`` costs for every profiled sample and candidate."""
     if not alpha > 0:
         raise UsageError(f"--alpha: must be > 0, got {alpha}")
@@ -44,8 +53,8 @@ def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAU
     if regression and beta is None:
         beta = default_beta(profile)
     right = success(profile, beta)
-    nfe = profile.nfe.to(torch.float64)
-    base = nfe * profile.gamma.to(torch.float64).clamp(min=0) if regression else nfe
+    delta = solve_cost(profile, cost)
+    base = delta * profile.gamma.to(torch.float64).clamp(min=0) if regression else delta
     largest = float(base[right].max()) if bool(right.any()) else 0.0
     M_used = float(M)
     if M_used < M_HEADROOM * largest:
@@ -53,4 +62,21 @@ def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAU
     wrong_cost = M_used ** alpha
     costs = torch.where(right, base.clamp(min=0) ** alpha, torch.full_like(base, wrong_cost))
     return CostLabels(costs=costs, right=right, alpha=float(alpha), M=M_used, M_raised=M_used != float(M),
-                      beta=beta if regression else None)
+                      beta=beta if regression else None, delta=delta, cost=cost)
+
+
+def solve_cost(profile: Profile, cost: str = "nfe") -> torch.Tensor:
+    """``[N, K]`` Δ: NFE, or the estimated solve time in units of the baseline's seconds per NFE."""
+    if cost not in COSTS:
+        raise UsageError(f"--cost: unknown cost '{cost}'; valid: {', '.join(COSTS)}")
+    nfe = profile.nfe.to(torch.float64)
+    if cost == "nfe":
+        return nfe
+    seconds = estimated_seconds(profile)
+    if seconds is None:
+        raise UsageError("--cost seconds: the profile has no timings (it was made by an older dise); "
+                         "profile again, or use --cost nfe")
+    unit = float(profile.timing["seconds_per_nfe"][profile.baseline])
+    if not unit > 0:
+        raise UsageError("--cost seconds: the profile's baseline has no measured time per NFE; use --cost nfe")
+    return seconds / unit

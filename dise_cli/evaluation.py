@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dise_cli.auc import roc_auc
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
@@ -73,10 +74,9 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
         "task": task,
         "n_samples": len(rows),
         "dise": dise,
-        "baseline_only": {"candidate": base["candidate"], "accuracy": base["accuracy"], "nfe_mean": base["nfe"]["mean"]},
-        "candidates": [{"candidate": r["candidate"], "accuracy": r["accuracy"], "nfe_mean": r["nfe"]["mean"]}
-                       for r in summary["candidates"]],
-        "best_single": {k: summary["best_single"][k] for k in ("candidate", "accuracy", "nfe_mean")},
+        "baseline_only": _single(base),
+        "candidates": [_single(r) for r in summary["candidates"]],
+        "best_single": {k: v for k, v in summary["best_single"].items() if k != "match_tolerance_pp"},
         "oracle": summary["oracle"],
         "timing": time_models(routed, data, rows, batch_sizes, device, repeats),
         "made_with": made_with(device),
@@ -92,7 +92,7 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
     targets = None
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(ode.t_span), time_major, data.name)
-    scores, nfe, choice, fallback = [], [], [], []
+    scores, nfe, choice, fallback, class_scores, labels = [], [], [], [], [], []
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
@@ -102,6 +102,9 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         target = batch_targets(ode, x, ode.encode(x, t) if ode.splittable else None, idx, targets, judge, reference,
                                seed=start)
         ok = stats.status == 0
+        if judge.task == "classification":
+            class_scores.append(judge.scores(out).cpu())
+            labels.append(target.cpu())
         scores.append((judge.correct(out, target) & ok) if judge.task == "classification"
                       else judge.gamma(out, target).masked_fill(~ok, float("inf")))
         nfe.append(stats.nfe)
@@ -121,11 +124,24 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
     }
     if judge.task == "classification":
         metrics["accuracy"] = round(float(score.double().mean()), 4)
+        metrics["auc"] = _round(roc_auc(torch.cat(class_scores), torch.cat(labels)))
     else:
         finite = torch.isfinite(score)
         metrics["accuracy"] = round(float((score <= beta).double().mean()), 4) if beta is not None else None
         metrics["mean_error"] = float(score[finite].mean()) if finite.any() else None
     return metrics
+
+
+def _single(row: dict) -> dict:
+    """A candidate alone: accuracy (and AUC for a classifier) and mean NFE."""
+    out = {"candidate": row["candidate"], "accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"]}
+    if "auc" in row:
+        out["auc"] = row["auc"]
+    return out
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from dise_cli.datasets import Dataset
 from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
 from dise_cli.integrators import Dopri5, EmbeddedRK
-from dise_cli.judging import Judge, check_labels, targets_batch_major
+from dise_cli.judging import Judge, check_labels, targets_batch_major, is_single_logit
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import profile_candidates
 from dise_cli.provenance import made_with
@@ -84,8 +84,15 @@ def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tens
             raise UsageError(f"--loss: '{loss}' is not callable")
         return fn
     if task == "classification":
-        return lambda out, y: F.cross_entropy(out, y.long())
+        return _classification_loss
     return lambda out, y: F.mse_loss(out, y.to(out.dtype).reshape(out.shape) if y.numel() == out.numel() else y)
+
+
+def _classification_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; binary cross-entropy on the logit of a single-logit classifier."""
+    if is_single_logit(out):
+        return F.binary_cross_entropy_with_logits(out.reshape(len(out)), y.to(out.dtype))
+    return F.cross_entropy(out, y.long())
 
 
 def regulariser(ode: OdeModel, reg: str, solution, n: int) -> torch.Tensor:
@@ -110,6 +117,8 @@ def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: EmbeddedRK, dev
                              device=device, baseline=0)
     row = summarize(run.profile)["candidates"][0]
     out = {"accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"], "state_rms": state_rms(ode, data, device, batch_size)}
+    if judge.task == "classification":
+        out["auc"] = row.get("auc")
     if judge.task == "regression":
         out["mean_error"] = row["mean_error"]
     return out

@@ -55,13 +55,23 @@ class Judge:
         self._metric = _metric(metric) if task == "regression" else None
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
-        """Class indices ``[N]`` (classification) or the outputs themselves."""
-        return out.argmax(1) if self.task == "classification" else out
+        """Class indices ``[N]`` (classification: argmax, or ``logit > 0`` for a single logit) or the
+        outputs themselves."""
+        if self.task != "classification":
+            return out
+        if is_single_logit(out):
+            return (out.reshape(len(out)) > 0).long()
+        return out.argmax(1)
 
     def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``[N]`` bool: argmax equals the label; non-finite outputs are never correct."""
+        """``[N]`` bool: the predicted class equals the label; non-finite outputs are never correct."""
         finite = torch.isfinite(out.reshape(len(out), -1)).all(1)
-        return (out.argmax(1) == labels.to(out.device)) & finite
+        return (self.predict(out) == labels.to(out.device)) & finite
+
+    def scores(self, out: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` float32 class scores for the AUC: the logit ``[N, 1]`` of a single-logit classifier,
+        else the outputs (softmax is applied when the AUC is computed)."""
+        return out.reshape(len(out), -1).float()
 
     def gamma(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``[N]`` error Γ per sample; a trajectory output is compared at its last time when the
@@ -86,15 +96,26 @@ def _metric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     raise UsageError(f"--metric: unknown metric '{name}'; valid: {', '.join(METRICS)} or package.module:fn")
 
 
+def is_single_logit(out: torch.Tensor) -> bool:
+    """A binary classifier's one logit per sample (``[N]`` or ``[N, 1]``): right means ``(logit > 0) == label``."""
+    return out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)
+
+
 def check_labels(task: str, y: torch.Tensor | None, sample_output: torch.Tensor, data_name: str) -> None:
-    """Classification labels must be class indices the model can output: integers in [0, C)."""
+    """Classification labels must be class indices the model can output: integers in [0, C), or 0
+    and 1 for a single logit."""
     if task != "classification" or y is None:
         return
     if y.is_floating_point():
         raise InputError(f"data '{data_name}': labels are {y.dtype}; a classifier needs integer class indices "
                          f"(or pass --task regression)")
-    n_classes = sample_output.shape[1] if sample_output.ndim >= 2 else 1
     low, high = int(y.min()), int(y.max())
+    if is_single_logit(sample_output):
+        if low < 0 or high > 1:
+            raise InputError(f"data '{data_name}': labels run from {low} to {high}, but the model outputs one "
+                             f"logit (a binary classifier: labels 0 and 1)")
+        return
+    n_classes = sample_output.shape[1]
     if low < 0 or high >= n_classes:
         raise InputError(f"data '{data_name}': labels run from {low} to {high}, but the model outputs "
                          f"{n_classes} classes (0 to {n_classes - 1})")

@@ -2,12 +2,14 @@
 
 A safetensors file (no pickle). Arrays are ``[N, K]`` (N profiled samples, K candidates in the
 header's order): ``nfe`` int32, ``status`` uint8, and ``correct`` uint8 plus ``pred`` int64
-(classification) or ``gamma`` float64 plus ``deviation`` float64 (regression; Γ against the targets
-and against the baseline's output); ``index`` [N] holds each sample's row in the data. The text
-header (one metadata entry, ``dise_profile``, holding sorted JSON: safetensors keeps several
-entries in a random order) says what produced it, and under ``made_with`` where it was made
-(``dise_cli.provenance``: versions and device, a record that no check compares). Wall-clock figures
-are not stored, so the same inputs and seed give a byte-identical file on one machine.
+(classification, with ``scores`` [N, K, C] and ``target`` [N] for the AUC) or ``gamma`` float64 plus
+``deviation`` float64 (regression; Γ against the targets and against the baseline's output);
+``index`` [N] holds each sample's row in the data. The text header (one metadata entry,
+``dise_profile``, holding sorted JSON: safetensors keeps several entries in a random order) says
+what produced it, under ``made_with`` where it was made (``dise_cli.provenance``: versions and
+device), and under ``timing`` each candidate's measured seconds per NFE and per step (what
+``train-selector --cost seconds`` prices samples with). Neither is compared by any check. The same
+inputs and seed give the same arrays and the same header apart from ``timing`` (``identity``).
 """
 from __future__ import annotations
 
@@ -23,10 +25,15 @@ from dise_cli.files import atomic_path, read_safetensors
 from dise_cli.provenance import PROVENANCE_KEY, made_with, read_made_with
 
 PROFILE_FORMAT = "dise-profile"
+TIMING_KEY = "timing"       # measured seconds per NFE and per step: differs run to run, compared by no check
 PROFILE_FORMAT_VERSION = 1
 HEADER_KEY = "dise_profile"
 ARRAYS = {"classification": ("nfe", "status", "correct", "pred"),
           "regression": ("nfe", "status", "gamma", "deviation")}
+# Classification arrays a profile has when it was made by a dise that records them (read where present):
+# ``scores`` [N, K, C] float32, each candidate's class scores (a single logit: C = 1), and ``target``
+# [N] int64, the class each sample was judged against (its label, or the reference solve's answer).
+OPTIONAL = {"classification": ("scores", "target"), "regression": ()}
 
 
 @dataclass
@@ -42,6 +49,11 @@ class Profile:
     pred: torch.Tensor | None = None       # [N, K] int64 (classification)
     gamma: torch.Tensor | None = None      # [N, K] float64 (regression)
     deviation: torch.Tensor | None = None  # [N, K] float64 (regression: Γ vs the baseline's output)
+    scores: torch.Tensor | None = None     # [N, K, C] float32 (classification: class scores, for the AUC)
+    target: torch.Tensor | None = None     # [N] int64 (classification: the class judged against)
+    # per candidate, measured on the profiling device: {"seconds_per_nfe": [K], "seconds_per_step": [K],
+    # "device": name}; the one wall-clock record in the file (see ``header``)
+    timing: dict | None = None
     meta: dict[str, str] = field(default_factory=dict)   # model/data sha256 and paths, labels, metric, ...
     # versions and device it was made with (provenance.made_with); None for a file written before dise recorded them
     made_with: dict[str, str] | None = field(default_factory=made_with)
@@ -56,7 +68,9 @@ class Profile:
         return Profile(candidates=list(self.candidates), baseline=self.baseline, task=self.task,
                        t_span=list(self.t_span), index=self.index[rows], nfe=self.nfe[rows],
                        status=self.status[rows], correct=pick(self.correct), pred=pick(self.pred),
-                       gamma=pick(self.gamma), deviation=pick(self.deviation), meta=dict(self.meta),
+                       gamma=pick(self.gamma), deviation=pick(self.deviation), scores=pick(self.scores),
+                       target=pick(self.target), meta=dict(self.meta),
+                       timing=None if self.timing is None else dict(self.timing),
                        made_with=None if self.made_with is None else dict(self.made_with))
 
     def header(self) -> dict:
@@ -73,14 +87,27 @@ class Profile:
         }
         if self.made_with is not None:
             header[PROVENANCE_KEY] = self.made_with
+        if self.timing is not None:
+            header[TIMING_KEY] = self.timing
         return header
+
+
+def identity(path: str | Path) -> tuple[dict, dict[str, bytes]]:
+    """What two runs on the same inputs and seed agree on: the header without ``timing``, and the arrays."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()[HEADER_KEY])
+        arrays = {k: handle.get_tensor(k).numpy().tobytes() for k in handle.keys()}
+    header.pop(TIMING_KEY, None)
+    return header, arrays
 
 
 def write_profile(profile: Profile, path: str | Path) -> None:
     """Write atomically: a temporary file in the same folder, renamed when complete."""
     from safetensors.torch import save_file
     arrays = {"index": profile.index.to(torch.int64)}
-    for name in ARRAYS[profile.task]:
+    names = ARRAYS[profile.task] + tuple(n for n in OPTIONAL[profile.task] if getattr(profile, n) is not None)
+    for name in names:
         value = getattr(profile, name)
         arrays[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
     arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
@@ -123,6 +150,14 @@ def read_profile(path: str | Path) -> Profile:
         for name in names[2:]:
             value = arrays[name]
             setattr(profile, name, value.bool() if name == "correct" else value)
+        for name in OPTIONAL[task]:
+            if name in arrays:
+                if arrays[name].shape[0] != n or (name == "scores" and (arrays[name].ndim != 3 or arrays[name].shape[1] != k)):
+                    raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)} for {n} samples and {k} candidates")
+                setattr(profile, name, arrays[name])
+        timing = header.get(TIMING_KEY)
+        if isinstance(timing, dict) and all(len(timing.get(key) or []) == k for key in ("seconds_per_nfe", "seconds_per_step")):
+            profile.timing = timing
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"profile '{p}' is damaged or incomplete ({first_line(exc)})") from None
     return profile

@@ -14,7 +14,7 @@ from dise_cli.integrators import Dopri5, Integrator, Solution
 from dise_cli.judging import Judge, targets_batch_major
 from dise_cli.odemodel import OdeModel, Problem, Solve
 from dise_cli.profiles import Profile
-from dise_cli.provenance import made_with
+from dise_cli.provenance import device_name, made_with
 
 REFERENCE_TOL = 1e-7     # the reference solve's tolerance, or 100 times tighter than the baseline's
 
@@ -27,6 +27,13 @@ class Timing:
     nfe_total: list[int]
     peak_memory_bytes: list[int | None]
     n_samples: int
+    steps_total: list[int] = field(default_factory=list)
+
+    def record(self, device: torch.device) -> dict:
+        """The profile header's ``timing``: seconds per NFE and per accepted step, per candidate."""
+        return {"seconds_per_nfe": [s / max(n, 1) for s, n in zip(self.seconds, self.nfe_total)],
+                "seconds_per_step": [s / max(n, 1) for s, n in zip(self.seconds, self.steps_total)],
+                "device": device_name(device)}
 
 
 @dataclass
@@ -83,6 +90,8 @@ class _Column:
     status: list = field(default_factory=list)
     score: list = field(default_factory=list)   # correct (classification) or Γ (regression)
     aux: list = field(default_factory=list)     # predicted class, or Γ against the baseline's output
+    scores: list = field(default_factory=list)  # class scores (classification, for the AUC)
+    steps: int = 0                              # accepted steps, all samples
     seconds: float = 0.0
     peak_bytes: int | None = None
 
@@ -101,6 +110,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(model.t_span), time_major, data.name)
     reference = reference or Reference(candidates[base])
+    judged: list[torch.Tensor] = []
     cols = [_Column() for _ in candidates]
     _warm_up(model, data.x[rows[:2]].to(device), candidates, grids_of(data, rows[:2], device))
     with torch.no_grad():
@@ -109,6 +119,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             x = data.x[idx].to(device)
             problem = model.encode(x, grids_of(data, idx, device)) if model.splittable else None
             target = batch_targets(model, x, problem, idx, targets, judge, reference, seed=start)
+            judged.append(target.cpu())
             outputs = [_profile_one(model, x, problem, cand, col, judge, target, device, seed=start)
                        for cand, col in zip(candidates, cols)]
             if judge.task == "regression":
@@ -126,10 +137,13 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
                       made_with=made_with(device))
     if judge.task == "classification":
         profile.correct, profile.pred = matrix("score").bool(), matrix("aux").to(torch.int64)
+        profile.scores, profile.target = matrix("scores"), torch.cat(judged).to(torch.int64)
     else:
         profile.gamma, profile.deviation = matrix("score"), matrix("aux")
     timing = Timing(seconds=[c.seconds for c in cols], nfe_total=[int(v) for v in profile.nfe.sum(0)],
-                    peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(rows))
+                    peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(rows),
+                    steps_total=[c.steps for c in cols])
+    profile.timing = timing.record(device)
     return ProfileRun(profile=profile, timing=timing)
 
 
@@ -153,9 +167,11 @@ def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand
         col.peak_bytes = max(col.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
     col.nfe.append(solved[0].nfe.cpu())
     col.status.append(solved[0].status.cpu())
+    col.steps += int(solved[0].n_steps.sum())
     if judge.task == "classification":
         col.score.append(judge.correct(out, target).cpu())
-        col.aux.append(out.argmax(1).cpu())
+        col.aux.append(judge.predict(out).cpu())
+        col.scores.append(judge.scores(out).cpu())
     else:
         col.score.append(judge.gamma(out, target).cpu())
     return out

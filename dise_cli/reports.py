@@ -9,6 +9,7 @@ import json
 
 import torch
 
+from dise_cli.auc import roc_auc
 from dise_cli.integrators.base import Status
 from dise_cli.profiles import Profile
 from dise_cli.profiling import Timing
@@ -32,6 +33,28 @@ def default_beta(profile: Profile) -> float:
     g = profile.gamma[:, profile.baseline]
     g = g[torch.isfinite(g)]
     return float(g.mean()) if len(g) else float("inf")
+
+
+def estimated_seconds(profile: Profile) -> torch.Tensor | None:
+    """``[N, K]`` float64: each sample's solve time per candidate, estimated as its NFE times the
+    candidate's measured seconds per NFE on the profiling device (its step overhead included); None
+    for a profile without timings."""
+    if profile.timing is None:
+        return None
+    per_nfe = torch.tensor(profile.timing["seconds_per_nfe"], dtype=torch.float64)
+    return profile.nfe.to(torch.float64) * per_nfe
+
+
+def auc_of(profile: Profile, choice: torch.Tensor | None = None, k: int | None = None) -> float | None:
+    """The AUC of candidate ``k``, or of a choice of candidate per sample ``[N]`` (the oracle, a selector);
+    None for regression or a profile without class scores."""
+    if profile.task != "classification" or profile.scores is None or profile.target is None:
+        return None
+    if choice is None:
+        choice = torch.full((profile.n_samples,), k, dtype=torch.long)
+    scores = profile.scores[torch.arange(profile.n_samples), choice.long()]
+    value = roc_auc(scores, profile.target)
+    return None if value is None else round(value, 4)
 
 
 def _nfe_stats(nfe: torch.Tensor) -> dict[str, float]:
@@ -72,6 +95,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
             "failed_samples": profile.index[profile.status[:, k] != int(Status.OK)].tolist(),
         }
         if profile.task == "classification":
+            row["auc"] = auc_of(profile, k=k)
             row["agreement_with_baseline"] = round(float((profile.pred[:, k] == profile.pred[:, base]).double().mean()), 4)
         else:
             g = profile.gamma[:, k]
@@ -82,11 +106,18 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
             n = max(timing.n_samples, 1)
             row["seconds_per_sample"] = timing.seconds[k] / n
             row["seconds_per_nfe"] = timing.seconds[k] / max(timing.nfe_total[k], 1)
+            if timing.steps_total:
+                row["seconds_per_step"] = timing.seconds[k] / max(timing.steps_total[k], 1)
             peak = timing.peak_memory_bytes[k]
             row["peak_memory_mb"] = None if peak is None else round(peak / 2**20, 2)
         rows.append(row)
     orc = oracle(profile, beta)
-    orc.pop("choice")
+    choice = orc.pop("choice")
+    if profile.task == "classification":
+        orc["auc"] = auc_of(profile, choice)
+    seconds = estimated_seconds(profile)
+    if seconds is not None:
+        orc["seconds_mean"] = float(seconds.gather(1, choice[:, None]).mean())
     base_acc = rows[base]["accuracy"]
     matching = [r for r in rows if r["accuracy"] >= base_acc - MATCH_TOLERANCE_PP / 100 - 1e-12]
     best = min(matching, key=lambda r: r["nfe"]["mean"])
@@ -101,7 +132,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
         "candidates": rows,
         "oracle": orc,
         "best_single": {"candidate": best["candidate"], "accuracy": best["accuracy"], "nfe_mean": best["nfe"]["mean"],
-                        "match_tolerance_pp": MATCH_TOLERANCE_PP},
+                        "match_tolerance_pp": MATCH_TOLERANCE_PP, **({"auc": best["auc"]} if "auc" in best else {})},
     }
     if profile.task == "regression":
         report["beta"] = default_beta(profile) if beta is None else beta

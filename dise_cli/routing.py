@@ -60,6 +60,10 @@ def selector_inputs(ode, problem: Problem, k1: torch.Tensor, inputs: str) -> tor
     ys = h0.unsqueeze(0) + span * k1.unsqueeze(0)          # Euler from t0 to every grid time
     out = ode.decode(problem, ys).reshape(len(h0), -1).to(h0.dtype)
     if inputs == "euler_probs":
+        if out.shape[1] == 1:                              # a single logit: the two class probabilities
+            p = torch.sigmoid(out)
+            out = torch.cat([p, 1 - p], 1)
+            return out.sort(1, descending=True).values
         return out.softmax(1).sort(1, descending=True).values
     return out
 

@@ -27,30 +27,37 @@ from dise_cli.provenance import PROVENANCE_KEY, made_with, read_made_with
 SELECTOR_FORMAT = "dise-selector"
 SELECTOR_FORMAT_VERSION = 1
 HEADER_KEY = "dise_selector"
-ARCHS = ("auto", "conv", "mlp")
+ARCHS = ("auto", "conv", "mlp", "table4")
+TABLE4_WIDTHS = [10, 10, 5, 5]      # the paper's Table 4 (PhysioNet): ReLU FC 20-10-10-5-5, dropout at the 4th, FC -> K
 
 
 @dataclass
 class SelectorSpec:
     """Everything that rebuilds the network (the weights aside)."""
 
-    kind: str                       # conv | mlp
+    kind: str                       # conv | mlp | table4
     in_shape: list[int]             # the selector's input per sample
     n_candidates: int
     inputs: str = "h0"              # h0 | euler (see routing.selector_inputs)
     width: int = 16                 # conv: channels of the residual blocks
     hidden: list[int] = field(default_factory=lambda: [32, 64, 32])   # mlp
+    dropout: float = 0.0            # table4: dropout after the 4th layer's ReLU (the paper: 0 or 0.25)
 
     @classmethod
     def for_shape(cls, in_shape: tuple[int, ...], n_candidates: int, arch: str = "auto",
-                  inputs: str = "h0") -> "SelectorSpec":
+                  inputs: str = "h0", dropout: float = 0.0) -> "SelectorSpec":
         if arch not in ARCHS:
-            raise UsageError(f"--arch: unknown selector architecture '{arch}'; valid: {', '.join(ARCHS)}")
+            raise UsageError(f"--selector-arch: unknown selector architecture '{arch}'; valid: {', '.join(ARCHS)}")
+        if not 0 <= dropout < 1:
+            raise UsageError(f"--dropout: must be in [0, 1), got {dropout}")
         kind = arch if arch != "auto" else ("conv" if len(in_shape) == 3 else "mlp")
         if kind == "conv" and len(in_shape) != 3:
-            raise UsageError(f"--arch conv: the selector's input has shape {tuple(in_shape)}, not [C, H, W]; "
-                             f"use --arch mlp")
-        return cls(kind=kind, in_shape=list(in_shape), n_candidates=n_candidates, inputs=inputs)
+            raise UsageError(f"--selector-arch conv: the selector's input has shape {tuple(in_shape)}, not [C, H, W]; "
+                             f"use --selector-arch mlp")
+        if dropout and kind != "table4":
+            raise UsageError(f"--dropout: only the table4 selector has a dropout layer (this one is {kind})")
+        return cls(kind=kind, in_shape=list(in_shape), n_candidates=n_candidates, inputs=inputs,
+                   hidden=list(TABLE4_WIDTHS) if kind == "table4" else [32, 64, 32], dropout=float(dropout))
 
 
 class _ResidualBlock(nn.Module):
@@ -64,6 +71,17 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.norm1(self.conv1(x)))
         return x + self.norm2(self.conv2(out))
+
+
+def _table4(spec: SelectorSpec) -> nn.Sequential:
+    """The paper's Table 4: σ(FC) x3, ψ(σ(FC)), FC, with σ = ReLU and ψ = dropout."""
+    d = 1
+    for s in spec.in_shape:
+        d *= s
+    w1, w2, w3, w4 = spec.hidden
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, w1), nn.ReLU(), nn.Linear(w1, w2), nn.ReLU(),
+                         nn.Linear(w2, w3), nn.ReLU(), nn.Linear(w3, w4), nn.ReLU(), nn.Dropout(spec.dropout),
+                         nn.Linear(w4, spec.n_candidates))
 
 
 class SelectorNet(nn.Module):
@@ -81,6 +99,8 @@ class SelectorNet(nn.Module):
                 nn.Conv2d(c, w, 1), _ResidualBlock(w), nn.ReLU(), _ResidualBlock(w),
                 nn.GroupNorm(min(8, w), w), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                 nn.Linear(w, 32), nn.ReLU(), nn.Linear(32, k))
+        elif spec.kind == "table4":
+            self.body = _table4(spec)
         else:
             d = 1
             for s in spec.in_shape:

@@ -11,16 +11,16 @@ from typing import Callable
 
 import torch
 
-from dise_cli.calibration import Point, calibrate, evaluate_point
+from dise_cli.calibration import Point, calibrate, evaluate_point, route
 from dise_cli.config import positive_int
-from dise_cli.costs import DEFAULT_ALPHA, DEFAULT_M, cost_labels
+from dise_cli.costs import COSTS, DEFAULT_ALPHA, DEFAULT_M, cost_labels
 from dise_cli.errors import InputError, UsageError
 from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
 from dise_cli.profiling import grids_of
 from dise_cli.provenance import made_with
-from dise_cli.reports import summarize
+from dise_cli.reports import auc_of, estimated_seconds, summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
 
@@ -32,7 +32,9 @@ class TrainSettings:
     alpha: float = DEFAULT_ALPHA
     M: float = DEFAULT_M
     beta: float | None = None          # regression: Γ threshold (None: the baseline's mean Γ)
-    selector_arch: str = "auto"        # auto | conv | mlp (selector.ARCHS)
+    selector_arch: str = "auto"        # auto | conv | mlp | table4 (selector.ARCHS)
+    dropout: float = 0.0               # table4's dropout (the paper: 0 or 0.25)
+    cost: str = "nfe"                  # Δ in the cost labels: nfe (the paper) or seconds (measured time)
     epochs: int = 40
     lr: float = 3e-3
     train_batch_size: int = 128        # the selector's minibatch (not the model's --batch-size)
@@ -47,6 +49,8 @@ class TrainSettings:
             raise UsageError(f"--val-split: must be between 0 and 1, got {self.val_split}")
         if not self.lr > 0:
             raise UsageError(f"--lr: must be > 0, got {self.lr}")
+        if self.cost not in COSTS:
+            raise UsageError(f"--cost: unknown cost '{self.cost}'; valid: {', '.join(COSTS)}")
 
 
 @dataclass
@@ -141,13 +145,14 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                    progress: Callable[[int], None] | None = None) -> TrainResult:
     check_profile_matches(profile, opened, profile_name)
     torch.manual_seed(settings.seed)
-    labels = cost_labels(profile, settings.alpha, settings.M, settings.beta)
+    labels = cost_labels(profile, settings.alpha, settings.M, settings.beta, cost=settings.cost)
     inputs = resolve_inputs(opened.model, settings.inputs, profile.task)
     problems = encode_rows(opened, profile.index)
     with torch.no_grad():
         feats = torch.cat([selector_inputs(opened.model, p, first_stage(p), inputs) for p in problems])
     train, val = split_rows(profile.n_samples, settings.val_split, settings.seed)
-    spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.selector_arch, inputs)
+    spec = SelectorSpec.for_shape(tuple(feats.shape[1:]), len(profile.candidates), settings.selector_arch, inputs,
+                                  dropout=settings.dropout)
     net = SelectorNet(spec).to(feats.device)
     net.set_normalisation(feats[train])
     losses = fit(net, feats[train], labels.costs[train], settings, progress)
@@ -156,14 +161,16 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     timing_rows = profile.index[val[:256]] if len(val) else profile.index[:256]
     v_nfe = selector_cost_in_nfe(net, opened.model, encode_rows(opened, timing_rows)[0])
     val_profile = profile.subset(val)
-    chosen, curve = calibrate(pred_val, labels.right[val], profile.nfe[val], profile.baseline, v_nfe,
+    v_cost = v_nfe if settings.cost == "nfe" else selector_seconds(profile, v_nfe) / _seconds_unit(profile)
+    chosen, curve = calibrate(pred_val, labels.right[val], labels.delta[val], profile.baseline, v_cost,
                               settings.max_accuracy_drop, settings.seed)
-    raw = evaluate_point(pred_val.double(), labels.right[val], profile.nfe[val].double(),
-                         torch.zeros(pred_val.shape[1], dtype=torch.float64), v_nfe)
+    raw = evaluate_point(pred_val.double(), labels.right[val], labels.delta[val],
+                         torch.zeros(pred_val.shape[1], dtype=torch.float64), v_cost)
+    describe = _Describer(val_profile, pred_val, v_nfe)
     selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets),
                         made_with=made_with(opened.device))
     report = _report(val_profile, labels, settings, chosen, raw, curve, v_nfe, losses, n_train=len(train),
-                     selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()))
+                     selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()), describe=describe)
     selector.meta = {
         "alpha": labels.alpha, "M": labels.M, "beta": labels.beta, "task": profile.task,
         "baseline": profile.baseline, "t_span": profile.t_span,
@@ -172,39 +179,86 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "reading": opened.model.record(),
         # Measured wall-clock figures (the selector's cost in NFE units) stay out of the file, so the
         # same inputs and seed give the same bytes; evaluate measures them again.
-        "validation": {"accuracy": chosen.accuracy, "nfe_integrators": round(chosen.nfe - v_nfe, 6),
-                       "share": dict(zip(profile.candidates, chosen.share))},
+        "validation": {"accuracy": chosen.accuracy,
+                       "nfe_integrators": round(describe(chosen.offsets)["nfe_mean"] - v_nfe, 6),
+                       "share": dict(zip(profile.candidates, chosen.share)), "cost": settings.cost},
     }
     report["made_with"] = selector.made_with
     return TrainResult(selector=selector, report=report)
 
 
-def _point(p: Point, candidates: list[str]) -> dict:
-    return {"accuracy": round(p.accuracy, 4), "nfe_mean": round(p.nfe, 4),
+def selector_seconds(profile: Profile, v_nfe: float) -> float:
+    """The selector's time per sample, from its cost in f calls and the cheapest candidate's measured
+    seconds per NFE (the closest to one bare f call)."""
+    return v_nfe * min(profile.timing["seconds_per_nfe"]) if profile.timing else 0.0
+
+
+def _seconds_unit(profile: Profile) -> float:
+    return float(profile.timing["seconds_per_nfe"][profile.baseline])
+
+
+class _Describer:
+    """A choice of offsets on the validation split in every unit a person reads: accuracy, AUC,
+    mean NFE and estimated seconds (the selector's own cost included in both), and shares."""
+
+    def __init__(self, val: Profile, pred: torch.Tensor, v_nfe: float):
+        self.val, self.pred, self.v_nfe = val, pred.double(), v_nfe
+        self.seconds = estimated_seconds(val)
+        self.v_seconds = selector_seconds(val, v_nfe)
+
+    def __call__(self, offsets) -> dict:
+        choice = route(self.pred, torch.tensor(offsets, dtype=torch.float64))
+        rows = torch.arange(len(choice))
+        out = {"nfe_mean": round(float(self.val.nfe[rows, choice].double().mean()) + self.v_nfe, 4)}
+        if self.seconds is not None:
+            out["seconds_mean"] = float(self.seconds[rows, choice].mean()) + self.v_seconds
+        if self.val.task == "classification":
+            out["auc"] = auc_of(self.val, choice)
+        return out
+
+
+def _point(p: Point, candidates: list[str], describe: _Describer) -> dict:
+    return {"accuracy": round(p.accuracy, 4), **describe(p.offsets),
             "share": {c: round(s, 4) for c, s in zip(candidates, p.share)},
             "offsets": {c: o for c, o in zip(candidates, p.offsets)}}
 
 
+def _single(summary: dict, row: dict, val: Profile) -> dict:
+    """A single candidate's figures: accuracy, AUC, mean NFE and estimated seconds."""
+    k = val.candidates.index(row["candidate"])
+    seconds = estimated_seconds(val)
+    out = {"candidate": row["candidate"], "accuracy": row["accuracy"], "nfe_mean": row["nfe_mean"]}
+    if seconds is not None:
+        out["seconds_mean"] = float(seconds[:, k].mean())
+    if val.task == "classification":
+        out["auc"] = auc_of(val, k=k)
+    return out
+
+
 def _report(val: Profile, labels, settings: TrainSettings, chosen: Point, raw: Point, curve: list[Point],
-            v_nfe: float, losses: list[float], n_train: int, selector_spec: SelectorSpec, n_params: int) -> dict:
+            v_nfe: float, losses: list[float], n_train: int, selector_spec: SelectorSpec, n_params: int,
+            describe: _Describer) -> dict:
     summary = summarize(val, beta=labels.beta)
     base = summary["candidates"][val.baseline]
+    oracle = dict(summary["oracle"])
     return {
         "schema_version": 1,
         "task": val.task,
         "selector": {"kind": selector_spec.kind, "inputs": selector_spec.inputs, "in_shape": selector_spec.in_shape,
-                     "parameters": n_params},
+                     "parameters": n_params, "dropout": selector_spec.dropout},
         "n_train": n_train,
         "n_validation": val.n_samples,
-        "costs": {"alpha": labels.alpha, "M": labels.M, "M_raised": labels.M_raised, "beta": labels.beta},
+        "costs": {"cost": labels.cost, "alpha": labels.alpha, "M": labels.M, "M_raised": labels.M_raised,
+                  "beta": labels.beta},
         "selector_nfe": round(v_nfe, 4),
         "final_train_loss": round(losses[-1], 6) if losses else None,
         "max_accuracy_drop_pp": settings.max_accuracy_drop,
-        "dise": _point(chosen, val.candidates),
-        "uncalibrated": _point(raw, val.candidates),
-        "baseline_only": {"candidate": summary["baseline"], "accuracy": base["accuracy"], "nfe_mean": base["nfe"]["mean"]},
-        "best_single": {k: summary["best_single"][k] for k in ("candidate", "accuracy", "nfe_mean")},
-        "oracle": summary["oracle"],
-        "tradeoff": [{"accuracy": round(p.accuracy, 4), "nfe_mean": round(p.nfe, 4),
+        "dise": _point(chosen, val.candidates, describe),
+        "uncalibrated": _point(raw, val.candidates, describe),
+        "baseline_only": _single(summary, {"candidate": summary["baseline"], "accuracy": base["accuracy"],
+                                           "nfe_mean": base["nfe"]["mean"]}, val),
+        "best_single": _single(summary, summary["best_single"], val),
+        "oracle": oracle,
+        "tradeoff": [{"accuracy": round(p.accuracy, 4), **describe(p.offsets),
                       "share": [round(s, 4) for s in p.share]} for p in curve],
     }

@@ -54,9 +54,13 @@ def test_train_selector_report(pipeline):
                            "final_train_loss",
                            "max_accuracy_drop_pp", "dise", "uncalibrated", "baseline_only", "best_single", "oracle",
                            "tradeoff", "made_with"}
-    assert set(report["dise"]) == {"accuracy", "nfe_mean", "share", "offsets"}
-    assert set(report["costs"]) == {"alpha", "M", "M_raised", "beta"}
-    assert set(report["tradeoff"][0]) == {"accuracy", "nfe_mean", "share"}
+    assert set(report["dise"]) == {"accuracy", "auc", "nfe_mean", "seconds_mean", "share", "offsets"}
+    assert set(report["costs"]) == {"cost", "alpha", "M", "M_raised", "beta"}
+    assert set(report["tradeoff"][0]) == {"accuracy", "auc", "nfe_mean", "seconds_mean", "share"}
+    assert set(report["baseline_only"]) == set(report["best_single"]) == {"candidate", "accuracy", "auc", "nfe_mean",
+                                                                          "seconds_mean"}
+    assert set(report["oracle"]) == {"accuracy", "auc", "nfe_mean", "seconds_mean", "share"}
+    assert 0 <= report["dise"]["auc"] <= 1 and report["dise"]["seconds_mean"] > 0
     assert report["n_train"] == 120 and report["n_validation"] == 80
     assert report["selector"]["inputs"] == "euler_probs" and report["costs"]["alpha"] == 0.3
     base = report["baseline_only"]["accuracy"]
@@ -91,7 +95,9 @@ def test_evaluate_and_gates(pipeline):
     report = json.loads(res.stdout)
     assert set(report) == {"schema_version", "task", "n_samples", "dise", "baseline_only", "candidates", "best_single",
                            "oracle", "timing", "gates", "made_with"}
-    assert set(report["dise"]) == {"accuracy", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
+    assert set(report["dise"]) == {"accuracy", "auc", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
+    assert set(report["candidates"][0]) == set(report["baseline_only"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
+    assert set(report["best_single"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
     assert set(report["timing"][0]) == {"batch_size", "seconds_per_batch", "speedup_vs_baseline"}
     assert [t["batch_size"] for t in report["timing"]] == [1, 8]
     assert set(report["timing"][0]["seconds_per_batch"]) == {"dise", *[c["candidate"] for c in report["candidates"]]}

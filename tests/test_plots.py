@@ -23,7 +23,7 @@ from dise_cli.profiling import ProfileRun, Timing
 from dise_cli.reading import read_model
 from dise_cli.routing import RoutedModel
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
-from dise_cli.selector_training import TrainSettings, _report
+from dise_cli.selector_training import TrainSettings, _Describer, _report
 
 CANDS = ["euler:steps=1", "rk4:steps=1", "dopri5:rtol=0.001,atol=0.001"]
 N = 300
@@ -63,7 +63,8 @@ def training_report(profile: Profile) -> dict:
     raw = evaluate_point(pred.double(), right, nfe.double(), torch.zeros(3, dtype=torch.float64), 0.2)
     spec = SelectorSpec.for_shape((4,), 3, "auto", "h0")
     return _report(profile.subset(val), labels, TrainSettings(max_accuracy_drop=1.0), chosen, raw, curve, 0.2,
-                   [0.5, 0.4], n_train=N // 2, selector_spec=spec, n_params=123)
+                   [0.5, 0.4], n_train=N // 2, selector_spec=spec, n_params=123,
+                   describe=_Describer(profile.subset(val), pred, 0.2))
 
 
 @pytest.fixture(scope="module")

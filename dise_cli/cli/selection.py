@@ -29,7 +29,9 @@ def train_selector(
     alpha: Annotated[Optional[float], setting(TS, "alpha", "--alpha", "Cost exponent α (paper Eq. 4).")] = None,
     M: Annotated[Optional[float], setting(TS, "M", "--M", "Cost of a wrong answer before ^α (raised if an NFE comes near it).")] = None,
     beta: Annotated[Optional[float], setting(TS, "beta", "--beta", "Regression: Γ threshold.", when_none="the baseline's mean Γ")] = None,
-    selector_arch: Annotated[Optional[str], setting(TS, "selector_arch", "--selector-arch", "Selector network: auto (by the shape of its input), conv or mlp.")] = None,
+    selector_arch: Annotated[Optional[str], setting(TS, "selector_arch", "--selector-arch", "Selector network: auto (conv for [C, H, W] inputs, else mlp), conv, mlp, or table4 (the paper's Table 4: ReLU MLP 10-10-5-5, dropout at the 4th layer).")] = None,
+    dropout: Annotated[Optional[float], setting(TS, "dropout", "--dropout", "Dropout of the table4 selector (the paper: 0 or 0.25).")] = None,
+    cost: Annotated[Optional[str], setting(TS, "cost", "--cost", "Δ in the cost labels and what calibration minimises: nfe (the paper), or seconds (each sample's solve time from the profile's measured seconds per NFE; truer where candidates' steps carry different overhead).")] = None,
     inputs: Annotated[Optional[str], setting(TS, "inputs", "--inputs", "What the selector sees: h0 (the paper), euler (the decoded one-step Euler answer), euler_probs (its sorted class probabilities), or auto (euler_probs for classifiers, euler for other tasks, h0 where the decoder cannot run alone).")] = None,
     epochs: Annotated[Optional[int], setting(TS, "epochs", "--epochs", "Training epochs of the selector.")] = None,
     lr: Annotated[Optional[float], setting(TS, "lr", "--lr", "Learning rate of the selector.")] = None,
@@ -52,7 +54,7 @@ def train_selector(
     check_report_targets(json_path, plot)
     ui = Output(quiet=quiet, json_path=json_path)
     result = api.train_selector(source, profile, out=out_path, progress=ui.progress, alpha=alpha, M=M, beta=beta,
-                                selector_arch=selector_arch, inputs=inputs, epochs=epochs, lr=lr, val_split=val_split,
+                                selector_arch=selector_arch, dropout=dropout, cost=cost, inputs=inputs, epochs=epochs, lr=lr, val_split=val_split,
                                 max_accuracy_drop=max_accuracy_drop, seed=seed)
     render_training(ui, result.report)
     if plot:
