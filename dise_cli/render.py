@@ -31,17 +31,18 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
         report[PROVENANCE_KEY] = run.profile.made_with    # the profile file's record, as written
     classification = report["task"] == "classification"
     cuda = any(r.get("peak_memory_mb") is not None for r in report["candidates"])
-    columns = ["candidate", "accuracy" if classification else "Γ ≤ β", *([] if classification else ["mean Γ"]),
+    columns = ["candidate", "accuracy" if classification else "Γ ≤ β", "AUC" if classification else "mean Γ",
                "NFE mean", "p50", "p95", "max", "failed",
-               "agree w/ base" if classification else "Γ vs base", "ms/sample", "µs/NFE", *(["peak MB"] if cuda else [])]
+               "agree w/ base" if classification else "Γ vs base", "ms/sample", "µs/NFE", "µs/step",
+               *(["peak MB"] if cuda else [])]
     rows = []
     for r in report["candidates"]:
         failed = sum(v for k, v in r["status"].items() if k != "ok")
-        row = [r["candidate"], _pct(r["accuracy"]), *([] if classification else [_num(r["mean_error"])]),
+        row = [r["candidate"], _pct(r["accuracy"]), _num(r.get("auc"), digits=4) if classification else _num(r["mean_error"]),
                f"{r['nfe']['mean']:.2f}", f"{r['nfe']['p50']:g}", f"{r['nfe']['p95']:g}", str(r["nfe"]["max"]), str(failed),
                _pct(r["agreement_with_baseline"]) if classification else _num(r["deviation_from_baseline"]),
                _num(r.get("seconds_per_sample"), 1e3), _num(r.get("seconds_per_nfe"), 1e6),
-               *([_num(r.get("peak_memory_mb"), 1, 4)] if cuda else [])]
+               _num(r.get("seconds_per_step"), 1e6), *([_num(r.get("peak_memory_mb"), 1, 4)] if cuda else [])]
         rows.append(row)
     labels = "labels" if report["labels"] == "data" else "a float64 reference solve"
     ui.table(f"dise profile: {report['n_samples']} samples, t = {short_grid(report['t_span'])}, judged against {labels}",
@@ -50,11 +51,12 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     shares = ", ".join(f"{spec.split(':')[0] if _unique_method(report, spec) else spec} {_pct(v)}"
                        for spec, v in orc["share"].items())
     right = "accuracy" if classification else "Γ ≤ β"
-    ui.line(f"oracle (cheapest right candidate per sample): {right} {_pct(orc['accuracy'])}, "
+    auc = lambda r: f", AUC {r['auc']:.4f}" if r.get("auc") is not None else ""  # noqa: E731
+    ui.line(f"oracle (cheapest right candidate per sample): {right} {_pct(orc['accuracy'])}{auc(orc)}, "
             f"mean NFE {orc['nfe_mean']:.2f}; {shares}")
     best = report["best_single"]
     ui.line(f"best single candidate within {best['match_tolerance_pp']} pp of {report['baseline']}: "
-            f"{best['candidate']} ({right} {_pct(best['accuracy'])}, mean NFE {best['nfe_mean']:.2f})")
+            f"{best['candidate']} ({right} {_pct(best['accuracy'])}{auc(best)}, mean NFE {best['nfe_mean']:.2f})")
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
     for r in report["candidates"]:
@@ -182,21 +184,20 @@ def _count(v: int | None) -> str:
 def render_training(ui: Output, report: dict) -> None:
     """The validation-split comparison and the chosen point of the trade-off."""
     right = "accuracy" if report["task"] == "classification" else "Γ ≤ β"
+    auc = report["task"] == "classification"
     dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
-    rows = [
-        (f"DISE (selector {report['selector_nfe']:.2f} NFE incl.)", _pct(dise["accuracy"]), f"{dise['nfe_mean']:.2f}",
-         _shares(dise["share"])),
-        ("DISE before calibration", _pct(report["uncalibrated"]["accuracy"]), f"{report['uncalibrated']['nfe_mean']:.2f}",
-         _shares(report["uncalibrated"]["share"])),
-        (f"{base['candidate']} only", _pct(base["accuracy"]), f"{base['nfe_mean']:.2f}", ""),
-        (f"best single: {best['candidate']}", _pct(best["accuracy"]), f"{best['nfe_mean']:.2f}", ""),
-        ("oracle", _pct(orc["accuracy"]), f"{orc['nfe_mean']:.2f}", _shares(orc["share"])),
-    ]
+    named = [(f"DISE (selector {report['selector_nfe']:.2f} NFE incl.)", dise, _shares(dise["share"])),
+             ("DISE before calibration", report["uncalibrated"], _shares(report["uncalibrated"]["share"])),
+             (f"{base['candidate']} only", base, ""), (f"best single: {best['candidate']}", best, ""),
+             ("oracle", orc, _shares(orc["share"]))]
+    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []), f"{r['nfe_mean']:.2f}",
+             _num(r.get("seconds_mean"), 1e3), shares) for name, r, shares in named]
     ui.table(f"dise train-selector: validation split ({report['n_validation']} samples; trained on {report['n_train']})",
-             ["model", right, "mean NFE", "integrators"], rows)
+             ["model", right, *(["AUC"] if auc else []), "mean NFE", "est. ms/sample", "integrators"], rows)
     costs = report["costs"]
-    note = f"; M raised to {costs['M']:g} (an NFE came near the given M)" if costs["M_raised"] else ""
-    ui.line(f"costs: α = {costs['alpha']:g}, M = {costs['M']:g}{note}"
+    note = f"; M raised to {costs['M']:g} (a cost came near the given M)" if costs["M_raised"] else ""
+    unit = "NFE" if costs.get("cost", "nfe") == "nfe" else "solve time, in the baseline's seconds per NFE"
+    ui.line(f"costs: Δ = {unit}, α = {costs['alpha']:g}, M = {costs['M']:g}{note}"
             + (f", β = {costs['beta']:.4g}" if costs["beta"] is not None else ""))
     sel = report["selector"]
     ui.line(f"selector: {sel['kind']} on {sel['inputs']} {tuple(sel['in_shape'])}, {sel['parameters']:,} parameters; "
@@ -220,12 +221,15 @@ def _shares(share: dict) -> str:
 
 def render_evaluation(ui: Output, report: dict) -> None:
     right = "accuracy" if report["task"] == "classification" else "Γ ≤ β"
+    auc = report["task"] == "classification"
     dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
-    rows = [(f"DISE (selector {dise['selector_nfe']:.2f} NFE incl.)", _pct(dise["accuracy"]), f"{dise['nfe_mean']:.2f}",
-             _shares(dise["share"]))]
-    rows += [(f"{c['candidate']} only", _pct(c["accuracy"]), f"{c['nfe_mean']:.2f}", "") for c in report["candidates"]]
-    rows.append(("oracle", _pct(orc["accuracy"]), f"{orc['nfe_mean']:.2f}", _shares(orc["share"])))
-    ui.table(f"dise evaluate: {report['n_samples']} samples", ["model", right, "mean NFE", "integrators"], rows)
+    named = [(f"DISE (selector {dise['selector_nfe']:.2f} NFE incl.)", dise, _shares(dise["share"]))]
+    named += [(f"{c['candidate']} only", c, "") for c in report["candidates"]]
+    named.append(("oracle", orc, _shares(orc["share"])))
+    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []), f"{r['nfe_mean']:.2f}", shares)
+            for name, r, shares in named]
+    ui.table(f"dise evaluate: {report['n_samples']} samples",
+             ["model", right, *(["AUC"] if auc else []), "mean NFE", "integrators"], rows)
     ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
             f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
             + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))

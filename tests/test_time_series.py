@@ -1,0 +1,125 @@
+"""Issue 12: binary single-logit classifiers and the AUC, cost measured in time, the paper's Table 4
+selector, and a tiny irregular-series latent ODE through the whole pipeline."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import dise_cli
+import tiny_models
+from dise_cli.auc import roc_auc
+from dise_cli.cli import app
+from dise_cli.costs import cost_labels
+from dise_cli.errors import InputError, UsageError
+from dise_cli.judging import Judge, check_labels
+from dise_cli.profiles import Profile
+from dise_cli.reports import summarize
+from dise_cli.selector import SelectorNet, SelectorSpec
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def test_auc_against_hand_computed_values():
+    # binary: positives 0.35, 0.8; negatives 0.1, 0.4 -> pairs won 0.35>0.1, 0.8>0.1, 0.8>0.4: 3 of 4
+    assert roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
+    # a tie between a positive and a negative counts half: (1 + 0.5) / 2
+    assert roc_auc(torch.tensor([[0.2], [0.5], [0.5]]), torch.tensor([0, 0, 1])) == 0.75
+    # one-vs-rest macro over softmax probabilities: class 0 (positives 0.7, 0.15 against 0.2) wins 1 of 2,
+    # class 1 (0.5 against 0.2, 0.45) wins 2 of 2, class 2 has no positive and is left out
+    scores = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.15, 0.45, 0.4]], dtype=torch.float64))
+    assert roc_auc(scores, torch.tensor([0, 1, 0])) == pytest.approx((0.5 + 1.0) / 2)
+    assert roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([1, 1])) is None       # one class only
+
+
+def test_binary_single_logit_judging():
+    judge = Judge("classification")
+    logits = torch.tensor([[2.0], [-1.0], [0.5], [float("nan")]])
+    labels = torch.tensor([1, 1, 0, 1])
+    assert judge.predict(logits).tolist() == [1, 0, 1, 0]
+    assert judge.correct(logits, labels).tolist() == [True, False, False, False]
+    assert judge.predict(logits[:3, 0]).tolist() == [1, 0, 1]                 # a squeezed [N] logit too
+    check_labels("classification", labels, logits, "d")
+    with pytest.raises(InputError, match="one logit"):
+        check_labels("classification", torch.tensor([0, 2]), logits, "d")
+
+
+def _profile(nfe, correct, timing=None) -> Profile:
+    nfe = torch.tensor(nfe, dtype=torch.int32)
+    return Profile(candidates=["euler:steps=1", "rk4:steps=1", "dopri5"], baseline=2, task="classification",
+                   t_span=[0.0, 1.0], index=torch.arange(len(nfe)), nfe=nfe,
+                   status=torch.zeros_like(nfe, dtype=torch.uint8), correct=torch.tensor(correct),
+                   pred=torch.zeros(nfe.shape, dtype=torch.int64), timing=timing)
+
+
+def test_cost_in_seconds_against_a_hand_computed_profile():
+    # euler 1 µs per NFE, rk4 2 µs, dopri5 4 µs: Δ in units of dopri5's 4 µs per NFE
+    timing = {"seconds_per_nfe": [1e-6, 2e-6, 4e-6], "seconds_per_step": [1e-6, 8e-6, 24e-6], "device": "cpu"}
+    profile = _profile([[10, 4, 20], [10, 4, 26]], [[True, True, True], [False, True, True]], timing)
+    labels = cost_labels(profile, alpha=1.0, M=1000.0, cost="seconds")
+    assert labels.delta.tolist() == [[2.5, 2.0, 20.0], [2.5, 2.0, 26.0]]
+    assert labels.costs.tolist() == [[2.5, 2.0, 20.0], [1000.0, 2.0, 26.0]]
+    by_nfe = cost_labels(profile, alpha=1.0, M=1000.0)
+    assert by_nfe.costs.tolist() == [[10.0, 4.0, 20.0], [1000.0, 4.0, 26.0]]
+    assert summarize(profile)["oracle"]["seconds_mean"] == pytest.approx((4e-6 * 2 * 2) / 2 / 1)   # rk4 for both
+    with pytest.raises(UsageError, match="no timings"):
+        cost_labels(_profile([[1, 4, 20]], [[True, True, True]]), cost="seconds")
+
+
+def test_the_papers_table4_selector():
+    spec = SelectorSpec.for_shape((20,), 3, "table4", dropout=0.25)
+    net = SelectorNet(spec)
+    linears = [m for m in net.body if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(20, 10), (10, 10), (10, 5), (5, 5), (5, 3)]
+    relus = [i for i, m in enumerate(net.body) if isinstance(m, torch.nn.ReLU)]
+    dropout = [m for m in net.body if isinstance(m, torch.nn.Dropout)]
+    assert len(relus) == 4 and len(dropout) == 1 and dropout[0].p == 0.25
+    assert net.body[relus[-1] + 1] is dropout[0]                               # ψ(σ(FC)) at the 4th layer
+    assert SelectorSpec.for_shape((20,), 3, "auto").kind == "mlp"              # auto still goes by the shape
+    with pytest.raises(UsageError, match="--dropout"):
+        SelectorSpec.for_shape((20,), 3, "mlp", dropout=0.25)
+
+
+def test_a_tiny_irregular_series_model_through_the_whole_pipeline(tmp_path):
+    """Profile, a Table 4 selector priced in seconds, export, evaluate and run on 48 short series;
+    binary accuracy and AUC in every report."""
+    module = tiny_models.build_irregular_binary()
+    x = tiny_models.irregular_series(48)
+    with torch.no_grad():
+        y = (module(x)[:, 0] > 0).long()
+    y[:5] = 1 - y[:5]
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "m.pt", "--arch", "tiny_models:build_irregular_binary", "--code-path", TESTS,
+              "--data", tmp_path / "d.safetensors"]
+    runner = CliRunner()
+
+    def invoke(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.stderr
+        return res
+
+    res = invoke("profile", *common, "--out", tmp_path / "p.safetensors", "--json", "-")
+    report = json.loads(res.stdout)
+    assert report["task"] == "classification"
+    base = next(r for r in report["candidates"] if r["candidate"] == report["baseline"])
+    assert base["accuracy"] == pytest.approx(43 / 48, abs=1e-4)                 # 5 flipped labels
+    assert all(0 <= r["auc"] <= 1 for r in report["candidates"]) and report["oracle"]["auc"] is not None
+    res = invoke("train-selector", *common, "--profile", tmp_path / "p.safetensors", "--selector-arch", "table4",
+                 "--dropout", 0.25, "--cost", "seconds", "--epochs", 3, "--inputs", "h0",
+                 "--out", tmp_path / "s.safetensors", "--json", "-")
+    train = json.loads(res.stdout)
+    assert train["selector"]["kind"] == "table4" and train["costs"]["cost"] == "seconds"
+    assert train["dise"]["auc"] is not None and train["dise"]["seconds_mean"] > 0
+    invoke("export", tmp_path / "m.pt", "--arch", "tiny_models:build_irregular_binary", "--code-path", TESTS,
+           "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "m.dise")
+    res = invoke("evaluate", tmp_path / "m.dise", "--data", tmp_path / "d.safetensors", "--code-path", TESTS,
+                 "--batch-sizes", 16, "--repeats", 1, "--json", "-")
+    evaluation = json.loads(res.stdout)
+    assert evaluation["dise"]["auc"] is not None and all("auc" in c for c in evaluation["candidates"])
+    result = dise_cli.run(tmp_path / "m.dise", tmp_path / "d.safetensors", code_path=[TESTS])
+    assert result.outputs.shape == (48, 1)
