@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dise_cli.budgets import Budgets
+from dise_cli.errors import UsageError
+
 GRID_POINTS = 41          # offsets tried per candidate on a full grid
 MAX_GRID = 20_000         # more combinations than this: random search instead
 ALL_TO_BASELINE = 1e6     # an offset that no prediction overcomes
@@ -23,8 +26,10 @@ ALL_TO_BASELINE = 1e6     # an offset that no prediction overcomes
 class Point:
     offsets: tuple[float, ...]
     accuracy: float       # share of samples right (classification) or within β (regression)
-    nfe: float            # mean NFE of the routed integrators plus the selector's own cost
+    nfe: float            # mean cost (NFE, or time in baseline NFE) of the routed integrators plus the selector's
     share: tuple[float, ...]
+    error: float | None = None       # regression: the routed mean Γ
+    deviation: float | None = None   # regression: the routed mean distance from the baseline's outputs
 
 
 def route(pred: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -33,30 +38,46 @@ def route(pred: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_point(pred: torch.Tensor, right: torch.Tensor, nfe: torch.Tensor, offsets: torch.Tensor,
-                   selector_nfe: float) -> Point:
+                   selector_nfe: float, gamma: torch.Tensor | None = None,
+                   deviation: torch.Tensor | None = None) -> Point:
     choice = route(pred, offsets)
     rows = torch.arange(len(choice))
     k = pred.shape[1]
     share = torch.bincount(choice, minlength=k).double() / max(len(choice), 1)
+    mean = lambda m: None if m is None else float(m[rows, choice].double().mean())  # noqa: E731
     return Point(offsets=tuple(float(v) for v in offsets), accuracy=float(right[rows, choice].double().mean()),
                  nfe=float(nfe[rows, choice].double().mean()) + selector_nfe,
-                 share=tuple(float(v) for v in share))
+                 share=tuple(float(v) for v in share), error=mean(gamma), deviation=mean(deviation))
 
 
 def calibrate(pred: torch.Tensor, right: torch.Tensor, nfe: torch.Tensor, baseline: int, selector_nfe: float,
-              max_drop_pp: float, seed: int = 0) -> tuple[Point, list[Point]]:
+              max_drop_pp: float, seed: int = 0, gamma: torch.Tensor | None = None,
+              deviation: torch.Tensor | None = None, budgets: Budgets | None = None) -> tuple[Point, list[Point]]:
     """The chosen point and the trade-off curve (Pareto front: best accuracy at each mean NFE).
 
-    ``pred``, ``right``, ``nfe``: ``[N, K]`` on the validation split.
+    ``pred``, ``right``, ``nfe``: ``[N, K]`` on the validation split; ``gamma`` and ``deviation``
+    (regression) let ``budgets`` decide what is feasible instead of ``max_drop_pp``.
     """
     pred, right, nfe = pred.double().cpu(), right.cpu(), nfe.double().cpu()
+    gamma = None if gamma is None else gamma.double().cpu()
+    deviation = None if deviation is None else deviation.double().cpu()
     k = pred.shape[1]
     base_acc = float(right[:, baseline].double().mean())
-    points = [evaluate_point(pred, right, nfe, off, selector_nfe) for off in _candidate_offsets(pred, baseline, seed)]
+    points = [evaluate_point(pred, right, nfe, off, selector_nfe, gamma, deviation)
+              for off in _candidate_offsets(pred, baseline, seed)]
     all_base = torch.full((k,), ALL_TO_BASELINE, dtype=torch.float64)
     all_base[baseline] = 0.0
-    points.append(evaluate_point(pred, right, nfe, all_base, selector_nfe))
-    feasible = [p for p in points if p.accuracy >= base_acc - max_drop_pp / 100 - 1e-12]
+    points.append(evaluate_point(pred, right, nfe, all_base, selector_nfe, gamma, deviation))
+    if budgets is not None and budgets.given:
+        if gamma is None or deviation is None:
+            raise UsageError("--max-error-increase / --max-deviation: error budgets need a regression profile "
+                             "(errors Γ and deviations); a classifier has --max-accuracy-drop")
+        base = gamma[:, baseline]
+        base_error = float(base[torch.isfinite(base)].mean()) if bool(torch.isfinite(base).any()) else float("inf")
+        feasible = [p for p in points if budgets.within(p.error, p.deviation, base_error)]
+        feasible = feasible or [points[-1]]          # the baseline alone keeps any budget
+    else:
+        feasible = [p for p in points if p.accuracy >= base_acc - max_drop_pp / 100 - 1e-12]
     chosen = min(feasible, key=lambda p: (p.nfe, -p.accuracy))
     return chosen, pareto(points)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dise_cli.budgets import Budgets
 from dise_cli.errors import UsageError
 from dise_cli.profiles import Profile
 from dise_cli.reports import default_beta, estimated_seconds, success
@@ -41,7 +42,7 @@ class CostLabels:
 
 
 def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAULT_M,
-                beta: float | None = None, cost: str = "nfe") -> CostLabels:
+                beta: float | None = None, cost: str = "nfe", budgets: Budgets | None = None) -> CostLabels:
     """``[N, K]`` costs for every profiled sample and candidate."""
     if not alpha > 0:
         raise UsageError(f"--alpha: must be > 0, got {alpha}")
@@ -50,9 +51,12 @@ def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAU
     if beta is not None and not beta >= 0:
         raise UsageError(f"--beta: must be >= 0, got {beta}")
     regression = profile.task == "regression"
+    budgeted = regression and beta is None and budgets is not None and budgets.given
+    right = success(profile, beta, budgets if budgeted else None)
     if regression and beta is None:
         beta = default_beta(profile)
-    right = success(profile, beta)
+        if budgeted and budgets.max_error_increase is not None:
+            beta = budgets.error_limit(beta)            # β follows the error budget
     delta = solve_cost(profile, cost)
     base = delta * profile.gamma.to(torch.float64).clamp(min=0) if regression else delta
     largest = float(base[right].max()) if bool(right.any()) else 0.0

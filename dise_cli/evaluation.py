@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from dise_cli.auc import roc_auc
+from dise_cli.budgets import Budgets
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
@@ -27,6 +28,8 @@ class Gates:
     max_accuracy_drop: float | None = None     # percentage points below the baseline
     min_nfe_reduction: float | None = None     # e.g. 0.5: mean NFE at most half the baseline's
     max_nfe: float | None = None               # mean NFE, the selector included
+    max_error_increase: float | None = None    # % over the baseline's mean Γ (budgets.py)
+    max_deviation: float | None = None         # mean distance of DISE's outputs from the baseline's
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class EvaluateSettings:
     max_accuracy_drop: float | None = None        # the gates (None: not checked)
     min_nfe_reduction: float | None = None
     max_nfe: float | None = None
+    max_error_increase: float | None = None
+    max_deviation: float | None = None
 
     def check(self) -> None:
         positive_int(self.batch_size, "--batch-size")
@@ -53,7 +58,8 @@ class EvaluateSettings:
 
     @property
     def gates(self) -> Gates:
-        return Gates(self.max_accuracy_drop, self.min_nfe_reduction, self.max_nfe)
+        return Gates(self.max_accuracy_drop, self.min_nfe_reduction, self.max_nfe, self.max_error_increase,
+                     self.max_deviation)
 
 
 def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, batch_size: int,
@@ -67,14 +73,17 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
     run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
                              baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress)
     summary = summarize(run.profile, run.timing, beta=beta)
-    dise = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
+    dise, choice, fallback = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
+    if judge.task == "regression":
+        deviation = run.profile.deviation[torch.arange(len(choice)), choice].masked_fill(fallback, 0.0)
+        dise["mean_deviation"] = float(deviation[torch.isfinite(deviation)].mean()) if len(deviation) else None
     base = summary["candidates"][routed.baseline]
     report = {
         "schema_version": SCHEMA_VERSION,
         "task": task,
         "n_samples": len(rows),
         "dise": dise,
-        "baseline_only": _single(base),
+        "baseline_only": {**_single(base), **({"mean_error": base["mean_error"]} if "mean_error" in base else {})},
         "candidates": [_single(r) for r in summary["candidates"]],
         "best_single": {k: v for k, v in summary["best_single"].items() if k != "match_tolerance_pp"},
         "oracle": summary["oracle"],
@@ -129,7 +138,7 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         finite = torch.isfinite(score)
         metrics["accuracy"] = round(float((score <= beta).double().mean()), 4) if beta is not None else None
         metrics["mean_error"] = float(score[finite].mean()) if finite.any() else None
-    return metrics
+    return metrics, choice_all, torch.cat(fallback).cpu().bool()
 
 
 def _single(row: dict) -> dict:
@@ -186,6 +195,19 @@ def check_gates(report: dict, gates: Gates) -> list[dict]:
     if gates.max_nfe is not None:
         out.append({"gate": "max_nfe", "value": dise["nfe_mean"], "threshold": gates.max_nfe,
                     "passed": dise["nfe_mean"] <= gates.max_nfe + 1e-9})
+    if gates.max_error_increase is not None or gates.max_deviation is not None:
+        if report["task"] != "regression":
+            raise UsageError("--max-error-increase / --max-deviation: gates for models judged by an error "
+                             "(regression, density, sampling); a classifier has --max-accuracy-drop")
+        budgets = Budgets(gates.max_error_increase, gates.max_deviation)
+        base_error = base.get("mean_error")
+        if gates.max_error_increase is not None:
+            increase = 100 * (dise["mean_error"] / base_error - 1) if base_error else float("inf")
+            out.append({"gate": "max_error_increase", "value": round(increase, 4), "threshold": gates.max_error_increase,
+                        "passed": budgets.within(dise["mean_error"], 0.0, base_error)})
+        if gates.max_deviation is not None:
+            out.append({"gate": "max_deviation", "value": dise["mean_deviation"], "threshold": gates.max_deviation,
+                        "passed": budgets.within(0.0, dise["mean_deviation"], 0.0)})
     return out
 
 

@@ -10,6 +10,7 @@ import json
 import torch
 
 from dise_cli.auc import roc_auc
+from dise_cli.budgets import Budgets
 from dise_cli.integrators.base import Status
 from dise_cli.profiles import Profile
 from dise_cli.profiling import Timing
@@ -19,12 +20,15 @@ SCHEMA_VERSION = 1
 MATCH_TOLERANCE_PP = 0.3
 
 
-def success(profile: Profile, beta: float | None = None) -> torch.Tensor:
+def success(profile: Profile, beta: float | None = None, budgets: Budgets | None = None) -> torch.Tensor:
     """``[N, K]`` bool: the sample is right (classification) or its Γ ≤ β (regression; β defaults to
-    the baseline candidate's mean Γ, as the paper's Eq. 5 does). Failed solves never succeed."""
+    the baseline candidate's mean Γ, as the paper's Eq. 5 does), or, with error budgets, within their
+    per-sample form. Failed solves never succeed."""
     ok = profile.status == int(Status.OK)
     if profile.task == "classification":
         return profile.correct & ok
+    if budgets is not None and budgets.given and beta is None:
+        return budgets.right(profile.gamma, profile.deviation, default_beta(profile)) & ok
     threshold = default_beta(profile) if beta is None else beta
     return (profile.gamma <= threshold) & ok
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from dise_cli.budgets import Budgets
 from dise_cli.calibration import Point, calibrate, evaluate_point, route
 from dise_cli.config import positive_int
 from dise_cli.costs import COSTS, DEFAULT_ALPHA, DEFAULT_M, cost_labels
@@ -40,8 +41,14 @@ class TrainSettings:
     train_batch_size: int = 128        # the selector's minibatch (not the model's --batch-size)
     val_split: float = 0.4             # calibration needs held-out errors more than v needs samples
     seed: int = 0
-    max_accuracy_drop: float = 0.3     # percentage points
+    max_accuracy_drop: float = 0.3     # percentage points (classification; regression without budgets)
+    max_error_increase: float | None = None   # regression budget: % over the baseline's mean Γ (budgets.py)
+    max_deviation: float | None = None        # regression budget: mean distance from the baseline's outputs
     inputs: str = "auto"               # what the selector sees: auto | h0 | euler | euler_probs (routing.INPUTS)
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.max_error_increase, self.max_deviation)
 
     def check(self) -> None:
         positive_int(self.epochs, "--epochs")
@@ -49,6 +56,7 @@ class TrainSettings:
             raise UsageError(f"--val-split: must be between 0 and 1, got {self.val_split}")
         if not self.lr > 0:
             raise UsageError(f"--lr: must be > 0, got {self.lr}")
+        self.budgets.check()
         if self.cost not in COSTS:
             raise UsageError(f"--cost: unknown cost '{self.cost}'; valid: {', '.join(COSTS)}")
 
@@ -145,7 +153,11 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                    progress: Callable[[int], None] | None = None) -> TrainResult:
     check_profile_matches(profile, opened, profile_name)
     torch.manual_seed(settings.seed)
-    labels = cost_labels(profile, settings.alpha, settings.M, settings.beta, cost=settings.cost)
+    if settings.budgets.given and profile.task != "regression":
+        raise UsageError("--max-error-increase / --max-deviation: error budgets are for models judged by an error "
+                         "(regression, density, sampling); a classifier has --max-accuracy-drop")
+    labels = cost_labels(profile, settings.alpha, settings.M, settings.beta, cost=settings.cost,
+                         budgets=settings.budgets)
     inputs = resolve_inputs(opened.model, settings.inputs, profile.task)
     problems = encode_rows(opened, profile.index)
     with torch.no_grad():
@@ -162,10 +174,11 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     v_nfe = selector_cost_in_nfe(net, opened.model, encode_rows(opened, timing_rows)[0])
     val_profile = profile.subset(val)
     v_cost = v_nfe if settings.cost == "nfe" else selector_seconds(profile, v_nfe) / _seconds_unit(profile)
+    errors = (profile.gamma[val], profile.deviation[val]) if profile.task == "regression" else (None, None)
     chosen, curve = calibrate(pred_val, labels.right[val], labels.delta[val], profile.baseline, v_cost,
-                              settings.max_accuracy_drop, settings.seed)
+                              settings.max_accuracy_drop, settings.seed, *errors, budgets=settings.budgets)
     raw = evaluate_point(pred_val.double(), labels.right[val], labels.delta[val],
-                         torch.zeros(pred_val.shape[1], dtype=torch.float64), v_cost)
+                         torch.zeros(pred_val.shape[1], dtype=torch.float64), v_cost, *errors)
     describe = _Describer(val_profile, pred_val, v_nfe)
     selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets),
                         made_with=made_with(opened.device))
@@ -223,7 +236,8 @@ class _Describer:
 
 
 def _point(p: Point, candidates: list[str], describe: _Describer) -> dict:
-    return {"accuracy": round(p.accuracy, 4), **describe(p.offsets),
+    errors = {} if p.error is None else {"mean_error": p.error, "mean_deviation": p.deviation}
+    return {"accuracy": round(p.accuracy, 4), **errors, **describe(p.offsets),
             "share": {c: round(s, 4) for c, s in zip(candidates, p.share)},
             "offsets": {c: o for c, o in zip(candidates, p.offsets)}}
 
@@ -258,6 +272,7 @@ def _report(val: Profile, labels, settings: TrainSettings, chosen: Point, raw: P
         "selector_nfe": round(v_nfe, 4),
         "final_train_loss": round(losses[-1], 6) if losses else None,
         "max_accuracy_drop_pp": settings.max_accuracy_drop,
+        "budgets": {"max_error_increase_pct": settings.max_error_increase, "max_deviation": settings.max_deviation},
         "dise": _point(chosen, val.candidates, describe),
         "uncalibrated": _point(raw, val.candidates, describe),
         "baseline_only": _single(summary, {"candidate": summary["baseline"], "accuracy": base["accuracy"],

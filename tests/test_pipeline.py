@@ -53,7 +53,7 @@ def test_train_selector_report(pipeline):
     assert set(report) == {"schema_version", "task", "selector", "n_train", "n_validation", "costs", "selector_nfe",
                            "final_train_loss",
                            "max_accuracy_drop_pp", "dise", "uncalibrated", "baseline_only", "best_single", "oracle",
-                           "tradeoff", "made_with"}
+                           "tradeoff", "made_with", "budgets"}
     assert set(report["dise"]) == {"accuracy", "auc", "nfe_mean", "seconds_mean", "share", "offsets"}
     assert set(report["costs"]) == {"cost", "alpha", "M", "M_raised", "beta"}
     assert set(report["tradeoff"][0]) == {"accuracy", "auc", "nfe_mean", "seconds_mean", "share"}

@@ -33,6 +33,8 @@ def evaluate(
     max_accuracy_drop: Annotated[Optional[float], setting(ES, "max_accuracy_drop", "--max-accuracy-drop", "Gate: percentage points of accuracy DISE may lose against the baseline (exit 1 if more).", when_none="no gate")] = None,
     min_nfe_reduction: Annotated[Optional[float], setting(ES, "min_nfe_reduction", "--min-nfe-reduction", "Gate: the share of the baseline's mean NFE DISE must save, e.g. 0.5 (exit 1 if less).", when_none="no gate")] = None,
     max_nfe: Annotated[Optional[float], setting(ES, "max_nfe", "--max-nfe", "Gate: DISE's mean NFE, selector included, at most this (exit 1 if more).", when_none="no gate")] = None,
+    max_error_increase: Annotated[Optional[float], setting(ES, "max_error_increase", "--max-error-increase", "Gate (models judged by an error Γ): DISE's mean Γ at most PCT percent over the baseline's (exit 1 if more).", when_none="no gate")] = None,
+    max_deviation: Annotated[Optional[float], setting(ES, "max_deviation", "--max-deviation", "Gate: DISE's outputs' mean distance from the baseline's, in the metric's units, at most D (exit 1 if more).", when_none="no gate")] = None,
     limit: Annotated[Optional[int], setting(ES, "limit", "--limit", "Evaluate N samples drawn with --seed.", when_none="all")] = None,
     seed: Annotated[Optional[int], setting(ES, "seed", "--seed", "Seed for drawing samples.")] = None,
     repeats: Annotated[Optional[int], setting(ES, "repeats", "--repeats", "Timing rounds per batch size (the median is reported).")] = None,
@@ -54,6 +56,7 @@ def evaluate(
     ui = Output(quiet=quiet, json_path=json_path)
     report = api.evaluate(bundle, source, progress=ui.progress, batch_sizes=sizes, batch_size=batch_size,
                           max_accuracy_drop=max_accuracy_drop, min_nfe_reduction=min_nfe_reduction, max_nfe=max_nfe,
+                          max_error_increase=max_error_increase, max_deviation=max_deviation,
                           limit=limit, seed=seed, repeats=repeats, time_major=time_major)
     render_evaluation(ui, report)
     if plot:

@@ -37,6 +37,8 @@ def train_selector(
     lr: Annotated[Optional[float], setting(TS, "lr", "--lr", "Learning rate of the selector.")] = None,
     val_split: Annotated[Optional[float], setting(TS, "val_split", "--val-split", "Share of the profiled samples held out for calibration and the report (the offsets need more held-out errors than the small selector needs training samples).")] = None,
     max_accuracy_drop: Annotated[Optional[float], setting(TS, "max_accuracy_drop", "--max-accuracy-drop", "Percentage points of accuracy the calibration may give up against the baseline.")] = None,
+    max_error_increase: Annotated[Optional[float], setting(TS, "max_error_increase", "--max-error-increase", "Error budget (models judged by an error Γ): the routed mean Γ, against the labels or dise's reference solve, may exceed the baseline's by at most PCT percent; replaces --max-accuracy-drop.", when_none="none")] = None,
+    max_deviation: Annotated[Optional[float], setting(TS, "max_deviation", "--max-deviation", "Error budget: the routed outputs' mean distance from the baseline's own outputs (the metric's units) at most D; replaces --max-accuracy-drop.", when_none="none")] = None,
     seed: Annotated[Optional[int], setting(TS, "seed", "--seed", "Seed for the split and the training.")] = None,
     json_path: opt.JsonOut = None,
     plot: opt.Plot = None,
@@ -55,7 +57,8 @@ def train_selector(
     ui = Output(quiet=quiet, json_path=json_path)
     result = api.train_selector(source, profile, out=out_path, progress=ui.progress, alpha=alpha, M=M, beta=beta,
                                 selector_arch=selector_arch, dropout=dropout, cost=cost, inputs=inputs, epochs=epochs, lr=lr, val_split=val_split,
-                                max_accuracy_drop=max_accuracy_drop, seed=seed)
+                                max_accuracy_drop=max_accuracy_drop, max_error_increase=max_error_increase,
+                                max_deviation=max_deviation, seed=seed)
     render_training(ui, result.report)
     if plot:
         from dise_cli.plots import plot_training
