@@ -61,7 +61,7 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
     with (progress or _no_progress)(len(rows), "profiling") as advance:
         run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
                             metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
-                            progress=advance)
+                            progress=advance, figure=settings.figure)
     if out_path is not None:
         write_profile(run.profile, out_path)
     return run

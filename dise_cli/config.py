@@ -19,7 +19,8 @@ PROJECT_KEYS = {
     "code_path": "folder or list of folders", "ode_block": "dotted module path", "solve": "int",
     "t_span": "list of times",
     "data": "data file", "data_factory": "package.module:fn", "x_key": "str", "y_key": "str",
-    "task": "classification|regression", "metric": "mse|mae|package.module:fn", "time_major": "bool",
+    "task": "classification|regression", "metric": "mse|mae|l2|package.module:fn", "time_major": "bool",
+    "figure": "nlp|energy",
     "candidates": "candidate specs", "batch_size": "int", "device": "auto|cpu|cuda", "seed": "int",
     "limit": "int",
 }

@@ -16,7 +16,7 @@ from dise_cli.errors import UsageError
 from dise_cli.judging import Judge, detect_task, targets_batch_major
 from dise_cli.provenance import made_with
 from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
-from dise_cli.reports import summarize
+from dise_cli.reports import figure_of, summarize
 from dise_cli.routing import RoutedModel
 from dise_cli.selector_training import selector_cost_in_nfe
 
@@ -67,16 +67,23 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                     repeats: int = 5, progress=None) -> dict:
     ode = routed.ode
     task = routed.selector.meta.get("task") or detect_task(data.y, has_decoder=True)
-    judge = Judge(task)
-    beta = routed.selector.meta.get("beta")
+    meta = routed.selector.meta
+    judge = Judge(task, meta.get("metric") or "mse") if task == "regression" else Judge(task)
+    beta = meta.get("beta")
     reference = Reference(routed.integrators[routed.baseline])
+    kind = meta.get("figure") or None
     run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
-                             baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress)
+                             baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress,
+                             keep_outputs=kind is not None)
+    run.profile.meta.update({"figure": kind or "", "input_dim": str(meta.get("input_dim") or "")})
     summary = summarize(run.profile, run.timing, beta=beta)
     dise, choice, fallback = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
     if judge.task == "regression":
         deviation = run.profile.deviation[torch.arange(len(choice)), choice].masked_fill(fallback, 0.0)
         dise["mean_deviation"] = float(deviation[torch.isfinite(deviation)].mean()) if len(deviation) else None
+        if kind is not None:       # the routed outputs are the chosen candidates' (the baseline's on a fallback)
+            routed_choice = torch.where(fallback, torch.full_like(choice, routed.baseline), choice)
+            dise["figure"] = figure_of(run.profile, routed_choice)
     base = summary["candidates"][routed.baseline]
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -142,10 +149,11 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
 
 
 def _single(row: dict) -> dict:
-    """A candidate alone: accuracy (and AUC for a classifier) and mean NFE."""
+    """A candidate alone: accuracy (and AUC for a classifier, the figure where there is one) and mean NFE."""
     out = {"candidate": row["candidate"], "accuracy": row["accuracy"], "nfe_mean": row["nfe"]["mean"]}
-    if "auc" in row:
-        out["auc"] = row["auc"]
+    for key in ("auc", "figure"):
+        if row.get(key) is not None:
+            out[key] = row[key]
     return out
 
 

@@ -9,7 +9,7 @@ from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
 
 TASKS = ("classification", "regression")
-METRICS = ("mse", "mae")
+METRICS = ("mse", "mae", "l2")     # l2: the Euclidean distance per sample (a sampler's output)
 
 
 def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False) -> str:
@@ -91,6 +91,8 @@ def _metric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         return lambda a, b: (a - b).pow(2).reshape(len(a), -1).mean(1)
     if name == "mae":
         return lambda a, b: (a - b).abs().reshape(len(a), -1).mean(1)
+    if name == "l2":
+        return lambda a, b: (a - b).reshape(len(a), -1).norm(dim=1)
     if ":" in name:
         return import_object(name, "--metric")
     raise UsageError(f"--metric: unknown metric '{name}'; valid: {', '.join(METRICS)} or package.module:fn")

@@ -33,7 +33,7 @@ ARRAYS = {"classification": ("nfe", "status", "correct", "pred"),
 # Classification arrays a profile has when it was made by a dise that records them (read where present):
 # ``scores`` [N, K, C] float32, each candidate's class scores (a single logit: C = 1), and ``target``
 # [N] int64, the class each sample was judged against (its label, or the reference solve's answer).
-OPTIONAL = {"classification": ("scores", "target"), "regression": ()}
+OPTIONAL = {"classification": ("scores", "target"), "regression": ("outputs", "reference")}
 
 
 @dataclass
@@ -51,6 +51,8 @@ class Profile:
     deviation: torch.Tensor | None = None  # [N, K] float64 (regression: Γ vs the baseline's output)
     scores: torch.Tensor | None = None     # [N, K, C] float32 (classification: class scores, for the AUC)
     target: torch.Tensor | None = None     # [N] int64 (classification: the class judged against)
+    outputs: torch.Tensor | None = None    # [N, K, F] float32 (regression with a figure: each candidate's outputs)
+    reference: torch.Tensor | None = None  # [N, F] float32 (ditto: what they were judged against)
     # per candidate, measured on the profiling device: {"seconds_per_nfe": [K], "seconds_per_step": [K],
     # "device": name}; the one wall-clock record in the file (see ``header``)
     timing: dict | None = None
@@ -69,7 +71,8 @@ class Profile:
                        t_span=list(self.t_span), index=self.index[rows], nfe=self.nfe[rows],
                        status=self.status[rows], correct=pick(self.correct), pred=pick(self.pred),
                        gamma=pick(self.gamma), deviation=pick(self.deviation), scores=pick(self.scores),
-                       target=pick(self.target), meta=dict(self.meta),
+                       target=pick(self.target), outputs=pick(self.outputs), reference=pick(self.reference),
+                       meta=dict(self.meta),
                        timing=None if self.timing is None else dict(self.timing),
                        made_with=None if self.made_with is None else dict(self.made_with))
 
@@ -152,7 +155,8 @@ def read_profile(path: str | Path) -> Profile:
             setattr(profile, name, value.bool() if name == "correct" else value)
         for name in OPTIONAL[task]:
             if name in arrays:
-                if arrays[name].shape[0] != n or (name == "scores" and (arrays[name].ndim != 3 or arrays[name].shape[1] != k)):
+                three = name in ("scores", "outputs")
+                if arrays[name].shape[0] != n or (three and (arrays[name].ndim != 3 or arrays[name].shape[1] != k)):
                     raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)} for {n} samples and {k} candidates")
                 setattr(profile, name, arrays[name])
         timing = header.get(TIMING_KEY)

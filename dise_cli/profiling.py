@@ -91,6 +91,7 @@ class _Column:
     score: list = field(default_factory=list)   # correct (classification) or Γ (regression)
     aux: list = field(default_factory=list)     # predicted class, or Γ against the baseline's output
     scores: list = field(default_factory=list)  # class scores (classification, for the AUC)
+    outputs: list = field(default_factory=list) # flattened outputs (regression, for a task figure)
     steps: int = 0                              # accepted steps, all samples
     seconds: float = 0.0
     peak_bytes: int | None = None
@@ -102,7 +103,7 @@ class _Column:
 def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrator], judge: Judge, *,
                        rows: torch.Tensor, batch_size: int, device: torch.device, baseline: int,
                        time_major: bool | None = None, reference: Reference | None = None,
-                       progress: Callable[[int], None] | None = None) -> ProfileRun:
+                       progress: Callable[[int], None] | None = None, keep_outputs: bool = False) -> ProfileRun:
     """Profile ``candidates`` on ``rows`` of ``data``. Without labels, each output is judged against a
     float64 ``reference`` solve. ``progress(n)`` is called after each batch with its size."""
     base = baseline
@@ -125,6 +126,8 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             if judge.task == "regression":
                 for out, col in zip(outputs, cols):
                     col.aux.append(judge.gamma(out, outputs[base]).cpu())
+                    if keep_outputs:
+                        col.outputs.append(out.reshape(len(out), -1).float().cpu())
             if progress is not None:
                 progress(len(idx))
 
@@ -140,6 +143,9 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
         profile.scores, profile.target = matrix("scores"), torch.cat(judged).to(torch.int64)
     else:
         profile.gamma, profile.deviation = matrix("score"), matrix("aux")
+        if keep_outputs:
+            profile.outputs = matrix("outputs")
+            profile.reference = torch.cat([t.reshape(len(t), -1) for t in judged]).float()
     timing = Timing(seconds=[c.seconds for c in cols], nfe_total=[int(v) for v in profile.nfe.sum(0)],
                     peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(rows),
                     steps_total=[c.steps for c in cols])

@@ -59,6 +59,10 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
             f"{best['candidate']} ({right} {_pct(best['accuracy'])}{auc(best)}, mean NFE {best['nfe_mean']:.2f})")
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
+        if report.get("figure"):
+            ui.line(f"{report['figure']}: " + ", ".join(f"{r['candidate'].split(':')[0]} {_figure(r['figure'])}"
+                                                        for r in report["candidates"])
+                    + f"; oracle {_figure(orc.get('figure'))}")
     for r in report["candidates"]:
         if r["failed_samples"]:
             failed = sum(v for k, v in r["status"].items() if k != "ok")
@@ -67,6 +71,15 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
                     + f"), data rows {short_list(r['failed_samples'], 'rows', total=failed)}; they count as wrong")
     ui.json(report)
     return report
+
+
+def _figure(value: dict | None) -> str:
+    """A task figure for a line: NLP (bits per dimension) or the energy distance."""
+    if not value:
+        return ""
+    if "nlp" in value:
+        return f"{value['nlp']:.4f} nats ({value['bits_per_dim']:.4f} bits/dim)"
+    return f"{value['energy_distance']:.4g}"
 
 
 def _unique_method(report: dict, spec: str) -> bool:

@@ -11,6 +11,7 @@ import torch
 
 from dise_cli.auc import roc_auc
 from dise_cli.budgets import Budgets
+from dise_cli.figures import figure
 from dise_cli.integrators.base import Status
 from dise_cli.profiles import Profile
 from dise_cli.profiling import Timing
@@ -61,6 +62,18 @@ def auc_of(profile: Profile, choice: torch.Tensor | None = None, k: int | None =
     return None if value is None else round(value, 4)
 
 
+def figure_of(profile: Profile, choice: torch.Tensor | None = None, k: int | None = None) -> dict | None:
+    """The task figure (``--figure``: NLP or energy distance) of candidate ``k`` or of a choice per
+    sample; None where the profile was made without one."""
+    kind = profile.meta.get("figure")
+    if not kind or profile.outputs is None:
+        return None
+    if choice is None:
+        choice = torch.full((profile.n_samples,), k, dtype=torch.long)
+    outputs = profile.outputs[torch.arange(profile.n_samples), choice.long()]
+    return figure(kind, outputs, profile.reference, int(profile.meta.get("input_dim") or outputs.shape[1]))
+
+
 def _nfe_stats(nfe: torch.Tensor) -> dict[str, float]:
     v = nfe.to(torch.float64)
     return {"mean": round(float(v.mean()), 4), "p50": round(float(v.quantile(0.5)), 4),
@@ -106,6 +119,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
             finite = torch.isfinite(g)
             row["mean_error"] = float(g[finite].mean()) if finite.any() else None
             row["deviation_from_baseline"] = float(profile.deviation[:, k][torch.isfinite(profile.deviation[:, k])].mean())
+            row["figure"] = figure_of(profile, k=k)
         if timing is not None:
             n = max(timing.n_samples, 1)
             row["seconds_per_sample"] = timing.seconds[k] / n
@@ -119,6 +133,8 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
     choice = orc.pop("choice")
     if profile.task == "classification":
         orc["auc"] = auc_of(profile, choice)
+    else:
+        orc["figure"] = figure_of(profile, choice)
     seconds = estimated_seconds(profile)
     if seconds is not None:
         orc["seconds_mean"] = float(seconds.gather(1, choice[:, None]).mean())
@@ -140,4 +156,5 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
     }
     if profile.task == "regression":
         report["beta"] = default_beta(profile) if beta is None else beta
+        report["figure"] = profile.meta.get("figure") or None
     return report

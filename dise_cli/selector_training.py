@@ -21,7 +21,7 @@ from dise_cli.pipeline import Opened
 from dise_cli.profiles import Profile
 from dise_cli.profiling import grids_of
 from dise_cli.provenance import made_with
-from dise_cli.reports import auc_of, estimated_seconds, summarize
+from dise_cli.reports import auc_of, estimated_seconds, figure_of, summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
 
@@ -186,6 +186,8 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                      selector_spec=spec, n_params=sum(p.numel() for p in net.parameters()), describe=describe)
     selector.meta = {
         "alpha": labels.alpha, "M": labels.M, "beta": labels.beta, "task": profile.task,
+        "metric": profile.meta.get("metric") or "mse", "figure": profile.meta.get("figure") or "",
+        "input_dim": profile.meta.get("input_dim", ""),
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
         "input": {"shape": list(opened.data.x.shape[1:]), "dtype": str(opened.data.x.dtype).replace("torch.", "")},
@@ -232,6 +234,8 @@ class _Describer:
             out["seconds_mean"] = float(self.seconds[rows, choice].mean()) + self.v_seconds
         if self.val.task == "classification":
             out["auc"] = auc_of(self.val, choice)
+        elif self.val.meta.get("figure"):
+            out["figure"] = figure_of(self.val, choice)
         return out
 
 
@@ -251,6 +255,11 @@ def _single(summary: dict, row: dict, val: Profile) -> dict:
         out["seconds_mean"] = float(seconds[:, k].mean())
     if val.task == "classification":
         out["auc"] = auc_of(val, k=k)
+    else:
+        gamma = val.gamma[:, k]
+        out["mean_error"] = float(gamma[torch.isfinite(gamma)].mean()) if bool(torch.isfinite(gamma).any()) else None
+        if val.meta.get("figure"):
+            out["figure"] = figure_of(val, k=k)
     return out
 
 

@@ -1,0 +1,123 @@
+"""Issue 13: task figures (NLP, energy distance) against closed forms, and a tiny CNF (tuple state,
+exact trace) and a tiny flow-matching sampler through the whole pipeline with error budgets."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import families
+from dise_cli.cli import app
+from dise_cli.errors import UsageError
+from dise_cli.figures import check_figure, energy_distance, nlp
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def test_energy_distance_of_known_samples():
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    assert energy_distance(a, a.clone()) == pytest.approx(0.0)
+    # two point masses d apart: 2d - 0 - 0
+    assert energy_distance(torch.zeros(3, 2), torch.tensor([[3.0, 4.0]] * 5)) == pytest.approx(10.0)
+    # {0, 1} against {0}: 2 * mean(0, 1) - mean(0, 1, 1, 0) - 0 = 1 - 0.5
+    assert energy_distance(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0]])) == pytest.approx(0.5)
+    assert energy_distance(torch.tensor([[float("nan")]]), torch.tensor([[0.0]])) == math.inf
+
+
+def test_nlp_and_bits_per_dimension():
+    out = nlp(torch.tensor([[-1.0], [-3.0]]), input_dim=2)
+    assert out["nlp"] == pytest.approx(2.0) and out["bits_per_dim"] == pytest.approx(2.0 / (2 * math.log(2)))
+    with pytest.raises(UsageError, match="--figure"):
+        check_figure("fid")
+
+
+class LinearCNF(torch.nn.Module):
+    """dz/dt = a z in 2-D, d log p/dt = -tr(a I) = -2a: log p(x) = log N(x e^{-aT}; 0, σ² I) - 2aT."""
+
+    def __init__(self, a: float = 0.3):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(a))
+
+    def forward(self, t, states):
+        z = states[0]
+        return self.a * z, -2 * self.a * torch.ones(len(z), 1)
+
+
+def build_linear_density() -> torch.nn.Module:
+    return families.CNFDensity(LinearCNF()).eval()
+
+
+def test_the_nlp_of_a_linear_flow_matches_its_closed_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(families, "build_linear_density", build_linear_density, raising=False)
+    model = build_linear_density()
+    x = families.make_circles(24, seed=3)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    res = CliRunner().invoke(app, ["profile", str(tmp_path / "m.pt"), "--arch", "families:build_linear_density",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors"), "--metric", "mae",
+                                   "--figure", "nlp", "--candidates", "rk4:steps=40,dopri5:rtol=1e-5,atol=1e-5",
+                                   "--out", str(tmp_path / "p.safetensors"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    a, T = 0.3, 10.0                                               # CNFDensity solves from t = 10 to 0
+    var = 0.1                                                      # the example's p_z0 = N(0, 0.1 I)
+    z0 = x.double() * math.exp(-a * T)
+    log_p = -0.5 * (z0.pow(2).sum(1) / var) - math.log(2 * math.pi * var) - 2 * a * T
+    expected = float(-log_p.mean())
+    dopri = next(r for r in report["candidates"] if r["candidate"].startswith("dopri5"))
+    assert report["figure"] == "nlp" and dopri["figure"]["nlp"] == pytest.approx(expected, rel=1e-4)
+    assert dopri["figure"]["bits_per_dim"] == pytest.approx(expected / (2 * math.log(2)), rel=1e-4)
+
+
+def _through_the_pipeline(tmp_path, builder: str, data: torch.Tensor, profile_args: list, budget: list) -> dict:
+    module = getattr(families, builder)()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": data}, str(tmp_path / "d.safetensors"))
+    runner = CliRunner()
+    common = [tmp_path / "m.pt", "--arch", f"families:{builder}", "--code-path", TESTS]
+
+    def invoke(*args, code=0):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == code, res.stderr
+        return res
+
+    profile = json.loads(invoke("profile", *common, "--data", tmp_path / "d.safetensors", *profile_args,
+                                "--out", tmp_path / "p.safetensors", "--json", "-").stdout)
+    train = json.loads(invoke("train-selector", *common, "--data", tmp_path / "d.safetensors", "--profile",
+                              tmp_path / "p.safetensors", "--epochs", 3, *budget, "--out", tmp_path / "s.safetensors",
+                              "--json", "-").stdout)
+    invoke("export", *common, "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "b.dise")
+    evaluation = json.loads(invoke("evaluate", tmp_path / "b.dise", "--data", tmp_path / "d.safetensors",
+                                   "--code-path", TESTS, "--batch-sizes", 8, "--repeats", 1, *budget,
+                                   "--json", "-").stdout)
+    return {"profile": profile, "train": train, "evaluate": evaluation}
+
+
+def test_a_tiny_cnf_density_through_the_pipeline(tmp_path):
+    out = _through_the_pipeline(tmp_path, "build_cnf_row_time_density", families.make_circles(32),
+                                ["--metric", "mae", "--figure", "nlp",
+                                 "--candidates", "rk4:steps=8,rk4:steps=32,dopri5:rtol=1e-5,atol=1e-5"],
+                                ["--max-error-increase", 50])
+    assert out["profile"]["figure"] == "nlp" and all("nlp" in r["figure"] for r in out["profile"]["candidates"])
+    train = out["train"]
+    assert train["budgets"]["max_error_increase_pct"] == 50 and "nlp" in train["dise"]["figure"]
+    assert train["dise"]["mean_error"] <= 1.5 * train["baseline_only"]["mean_error"] * (1 + 1e-9)   # the budget held
+    assert "nlp" in out["evaluate"]["dise"]["figure"]
+    assert {g["gate"] for g in out["evaluate"]["gates"]} == {"max_error_increase"}
+
+
+def test_a_tiny_flow_matching_sampler_through_the_pipeline(tmp_path):
+    out = _through_the_pipeline(tmp_path, "build_fm_sampler", families.make_noise(48),
+                                ["--metric", "l2", "--figure", "energy",
+                                 "--candidates", "euler:steps=4,midpoint:steps=4,rk4:steps=4,dopri5:rtol=1e-4,atol=1e-4"],
+                                ["--max-deviation", 0.05])
+    dopri = out["profile"]["candidates"][-1]
+    assert dopri["figure"]["energy_distance"] < out["profile"]["candidates"][0]["figure"]["energy_distance"] + 1e-9
+    assert out["train"]["dise"]["mean_deviation"] <= 0.05 + 1e-9              # the budget held on the split
+    assert "energy_distance" in out["evaluate"]["dise"]["figure"]
+    assert "mean_deviation" in out["evaluate"]["dise"]
