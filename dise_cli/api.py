@@ -203,7 +203,7 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     from dise_cli.pipeline import open_inputs
 
     source, config, settings = _model_command(model, options, finetuning.FinetuneSettings)
-    if settings.loss:
+    if settings.loss and settings.loss != finetuning.NLL:
         import_object(settings.loss, "--loss")
     inputs = model_inputs(source, config)
     out_path, format_note = output_for(inputs.model, None if out is None else str(out))

@@ -47,7 +47,8 @@ class FinetuneSettings:
     max_accuracy_drop: float = 0.3
     rtol: float = 1e-3
     atol: float = 1e-3
-    loss: str | None = None          # package.module:fn (outputs, targets) -> scalar
+    loss: str | None = None          # package.module:fn (outputs, targets) -> scalar, or "nll" (maximum likelihood)
+    max_nlp_increase: float = 0.01   # nats: with --loss nll, checkpoints within this of the start's validation NLP
     schedule: str = "constant"       # or "cosine": the learning rate decays to 0 over all steps
     task: str | None = None          # classification | regression (None: from the labels)
 
@@ -77,7 +78,17 @@ class FinetuneResult:
     made_with: dict[str, str] | None = None    # versions and device it ran with (provenance.made_with)
 
 
+NLL = "nll"      # the model's output is log p(x): minimise its negative mean (maximum likelihood; no labels)
+
+
+def _negative_log_likelihood(out: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    del y
+    return -out.reshape(len(out), -1)[:, 0].mean()
+
+
 def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss == NLL:
+        return _negative_log_likelihood
     if loss:
         fn = import_object(loss, "--loss")
         if not callable(fn):
@@ -124,6 +135,27 @@ def validate(ode: OdeModel, data: Dataset, judge: Judge, solver: EmbeddedRK, dev
     return out
 
 
+def validate_density(ode: OdeModel, data: Dataset, solver: EmbeddedRK, device: torch.device,
+                     batch_size: int) -> dict:
+    """NLP (nats; the model's output is log p(x)), the solver's mean NFE and h(0)'s RMS on ``data``."""
+    ode.module.eval()
+    log_p, nfe = [], []
+    for i in range(0, len(data), batch_size):
+        solved = []
+
+        def solve(p, solved=solved):
+            solved.append(solver.solve(p.field, p.h0, p.t))
+            return solved[-1].ys
+        with torch.no_grad():
+            out = ode.forward_with(data.x[i:i + batch_size].to(device), solve)
+        log_p.append(out.reshape(len(out), -1)[:, 0].double().cpu())
+        nfe.append(solved[0].nfe.double().cpu())
+    v = torch.cat(log_p)
+    v = v[torch.isfinite(v)]
+    return {"nlp": float(-v.mean()) if len(v) else float("inf"), "nfe_mean": float(torch.cat(nfe).mean()),
+            "state_rms": state_rms(ode, data, device, batch_size)}
+
+
 @torch.no_grad()
 def state_rms(ode: OdeModel, data: Dataset, device: torch.device, batch_size: int) -> float:
     """The root mean square of h(0) over ``data``: DOPRI5 tolerates an error of atol + rtol·|h| per
@@ -149,27 +181,32 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
     tolerances; any adaptive method: R_err is its own error estimate) is the solve trained through and
     validated with."""
     settings.check()
-    if train.y is None:
-        raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets")
-    if val.y is None:
+    density = settings.loss == NLL
+    if train.y is None and not density:
+        raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets "
+                         f"(or --loss nll for a density, whose output is log p(x))")
+    if val.y is None and not density:
         raise InputError(f"validation data '{val.name}' has no labels; fine-tuning needs targets to validate")
     solver = solver or Dopri5(rtol=settings.rtol, atol=settings.atol)
     with torch.no_grad():
         sample = ode.forward_with(train.x[:2].to(device), lambda p: solver.solve(p.field, p.h0, p.t).ys)
-    check_labels(task, train.y, sample, train.name)
+    if not density:
+        check_labels(task, train.y, sample, train.name)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     judge = Judge(task)
     loss_fn = task_loss(task, settings.loss)
     module = ode.module
-    targets = targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
+    targets = None if density else targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
+    check = (lambda: validate_density(ode, val, solver, device, settings.batch_size)) if density else \
+        (lambda: validate(ode, val, judge, solver, device, settings.batch_size))
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=settings.lr)
     steps = settings.epochs * -(-len(train) // settings.batch_size)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if settings.schedule == "cosine"
              else None)
     record = settings.reg in ("err", "err-dt", "kinetic")
 
-    start = validate(ode, val, judge, solver, device, settings.batch_size)
+    start = check()
     history = [{"epoch": 0, "validation": start}]
     best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), 0, start["nfe_mean"]
     for epoch in range(1, settings.epochs + 1):
@@ -178,7 +215,8 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
         sums = {"loss": 0.0, "task_loss": 0.0, "reg": 0.0, "train_nfe": 0.0}
         for i in range(0, len(perm), settings.batch_size):
             idx = perm[i:i + settings.batch_size]
-            x, y = train.x[idx].to(device), targets[idx].to(device)
+            x = train.x[idx].to(device)
+            y = None if targets is None else targets[idx].to(device)
             solved = []
 
             def solve(p, solved=solved):
@@ -200,10 +238,13 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
                 sums[key] += step[key] * len(idx)
             if progress is not None:
                 progress({"advance": len(idx), **step})
-        val_metrics = validate(ode, val, judge, solver, device, settings.batch_size)
+        val_metrics = check()
         history.append({"epoch": epoch, **{k: v / len(perm) for k, v in sums.items()},
                         "lr": opt.param_groups[0]["lr"], "validation": val_metrics})
-        within = val_metrics["accuracy"] >= start["accuracy"] - settings.max_accuracy_drop / 100 - 1e-12
+        if density:
+            within = val_metrics["nlp"] <= start["nlp"] + settings.max_nlp_increase + 1e-12
+        else:
+            within = val_metrics["accuracy"] >= start["accuracy"] - settings.max_accuracy_drop / 100 - 1e-12
         if within and val_metrics["nfe_mean"] < best_nfe:
             best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), epoch, val_metrics["nfe_mean"]
     module.eval()

@@ -289,14 +289,21 @@ def render_finetune(ui: Output, result, settings) -> dict:
         val = h["validation"]
         rows.append((str(h["epoch"]), "" if h["epoch"] == 0 else f"{h['loss']:.4f}",
                      "" if h["epoch"] == 0 else f"{h['task_loss']:.4f}", "" if h["epoch"] == 0 else f"{h['reg']:.4g}",
-                     "" if h["epoch"] == 0 else f"{h['train_nfe']:.1f}", _pct(val["accuracy"]), f"{val['nfe_mean']:.2f}",
+                     "" if h["epoch"] == 0 else f"{h['train_nfe']:.1f}",
+                     _pct(val["accuracy"]) if "accuracy" in val else f"{val['nlp']:.4f}", f"{val['nfe_mean']:.2f}",
                      f"{val['state_rms']:.3g}", "kept" if h["epoch"] == result.kept_epoch else ""))
     ui.table(f"dise finetune: {settings.reg}, λ = {settings.lam:g}, {settings.epochs} epochs",
-             ["epoch", "loss", "task loss", "R", "train NFE", "val accuracy", "val NFE", "h(0) RMS", ""], rows)
+             ["epoch", "loss", "task loss", "R", "train NFE",
+              "val accuracy" if "accuracy" in result.history[0]["validation"] else "val NLP", "val NFE", "h(0) RMS", ""],
+             rows)
     start, kept = result.history[0]["validation"], result.history[result.kept_epoch]["validation"]
+    density = "nlp" in start
+    figure = (f"NLP {start['nlp']:.4f} -> {kept['nlp']:.4f} nats" if density
+              else f"accuracy {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}")
+    budget = f"{settings.max_nlp_increase} nats" if density else f"{settings.max_accuracy_drop} pp"
     ui.line(f"kept epoch {result.kept_epoch}: validation NFE {start['nfe_mean']:.2f} -> {kept['nfe_mean']:.2f} "
-            f"(x{kept['nfe_mean'] / start['nfe_mean']:.3f}), accuracy {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}"
-            + ("" if result.kept_epoch else f"; no epoch stayed within {settings.max_accuracy_drop} pp and lowered "
+            f"(x{kept['nfe_mean'] / start['nfe_mean']:.3f}), {figure}"
+            + ("" if result.kept_epoch else f"; no epoch stayed within {budget} and lowered "
                                              f"the NFE, so the starting model was kept"))
     growth = scale_change(result)
     if result.kept_epoch and growth is not None and not 1 / SCALE_NOTE_FACTOR <= growth <= SCALE_NOTE_FACTOR:

@@ -23,8 +23,12 @@ class StateShapeError(InputError):
 
 def rms_rows(x: torch.Tensor) -> torch.Tensor:
     """torchdiffeq's ``_rms_norm`` (``x.abs().pow(2).mean().sqrt()``; the abs changes no bit of
-    the square), per row: ``[N, ...] -> [N]``."""
-    return x.pow(2).reshape(len(x), -1).mean(1).sqrt()
+    the square), per row: ``[N, ...] -> [N]``. The same values; where a row is exactly zero (a
+    component whose error estimate vanishes, as a CNF's log-density part can) its gradient is 0,
+    not the NaN of sqrt's infinite slope at 0 times 0, so R_err trains through tuple states."""
+    square = x.pow(2).reshape(len(x), -1).mean(1)
+    positive = square != 0                 # NaN and inf stay as they are (non-finite rows retire)
+    return torch.where(positive, torch.where(positive, square, torch.ones_like(square)).sqrt(), torch.zeros_like(square))
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,20 @@ def test_a_tiny_flow_matching_sampler_through_the_pipeline(tmp_path):
     assert out["train"]["dise"]["mean_deviation"] <= 0.05 + 1e-9              # the budget held on the split
     assert "energy_distance" in out["evaluate"]["dise"]["figure"]
     assert "mean_deviation" in out["evaluate"]["dise"]
+
+
+def test_finetune_a_cnf_density_by_maximum_likelihood(tmp_path):
+    """dise finetune on a tuple-state model with an exact trace: --loss nll needs no labels."""
+    module = families.build_cnf_row_time_density()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_circles(40)}, str(tmp_path / "d.safetensors"))
+    res = CliRunner().invoke(app, ["finetune", str(tmp_path / "m.pt"), "--arch", "families:build_cnf_row_time_density",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors"), "--loss", "nll",
+                                   "--reg", "err", "--lam", "0.1", "--epochs", 2, "--batch-size", 16, "--lr", "1e-3",
+                                   "--out", str(tmp_path / "f.pt"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert [h["epoch"] for h in report["history"]] == [0, 1, 2]
+    assert all(math.isfinite(h["validation"]["nlp"]) for h in report["history"])
+    assert all(math.isfinite(h["task_loss"]) and h["reg"] > 0 for h in report["history"][1:])
+    assert (tmp_path / "f.pt").exists()

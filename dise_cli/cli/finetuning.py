@@ -31,7 +31,8 @@ def finetune(
     schedule: Annotated[Optional[str], setting(FS, "schedule", "--schedule", f"Learning rate schedule: {' or '.join(SCHEDULES)} (cosine decays to 0 over all the steps).")] = None,
     batch_size: Annotated[Optional[int], setting(FS, "batch_size", "--batch-size", "Samples per training batch.")] = None,
     max_accuracy_drop: Annotated[Optional[float], setting(FS, "max_accuracy_drop", "--max-accuracy-drop", "Keep only checkpoints within this many percentage points of the starting model's validation accuracy.")] = None,
-    loss: Annotated[Optional[str], setting(FS, "loss", "--loss", "package.module:fn(outputs, targets) -> loss.", when_none="cross-entropy, or MSE for regression")] = None,
+    loss: Annotated[Optional[str], setting(FS, "loss", "--loss", "package.module:fn(outputs, targets) -> loss, or nll for a density whose output is log p(x) (maximum likelihood; no labels needed).", when_none="cross-entropy, or MSE for regression")] = None,
+    max_nlp_increase: Annotated[Optional[float], setting(FS, "max_nlp_increase", "--max-nlp-increase", "With --loss nll: keep only checkpoints whose validation NLP is within this many nats of the start's.")] = None,
     task: Annotated[Optional[str], setting(FS, "task", "--task", "classification or regression.", when_none="from the labels")] = None,
     seed: Annotated[Optional[int], setting(FS, "seed", "--seed", "Seed for the held-out split and the batch order.")] = None,
     json_path: opt.JsonOut = None,
@@ -48,11 +49,12 @@ def finetune(
     ui = Output(quiet=quiet, json_path=json_path)
     result = api.finetune(source, out=out, val_data=val_data, note=ui.note, progress=ui.progress, reg=reg, lam=lam,
                           epochs=epochs, lr=lr, schedule=schedule, batch_size=batch_size,
-                          max_accuracy_drop=max_accuracy_drop, loss=loss, task=task, seed=seed)
+                          max_accuracy_drop=max_accuracy_drop, max_nlp_increase=max_nlp_increase, loss=loss, task=task,
+                          seed=seed)
     settings = result.settings
     render_finetune(ui, result, settings)
     resolvable = result.validation_size * settings.max_accuracy_drop / 100
-    if resolvable < MIN_SAMPLES_IN_DROP:
+    if settings.loss != "nll" and resolvable < MIN_SAMPLES_IN_DROP:
         ui.note(f"the validation data has {result.validation_size} samples, so --max-accuracy-drop "
                 f"{settings.max_accuracy_drop:g} is {resolvable:.2g} of them: the checkpoint check is noisy; "
                 f"pass a larger --val-data")

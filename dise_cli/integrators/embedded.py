@@ -217,8 +217,9 @@ class EmbeddedRK(Integrator):
         ys = ys.index_put((time_idx, sample_idx), values)
         step_errors = None
         if record_errors:
-            step_errors = StepErrors(sample=torch.cat(res.step_sample), error=torch.cat(res.step_error),
-                                     dt=torch.cat(res.step_dt), kinetic=torch.cat(res.step_kinetic))
+            cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=h0.device)  # noqa: E731
+            step_errors = StepErrors(sample=cat(res.step_sample, torch.long), error=cat(res.step_error, h0.dtype),
+                                     dt=cat(res.step_dt, h0.dtype), kinetic=cat(res.step_kinetic, h0.dtype))
         return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
 
 
