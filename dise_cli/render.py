@@ -60,8 +60,9 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
         if report.get("figure"):
-            ui.line(f"{report['figure']}: " + ", ".join(f"{r['candidate'].split(':')[0]} {_figure(r['figure'])}"
-                                                        for r in report["candidates"])
+            ui.line(f"{report['figure']}: " + ", ".join(
+                f"{r['candidate'].split(':')[0] if _unique_method(report, r['candidate']) else r['candidate']} "
+                f"{_figure(r['figure'])}" for r in report["candidates"])
                     + f"; oracle {_figure(orc.get('figure'))}")
     for r in report["candidates"]:
         if r["failed_samples"]:
@@ -203,20 +204,29 @@ def render_training(ui: Output, report: dict) -> None:
              ("DISE before calibration", report["uncalibrated"], _shares(report["uncalibrated"]["share"])),
              (f"{base['candidate']} only", base, ""), (f"best single: {best['candidate']}", best, ""),
              ("oracle", orc, _shares(orc["share"]))]
-    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []), f"{r['nfe_mean']:.2f}",
+    errors = not auc
+    figure = errors and any(r.get("figure") for _, r, _ in named)
+    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []),
+             *([_num(r.get("mean_error"), digits=4), _num(r.get("mean_deviation"), digits=4)] if errors else []),
+             *([_figure(r.get("figure"))] if figure else []), f"{r['nfe_mean']:.2f}",
              _num(r.get("seconds_mean"), 1e3), shares) for name, r, shares in named]
     ui.table(f"dise train-selector: validation split ({report['n_validation']} samples; trained on {report['n_train']})",
-             ["model", right, *(["AUC"] if auc else []), "mean NFE", "est. ms/sample", "integrators"], rows)
+             ["model", right, *(["AUC"] if auc else []), *(["mean Γ", "mean dev."] if errors else []),
+              *(["figure"] if figure else []), "mean NFE", "est. ms/sample", "integrators"], rows)
     costs = report["costs"]
     note = f"; M raised to {costs['M']:g} (a cost came near the given M)" if costs["M_raised"] else ""
     unit = "NFE" if costs.get("cost", "nfe") == "nfe" else "solve time, in the baseline's seconds per NFE"
     ui.line(f"costs: Δ = {unit}, α = {costs['alpha']:g}, M = {costs['M']:g}{note}"
             + (f", β = {costs['beta']:.4g}" if costs["beta"] is not None else ""))
     sel = report["selector"]
+    budgets = {k: v for k, v in (report.get("budgets") or {}).items() if v is not None}
+    within = (" and ".join(f"mean Γ at most {v:g} % over" if k == "max_error_increase_pct" else
+                           f"a mean deviation of at most {v:g} from" for k, v in budgets.items())
+              if budgets else f"{report['max_accuracy_drop_pp']} pp of")
     ui.line(f"selector: {sel['kind']} on {sel['inputs']} {tuple(sel['in_shape'])}, {sel['parameters']:,} parameters; "
-            f"calibrated within {report['max_accuracy_drop_pp']} pp of {base['candidate']}")
+            f"calibrated within {within} {base['candidate']}")
     baseline_share = dise["share"].get(base["candidate"], 0.0)
-    if baseline_share >= 0.99:
+    if baseline_share >= 0.99 and not budgets:
         ui.note(f"note: on the validation split hardly any routing cheaper than {base['candidate']} alone stayed within "
                 f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends nearly everything there; a larger "
                 f"--val-split, another --seed or a larger --max-accuracy-drop may find one")
@@ -239,10 +249,16 @@ def render_evaluation(ui: Output, report: dict) -> None:
     named = [(f"DISE (selector {dise['selector_nfe']:.2f} NFE incl.)", dise, _shares(dise["share"]))]
     named += [(f"{c['candidate']} only", c, "") for c in report["candidates"]]
     named.append(("oracle", orc, _shares(orc["share"])))
-    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []), f"{r['nfe_mean']:.2f}", shares)
+    figure = not auc and any(r.get("figure") for _, r, _ in named)
+    rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []),
+             *([_figure(r.get("figure"))] if figure else []), f"{r['nfe_mean']:.2f}", shares)
             for name, r, shares in named]
     ui.table(f"dise evaluate: {report['n_samples']} samples",
-             ["model", right, *(["AUC"] if auc else []), "mean NFE", "integrators"], rows)
+             ["model", right, *(["AUC"] if auc else []), *(["figure"] if figure else []), "mean NFE", "integrators"],
+             rows)
+    if not auc and dise.get("mean_deviation") is not None:
+        ui.line(f"DISE: mean Γ {_num(dise.get('mean_error'), digits=4)} (baseline {_num(base.get('mean_error'), digits=4)}), "
+                f"mean deviation from the baseline's outputs {_num(dise['mean_deviation'], digits=4)}")
     ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
             f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
             + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))
