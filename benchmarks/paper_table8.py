@@ -44,6 +44,8 @@ ROWS = [("No reg.", "none", 0.0), ("Kinetic energy reg.", "kinetic", 0.05), ("L1
 EPOCHS, LR, BATCH = 5, 1e-3, 128
 BUDGET = {"max_deviation": 0.01}
 TIMED_BATCH = 256
+# what a user would try beside the model's own solve: fixed-step counts over the flow's t in [0, 10]
+CANDIDATES = "euler:steps=32,rk4:steps=8,rk4:steps=16,rk4:steps=32,dopri5:rtol=1e-05,atol=1e-05"
 
 
 def opened(model: Path | str, split: str, device: str):
@@ -65,7 +67,8 @@ def measure(model: Path | str, device: str, reference_rms: float | None) -> dict
 def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
     train = str(SAMPLE / "train.safetensors")
     profile = folder / f"{model.stem}.profile.safetensors"
-    dise_cli.profile(model, config=str(PROJECT), data=train, out=profile, device=device, metric="mae", figure="nlp")
+    dise_cli.profile(model, config=str(PROJECT), data=train, out=profile, device=device, metric="mae", figure="nlp",
+                     candidates=CANDIDATES)
     rows = []
     for seed in range(seeds):
         selector, bundle = folder / f"{model.stem}.{seed}.selector", folder / f"{model.stem}.{seed}.dise"
