@@ -208,6 +208,8 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     candidates, base = opened.candidates.integrators, opened.candidates.baseline
     with torch.no_grad():
         sample = ode.forward_with(data.x[:2].to(device), lambda p: candidates[0].solve(p.field, p.h0, p.t).ys)
+    if task is None and figure is not None:
+        task = "regression"             # a figure (NLP, energy) says the outputs are judged by an error
     if task is None:
         task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested", "whole"))
     check_labels(task, data.y, sample, data.name)

@@ -18,7 +18,9 @@ Two models over the same weights (``cnf.hyper_net.*``), as users have them:
 One change to the example's f: it takes a time per row. t may be a float or 0-dim tensor (one time
 for the batch, as odeint passes it) or ``[N]`` / ``[N, 1]`` (one time per row); the hypernetwork
 then gives each row its own W, B, U and f applies them with a batched matmul. On a scalar t the
-result is the example's, operation for operation. Nothing here knows about dise.
+result is the example's, operation for operation. ``build_density_scalar_time`` and
+``build_sampler_scalar_time`` keep the example's f verbatim (a scalar t only) over the same weights,
+for comparison. Nothing here knows about dise.
 """
 from __future__ import annotations
 
