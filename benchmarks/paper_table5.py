@@ -37,8 +37,7 @@ import dise_cli  # noqa: E402
 from dise_cli.finetuning import state_rms, validate  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
 from dise_cli.judging import Judge  # noqa: E402
-from dise_cli.pipeline import open_inputs  # noqa: E402
-from dise_cli.sources import ModelOptions, model_inputs, project_config  # noqa: E402
+from paper_tables import mean_std, opened as open_split  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "vowels_latent_ode"
 PROJECT = SAMPLE / "dise.yaml"
@@ -50,15 +49,9 @@ SELECTOR = {"selector_arch": "table4", "dropout": 0.25}
 TIMED_BATCH = 256
 
 
-def opened(model: Path | str, split: str, device: str):
-    source = ModelOptions(model=str(model), config=str(PROJECT), data=str(SAMPLE / f"{split}.safetensors"),
-                          device=device)
-    return open_inputs(model_inputs(source, project_config(source)))
-
-
 def measure(model: Path | str, device: str, reference_rms: float | None) -> dict:
     """Test AUC, accuracy and the own solver's mean NFE; h(0)'s RMS; the NFE with atol scaled by it."""
-    test = opened(model, "test", device)
+    test = open_split(SAMPLE, model, "test", device)
     own = test.candidates.integrators[test.candidates.baseline]
     judge = Judge("classification")
     metrics = validate(test.model, test.data, judge, own, test.device, 256)
@@ -90,11 +83,6 @@ def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
               f"NFE {report['dise']['nfe_mean']}, {timing['speedup_vs_baseline']:.2f}x at batch {TIMED_BATCH}",
               file=sys.stderr, flush=True)
     return rows
-
-
-def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4g} ± {sd:.2g}"
 
 
 def main(argv: list[str] | None = None) -> None:

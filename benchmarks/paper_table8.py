@@ -34,8 +34,7 @@ if str(REPO_ROOT) not in sys.path:
 import dise_cli  # noqa: E402
 from dise_cli.finetuning import state_rms, validate_density  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
-from dise_cli.pipeline import open_inputs  # noqa: E402
-from dise_cli.sources import ModelOptions, model_inputs, project_config  # noqa: E402
+from paper_tables import mean_std, opened as open_split  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "circles_cnf"
 PROJECT = SAMPLE / "dise.yaml"
@@ -48,14 +47,8 @@ TIMED_BATCH = 256
 CANDIDATES = "euler:steps=32,rk4:steps=8,rk4:steps=16,rk4:steps=32,dopri5:rtol=1e-05,atol=1e-05"
 
 
-def opened(model: Path | str, split: str, device: str):
-    source = ModelOptions(model=str(model), config=str(PROJECT), data=str(SAMPLE / f"{split}.safetensors"),
-                          device=device)
-    return open_inputs(model_inputs(source, project_config(source)))
-
-
 def measure(model: Path | str, device: str, reference_rms: float | None) -> dict:
-    test = opened(model, "test", device)
+    test = open_split(SAMPLE, model, "test", device)
     own = test.candidates.integrators[test.candidates.baseline]
     metrics = validate_density(test.model, test.data, own, test.device, 256)
     rms = state_rms(test.model, test.data, test.device, 256)
@@ -85,11 +78,6 @@ def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
               f"NFE {rows[-1]['nfe']:.1f} (own {base['nfe_mean']:.1f}), {rows[-1]['speedup']:.2f}x", file=sys.stderr,
               flush=True)
     return rows
-
-
-def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4g} ± {sd:.2g}"
 
 
 def main(argv: list[str] | None = None) -> None:
