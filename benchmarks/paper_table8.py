@@ -15,7 +15,8 @@ over the shipped model's. The DISE rows profile the training points against dise
 the budget `--max-deviation 0.01` (the routed log p within 0.01 nats of the baseline's on average)
 for each seed, export and evaluate on the test points: mean ± std over seeds, and Table 9's shares.
 The targets (issue 13): DISE's mean NFE at most 0.6x the own solve with the NLP within 0.01 nats,
-and the routed bundle at least 1.5x faster at batch 256, side by side in one run.
+and the routed bundle at least 1.5x faster at batch 256 than the model's own forward (torchdiffeq's
+batched odeint), side by side in one run; the speed-up over dise's per-sample DOPRI5 is printed too.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 import dise_cli  # noqa: E402
 from dise_cli.finetuning import state_rms, validate_density  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
-from paper_tables import mean_std, opened as open_split  # noqa: E402
+from paper_tables import mean_std, opened as open_split, time_against_own  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "circles_cnf"
 PROJECT = SAMPLE / "dise.yaml"
@@ -63,6 +64,7 @@ def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
     dise_cli.profile(model, config=str(PROJECT), data=train, out=profile, device=device, metric="mae", figure="nlp",
                      candidates=CANDIDATES)
     rows = []
+    test = open_split(SAMPLE, model, "test", device)
     for seed in range(seeds):
         selector, bundle = folder / f"{model.stem}.{seed}.selector", folder / f"{model.stem}.{seed}.dise"
         dise_cli.train_selector(model, profile, config=str(PROJECT), data=train, out=selector, seed=seed,
@@ -71,12 +73,14 @@ def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
         report = dise_cli.evaluate(bundle, str(SAMPLE / "test.safetensors"), config=str(PROJECT),
                                    batch_sizes=(TIMED_BATCH,), repeats=3, device=device)
         base = report["baseline_only"]
+        own = time_against_own(bundle, test, TIMED_BATCH)
         rows.append({"seed": seed, "nlp": report["dise"]["figure"]["nlp"], "nfe": report["dise"]["nfe_mean"],
                      "share": report["dise"]["share"], "speedup": report["timing"][0]["speedup_vs_baseline"],
-                     "baseline_nlp": base["figure"]["nlp"], "baseline_nfe": base["nfe_mean"]})
+                     "speedup_vs_own": own["speedup_vs_own"], "baseline_nlp": base["figure"]["nlp"],
+                     "baseline_nfe": base["nfe_mean"]})
         print(f"  {model.stem} seed {seed}: NLP {rows[-1]['nlp']:.4f} (own {rows[-1]['baseline_nlp']:.4f}), "
-              f"NFE {rows[-1]['nfe']:.1f} (own {base['nfe_mean']:.1f}), {rows[-1]['speedup']:.2f}x", file=sys.stderr,
-              flush=True)
+              f"NFE {rows[-1]['nfe']:.1f} (own {base['nfe_mean']:.1f}), {rows[-1]['speedup']:.2f}x dise's DOPRI5, "
+              f"{own['speedup_vs_own']:.2f}x the model's own forward", file=sys.stderr, flush=True)
     return rows
 
 
@@ -113,12 +117,13 @@ def main(argv: list[str] | None = None) -> None:
           f"weights, finetune --loss nll, Adam lr {LR:g}, batch {BATCH}, {args.epochs} epochs, the own solver "
           f"({reference['own_solver']}); λ: " + ", ".join(f"{reg} {lam:g}" for _, reg, lam in ROWS if reg != "none")
           + f"; DISE: Table 7 selector (Tanh MLP), budget {BUDGET}, {args.seeds} seeds (mean ± std)")
-    print(f"{'Model':<22}{'NLP (nats)':>18}{'NFE':>18}{'NFE, atol x RMS':>17}{'x faster @256':>16}")
+    print(f"{'Model':<22}{'NLP (nats)':>18}{'NFE':>18}{'NFE, atol x RMS':>17}{'x dise DOPRI5':>16}"
+          f"{'x own forward':>16}")
     for r in rows:
         if "seeds" in r:
             s = r["seeds"]
             print(f"{r['model']:<22}{mean_std([x['nlp'] for x in s]):>18}{mean_std([x['nfe'] for x in s]):>18}"
-                  f"{'':>17}{mean_std([x['speedup'] for x in s]):>16}")
+                  f"{'':>17}{mean_std([x['speedup'] for x in s]):>16}{mean_std([x['speedup_vs_own'] for x in s]):>16}")
         else:
             print(f"{r['model']:<22}{r['nlp']:>18.4f}{r['nfe']:>18.1f}{r['nfe_scale_matched']:>17.1f}{'':>16}")
     print("Table 9 (shares of the selected integrators, mean over seeds):")
@@ -129,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Targets, No reg. & DISE against the same model's own solve: NFE ratio "
           f"{mean_std([x['nfe'] / x['baseline_nfe'] for x in dise])} (target <= 0.6), NLP increase "
           f"{mean_std([x['nlp'] - x['baseline_nlp'] for x in dise])} nats (target <= 0.01), speed-up at batch "
-          f"{TIMED_BATCH} {mean_std([x['speedup'] for x in dise])}x (target >= 1.5)")
+          f"{TIMED_BATCH} {mean_std([x['speedup_vs_own'] for x in dise])}x the model's own forward (torchdiffeq; "
+          f"target >= 1.5), "
+          f"{mean_std([x['speedup'] for x in dise])}x dise's per-sample DOPRI5")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "reference": reference, "minutes": minutes}, indent=2))
 

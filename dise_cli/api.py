@@ -38,7 +38,7 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
         progress: ``progress(total, description)``, a context manager yielding ``advance(n)``.
         **options: fields of ``ModelOptions`` (data, data_factory, x_key, y_key, arch, trust_pickle,
             code_path, ode_block, solve, t_span, device, config) and of ``ProfileSettings``
-            (candidates, batch_size, limit, seed, task, metric, time_major).
+            (candidates, batch_size, limit, seed, task, metric, time_major, figure, figure_data).
 
     Returns:
         ``ProfileRun``: ``run.profile`` holds the per-sample arrays [N, K];
@@ -61,7 +61,7 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
     with (progress or _no_progress)(len(rows), "profiling") as advance:
         run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
                             metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
-                            progress=advance, figure=settings.figure)
+                            progress=advance, figure=settings.figure, figure_data=settings.figure_data)
     if out_path is not None:
         write_profile(run.profile, out_path)
     return run
@@ -136,7 +136,8 @@ def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *
         bundle: a ``.dise`` file; ``data``: a data file, or ``DataOptions``.
         **options: fields of ``DataOptions`` (data_factory, x_key, y_key, code_path, device,
             config) and of ``EvaluateSettings`` (batch_size, batch_sizes, repeats, limit, seed,
-            time_major, max_accuracy_drop, min_nfe_reduction, max_nfe).
+            time_major, max_accuracy_drop, min_nfe_reduction, max_nfe, max_error_increase,
+            max_deviation, figure_data).
 
     Returns:
         The report ``dise evaluate`` prints and writes as JSON.
@@ -151,7 +152,7 @@ def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *
         return evaluate_routed(routed, dataset, rows=rows, batch_size=settings.batch_size,
                                batch_sizes=[int(b) for b in settings.batch_sizes], device=device,
                                gates=settings.gates, time_major=settings.time_major, repeats=settings.repeats,
-                               progress=advance)
+                               progress=advance, figure_data=settings.figure_data)
 
 
 def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out: str | Path | None = None,

@@ -13,14 +13,14 @@ import torch
 from dise_cli.errors import InputError, UsageError
 from dise_cli.files import existing_file
 
-PATH_KEYS = ("model", "data", "code_path")
+PATH_KEYS = ("model", "data", "code_path", "figure_data")
 PROJECT_KEYS = {
     "model": "MODEL file", "arch": "package.module:factory", "trust_pickle": "bool",
     "code_path": "folder or list of folders", "ode_block": "dotted module path", "solve": "int",
     "t_span": "list of times",
     "data": "data file", "data_factory": "package.module:fn", "x_key": "str", "y_key": "str",
     "task": "classification|regression", "metric": "mse|mae|l2|package.module:fn", "time_major": "bool",
-    "figure": "nlp|energy",
+    "figure": "nlp|energy", "figure_data": "data file of held-out samples (figure: energy)",
     "candidates": "candidate specs", "batch_size": "int", "device": "auto|cpu|cuda", "seed": "int",
     "limit": "int",
 }

@@ -13,6 +13,8 @@ from dise_cli.budgets import Budgets
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
+from dise_cli.figures import read_figure_data
+from dise_cli.files import existing_file
 from dise_cli.judging import Judge, detect_task, targets_batch_major
 from dise_cli.provenance import made_with
 from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
@@ -47,8 +49,11 @@ class EvaluateSettings:
     max_nfe: float | None = None
     max_error_increase: float | None = None
     max_deviation: float | None = None
+    figure_data: str | None = None                # held-out samples of the target (a sampler's energy figure)
 
     def check(self) -> None:
+        if self.figure_data is not None:
+            existing_file(self.figure_data, "--figure-data")
         positive_int(self.batch_size, "--batch-size")
         positive_int(self.repeats, "--repeats")
         if self.limit is not None:
@@ -64,7 +69,7 @@ class EvaluateSettings:
 
 def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, batch_size: int,
                     batch_sizes: list[int], device: torch.device, gates: Gates, time_major: bool | None = None,
-                    repeats: int = 5, progress=None) -> dict:
+                    repeats: int = 5, progress=None, figure_data: str | None = None) -> dict:
     ode = routed.ode
     task = routed.selector.meta.get("task") or detect_task(data.y, has_decoder=True)
     meta = routed.selector.meta
@@ -72,10 +77,15 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
     beta = meta.get("beta")
     reference = Reference(routed.integrators[routed.baseline])
     kind = meta.get("figure") or None
+    if figure_data is not None and kind != "energy":
+        raise UsageError(f"--figure-data: the selector was trained without the energy figure (figure: {kind or 'none'}); "
+                         f"held-out samples are for samplers profiled with --figure energy")
     run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
                              baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress,
                              keep_outputs=kind is not None)
     run.profile.meta.update({"figure": kind or "", "input_dim": str(meta.get("input_dim") or "")})
+    if figure_data is not None:
+        run.profile.figure_data = read_figure_data(figure_data, run.profile.outputs.shape[2])
     summary = summarize(run.profile, run.timing, beta=beta)
     dise, choice, fallback = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
     if judge.task == "regression":

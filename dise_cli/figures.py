@@ -5,7 +5,10 @@ DISE (``--figure``):
   (nats) and bits per dimension (NLP / (D ln 2), D the input's size per sample);
 - ``energy``: a sampler whose output is a sample per input: the energy distance between the outputs
   and the reference solve's (or the labels'), 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely), in the
-  outputs' units; 0 exactly when the two sets coincide as distributions.
+  outputs' units; 0 exactly when the two sets coincide as distributions. With ``--figure-data FILE``
+  (held-out samples of the distribution the sampler was trained to reach, key ``x``) also the energy
+  distance of the outputs to those: what the user's figure of merit is, next to which the solver's
+  error is measured.
 """
 from __future__ import annotations
 
@@ -14,15 +17,38 @@ import math
 import torch
 
 from dise_cli.errors import UsageError
+from dise_cli.files import existing_file
 
 FIGURES = ("nlp", "energy")
 ENERGY_SAMPLES = 2048       # larger sets are subsampled (seeded) so the pairwise terms stay cheap
 
 
-def check_figure(name: str | None) -> str | None:
+def check_figure(name: str | None, data: str | None = None) -> str | None:
     if name is not None and name not in FIGURES:
         raise UsageError(f"--figure: unknown figure '{name}'; valid: {', '.join(FIGURES)}")
+    if data is not None:
+        if name != "energy":
+            raise UsageError("--figure-data: held-out samples are for --figure energy (a sampler)")
+        existing_file(data, "--figure-data")
     return name
+
+
+def read_figure_data(path: str, output_size: int) -> torch.Tensor:
+    """The held-out samples of ``--figure-data`` ([M, F] float32, F the size of one output), subsampled
+    (seeded) to the size the energy distance uses."""
+    from dise_cli.errors import InputError
+    from dise_cli.files import read_safetensors
+    _, tensors = read_safetensors(path, "--figure-data")
+    if "x" not in tensors:
+        raise InputError(f"--figure-data '{path}' has no key 'x' (keys: {', '.join(sorted(tensors)) or 'none'})")
+    x = tensors["x"]
+    if not x.is_floating_point() or x.ndim < 1 or len(x) < 2 or x[0].numel() != output_size:
+        raise InputError(f"--figure-data '{path}': 'x' must be float samples shaped like one output of the model "
+                         f"({output_size} values each, at least 2 samples), got {x.dtype} {tuple(x.shape)}")
+    x = x.reshape(len(x), -1)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"--figure-data '{path}': 'x' has non-finite values")
+    return _subsample(x.float(), 2).contiguous()
 
 
 def nlp(log_p: torch.Tensor, input_dim: int) -> dict[str, float]:
@@ -44,11 +70,16 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor, seed: int = 0) -> float:
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
 
-def figure(kind: str, outputs: torch.Tensor, reference: torch.Tensor, input_dim: int) -> dict[str, float]:
-    """The figure ``kind`` of ``outputs`` (against ``reference`` for ``energy``)."""
+def figure(kind: str, outputs: torch.Tensor, reference: torch.Tensor, input_dim: int,
+           data: torch.Tensor | None = None) -> dict[str, float]:
+    """The figure ``kind`` of ``outputs`` (for ``energy``: against ``reference``, and against the
+    held-out samples ``data`` where given)."""
     if kind == "nlp":
         return nlp(outputs, input_dim)
-    return {"energy_distance": energy_distance(outputs, reference)}
+    out = {"energy_distance": energy_distance(outputs, reference)}
+    if data is not None:
+        out["energy_distance_data"] = energy_distance(outputs, data)
+    return out
 
 
 def _subsample(x: torch.Tensor, seed: int) -> torch.Tensor:

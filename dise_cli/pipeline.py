@@ -11,7 +11,7 @@ import torch
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset, load_data
 from dise_cli.errors import InputError, UsageError, first_line
-from dise_cli.figures import check_figure
+from dise_cli.figures import check_figure, read_figure_data
 from dise_cli.fidelity import FIDELITY_SAMPLES, Fidelity, check_fidelity, fidelity_error
 from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrator, parse_candidates
 from dise_cli.integrators.emulation import Emulation, emulate
@@ -35,9 +35,10 @@ class ProfileSettings:
     metric: str = "mse"                 # regression error: mse, mae or package.module:fn
     time_major: bool | None = None      # targets [T, N, ...] (None: from the shapes)
     figure: str | None = None           # a task figure beside Γ: nlp (density) or energy (sampler); figures.py
+    figure_data: str | None = None      # held-out samples of the target distribution (figure energy), key x
 
     def check(self) -> None:
-        check_figure(self.figure)
+        check_figure(self.figure, self.figure_data)
         positive_int(self.batch_size, "--batch-size")
         if self.limit is not None:
             positive_int(self.limit, "--limit")
@@ -201,7 +202,8 @@ def override_hint(model: OdeModel, chosen: Candidates) -> str:
 
 def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
                   task: str | None = None, metric: str = "mse", time_major: bool | None = None, seed: int = 0,
-                  progress: Callable[[int], None] | None = None, figure: str | None = None) -> ProfileRun:
+                  progress: Callable[[int], None] | None = None, figure: str | None = None,
+                  figure_data: str | None = None) -> ProfileRun:
     """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
     candidate on ``rows`` of the data, and stamp the profile with what produced it."""
     ode, data, device = opened.model, opened.data, opened.device
@@ -216,12 +218,14 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     if figure is not None and task != "regression":
         raise UsageError(f"--figure {figure}: figures are for models judged by an error (regression, density, "
                          f"sampling); this one is a classifier")
+    held_out = None if figure_data is None else read_figure_data(figure_data, sample[0].numel())
     judge = Judge(task, metric)
     torch.manual_seed(seed)
     reference = Reference(candidates[base])
     run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,
                              baseline=base, time_major=time_major, reference=reference, progress=progress,
                              keep_outputs=figure is not None)
+    run.profile.figure_data = held_out
     spec = opened.loaded.spec
     run.profile.meta.update({
         "model_sha256": opened.loaded.sha256, "data_sha256": data.sha256,

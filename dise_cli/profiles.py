@@ -3,7 +3,9 @@
 A safetensors file (no pickle). Arrays are ``[N, K]`` (N profiled samples, K candidates in the
 header's order): ``nfe`` int32, ``status`` uint8, and ``correct`` uint8 plus ``pred`` int64
 (classification, with ``scores`` [N, K, C] and ``target`` [N] for the AUC) or ``gamma`` float64 plus
-``deviation`` float64 (regression; Γ against the targets and against the baseline's output);
+``deviation`` float64 (regression; Γ against the targets and against the baseline's output, with
+``outputs`` [N, K, F] and ``reference`` [N, F] for a task figure, and ``figure_data`` [M, F], the
+held-out samples of ``--figure-data``);
 ``index`` [N] holds each sample's row in the data. The text header (one metadata entry,
 ``dise_profile``, holding sorted JSON: safetensors keeps several entries in a random order) says
 what produced it, under ``made_with`` where it was made (``dise_cli.provenance``: versions and
@@ -33,7 +35,8 @@ ARRAYS = {"classification": ("nfe", "status", "correct", "pred"),
 # Classification arrays a profile has when it was made by a dise that records them (read where present):
 # ``scores`` [N, K, C] float32, each candidate's class scores (a single logit: C = 1), and ``target``
 # [N] int64, the class each sample was judged against (its label, or the reference solve's answer).
-OPTIONAL = {"classification": ("scores", "target"), "regression": ("outputs", "reference")}
+OPTIONAL = {"classification": ("scores", "target"), "regression": ("outputs", "reference", "figure_data")}
+UNPAIRED = ("figure_data",)     # optional arrays not indexed by sample
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Profile:
     target: torch.Tensor | None = None     # [N] int64 (classification: the class judged against)
     outputs: torch.Tensor | None = None    # [N, K, F] float32 (regression with a figure: each candidate's outputs)
     reference: torch.Tensor | None = None  # [N, F] float32 (ditto: what they were judged against)
+    figure_data: torch.Tensor | None = None  # [M, F] float32 (--figure-data: held-out samples of the target)
     # per candidate, measured on the profiling device: {"seconds_per_nfe": [K], "seconds_per_step": [K],
     # "device": name}; the one wall-clock record in the file (see ``header``)
     timing: dict | None = None
@@ -72,7 +76,7 @@ class Profile:
                        status=self.status[rows], correct=pick(self.correct), pred=pick(self.pred),
                        gamma=pick(self.gamma), deviation=pick(self.deviation), scores=pick(self.scores),
                        target=pick(self.target), outputs=pick(self.outputs), reference=pick(self.reference),
-                       meta=dict(self.meta),
+                       figure_data=self.figure_data, meta=dict(self.meta),
                        timing=None if self.timing is None else dict(self.timing),
                        made_with=None if self.made_with is None else dict(self.made_with))
 
@@ -156,9 +160,15 @@ def read_profile(path: str | Path) -> Profile:
         for name in OPTIONAL[task]:
             if name in arrays:
                 three = name in ("scores", "outputs")
-                if arrays[name].shape[0] != n or (three and (arrays[name].ndim != 3 or arrays[name].shape[1] != k)):
+                if name in UNPAIRED:
+                    if arrays[name].ndim != 2 or len(arrays[name]) < 2:
+                        raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)}, expected [M >= 2, F]")
+                elif arrays[name].shape[0] != n or (three and (arrays[name].ndim != 3 or arrays[name].shape[1] != k)):
                     raise ValueError(f"'{name}' has shape {tuple(arrays[name].shape)} for {n} samples and {k} candidates")
                 setattr(profile, name, arrays[name])
+        if profile.figure_data is not None and (profile.outputs is None
+                                                or profile.figure_data.shape[1] != profile.outputs.shape[2]):
+            raise ValueError(f"'figure_data' has shape {tuple(profile.figure_data.shape)}, not the outputs' size")
         timing = header.get(TIMING_KEY)
         if isinstance(timing, dict) and all(len(timing.get(key) or []) == k for key in ("seconds_per_nfe", "seconds_per_step")):
             profile.timing = timing

@@ -80,7 +80,8 @@ def _figure(value: dict | None) -> str:
         return ""
     if "nlp" in value:
         return f"{value['nlp']:.4f} nats ({value['bits_per_dim']:.4f} bits/dim)"
-    return f"{value['energy_distance']:.4g}"
+    data = f" (data {value['energy_distance_data']:.4g})" if "energy_distance_data" in value else ""
+    return f"{value['energy_distance']:.4g}{data}"
 
 
 def _unique_method(report: dict, spec: str) -> bool:

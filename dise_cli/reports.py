@@ -71,7 +71,8 @@ def figure_of(profile: Profile, choice: torch.Tensor | None = None, k: int | Non
     if choice is None:
         choice = torch.full((profile.n_samples,), k, dtype=torch.long)
     outputs = profile.outputs[torch.arange(profile.n_samples), choice.long()]
-    return figure(kind, outputs, profile.reference, int(profile.meta.get("input_dim") or outputs.shape[1]))
+    return figure(kind, outputs, profile.reference, int(profile.meta.get("input_dim") or outputs.shape[1]),
+                  profile.figure_data)
 
 
 def _nfe_stats(nfe: torch.Tensor) -> dict[str, float]:

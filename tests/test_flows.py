@@ -15,6 +15,7 @@ import families
 from dise_cli.cli import app
 from dise_cli.errors import UsageError
 from dise_cli.figures import check_figure, energy_distance, nlp
+from dise_cli.profiles import read_profile
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -74,7 +75,8 @@ def test_the_nlp_of_a_linear_flow_matches_its_closed_form(tmp_path, monkeypatch)
     assert dopri["figure"]["bits_per_dim"] == pytest.approx(expected / (2 * math.log(2)), rel=1e-4)
 
 
-def _through_the_pipeline(tmp_path, builder: str, data: torch.Tensor, profile_args: list, budget: list) -> dict:
+def _through_the_pipeline(tmp_path, builder: str, data: torch.Tensor, profile_args: list, budget: list,
+                          evaluate_args: tuple = ()) -> dict:
     module = getattr(families, builder)()
     torch.save(module.state_dict(), tmp_path / "m.pt")
     save_file({"x": data}, str(tmp_path / "d.safetensors"))
@@ -94,7 +96,7 @@ def _through_the_pipeline(tmp_path, builder: str, data: torch.Tensor, profile_ar
     invoke("export", *common, "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "b.dise")
     evaluation = json.loads(invoke("evaluate", tmp_path / "b.dise", "--data", tmp_path / "d.safetensors",
                                    "--code-path", TESTS, "--batch-sizes", 8, "--repeats", 1, *budget,
-                                   "--json", "-").stdout)
+                                   *evaluate_args, "--json", "-").stdout)
     return {"profile": profile, "train": train, "evaluate": evaluation}
 
 
@@ -112,15 +114,47 @@ def test_a_tiny_cnf_density_through_the_pipeline(tmp_path):
 
 
 def test_a_tiny_flow_matching_sampler_through_the_pipeline(tmp_path):
+    held_out = families.make_noise(40) * 0.5 + 1.0          # stands for samples of the target distribution
+    save_file({"x": held_out}, str(tmp_path / "h.safetensors"))
+    figure_data = ["--figure-data", tmp_path / "h.safetensors"]
     out = _through_the_pipeline(tmp_path, "build_fm_sampler", families.make_noise(48),
-                                ["--metric", "l2", "--figure", "energy",
+                                ["--metric", "l2", "--figure", "energy", *figure_data,
                                  "--candidates", "euler:steps=4,midpoint:steps=4,rk4:steps=4,dopri5:rtol=1e-4,atol=1e-4"],
-                                ["--max-deviation", 0.05])
+                                ["--max-deviation", 0.05], figure_data)
     dopri = out["profile"]["candidates"][-1]
     assert dopri["figure"]["energy_distance"] < out["profile"]["candidates"][0]["figure"]["energy_distance"] + 1e-9
+    # the distance to the held-out samples is the energy distance of each candidate's outputs to them
+    stored = read_profile(tmp_path / "p.safetensors")
+    assert torch.equal(stored.figure_data, held_out)
+    for k, row in enumerate(out["profile"]["candidates"]):
+        assert row["figure"]["energy_distance_data"] == pytest.approx(energy_distance(stored.outputs[:, k], held_out))
+    assert "energy_distance_data" in out["profile"]["oracle"]["figure"]
     assert out["train"]["dise"]["mean_deviation"] <= 0.05 + 1e-9              # the budget held on the split
-    assert "energy_distance" in out["evaluate"]["dise"]["figure"]
+    assert "energy_distance_data" in out["train"]["dise"]["figure"]
+    assert {"energy_distance", "energy_distance_data"} <= set(out["evaluate"]["dise"]["figure"])
     assert "mean_deviation" in out["evaluate"]["dise"]
+
+
+@pytest.mark.parametrize("content, args, expected", [
+    ({"y": torch.zeros(4, 2)}, ["--figure", "energy"], "has no key 'x'"),
+    ({"x": torch.zeros(4, 3)}, ["--figure", "energy"], "shaped like one output"),
+    ({"x": torch.zeros(4, 2)}, ["--figure", "nlp"], "for --figure energy"),
+    (None, ["--figure", "energy"], "--figure-data"),
+])
+def test_bad_figure_data_is_one_line_naming_the_flag(tmp_path, content, args, expected):
+    module = families.build_fm_sampler()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(8)}, str(tmp_path / "d.safetensors"))
+    if content is not None:
+        save_file(content, str(tmp_path / "h.safetensors"))
+    res = CliRunner().invoke(app, ["profile", str(tmp_path / "m.pt"), "--arch", "families:build_fm_sampler",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors"), "--metric", "l2",
+                                   *args, "--figure-data", str(tmp_path / "h.safetensors"), "--candidates", "euler:steps=2",
+                                   "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0]
+    assert not (tmp_path / "p.safetensors").exists()
 
 
 def test_finetune_a_cnf_density_by_maximum_likelihood(tmp_path):

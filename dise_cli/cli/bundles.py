@@ -35,6 +35,7 @@ def evaluate(
     max_nfe: Annotated[Optional[float], setting(ES, "max_nfe", "--max-nfe", "Gate: DISE's mean NFE, selector included, at most this (exit 1 if more).", when_none="no gate")] = None,
     max_error_increase: Annotated[Optional[float], setting(ES, "max_error_increase", "--max-error-increase", "Gate (models judged by an error Γ): DISE's mean Γ at most PCT percent over the baseline's (exit 1 if more).", when_none="no gate")] = None,
     max_deviation: Annotated[Optional[float], setting(ES, "max_deviation", "--max-deviation", "Gate: DISE's outputs' mean distance from the baseline's, in the metric's units, at most D (exit 1 if more).", when_none="no gate")] = None,
+    figure_data: Annotated[Optional[str], setting(ES, "figure_data", "--figure-data", opt.FIGURE_DATA_HELP, when_none="none")] = None,
     limit: Annotated[Optional[int], setting(ES, "limit", "--limit", "Evaluate N samples drawn with --seed.", when_none="all")] = None,
     seed: Annotated[Optional[int], setting(ES, "seed", "--seed", "Seed for drawing samples.")] = None,
     repeats: Annotated[Optional[int], setting(ES, "repeats", "--repeats", "Timing rounds per batch size (the median is reported).")] = None,
@@ -57,7 +58,7 @@ def evaluate(
     report = api.evaluate(bundle, source, progress=ui.progress, batch_sizes=sizes, batch_size=batch_size,
                           max_accuracy_drop=max_accuracy_drop, min_nfe_reduction=min_nfe_reduction, max_nfe=max_nfe,
                           max_error_increase=max_error_increase, max_deviation=max_deviation,
-                          limit=limit, seed=seed, repeats=repeats, time_major=time_major)
+                          figure_data=figure_data, limit=limit, seed=seed, repeats=repeats, time_major=time_major)
     render_evaluation(ui, report)
     if plot:
         from dise_cli.plots import plot_evaluation

@@ -58,3 +58,6 @@ def setting(settings: type, name: str, flag: str, help: str, when_none: str | No
     text = default if default is not None else when_none
     suffix = f" [default: {shown(text) if default is not None else text}]" if text is not None else ""
     return typer.Option(flag, help=help + suffix, **kwargs)
+
+FIGURE_DATA_HELP = ("Held-out samples of the distribution a sampler was trained to reach (key x, shaped like one "
+                    "output): the energy figure is also given to them. For --figure energy.")

@@ -36,6 +36,7 @@ def profile(
     task: Annotated[Optional[str], setting(PS, "task", "--task", "classification or regression.", when_none="from the labels")] = None,
     metric: Annotated[Optional[str], setting(PS, "metric", "--metric", "Error Γ per sample: mse, mae, l2 (the Euclidean distance, for a sampler's output) or package.module:fn.")] = None,
     figure: Annotated[Optional[str], setting(PS, "figure", "--figure", "A task figure beside Γ for models without labels: nlp (the output is log p(x): mean negative log-likelihood and bits per dimension) or energy (the output is a sample: energy distance to the reference solve's samples).", when_none="none")] = None,
+    figure_data: Annotated[Optional[str], setting(PS, "figure_data", "--figure-data", opt.FIGURE_DATA_HELP, when_none="none")] = None,
     time_major: Annotated[Optional[bool], setting(PS, "time_major", "--time-major/--no-time-major",
                                                   "Targets are [T, N, ...] (as odeint returns).", when_none="from the shapes",
                                                   show_default=False)] = None,
@@ -55,7 +56,7 @@ def profile(
     ui = Output(quiet=quiet, json_path=json_path)
     run = api.profile(source, out=out_path, note=ui.note, progress=ui.progress, candidates=candidates,
                       batch_size=batch_size, limit=limit, seed=seed, task=task, metric=metric, time_major=time_major,
-                      figure=figure)
+                      figure=figure, figure_data=figure_data)
     report = render_profile(ui, run)
     if plot:
         from dise_cli.plots import plot_profile
