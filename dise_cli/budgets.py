@@ -45,14 +45,18 @@ class Budgets:
             return None
         return baseline_error * (1 + self.max_error_increase / 100)
 
+    def error_within(self, error: float | None, baseline_error: float) -> bool:
+        """Whether a routed mean Γ ``error`` keeps the error budget (True without one)."""
+        limit = self.error_limit(baseline_error)
+        return limit is None or (error is not None and _at_most(error, limit))
+
+    def deviation_within(self, deviation: float | None) -> bool:
+        """Whether a routed mean deviation keeps the deviation budget (True without one)."""
+        return self.max_deviation is None or (deviation is not None and _at_most(deviation, self.max_deviation))
+
     def within(self, error: float, deviation: float, baseline_error: float) -> bool:
         """Whether a routing with mean Γ ``error`` and mean deviation ``deviation`` keeps every budget."""
-        limit = self.error_limit(baseline_error)
-        if limit is not None and not error <= limit * (1 + TOLERANCE) + TOLERANCE:
-            return False
-        if self.max_deviation is not None and not deviation <= self.max_deviation * (1 + TOLERANCE) + TOLERANCE:
-            return False
-        return True
+        return self.error_within(error, baseline_error) and self.deviation_within(deviation)
 
     def right(self, gamma: torch.Tensor, deviation: torch.Tensor, baseline_error: float) -> torch.Tensor:
         """``[N, K]`` bool for the cost labels: each sample within the per-sample form of the budgets."""
@@ -63,3 +67,7 @@ class Budgets:
         if self.max_deviation is not None:
             ok &= deviation <= self.max_deviation
         return ok
+
+
+def _at_most(value: float, limit: float) -> bool:
+    return value <= limit * (1 + TOLERANCE) + TOLERANCE

@@ -72,6 +72,9 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                     repeats: int = 5, progress=None, figure_data: str | None = None) -> dict:
     ode = routed.ode
     task = routed.selector.meta.get("task") or detect_task(data.y, has_decoder=True)
+    if task != "regression" and (gates.max_error_increase is not None or gates.max_deviation is not None):
+        raise UsageError("--max-error-increase / --max-deviation: gates for models judged by an error "
+                         "(regression, density, sampling); a classifier has --max-accuracy-drop")
     meta = routed.selector.meta
     judge = Judge(task, meta.get("metric") or "mse") if task == "regression" else Judge(task)
     beta = meta.get("beta")
@@ -214,18 +217,15 @@ def check_gates(report: dict, gates: Gates) -> list[dict]:
         out.append({"gate": "max_nfe", "value": dise["nfe_mean"], "threshold": gates.max_nfe,
                     "passed": dise["nfe_mean"] <= gates.max_nfe + 1e-9})
     if gates.max_error_increase is not None or gates.max_deviation is not None:
-        if report["task"] != "regression":
-            raise UsageError("--max-error-increase / --max-deviation: gates for models judged by an error "
-                             "(regression, density, sampling); a classifier has --max-accuracy-drop")
         budgets = Budgets(gates.max_error_increase, gates.max_deviation)
         base_error = base.get("mean_error")
         if gates.max_error_increase is not None:
             increase = 100 * (dise["mean_error"] / base_error - 1) if base_error else float("inf")
             out.append({"gate": "max_error_increase", "value": round(increase, 4), "threshold": gates.max_error_increase,
-                        "passed": budgets.within(dise["mean_error"], 0.0, base_error)})
+                        "passed": base_error is not None and budgets.error_within(dise["mean_error"], base_error)})
         if gates.max_deviation is not None:
             out.append({"gate": "max_deviation", "value": dise["mean_deviation"], "threshold": gates.max_deviation,
-                        "passed": budgets.within(0.0, dise["mean_deviation"], 0.0)})
+                        "passed": budgets.deviation_within(dise["mean_deviation"])})
     return out
 
 

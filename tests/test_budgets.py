@@ -2,6 +2,8 @@
 just misses is not; the cost labels and β follow the budget; evaluate's gates use the same rule."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from dise_cli.budgets import Budgets
 from dise_cli.calibration import calibrate
 from dise_cli.costs import cost_labels
 from dise_cli.errors import UsageError
-from dise_cli.evaluation import Gates, check_gates
+from dise_cli.evaluation import Gates, check_gates, evaluate_routed
 from dise_cli.profiles import Profile
 
 # Four samples; euler (1 NFE), rk4 (4), dopri5 (20, the baseline). The baseline's Γ is 1 everywhere.
@@ -64,8 +66,16 @@ def test_evaluate_gates_use_the_same_rule():
     assert [g["passed"] for g in met] == [True, True]
     missed = check_gates(report, Gates(max_error_increase=9.99, max_deviation=0.2499))
     assert [g["passed"] for g in missed] == [False, False]
-    with pytest.raises(UsageError, match="classifier"):
-        check_gates({**report, "task": "classification"}, Gates(max_deviation=1.0))
+    assert check_gates({**report, "baseline_only": {"nfe_mean": 20.0, "mean_error": None}},
+                       Gates(max_error_increase=10.0))[0]["passed"] is False      # no baseline error: not met
+
+
+def test_budget_gates_on_a_classifier_are_refused_before_any_work():
+    """The task comes from the selector, so the refusal needs no data run: nothing else is touched."""
+    routed = SimpleNamespace(ode=None, selector=SimpleNamespace(meta={"task": "classification"}))
+    with pytest.raises(UsageError, match="classifier has --max-accuracy-drop"):
+        evaluate_routed(routed, data=None, rows=None, batch_size=1, batch_sizes=[1], device=None,
+                        gates=Gates(max_deviation=1.0))
 
 
 def test_budgets_must_not_be_negative():
