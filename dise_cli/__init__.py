@@ -14,7 +14,7 @@ Importing ``dise_cli`` stays light: the API loads on first use.
 """
 __version__ = "0.1.0"
 
-API = ("profile", "train_selector", "export", "evaluate", "run", "finetune")
+API = ("profile", "merge", "train_selector", "export", "evaluate", "run", "finetune")
 __all__ = ["__version__", "load", *API]
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from dise_cli import distributed
 from dise_cli.sources import DataOptions, ModelOptions, data_spec, device_of, model_inputs, options_from, \
     project_config, settings_from
 
@@ -38,32 +39,83 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
         progress: ``progress(total, description)``, a context manager yielding ``advance(n)``.
         **options: fields of ``ModelOptions`` (data, data_factory, x_key, y_key, arch, trust_pickle,
             code_path, ode_block, solve, t_span, device, config) and of ``ProfileSettings``
-            (candidates, batch_size, limit, seed, task, metric, time_major, figure, figure_data).
+            (candidates, batch_size, limit, seed, task, metric, time_major, figure, figure_data, shard).
 
     Returns:
         ``ProfileRun``: ``run.profile`` holds the per-sample arrays [N, K];
         ``dise_cli.reports.summarize(run.profile, run.timing)`` is the report ``dise profile`` prints.
+        With ``shard="K/N"`` the K-th of N shards (``merge`` joins them). Under torchrun every rank
+        profiles its shard and rank 0 gets the whole profile (``run.world_size`` says how many made
+        it); the other ranks get None.
     """
+    from dise_cli.errors import UsageError
     from dise_cli.files import writable_target
     from dise_cli.pipeline import ProfileSettings, open_inputs, profile_model, reading_notes
     from dise_cli.profiles import write_profile
-    from dise_cli.profiling import select_rows
+    from dise_cli.sharding import Plan, Shard, merge_run, stamp
 
     source, config, settings = _model_command(model, options, ProfileSettings)
     out_path = None if out is None else writable_target(out, "--out")
-    opened = open_inputs(model_inputs(source, config), candidates=settings.candidates)
+    inputs = model_inputs(source, config)
+    world = distributed.current(inputs.device)
+    if world is not None and settings.shard is not None:
+        raise UsageError("--shard: under torchrun every rank takes its own shard; --shard K/N is for job arrays "
+                         "started without it")
+    shard = Shard.parse(settings.shard) if settings.shard else Shard(world.rank, world.size) if world else None
     tell = note or _ignore
-    for message in reading_notes(opened):
-        tell(message)
-    rows = select_rows(len(opened.data), settings.limit, settings.seed)
-    if len(rows) < len(opened.data):
-        tell(f"profiling {len(rows)} of {len(opened.data)} samples (--limit {settings.limit}, --seed {settings.seed})")
-    with (progress or _no_progress)(len(rows), "profiling") as advance:
-        run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
-                            metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
-                            progress=advance, figure=settings.figure, figure_data=settings.figure_data)
+
+    def work():
+        opened = open_inputs(_replace(inputs, device=world.device) if world else inputs, candidates=settings.candidates)
+        for message in reading_notes(opened):
+            tell(message)
+        plan = Plan(len(opened.data), settings.limit, settings.seed, settings.batch_size)
+        rows = plan.rows()
+        if len(rows) < len(opened.data):
+            tell(f"profiling {len(rows)} of {len(opened.data)} samples (--limit {settings.limit}, --seed {settings.seed})")
+        if shard is not None:
+            where = f"rank {world.rank} of {world.size}, on {world.device}" if world else f"shard {shard.label}"
+            tell(f"{where}: {len(plan.shard_rows(shard))} of {len(rows)} samples")
+        mine = len(rows) if shard is None else len(plan.shard_rows(shard))
+        with (progress or _no_progress)(mine, "profiling") as advance:
+            run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
+                                metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
+                                progress=advance, figure=settings.figure, figure_data=settings.figure_data,
+                                shard=shard.pair if shard else (0, 1))
+        if shard is not None:
+            stamp(run.profile, shard, plan)
+        return run
+
+    if world is None:
+        run = work()
+    else:
+        run = merge_run(world.collect(work), world)
+        if run is None:
+            return None
     if out_path is not None:
         write_profile(run.profile, out_path)
+    return run
+
+
+def merge(shards: list[str | Path], *, out: str | Path | None = None):
+    """Join shard profiles (``profile(..., shard="K/N")``) into the profile one run writes (``dise merge``).
+
+    Args:
+        shards: the shard profile files, in any order.
+        out: write the merged profile here (None: in memory only).
+
+    Returns:
+        ``ProfileRun`` of the whole profile (its timing added up from the shards').
+    """
+    from dise_cli.files import writable_target
+    from dise_cli.profiles import read_profile, write_profile
+    from dise_cli.profiling import ProfileRun
+    from dise_cli.sharding import merge_profiles, timing_of
+
+    out_path = None if out is None else writable_target(out, "--out")
+    profile = merge_profiles([(str(path), read_profile(path)) for path in shards])
+    run = ProfileRun(profile=profile, timing=timing_of(profile))
+    if out_path is not None:
+        write_profile(profile, out_path)
     return run
 
 
@@ -146,13 +198,16 @@ def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *
     from dise_cli.profiling import select_rows
 
     source, config, settings = _data_command(data, options, EvaluateSettings)
-    routed, dataset, device = _bundle_and_data(bundle, source, config)
+    world = distributed.current(device_of(source, config))
+    load = lambda: _bundle_and_data(bundle, source, config, world)  # noqa: E731
+    # under torchrun a rank that cannot load fails every rank with its reason (not a hang, not silence)
+    routed, dataset, device = load() if world is None else world.everywhere(load)
     rows = select_rows(len(dataset), settings.limit, settings.seed)
     with (progress or _no_progress)(len(rows), "evaluating") as advance:
         return evaluate_routed(routed, dataset, rows=rows, batch_size=settings.batch_size,
                                batch_sizes=[int(b) for b in settings.batch_sizes], device=device,
                                gates=settings.gates, time_major=settings.time_major, repeats=settings.repeats,
-                               progress=advance, figure_data=settings.figure_data)
+                               progress=advance, figure_data=settings.figure_data, world=world)
 
 
 def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out: str | Path | None = None,
@@ -168,15 +223,31 @@ def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out
         ``OfflineResult``: outputs, integrator, NFE and fallback flag per sample, in input order.
     """
     from dise_cli.files import writable_target
-    from dise_cli.offline import RunSettings, run_offline, write_predictions
+    from dise_cli.offline import OfflineResult, RunSettings, run_offline, write_predictions
 
     source, config, settings = _data_command(data, options, RunSettings)
     out_path = None if out is None else writable_target(out, "--out")
-    routed, dataset, device = _bundle_and_data(bundle, source, config)
-    with (progress or _no_progress)(2 * len(dataset), "running") as advance:
-        result = run_offline(routed, dataset, batch_size=settings.batch_size, device=device, progress=advance)
+    world = distributed.current(device_of(source, config))
+
+    loaded = {}
+
+    def work():
+        routed, dataset, device = _bundle_and_data(bundle, source, config, world)
+        loaded["routed"] = routed
+        if world is not None:          # each rank a contiguous block of the inputs; joined in rank order
+            dataset = dataset.inputs_of(torch.arange(len(dataset)).tensor_split(world.size)[world.rank])
+        with (progress or _no_progress)(2 * len(dataset), "running") as advance:
+            return run_offline(routed, dataset, batch_size=settings.batch_size, device=device, progress=advance)
+
+    if world is None:
+        result = work()
+    else:
+        parts = world.collect(work)
+        if parts is None:
+            return None
+        result = OfflineResult.joined(parts)
     if out_path is not None:
-        write_predictions(result, routed, out_path)
+        write_predictions(result, loaded["routed"], out_path)
     return result
 
 
@@ -249,13 +320,13 @@ def _data_command(data, options: dict[str, Any], settings_cls):
     return source, config, settings_from(settings_cls, rest, config)
 
 
-def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict):
+def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict, world=None):
     from dise_cli.bundle import load_bundle
     from dise_cli.datasets import load_data
     from dise_cli.errors import UsageError
     from dise_cli.sources import code_paths
 
-    device = device_of(source, config)
+    device = device_of(source, config) if world is None else world.device
     spec = data_spec(source, config)
     if spec is None:
         raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")

@@ -55,6 +55,11 @@ class Dataset:
         """Every sample has its own time grid (``t`` is ``[N, T]``)."""
         return self.t is not None and self.t.ndim == 2
 
+    def inputs_of(self, rows: torch.Tensor) -> "Dataset":
+        """The inputs (and per-sample grids) of ``rows`` alone, without targets: a shard to run."""
+        return Dataset(x=self.x[rows], y=None, t=self.t[rows] if self.per_sample_grid else self.t,
+                       name=self.name, sha256=self.sha256)
+
     def grids(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The time grids of ``rows`` ``[n, T]`` float64, or None where the grid is not per sample."""
         return self.t[rows].to(torch.float64) if self.per_sample_grid else None

@@ -2,6 +2,7 @@
 the oracle on the same data, wall-clock side by side, and the gates that decide the exit code."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from dise_cli.figures import read_figure_data
 from dise_cli.files import existing_file
 from dise_cli.judging import Judge, detect_task, targets_batch_major
 from dise_cli.provenance import made_with
-from dise_cli.profiling import Reference, batch_targets, grids_of, profile_candidates
+from dise_cli.profiling import ProfileRun, Reference, Timing, batch_starts, batch_targets, grids_of, \
+    profile_candidates
+from dise_cli.sharding import joined
 from dise_cli.reports import figure_of, summarize
 from dise_cli.routing import RoutedModel
 from dise_cli.selector_training import selector_cost_in_nfe
@@ -69,7 +72,10 @@ class EvaluateSettings:
 
 def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, batch_size: int,
                     batch_sizes: list[int], device: torch.device, gates: Gates, time_major: bool | None = None,
-                    repeats: int = 5, progress=None, figure_data: str | None = None) -> dict:
+                    repeats: int = 5, progress=None, figure_data: str | None = None, world=None) -> dict | None:
+    """The report of ``dise evaluate``. Under torchrun (``world``) each rank judges its shard of the
+    batches and rank 0 joins them, times the models on its own device and returns the report (the
+    others None)."""
     ode = routed.ode
     task = routed.selector.meta.get("task") or detect_task(data.y, has_decoder=True)
     if task != "regression" and (gates.max_error_increase is not None or gates.max_deviation is not None):
@@ -83,14 +89,28 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
     if figure_data is not None and kind != "energy":
         raise UsageError(f"--figure-data: the selector was trained without the energy figure (figure: {kind or 'none'}); "
                          f"held-out samples are for samplers profiled with --figure energy")
-    run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size, device=device,
-                             baseline=routed.baseline, time_major=time_major, reference=reference, progress=progress,
-                             keep_outputs=kind is not None)
+    shard = (0, 1) if world is None else (world.rank, world.size)
+
+    def work() -> tuple[ProfileRun, _RoutedSamples]:
+        run = profile_candidates(ode, data, routed.integrators, judge, rows=rows, batch_size=batch_size,
+                                 device=device, baseline=routed.baseline, time_major=time_major, reference=reference,
+                                 progress=progress, keep_outputs=kind is not None, shard=shard)
+        return run, _routed_samples(routed, data, rows, judge, batch_size, device, time_major, reference, shard)
+
+    if world is None:
+        run, samples = work()
+    else:
+        parts = world.collect(work)
+        if parts is None:
+            return None
+        run = ProfileRun(profile=joined([p.profile for p, _ in parts]), timing=Timing.total([p.timing for p, _ in parts]),
+                         world_size=len(parts))
+        samples = _RoutedSamples.joined([s for _, s in parts])
     run.profile.meta.update({"figure": kind or "", "input_dim": str(meta.get("input_dim") or "")})
     if figure_data is not None:
         run.profile.figure_data = read_figure_data(figure_data, run.profile.outputs.shape[2])
     summary = summarize(run.profile, run.timing, beta=beta)
-    dise, choice, fallback = _routed_metrics(routed, data, rows, judge, batch_size, device, time_major, beta, reference)
+    dise, choice, fallback = _routed_metrics(samples, routed, data, rows, judge, device, beta)
     if judge.task == "regression":
         deviation = run.profile.deviation[torch.arange(len(choice)), choice].masked_fill(fallback, 0.0)
         dise["mean_deviation"] = float(deviation[torch.isfinite(deviation)].mean()) if len(deviation) else None
@@ -108,22 +128,49 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
         "best_single": {k: v for k, v in summary["best_single"].items() if k != "match_tolerance_pp"},
         "oracle": summary["oracle"],
         "timing": time_models(routed, data, rows, batch_sizes, device, repeats),
+        "world_size": run.world_size,         # processes that judged the samples; the timing is rank 0's device
         "made_with": made_with(device),
     }
     report["gates"] = check_gates(report, gates)
     return report
 
 
+@dataclass
+class _RoutedSamples:
+    """The routed model's result per sample (of one shard's batches): right or Γ, NFE, choice, fallback,
+    and for a classifier its class scores and the labels judged against."""
+
+    index: torch.Tensor
+    score: torch.Tensor
+    nfe: torch.Tensor
+    choice: torch.Tensor
+    fallback: torch.Tensor
+    class_scores: torch.Tensor | None
+    labels: torch.Tensor | None
+
+    @classmethod
+    def joined(cls, parts: list["_RoutedSamples"]) -> "_RoutedSamples":
+        """Shards as one, in the single run's order (ascending data row)."""
+        order = torch.argsort(torch.cat([p.index for p in parts]))
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values)[order]
+        return cls(**{f.name: cat(f.name) for f in dataclasses.fields(cls)})
+
+
 @torch.no_grad()
-def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judge: Judge, batch_size: int,
-                    device: torch.device, time_major: bool | None, beta: float | None, reference: Reference) -> dict:
+def _routed_samples(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judge: Judge, batch_size: int,
+                    device: torch.device, time_major: bool | None, reference: Reference,
+                    shard: tuple[int, int]) -> _RoutedSamples:
     ode = routed.ode
     targets = None
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(ode.t_span), time_major, data.name)
-    scores, nfe, choice, fallback, class_scores, labels = [], [], [], [], [], []
-    for start in range(0, len(rows), batch_size):
+    index, scores, nfe, choice, fallback, class_scores, labels = [], [], [], [], [], [], []
+    for start in batch_starts(len(rows), batch_size, shard):
         idx = rows[start:start + batch_size]
+        index.append(idx)
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(start)          # the same random encoder as the candidates' runs
@@ -136,10 +183,22 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
             labels.append(target.cpu())
         scores.append((judge.correct(out, target) & ok) if judge.task == "classification"
                       else judge.gamma(out, target).masked_fill(~ok, float("inf")))
-        nfe.append(stats.nfe)
-        choice.append(stats.integrator)
-        fallback.append(stats.fallback)
-    score, nfe_all, choice_all = torch.cat(scores).cpu(), torch.cat(nfe).cpu(), torch.cat(choice).cpu()
+        nfe.append(stats.nfe.cpu())
+        choice.append(stats.integrator.cpu())
+        fallback.append(stats.fallback.cpu())
+    classes = judge.task == "classification"
+    return _RoutedSamples(index=torch.cat(index) if index else rows[:0], score=torch.cat(scores).cpu(),
+                          nfe=torch.cat(nfe), choice=torch.cat(choice), fallback=torch.cat(fallback).bool(),
+                          class_scores=torch.cat(class_scores) if classes else None,
+                          labels=torch.cat(labels) if classes else None)
+
+
+@torch.no_grad()
+def _routed_metrics(samples: _RoutedSamples, routed: RoutedModel, data: Dataset, rows: torch.Tensor, judge: Judge,
+                    device: torch.device, beta: float | None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """DISE's row of the report from its per-sample results (the selector's own cost included)."""
+    ode = routed.ode
+    score, nfe_all, choice_all = samples.score, samples.nfe, samples.choice
     v_nfe = selector_cost_in_nfe(routed.selector.net, ode, ode.encode(data.x[rows[:256]].to(device),
                                                                        grids_of(data, rows[:256], device)))
     k = len(routed.integrators)
@@ -149,16 +208,16 @@ def _routed_metrics(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         "selector_nfe": round(v_nfe, 4),
         "share": {c: round(float((choice_all == i).double().mean()), 4) for i, c in enumerate(routed.selector.candidates)
                   if i < k},
-        "fallbacks": int(torch.cat(fallback).sum()),
+        "fallbacks": int(samples.fallback.sum()),
     }
     if judge.task == "classification":
         metrics["accuracy"] = round(float(score.double().mean()), 4)
-        metrics["auc"] = _round(roc_auc(torch.cat(class_scores), torch.cat(labels)))
+        metrics["auc"] = _round(roc_auc(samples.class_scores, samples.labels))
     else:
         finite = torch.isfinite(score)
         metrics["accuracy"] = round(float((score <= beta).double().mean()), 4) if beta is not None else None
         metrics["mean_error"] = float(score[finite].mean()) if finite.any() else None
-    return metrics, choice_all, torch.cat(fallback).cpu().bool()
+    return metrics, choice_all, samples.fallback
 
 
 def _single(row: dict) -> dict:

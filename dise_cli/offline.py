@@ -36,6 +36,14 @@ class OfflineResult:
     fallback: torch.Tensor      # [N] bool
     seconds: float
     candidates: list[str]       # what the integrator indices mean
+    world_size: int = 1         # processes that made it (torchrun ranks; ``seconds`` is the slowest's)
+
+    @classmethod
+    def joined(cls, parts: list["OfflineResult"]) -> "OfflineResult":
+        """Consecutive blocks of the inputs, run apart, as one result in input order."""
+        return cls(outputs=torch.cat([p.outputs for p in parts]), integrator=torch.cat([p.integrator for p in parts]),
+                   nfe=torch.cat([p.nfe for p in parts]), fallback=torch.cat([p.fallback for p in parts]),
+                   seconds=max(p.seconds for p in parts), candidates=parts[0].candidates, world_size=len(parts))
 
 
 @torch.no_grad()

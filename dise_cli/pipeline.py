@@ -12,6 +12,7 @@ from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset, load_data
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.figures import check_figure, read_figure_data
+from dise_cli.sharding import Shard
 from dise_cli.fidelity import FIDELITY_SAMPLES, Fidelity, check_fidelity, fidelity_error
 from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrator, parse_candidates
 from dise_cli.integrators.emulation import Emulation, emulate
@@ -36,9 +37,12 @@ class ProfileSettings:
     time_major: bool | None = None      # targets [T, N, ...] (None: from the shapes)
     figure: str | None = None           # a task figure beside Γ: nlp (density) or energy (sampler); figures.py
     figure_data: str | None = None      # held-out samples of the target distribution (figure energy), key x
+    shard: str | None = None            # "K/N": profile the K-th of N shards only (sharding.py; dise merge)
 
     def check(self) -> None:
         check_figure(self.figure, self.figure_data)
+        if self.shard is not None:
+            Shard.parse(self.shard)
         positive_int(self.batch_size, "--batch-size")
         if self.limit is not None:
             positive_int(self.limit, "--limit")
@@ -203,9 +207,10 @@ def override_hint(model: OdeModel, chosen: Candidates) -> str:
 def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
                   task: str | None = None, metric: str = "mse", time_major: bool | None = None, seed: int = 0,
                   progress: Callable[[int], None] | None = None, figure: str | None = None,
-                  figure_data: str | None = None) -> ProfileRun:
+                  figure_data: str | None = None, shard: tuple[int, int] = (0, 1)) -> ProfileRun:
     """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
-    candidate on ``rows`` of the data, and stamp the profile with what produced it."""
+    candidate on ``rows`` of the data (shard ``(k, n)``'s batches of them only), and stamp the profile
+    with what produced it."""
     ode, data, device = opened.model, opened.data, opened.device
     candidates, base = opened.candidates.integrators, opened.candidates.baseline
     with torch.no_grad():
@@ -224,7 +229,7 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     reference = Reference(candidates[base])
     run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,
                              baseline=base, time_major=time_major, reference=reference, progress=progress,
-                             keep_outputs=figure is not None)
+                             keep_outputs=figure is not None, seed=seed, shard=shard)
     run.profile.figure_data = held_out
     spec = opened.loaded.spec
     run.profile.meta.update({

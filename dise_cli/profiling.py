@@ -30,16 +30,28 @@ class Timing:
     steps_total: list[int] = field(default_factory=list)
 
     def record(self, device: torch.device) -> dict:
-        """The profile header's ``timing``: seconds per NFE and per accepted step, per candidate."""
+        """The profile header's ``timing``: seconds per NFE and per accepted step, per candidate, and
+        the totals they come from (what merging shards adds up)."""
         return {"seconds_per_nfe": [s / max(n, 1) for s, n in zip(self.seconds, self.nfe_total)],
                 "seconds_per_step": [s / max(n, 1) for s, n in zip(self.seconds, self.steps_total)],
-                "device": device_name(device)}
+                "seconds": list(self.seconds), "steps": list(self.steps_total), "device": device_name(device)}
+
+    @classmethod
+    def total(cls, parts: list["Timing"]) -> "Timing":
+        """The timing of shards run apart, as one run: seconds, NFE and steps added, the peak the largest."""
+        def column(name: str) -> list:
+            return [sum(values) for values in zip(*(getattr(p, name) for p in parts))]
+        peaks = [None if all(v is None for v in vs) else max(v or 0 for v in vs)
+                 for vs in zip(*(p.peak_memory_bytes for p in parts))]
+        return cls(seconds=column("seconds"), nfe_total=column("nfe_total"), peak_memory_bytes=peaks,
+                   n_samples=sum(p.n_samples for p in parts), steps_total=column("steps_total"))
 
 
 @dataclass
 class ProfileRun:
     profile: Profile
     timing: Timing
+    world_size: int = 1          # how many processes made it (torchrun ranks)
 
 
 class Reference:
@@ -100,12 +112,23 @@ class _Column:
         return torch.cat(getattr(self, name))
 
 
+def batch_starts(n_rows: int, batch_size: int, shard: tuple[int, int] = (0, 1)) -> list[int]:
+    """Where the batches of ``n_rows`` rows start, the batches of shard ``(k, n)`` only: batch b goes to
+    shard b mod n, so every shard holds whole batches of a single run (the same samples batched
+    together, the same seeds: the same results)."""
+    k, n = shard
+    return [start for b, start in enumerate(range(0, n_rows, batch_size)) if b % n == k]
+
+
 def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrator], judge: Judge, *,
                        rows: torch.Tensor, batch_size: int, device: torch.device, baseline: int,
                        time_major: bool | None = None, reference: Reference | None = None,
-                       progress: Callable[[int], None] | None = None, keep_outputs: bool = False) -> ProfileRun:
-    """Profile ``candidates`` on ``rows`` of ``data``. Without labels, each output is judged against a
-    float64 ``reference`` solve. ``progress(n)`` is called after each batch with its size."""
+                       progress: Callable[[int], None] | None = None, keep_outputs: bool = False,
+                       seed: int = 0, shard: tuple[int, int] = (0, 1)) -> ProfileRun:
+    """Profile ``candidates`` on ``rows`` of ``data`` (of shard ``(k, n)``'s batches only; see
+    ``batch_starts``). Without labels, each output is judged against a float64 ``reference`` solve.
+    Random numbers (an encoder that samples) come from ``seed`` and the batch's place.
+    ``progress(n)`` is called after each batch with its size."""
     base = baseline
     targets = None
     if data.y is not None:
@@ -113,12 +136,13 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
     reference = reference or Reference(candidates[base])
     judged: list[torch.Tensor] = []
     cols = [_Column() for _ in candidates]
+    starts = batch_starts(len(rows), batch_size, shard)
     _warm_up(model, data.x[rows[:2]].to(device), candidates, grids_of(data, rows[:2], device))
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
+        for start in starts:
             idx = rows[start:start + batch_size]
             x = data.x[idx].to(device)
-            problem = model.encode(x, grids_of(data, idx, device)) if model.splittable else None
+            problem = encode_batch(model, x, grids_of(data, idx, device), seed, start)
             target = batch_targets(model, x, problem, idx, targets, judge, reference, seed=start)
             judged.append(target.cpu())
             outputs = [_profile_one(model, x, problem, cand, col, judge, target, device, seed=start)
@@ -134,8 +158,9 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
     def matrix(name: str) -> torch.Tensor:
         return torch.stack([c.stacked(name) for c in cols], dim=1)
 
+    index = torch.cat([rows[s:s + batch_size] for s in starts]) if starts else rows[:0]
     profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
-                      t_span=[] if data.per_sample_grid else [float(v) for v in model.t_span], index=rows.clone(),
+                      t_span=[] if data.per_sample_grid else [float(v) for v in model.t_span], index=index.clone(),
                       nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8),
                       made_with=made_with(device))
     if judge.task == "classification":
@@ -147,7 +172,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             profile.outputs = matrix("outputs")
             profile.reference = torch.cat([t.reshape(len(t), -1) for t in judged]).float()
     timing = Timing(seconds=[c.seconds for c in cols], nfe_total=[int(v) for v in profile.nfe.sum(0)],
-                    peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(rows),
+                    peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(index),
                     steps_total=[c.steps for c in cols])
     profile.timing = timing.record(device)
     return ProfileRun(profile=profile, timing=timing)
@@ -181,6 +206,16 @@ def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand
     else:
         col.score.append(judge.gamma(out, target).cpu())
     return out
+
+
+def encode_batch(model: OdeModel, x: torch.Tensor, t: torch.Tensor | None, seed: int, start: int) -> Problem | None:
+    """The solve's problem where the decoder runs alone (None otherwise); an encoder that samples draws
+    from ``seed`` and the batch's first row, so a batch encodes the same in a shard as in one run."""
+    if not model.splittable:
+        return None
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed * (1 << 32) + start)
+        return model.encode(x, t)
 
 
 def batch_targets(model: OdeModel, x: torch.Tensor, problem: Problem | None, idx: torch.Tensor,

@@ -27,6 +27,10 @@ def _num(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def render_profile(ui: Output, run: ProfileRun) -> dict:
     """Print the profile table (and the JSON document when asked); return the report."""
     report = summarize(run.profile, run.timing)
+    report["world_size"] = run.world_size       # processes that made it (torchrun ranks)
+    shard = run.profile.meta.get("shard")
+    if shard:
+        report["shard"] = shard
     if run.profile.made_with is not None:
         report[PROVENANCE_KEY] = run.profile.made_with    # the profile file's record, as written
     classification = report["task"] == "classification"

@@ -20,7 +20,7 @@ REPO = Path(TESTS).parent
 runner = CliRunner()
 
 PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "notes", "labels", "candidates", "oracle",
-                "best_single", "made_with"}
+                "best_single", "made_with", "world_size"}
 CANDIDATE_KEYS = {"candidate", "accuracy", "auc", "nfe", "status", "failed_samples", "agreement_with_baseline",
                   "seconds_per_sample", "seconds_per_nfe", "seconds_per_step", "peak_memory_mb"}
 

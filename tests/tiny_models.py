@@ -36,6 +36,14 @@ def build_classifier() -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, 4), ODEBlock(MLPFunc(4)), nn.Linear(4, 3))
 
 
+def build_classifier_failing_on_rank_1() -> nn.Sequential:
+    """The tiny classifier, except in torchrun's rank 1 (a node whose copy of the code is broken)."""
+    import os
+    if os.environ.get("RANK") == "1":
+        raise RuntimeError("this node's copy of the weights is unreadable")
+    return build_classifier()
+
+
 class TorchdynLike(nn.Module):
     """torchdyn's NeuralODE shape: ``vf`` and ``t_span``, returns (t_eval, trajectory)."""
 

@@ -13,7 +13,7 @@ from dise_cli import __version__
 from dise_cli.cli.bundles import evaluate, run
 from dise_cli.cli.demo import demo
 from dise_cli.cli.finetuning import finetune
-from dise_cli.cli.profiling import inspect, profile
+from dise_cli.cli.profiling import inspect, merge, profile
 from dise_cli.cli.selection import export, train_selector
 
 app = typer.Typer(help="dise: make trained Neural ODEs faster by choosing an integrator per input.",
@@ -35,7 +35,7 @@ def main(version: Annotated[Optional[bool], typer.Option("--version", callback=_
 
 
 COMMANDS = {
-    "inspect": inspect, "profile": profile, "train-selector": train_selector, "export": export,
+    "inspect": inspect, "profile": profile, "merge": merge, "train-selector": train_selector, "export": export,
     "evaluate": evaluate, "run": run, "finetune": finetune, "demo": demo,
 }
 for _name, _fn in COMMANDS.items():

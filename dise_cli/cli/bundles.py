@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from dise_cli import distributed
 from dise_cli.cli import options as opt
 from dise_cli.cli.command import check_report_targets, command, with_options
 from dise_cli.cli.options import setting
@@ -21,6 +22,7 @@ PREDICTIONS_OUT = "predictions.safetensors"
 @command(
     "dise evaluate mnist.dise --data sample_models/mnist_odenet/test.safetensors",
     "dise evaluate mnist.dise --data sample_models/mnist_odenet/test.safetensors --max-accuracy-drop 0.3 --min-nfe-reduction 0.8 --json -",
+    ranks=True,
 )
 @with_options(DataOptions)
 def evaluate(
@@ -54,11 +56,13 @@ def evaluate(
 
     sizes = None if batch_sizes is None else _int_list(batch_sizes, "--batch-sizes")
     check_report_targets(json_path, plot)
-    ui = Output(quiet=quiet, json_path=json_path)
+    ui = Output(quiet=quiet or distributed.secondary(), json_path=json_path)
     report = api.evaluate(bundle, source, progress=ui.progress, batch_sizes=sizes, batch_size=batch_size,
                           max_accuracy_drop=max_accuracy_drop, min_nfe_reduction=min_nfe_reduction, max_nfe=max_nfe,
                           max_error_increase=max_error_increase, max_deviation=max_deviation,
                           figure_data=figure_data, limit=limit, seed=seed, repeats=repeats, time_major=time_major)
+    if report is None:                 # a torchrun rank other than 0: rank 0 reports
+        return
     render_evaluation(ui, report)
     if plot:
         from dise_cli.plots import plot_evaluation
@@ -72,6 +76,7 @@ def evaluate(
 
 @command(
     "dise run mnist.dise --data sample_models/mnist_odenet/test.safetensors --out predictions.safetensors",
+    ranks=True,
 )
 @with_options(DataOptions, exclude=("y_key",))
 def run(
@@ -89,12 +94,15 @@ def run(
     from dise_cli import api
 
     out_path = out or PREDICTIONS_OUT
-    ui = Output(quiet=quiet)
+    ui = Output(quiet=quiet or distributed.secondary())
     result = api.run(bundle, source, out=out_path, progress=ui.progress, batch_size=batch_size)
+    if result is None:                 # a torchrun rank other than 0: rank 0 reports and writes
+        return
     shares = ", ".join(f"{c.split(':')[0]} {100 * float((result.integrator == i).double().mean()):.1f}%"
                        for i, c in enumerate(result.candidates))
+    ranks = f" on {result.world_size} processes" if result.world_size > 1 else ""
     ui.line(f"{len(result.nfe)} samples, mean NFE {float(result.nfe.double().mean()):.2f} ({shares}), "
-            f"{int(result.fallback.sum())} fallbacks, {result.seconds:.2f} s")
+            f"{int(result.fallback.sum())} fallbacks, {result.seconds:.2f} s{ranks}")
     ui.note(f"wrote {out_path}")
 
 

@@ -12,31 +12,42 @@ from typing import Any, Callable
 import typer
 
 from dise_cli.cli.options import SHARED
-from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError
+from dise_cli import distributed
+from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, GateFailed, UsageError
 from dise_cli.files import writable_target
 from dise_cli.output import error_line, user_prints_to_stderr
 from dise_cli.sources import options_from
 
 
-def command(*examples: str) -> Callable[[Callable], Callable]:
+def command(*examples: str, ranks: bool = False) -> Callable[[Callable], Callable]:
     """Map every failure to one stderr line and an exit code (DESIGN.md), silence warnings from torch
     and other libraries (``--debug`` shows them and re-raises), and put ``examples`` in the help,
-    one copy-pasteable line each."""
+    one copy-pasteable line each. ``ranks``: the command shares its work among torchrun's processes
+    (distributed.py); others refuse to run under torchrun. Under torchrun only rank 0 prints errors
+    (a failed rank is named in rank 0's line)."""
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             debug = bool(kwargs.get("debug"))
+            together = False           # under torchrun: whether every rank ends here with this rank
             try:
                 with warnings.catch_warnings(), user_prints_to_stderr():
                     if not debug:
                         warnings.simplefilter("ignore")
-                    return fn(*args, **kwargs)
+                    if distributed.launched() and not ranks:
+                        raise UsageError(f"dise {fn.__name__.replace('_', '-')} runs in one process; under torchrun "
+                                         f"only profile, evaluate and run share their work among the ranks")
+                    result = fn(*args, **kwargs)
+                    together = True
+                    return result
             except typer.Exit:
                 raise
             except DiseError as exc:
+                together = isinstance(exc, distributed.RankFailed) or isinstance(exc, GateFailed)
                 if debug:
                     raise
-                error_line(str(exc))
+                if not distributed.secondary():
+                    error_line(str(exc))
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt:
                 error_line("interrupted; nothing was written")
@@ -46,6 +57,8 @@ def command(*examples: str) -> Callable[[Callable], Callable]:
                     raise
                 error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
                 raise typer.Exit(EXIT_INTERNAL) from None
+            finally:
+                distributed.finish(together)
         wrapper.__doc__ = help_text(fn.__doc__ or "", examples)
         wrapper.examples = examples
         return wrapper
