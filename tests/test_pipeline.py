@@ -94,7 +94,7 @@ def test_evaluate_and_gates(pipeline):
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert set(report) == {"schema_version", "task", "n_samples", "dise", "baseline_only", "candidates", "best_single",
-                           "oracle", "timing", "gates", "made_with"}
+                           "oracle", "timing", "gates", "made_with", "world_size"}
     assert set(report["dise"]) == {"accuracy", "auc", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
     assert set(report["candidates"][0]) == set(report["baseline_only"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
     assert set(report["best_single"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
