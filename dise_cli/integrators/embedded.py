@@ -166,11 +166,15 @@ class EmbeddedRK(Integrator):
             rows["attempts"] = rows["attempts"] + 1
             rows["accepted"] = rows["accepted"] + accept.long()
             if control.lands_on_outputs:
+                all_accepted = bool(accept.all())
                 _emit_landed(res, rows, t, accept, t_next, y1, n_t)
             else:
-                _dense_output(res, rows, t, accept, t_now, t_next, y, y1, k, dty, mid, n_t)
+                due = _due(rows, t, accept, t_next, n_t)
+                all_accepted, any_due = torch.stack([accept.all(), due.any()]).tolist()   # one sync for both
+                if any_due:
+                    _dense_output(res, rows, t, due, t_now, t_next, y, y1, k, dty, mid, tab.mid, n_t)
 
-            if bool(accept.all()):
+            if all_accepted:
                 rows["y"], rows["f"] = y1, f1
             else:
                 acc_rows = per_row(accept, ndim)
@@ -200,11 +204,12 @@ class EmbeddedRK(Integrator):
     def _retire(self, res: _Results, rows: dict, stop: torch.Tensor, n_fixed: int) -> dict:
         """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
         leaving = stop >= 0
-        gone = rows["idx"][leaving]
-        res.status[gone] = stop[leaving].to(torch.uint8)
-        res.nfe[gone] = n_fixed + self.tableau.evaluations * rows["attempts"][leaving]
-        res.n_steps[gone] = rows["accepted"][leaving]
-        keep = torch.nonzero(~leaving).flatten()      # one nonzero for all the row tensors
+        out = torch.nonzero(leaving).flatten()        # one nonzero for the rows that leave...
+        gone = rows["idx"].index_select(0, out)
+        res.status[gone] = stop.index_select(0, out).to(torch.uint8)
+        res.nfe[gone] = n_fixed + self.tableau.evaluations * rows["attempts"].index_select(0, out)
+        res.n_steps[gone] = rows["accepted"].index_select(0, out)
+        keep = torch.nonzero(~leaving).flatten()      # ...and one for all the row tensors that stay
         return {name: value.index_select(0, keep) for name, value in rows.items()}
 
     @staticmethod
@@ -267,19 +272,21 @@ def _emit_landed(res: _Results, rows: dict, t: torch.Tensor, accept: torch.Tenso
         rows["ptr"][where] += 1
 
 
-def _dense_output(res: _Results, rows: dict, t: torch.Tensor, accept: torch.Tensor, t0: torch.Tensor,
+def _due(rows: dict, t: torch.Tensor, accept: torch.Tensor, t1: torch.Tensor, n_t: int) -> torch.Tensor:
+    """The accepted steps that passed their row's next output time."""
+    return accept & (rows["ptr"] < n_t) & (_next_output(rows, t, n_t) <= t1)
+
+
+def _dense_output(res: _Results, rows: dict, t: torch.Tensor, due: torch.Tensor, t0: torch.Tensor,
                   t1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, k: list[torch.Tensor], dty: torch.Tensor,
-                  mid: torch.Tensor, n_t: int) -> None:
-    """Emit every output time an accepted step passed, by torchdiffeq's 4th-order interpolant through
+                  mid: torch.Tensor, mid_weights: tuple[float, ...], n_t: int) -> None:
+    """Emit every output time the ``due`` steps passed, by torchdiffeq's 4th-order interpolant through
     y0, y1, the step's midpoint (the tableau's ``mid`` weights), f0 and f1. Advances ``ptr``."""
     ptr = rows["ptr"]
-    due = accept & (ptr < n_t) & (_next_output(rows, t, n_t) <= t1)
-    if not bool(due.any()):
-        return
     sel = torch.nonzero(due).flatten()
     y0r, y1r, kr = y0[sel], y1[sel], [kj[sel] for kj in k]
     dtr = per_row(dty[sel], y0.ndim)
-    y_mid = combine(y0r, kr, tuple(float(m) for m in mid), mid[:, None] * dty[sel])
+    y_mid = combine(y0r, kr, mid_weights, mid[:, None] * dty[sel])
     f0r, f1r = kr[0], kr[-1]
     coeffs = [
         y0r,
@@ -299,6 +306,6 @@ def _dense_output(res: _Results, rows: dict, t: torch.Tensor, accept: torch.Tens
         res.output(ptr[sel].clone(), rows["idx"][sel], total)
         ptr[sel] += 1
         nxt = ptr[sel]
-        more = (nxt < n_t) & (_time_at(rows, t, nxt.clamp(max=n_t - 1), sel) <= t1[sel])
-        sel = sel[more]
-        coeffs = [c[more] for c in coeffs]
+        more = torch.nonzero((nxt < n_t) & (_time_at(rows, t, nxt.clamp(max=n_t - 1), sel) <= t1[sel])).flatten()
+        sel = sel.index_select(0, more)        # one sync for the rows that pass another output time
+        coeffs = [c.index_select(0, more) for c in coeffs]
