@@ -39,9 +39,12 @@ from paper_tables import mean_std, opened as open_split, time_against_own  # noq
 
 SAMPLE = REPO_ROOT / "sample_models" / "circles_cnf"
 PROJECT = SAMPLE / "dise.yaml"
-ROWS = [("No reg.", "none", 0.0), ("Kinetic energy reg.", "kinetic", 0.05), ("L1 reg.", "l1", 1e-4),
-        ("L2 reg.", "l2", 1e-3), ("Our reg. (R_err)", "err", 0.1)]
-EPOCHS, LR, BATCH = 5, 1e-3, 128
+# λ per regulariser, from a sweep (lr 1e-4, 8 epochs): each lowers the NFE within 0.01 nats of validation
+# NLP. At lr 1e-3 this trained flow is unstable (validation NLP swings by 0.1-0.2 nats even without a
+# regulariser), so no checkpoint stays within 0.01 nats and every row kept the start.
+ROWS = [("No reg.", "none", 0.0), ("Kinetic energy reg.", "kinetic", 2.0), ("L1 reg.", "l1", 1e-2),
+        ("L2 reg.", "l2", 1e-1), ("Our reg. (R_err)", "err", 0.03)]
+EPOCHS, LR, BATCH = 8, 1e-4, 128
 BUDGET = {"max_deviation": 0.01}
 TIMED_BATCH = 256
 # what a user would try beside the model's own solve: fixed-step counts over the flow's t in [0, 10]

@@ -33,3 +33,23 @@ def test_profile_on_cuda_reports_peak_memory(tiny):
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert all(r["peak_memory_mb"] is not None and r["peak_memory_mb"] > 0 for r in report["candidates"])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_torchrun_on_two_gpus_equals_one_gpu(tiny):
+    """Each rank on cuda:LOCAL_RANK (nccl with gloo for objects): the NFE and statuses of one GPU."""
+    import subprocess
+    import sys
+
+    from dise_cli.profiles import read_profile
+    from test_scale_out import BATCH, _env
+
+    d = tiny["dir"]
+    args = ["profile", str(tiny["model"]), *tiny["arch"], "--data", str(tiny["data"]), *BATCH, "--device", "cuda"]
+    one = subprocess.run([sys.executable, "-m", "dise_cli", *args, "--out", str(d / "one.st")], capture_output=True,
+                         text=True, env=_env(), timeout=300)
+    two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "dise_cli", *args, "--out",
+                          str(d / "two.st")], capture_output=True, text=True, env=_env(), timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = read_profile(d / "one.st"), read_profile(d / "two.st")
+    assert torch.equal(a.nfe, b.nfe) and torch.equal(a.status, b.status) and torch.equal(a.index, b.index)
