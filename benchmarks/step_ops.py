@@ -28,6 +28,10 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from dise_cli.integrators import TimeMode, VectorField  # noqa: E402
 from dise_cli.integrators.adaptive import ADAPTIVE  # noqa: E402
 
+# operations that only make a new view of memory: no kernel on a GPU
+VIEWS = {"aten::view", "aten::select", "aten::slice", "aten::expand", "aten::unsqueeze", "aten::squeeze",
+         "aten::as_strided", "aten::t", "aten::transpose", "aten::permute", "aten::alias", "aten::detach",
+         "aten::_reshape_alias", "aten::unbind", "aten::split", "aten::split_with_sizes", "aten::lift_fresh"}
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::nonzero_static"}
 
 
@@ -76,7 +80,9 @@ def count(method, samples: int, dim: int) -> dict:
     iterations = int(sol.nfe.max() - (2 if method.first_step is None else 1)) // method.tableau.evaluations
     ops = counting.ops
     syncs = sum(v for k, v in ops.items() if k in SYNC_OPS or k.endswith("(bool mask)"))
+    launches = sum(v for k, v in ops.items() if k not in VIEWS)
     return {"method": method.spec, "iterations": iterations, "ops": sum(ops.values()), "syncs": syncs,
+            "launches_per_step": launches / max(iterations, 1),
             "ops_per_step": sum(ops.values()) / max(iterations, 1), "syncs_per_step": syncs / max(iterations, 1),
             "top": ops.most_common(8), "nfe_mean": float(sol.nfe.double().mean())}
 
@@ -91,10 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     names = [m.name for m in ADAPTIVE] if args.methods == "all" else args.methods.split(",")
     classes = {m.name: m for m in ADAPTIVE}
     print(f"{args.samples} samples, float32, rtol = atol = 1e-3, t in [0, 1]; operations outside f per loop iteration")
-    print(f"{'method':<14}{'iterations':>11}{'NFE mean':>10}{'ops/step':>10}{'syncs/step':>12}")
+    print(f"{'method':<14}{'iterations':>11}{'NFE mean':>10}{'ops/step':>10}{'of them kernels':>17}"
+          f"{'syncs/step':>12}")
     for name in names:
         r = count(classes[name](rtol=1e-3, atol=1e-3), args.samples, args.dim)
-        print(f"{name:<14}{r['iterations']:>11}{r['nfe_mean']:>10.2f}{r['ops_per_step']:>10.1f}{r['syncs_per_step']:>12.2f}")
+        print(f"{name:<14}{r['iterations']:>11}{r['nfe_mean']:>10.2f}{r['ops_per_step']:>10.1f}"
+              f"{r['launches_per_step']:>17.1f}{r['syncs_per_step']:>12.2f}")
         if args.verbose:
             print("    " + ", ".join(f"{k} {v}" for k, v in r["top"]))
 
