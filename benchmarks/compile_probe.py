@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,29 +28,20 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from dise_cli.clock import seconds  # noqa: E402
 from dise_cli.integrators import parse_candidates  # noqa: E402
 from paper_tables import opened  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "mnist_odenet"
 
 
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    began = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - began
-
-
 def compare(name: str, eager, compiled, device: torch.device, repeats: int) -> dict:
-    first = timed(compiled, device)
-    timed(eager, device)                                # eager's own warm-up
+    first = seconds(compiled, device)
+    seconds(eager, device)                                # eager's own warm-up
     e, c = [], []
     for _ in range(repeats):                            # alternating, so both see the same load
-        e.append(timed(eager, device))
-        c.append(timed(compiled, device))
+        e.append(seconds(eager, device))
+        c.append(seconds(compiled, device))
     e_med, c_med = statistics.median(e), statistics.median(c)
     gain = e_med - c_med
     return {"name": name, "first": first, "eager": e_med, "compiled": c_med, "speedup": e_med / c_med,

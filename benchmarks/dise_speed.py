@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,31 +28,13 @@ if str(REPO_ROOT) not in sys.path:
 from safetensors.torch import load_file  # noqa: E402
 
 from dise_cli.bundle import load_bundle  # noqa: E402
+from dise_cli.clock import alternating_medians  # noqa: E402
 from dise_cli.datasets import Dataset  # noqa: E402
 from dise_cli.demo import SAMPLE, run_demo  # noqa: E402
 from dise_cli.offline import run_offline  # noqa: E402
 from dise_cli.selector_training import selector_cost_in_nfe  # noqa: E402
 
 TARGETS = {"cpu_256": 3.0, "cuda_run_4096": 2.5}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_rounds(runners: dict, repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each runner; one warm-up, then rounds that alternate between them."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for r in range(repeats + 1):
-        for name, fn in runners.items():
-            sync(device)
-            began = time.perf_counter()
-            fn()
-            sync(device)
-            if r:
-                times[name].append(time.perf_counter() - began)
-    return {name: statistics.median(v) for name, v in times.items()}
 
 
 @torch.no_grad()
@@ -80,7 +60,7 @@ def measure(bundle: Path, device: torch.device, batch_sizes: list[int], repeats:
               "nfe_ratio": nfe_d / nfe_b, "batches": []}
     for size in batch_sizes:
         x = x_all[torch.arange(size, device=device) % len(x_all)]
-        med = timed_rounds({"dise": lambda: routed(x), "dopri5": lambda: baseline(x)}, repeats, device)
+        med = alternating_medians({"dise": lambda: routed(x), "dopri5": lambda: baseline(x)}, repeats, device)
         result["batches"].append({"batch_size": size, "seconds_dise": med["dise"], "seconds_dopri5": med["dopri5"],
                                   "speedup": med["dopri5"] / med["dise"]})
     if device.type == "cuda":
@@ -88,7 +68,7 @@ def measure(bundle: Path, device: torch.device, batch_sizes: list[int], repeats:
         idx = torch.arange(n) % len(test["x"])
         data = Dataset(x=test["x"][idx], y=None, t=None, name="test x4", sha256="")
         x = data.x.to(device)
-        med = timed_rounds({"run": lambda: run_offline(routed, data, batch_size=n, device=device),
+        med = alternating_medians({"run": lambda: run_offline(routed, data, batch_size=n, device=device),
                             "dopri5": lambda: baseline(x)}, repeats, device)
         result["run_4096"] = {"seconds_run": med["run"], "seconds_dopri5": med["dopri5"],
                               "throughput_ratio": med["dopri5"] / med["run"]}

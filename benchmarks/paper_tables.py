@@ -3,12 +3,12 @@ timed against the model as written, and mean ± std."""
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import dise_cli
+from dise_cli.clock import alternating_medians
 from dise_cli.pipeline import Opened, open_inputs
 from dise_cli.sources import ModelOptions, model_inputs, project_config
 
@@ -28,18 +28,8 @@ def time_against_own(bundle: Path, model: Opened, batch: int, repeats: int = 5) 
     routed = dise_cli.load(bundle, device=model.device)
     rows = torch.arange(batch) % len(model.data)
     x = model.data.x[rows].to(model.device)
-    runners = {"dise": lambda: routed(x), "own": lambda: model.model.run(x)}
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats + 1):
-        for name, fn in runners.items():
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
-            began = time.perf_counter()
-            fn()
-            if model.device.type == "cuda":
-                torch.cuda.synchronize(model.device)
-            times[name].append(time.perf_counter() - began)
-    median = {name: statistics.median(v[1:]) for name, v in times.items()}
+    median = alternating_medians({"dise": lambda: routed(x), "own": lambda: model.model.run(x)}, repeats,
+                                 model.device)
     return {"batch_size": batch, "seconds": median, "speedup_vs_own": median["own"] / median["dise"]}
 
 

@@ -3,14 +3,13 @@ the oracle on the same data, wall-clock side by side, and the gates that decide 
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from dise_cli.auc import roc_auc
 from dise_cli.budgets import Budgets
+from dise_cli.clock import alternating_medians
 from dise_cli.config import positive_int
 from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
@@ -246,15 +245,7 @@ def time_models(routed: RoutedModel, data: Dataset, rows: torch.Tensor, batch_si
         runners = {"dise": lambda: routed(x, t)}
         for cand in routed.integrators:
             runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda p: cand.solve(p.field, p.h0, p.t).ys, t)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(repeats + 1):
-            for name, fn in runners.items():
-                _sync(device)
-                began = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - began)
-        median = {name: statistics.median(v[1:]) for name, v in times.items()}
+        median = alternating_medians(runners, repeats, device)
         base = routed.integrators[routed.baseline].spec
         results.append({"batch_size": size, "seconds_per_batch": {k: round(v, 6) for k, v in median.items()},
                         "speedup_vs_baseline": round(median[base] / median["dise"], 3)})
@@ -286,9 +277,3 @@ def check_gates(report: dict, gates: Gates) -> list[dict]:
             out.append({"gate": "max_deviation", "value": dise["mean_deviation"], "threshold": gates.max_deviation,
                         "passed": budgets.deviation_within(dise["mean_deviation"])})
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-

@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dise_cli.clock import sync
 from dise_cli.datasets import Dataset
 from dise_cli.integrators import Dopri5, Integrator, Solution
 from dise_cli.judging import Judge, targets_batch_major
@@ -186,10 +187,10 @@ def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand
     solved: list[Solution] = []
 
     def solve(p: Problem) -> torch.Tensor:
-        _sync(device)
+        sync(device)
         began = time.perf_counter()
         solved.append(cand.solve(p.field, p.h0, p.t))
-        _sync(device)
+        sync(device)
         col.seconds += time.perf_counter() - began
         return solved[0].ys
 
@@ -249,8 +250,3 @@ def _warm_up(model: OdeModel, x: torch.Tensor, candidates: list[Integrator], t: 
         problem = model.encode(x, t) if model.splittable else None
         for cand in candidates:
             run_model(model, x, problem, lambda p, cand=cand: cand.solve(p.field, p.h0, p.t).ys)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

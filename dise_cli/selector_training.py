@@ -4,8 +4,6 @@ its offsets on the validation split, and report."""
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +11,7 @@ import torch
 
 from dise_cli.budgets import Budgets
 from dise_cli.calibration import Point, calibrate, evaluate_point, route
+from dise_cli.clock import alternating_medians
 from dise_cli.config import positive_int
 from dise_cli.costs import COSTS, DEFAULT_ALPHA, DEFAULT_M, cost_labels
 from dise_cli.errors import InputError, UsageError
@@ -127,16 +126,7 @@ def selector_cost_in_nfe(net: SelectorNet, ode, problem: Problem, repeats: int =
     k1 = first_stage(problem)
 
     def median_time(fn) -> float:
-        times = []
-        for _ in range(repeats + 1):
-            if h0.device.type == "cuda":
-                torch.cuda.synchronize(h0.device)
-            began = time.perf_counter()
-            fn()
-            if h0.device.type == "cuda":
-                torch.cuda.synchronize(h0.device)
-            times.append(time.perf_counter() - began)
-        return statistics.median(times[1:])
+        return alternating_medians({"it": fn}, repeats, h0.device)["it"]
 
     decide = lambda: net(selector_inputs(ode, problem, k1, net.spec.inputs))  # noqa: E731
     return median_time(decide) / median_time(lambda: first_stage(problem))    # one f call on the batch
