@@ -267,6 +267,8 @@ def render_evaluation(ui: Output, report: dict) -> None:
     ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
             f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
             + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))
+    if report.get("world_size", 1) > 1:
+        ui.line(f"{report['world_size']} processes judged the samples; the times below are rank 0's, on its own device")
     for t in report["timing"]:
         spb = t["seconds_per_batch"]
         parts = ", ".join(f"{name.split(':')[0] if name != 'dise' else 'DISE'} {1e3 * s:.2f} ms" for name, s in spb.items())

@@ -138,6 +138,8 @@ def test_torchrun_profile_evaluate_and_run_equal_one_process(tiny):
     common = ["evaluate", d / bundle[0], *bundle[1:], *BATCH, "--batch-sizes", 8, "--repeats", 1, "--json", "-"]
     one, two = _alone(*common), _torchrun(*common)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
+    plain = _torchrun(*common[:-2])
+    assert "2 processes judged the samples; the times below are rank 0's" in plain.stdout
     one, two = json.loads(one.stdout), json.loads(two.stdout)
     assert two["world_size"] == 2 and one["world_size"] == 1
     for key in ("n_samples", "baseline_only", "candidates", "best_single"):
