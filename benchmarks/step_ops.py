@@ -93,14 +93,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--dim", type=int, default=8)
     parser.add_argument("--verbose", action="store_true", help="the most frequent operations of each method")
+    parser.add_argument("--compact-every", type=int, default=1, help="steps between compactions of the active set")
     args = parser.parse_args(argv)
     names = [m.name for m in ADAPTIVE] if args.methods == "all" else args.methods.split(",")
     classes = {m.name: m for m in ADAPTIVE}
-    print(f"{args.samples} samples, float32, rtol = atol = 1e-3, t in [0, 1]; operations outside f per loop iteration")
+    print(f"{args.samples} samples, float32, rtol = atol = 1e-3, t in [0, 1], compaction every {args.compact_every} "
+          f"steps; operations outside f per loop iteration")
     print(f"{'method':<14}{'iterations':>11}{'NFE mean':>10}{'ops/step':>10}{'of them kernels':>17}"
           f"{'syncs/step':>12}")
     for name in names:
-        r = count(classes[name](rtol=1e-3, atol=1e-3), args.samples, args.dim)
+        method = classes[name](rtol=1e-3, atol=1e-3)
+        method.compact_every = args.compact_every
+        r = count(method, args.samples, args.dim)
         print(f"{name:<14}{r['iterations']:>11}{r['nfe_mean']:>10.2f}{r['ops_per_step']:>10.1f}"
               f"{r['launches_per_step']:>17.1f}{r['syncs_per_step']:>12.2f}")
         if args.verbose:

@@ -158,6 +158,30 @@ def test_batch_independence_with_a_stiff_partner(cls):
     torch.testing.assert_close(both.final[0], alone.final[0], rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("cls", [Dopri5, Bosh3, AdaptiveHeun, Fehlberg2, Dopri8, Tsit5], ids=lambda c: c.name)
+@pytest.mark.parametrize("every", [2, 5])
+def test_compacting_every_k_steps_changes_nothing(cls, every):
+    """Finished rows are masked and frozen until the next compaction: the same outputs, NFE, statuses,
+    steps and error records as compacting every step, also for rows that fail (max_steps, NaN)."""
+    gen = torch.Generator().manual_seed(3)
+    y0 = torch.randn(24, 2, dtype=torch.float64, generator=gen) * torch.linspace(0.1, 4.0, 24, dtype=torch.float64)[:, None]
+    y0[5] = float("nan")
+    t = torch.tensor([0.0, 0.3, 0.7, 1.0], dtype=torch.float64)
+    field = VectorField(stiffish, TimeMode.BROADCAST)
+    most = int(cls().solve(field, y0, t).n_steps.max())
+    solver = cls(max_steps=max(most - 2, 1))               # the hardest rows run out of steps
+    one = solver.solve(field, y0, t, record_errors=True)
+    solver.compact_every = every
+    k = solver.solve(field, y0, t, record_errors=True)
+    assert torch.equal(one.nfe, k.nfe) and torch.equal(one.status, k.status) and torch.equal(one.n_steps, k.n_steps)
+    assert {int(s) for s in one.status} >= {int(Status.OK), int(Status.MAX_STEPS), int(Status.NON_FINITE)}
+    assert torch.equal(one.ys.nan_to_num(7.0), k.ys.nan_to_num(7.0))
+    order = lambda e: torch.argsort(e.sample * 100000 + torch.arange(len(e.sample)), stable=True)  # noqa: E731
+    for name in ("sample", "error", "dt", "kinetic"):
+        a, b = getattr(one.step_errors, name), getattr(k.step_errors, name)
+        assert torch.equal(a[order(one.step_errors)], b[order(k.step_errors)]), name
+
+
 @pytest.mark.parametrize("cls", [Bosh3, AdaptiveHeun, Fehlberg2, Dopri8, Tsit5], ids=lambda c: c.name)
 def test_error_estimates_of_every_method_have_gradients(cls):
     """R_err of any embedded method: per accepted step, with gradients for fine-tuning."""

@@ -2,8 +2,11 @@
 
 One implementation for every adaptive method: a method is its tableau (``tableaus.EmbeddedTableau``)
 and its controller (``control.StepControl``). Each sample has its own step size, accept/reject
-decisions, NFE, status and time grid. Samples that reach the end of their grid (or fail) leave the
-active set: later steps run f on fewer rows, so easy samples stop costing evaluations. With the
+decisions, NFE, status and time grid. Samples that reach the end of their grid (or fail) are masked
+at once (their results recorded, their state frozen) and leave the active set at the next compaction,
+every ``compact_every`` steps: later steps run f on fewer rows, so easy samples stop costing
+evaluations. Compacting every step (the default) spends one host sync a step on it; a larger interval
+spends fewer syncs and evaluates finished rows, masked, until the next compaction. With the
 torchdiffeq controller, initial step selection, norm, step-size control, mixed precision (times in
 float64, stages in the state's dtype) and dense output copy torchdiffeq 0.2.5 operation for
 operation, down to its rounding (``rounding``), so a sample solved here gives what it gives alone
@@ -11,6 +14,7 @@ in torchdiffeq (bit for bit for dopri5, tested), whichever samples share its bat
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field as dc_field
 from typing import ClassVar
 
@@ -53,6 +57,7 @@ class EmbeddedRK(Integrator):
     adaptive = True
     tableau: ClassVar[EmbeddedTableau]
     default_control: ClassVar[str] = "torchdiffeq"
+    compact_every: int = 1        # steps between compactions of the active set (results do not depend on it)
 
     def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
                  first_step: float | None = None, control: str | None = None):
@@ -121,22 +126,34 @@ class EmbeddedRK(Integrator):
             "ptr": torch.ones(n, dtype=torch.long, device=device),   # next grid index to output
             "attempts": torch.zeros(n, dtype=torch.int64, device=device),
             "accepted": torch.zeros(n, dtype=torch.int64, device=device),
+            "live": torch.ones(n, dtype=torch.bool, device=device),  # not finished: a finished row is frozen
+            "code": torch.zeros(n, dtype=torch.uint8, device=device),  # its status, once finished
         }
         n_fixed = 2 if self.first_step is None else 1
 
-        while len(rows["idx"]):
-            t_now, dt = rows["t_now"], rows["dt"]
+        def planned(rows: dict):
+            """This step's size and end for every row, torchdyn's landing on outputs included."""
             if control.lands_on_outputs:
-                dt, t_next, cut, rest = _land(rows, t, dt, n_t)
-            else:
-                t_next, cut, rest = t_now + dt, None, None
-            cannot_step = ~(t_next > t_now) | (rows["attempts"] >= self.max_steps)   # also NaN dt
-            if bool(cannot_step.any()):
-                stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
-                stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)
-                stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
-                rows = self._retire(res, rows, stop, n_fixed)
-                continue
+                return _land(rows, t, rows["dt"], n_t)
+            return rows["dt"], rows["t_now"] + rows["dt"], None, None
+
+        for iteration in itertools.count():
+            t_now = rows["t_now"]
+            dt, t_next, cut, rest = planned(rows)
+            stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
+            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)      # also NaN dt
+            stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
+            _finish(rows, stop)                           # rows that cannot step: frozen
+            if iteration % self.compact_every == 0:
+                self._record_results(res, rows, n_fixed)
+                keep = torch.nonzero(rows["live"]).flatten()     # the one sync that decides the loop
+                if not len(keep):
+                    break
+                if len(keep) < len(rows["idx"]):
+                    rows = {name: value.index_select(0, keep) for name, value in rows.items()}
+                    t_now = rows["t_now"]
+                    dt, t_next, cut, rest = planned(rows)
+            live = rows["live"]
             y, f = rows["y"], rows["f"]
 
             # One step of the method for every active row (torchdiffeq's _runge_kutta_step).
@@ -156,14 +173,14 @@ class EmbeddedRK(Integrator):
             f1 = k[-1]
             y_err = combine(None, k, tab.b_err, coefs[-1])
             ratio = field.rms(y_err / (atol + rtol * torch.max(y.abs(), y1.abs())))
-            accept = ratio <= 1    # NaN compares False: rejected, and retired below
+            accept = (ratio <= 1) & live    # NaN compares False: rejected, and finished below
             with torch.no_grad():
                 base = dt if cut is None else torch.where(cut, rest, dt)    # torchdyn: what was left of a cut step
                 rows["dt"] = control.next_step(base, ratio, tab.order, safety)
 
             if record_errors:
                 self._record(res, rows, accept, ratio, dt, dty, k, grid_end=_grid(rows, t)[..., -1], t_now=t_now)
-            rows["attempts"] = rows["attempts"] + 1
+            rows["attempts"] = rows["attempts"] + live.long()
             rows["accepted"] = rows["accepted"] + accept.long()
             if control.lands_on_outputs:
                 all_accepted = bool(accept.all())
@@ -183,8 +200,7 @@ class EmbeddedRK(Integrator):
             rows["t_now"] = torch.where(accept, t_next, t_now)
             stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
             stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
-            if bool((stop >= 0).any()):
-                rows = self._retire(res, rows, stop, n_fixed)
+            _finish(rows, stop)
         return self._assemble(res, h0, n_t, record_errors)
 
     def _record(self, res: _Results, rows: dict, accept: torch.Tensor, ratio: torch.Tensor, dt: torch.Tensor,
@@ -201,16 +217,13 @@ class EmbeddedRK(Integrator):
         inside = ((grid_end - t_now) / dt).clamp(max=1.0).to(dty.dtype)
         res.step_kinetic.append((kinetic * dty * inside)[accept])
 
-    def _retire(self, res: _Results, rows: dict, stop: torch.Tensor, n_fixed: int) -> dict:
-        """Record the results of rows whose ``stop`` status is set and drop them from the active set."""
-        leaving = stop >= 0
-        out = torch.nonzero(leaving).flatten()        # one nonzero for the rows that leave...
-        gone = rows["idx"].index_select(0, out)
-        res.status[gone] = stop.index_select(0, out).to(torch.uint8)
-        res.nfe[gone] = n_fixed + self.tableau.evaluations * rows["attempts"].index_select(0, out)
-        res.n_steps[gone] = rows["accepted"].index_select(0, out)
-        keep = torch.nonzero(~leaving).flatten()      # ...and one for all the row tensors that stay
-        return {name: value.index_select(0, keep) for name, value in rows.items()}
+    def _record_results(self, res: _Results, rows: dict, n_fixed: int) -> None:
+        """Status, NFE and accepted steps of every active row, as they stand (a finished row's are final:
+        its counts are frozen; a live row's are written again at the next compaction)."""
+        idx = rows["idx"]
+        res.status[idx] = rows["code"]
+        res.nfe[idx] = n_fixed + self.tableau.evaluations * rows["attempts"]
+        res.n_steps[idx] = rows["accepted"]
 
     @staticmethod
     def _assemble(res: _Results, h0: torch.Tensor, n_t: int, record_errors: bool) -> Solution:
@@ -226,6 +239,14 @@ class EmbeddedRK(Integrator):
             step_errors = StepErrors(sample=cat(res.step_sample, torch.long), error=cat(res.step_error, h0.dtype),
                                      dt=cat(res.step_dt, h0.dtype), kinetic=cat(res.step_kinetic, h0.dtype))
         return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
+
+
+def _finish(rows: dict, stop: torch.Tensor) -> None:
+    """Freeze the live rows whose ``stop`` status is set, keeping the status: they stop counting attempts
+    and changing state, and leave at the next compaction. Nothing is read back to the host."""
+    ending = rows["live"] & (stop >= 0)
+    rows["code"] = torch.where(ending, stop.to(torch.uint8), rows["code"])
+    rows["live"] = rows["live"] & ~ending
 
 
 def _grid(rows: dict, t: torch.Tensor) -> torch.Tensor:
