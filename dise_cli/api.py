@@ -195,7 +195,7 @@ def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *
         The report ``dise evaluate`` prints and writes as JSON.
     """
     from dise_cli.evaluation import EvaluateSettings, evaluate_routed
-    from dise_cli.profiling import select_rows
+    from dise_cli.profiling import batch_starts, select_rows
 
     source, config, settings = _data_command(data, options, EvaluateSettings)
     world = distributed.current(device_of(source, config))
@@ -203,7 +203,11 @@ def evaluate(bundle: str | Path, data: str | Path | DataOptions | None = None, *
     # under torchrun a rank that cannot load fails every rank with its reason (not a hang, not silence)
     routed, dataset, device = load() if world is None else world.everywhere(load)
     rows = select_rows(len(dataset), settings.limit, settings.seed)
-    with (progress or _no_progress)(len(rows), "evaluating") as advance:
+    mine = len(rows)
+    if world is not None:              # this rank's batches (the bar is rank 0's)
+        mine = sum(len(rows[s:s + settings.batch_size])
+                   for s in batch_starts(len(rows), settings.batch_size, (world.rank, world.size)))
+    with (progress or _no_progress)(mine, "evaluating") as advance:
         return evaluate_routed(routed, dataset, rows=rows, batch_size=settings.batch_size,
                                batch_sizes=[int(b) for b in settings.batch_sizes], device=device,
                                gates=settings.gates, time_major=settings.time_major, repeats=settings.repeats,
