@@ -167,8 +167,10 @@ def _routed_samples(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
     if data.y is not None:
         targets = targets_batch_major(data.y, len(data), len(ode.t_span), time_major, data.name)
     index, scores, nfe, choice, fallback, class_scores, labels = [], [], [], [], [], [], []
-    for start in batch_starts(len(rows), batch_size, shard):
-        idx = rows[start:start + batch_size]
+    starts = batch_starts(len(rows), batch_size, shard)
+    empty = not starts              # a rank with no batch: one row for the shapes, then none kept
+    for start in starts or [0]:
+        idx = rows[start:start + (1 if empty else batch_size)]
         index.append(idx)
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -186,10 +188,12 @@ def _routed_samples(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         choice.append(stats.integrator.cpu())
         fallback.append(stats.fallback.cpu())
     classes = judge.task == "classification"
-    return _RoutedSamples(index=torch.cat(index) if index else rows[:0], score=torch.cat(scores).cpu(),
-                          nfe=torch.cat(nfe), choice=torch.cat(choice), fallback=torch.cat(fallback).bool(),
-                          class_scores=torch.cat(class_scores) if classes else None,
-                          labels=torch.cat(labels) if classes else None)
+    keep = slice(0, 0) if empty else slice(None)
+    return _RoutedSamples(index=torch.cat(index)[keep], score=torch.cat(scores).cpu()[keep],
+                          nfe=torch.cat(nfe)[keep], choice=torch.cat(choice)[keep],
+                          fallback=torch.cat(fallback).bool()[keep],
+                          class_scores=torch.cat(class_scores)[keep] if classes else None,
+                          labels=torch.cat(labels)[keep] if classes else None)
 
 
 @torch.no_grad()

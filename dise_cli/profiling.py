@@ -138,10 +138,13 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
     judged: list[torch.Tensor] = []
     cols = [_Column() for _ in candidates]
     starts = batch_starts(len(rows), batch_size, shard)
+    # A shard with no batch (more shards than batches) still gives a profile, with no rows: one row is
+    # run for the arrays' shapes and then left out.
+    empty = not starts
     _warm_up(model, data.x[rows[:2]].to(device), candidates, grids_of(data, rows[:2], device))
     with torch.no_grad():
-        for start in starts:
-            idx = rows[start:start + batch_size]
+        for start in starts or [0]:
+            idx = rows[start:start + (1 if empty else batch_size)]
             x = data.x[idx].to(device)
             problem = encode_batch(model, x, grids_of(data, idx, device), seed, start)
             target = batch_targets(model, x, problem, idx, targets, judge, reference, seed=start)
@@ -153,13 +156,13 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
                     col.aux.append(judge.gamma(out, outputs[base]).cpu())
                     if keep_outputs:
                         col.outputs.append(out.reshape(len(out), -1).float().cpu())
-            if progress is not None:
+            if progress is not None and not empty:
                 progress(len(idx))
 
     def matrix(name: str) -> torch.Tensor:
         return torch.stack([c.stacked(name) for c in cols], dim=1)
 
-    index = torch.cat([rows[s:s + batch_size] for s in starts]) if starts else rows[:0]
+    index = torch.cat([rows[s:s + batch_size] for s in starts]) if starts else rows[:1]
     profile = Profile(candidates=[c.spec for c in candidates], baseline=base, task=judge.task,
                       t_span=[] if data.per_sample_grid else [float(v) for v in model.t_span], index=index.clone(),
                       nfe=matrix("nfe").to(torch.int32), status=matrix("status").to(torch.uint8),
@@ -172,6 +175,10 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
         if keep_outputs:
             profile.outputs = matrix("outputs")
             profile.reference = torch.cat([t.reshape(len(t), -1) for t in judged]).float()
+    if empty:
+        profile, index = profile.subset(torch.arange(0)), index[:0]
+        for col in cols:
+            col.seconds, col.steps = 0.0, 0
     timing = Timing(seconds=[c.seconds for c in cols], nfe_total=[int(v) for v in profile.nfe.sum(0)],
                     peak_memory_bytes=[c.peak_bytes for c in cols], n_samples=len(index),
                     steps_total=[c.steps for c in cols])

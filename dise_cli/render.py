@@ -26,6 +26,14 @@ def _num(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
 
 def render_profile(ui: Output, run: ProfileRun) -> dict:
     """Print the profile table (and the JSON document when asked); return the report."""
+    if not run.profile.n_samples:       # a shard of a job array larger than the number of batches
+        report = {"schema_version": 1, "task": run.profile.task, "n_samples": 0,
+                  "candidates": list(run.profile.candidates), "world_size": run.world_size,
+                  "shard": run.profile.meta.get("shard")}
+        ui.line(f"shard {report['shard']} holds no samples (more shards than batches of the run); its empty "
+                f"profile is still needed by dise merge")
+        ui.json(report)
+        return report
     report = summarize(run.profile, run.timing)
     report["world_size"] = run.world_size       # processes that made it (torchrun ranks)
     shard = run.profile.meta.get("shard")

@@ -61,6 +61,20 @@ def test_shards_merge_into_the_single_run(shards):
     assert len(merged.timing["seconds_per_nfe"]) == len(single.candidates)
 
 
+def test_more_shards_than_batches_merge_too(tiny):
+    """A job array larger than the number of batches: the extra shards are empty profiles, and merge
+    still gives the single run."""
+    d = tiny["dir"]
+    assert invoke(*profile_args(tiny, d / "single.st")).exit_code == 0          # 40 samples: 5 batches
+    for k in range(1, 8):
+        res = invoke(*profile_args(tiny, d / f"s{k}.st", "--shard", f"{k}/7"))
+        assert res.exit_code == 0, res.stderr
+    assert read_profile(d / "s7.st").n_samples == 0
+    res = invoke("merge", *[d / f"s{k}.st" for k in range(1, 8)], "--out", d / "merged.st")
+    assert res.exit_code == 0, res.stderr
+    assert identity(d / "merged.st") == identity(d / "single.st")
+
+
 def test_bad_merges_are_exit_2_naming_the_file(tiny, shards):
     d = shards
     res = invoke(*profile_args(tiny, d / "foreign.st", "--limit", 37, "--seed", 4, "--shard", "2/3"))
@@ -138,14 +152,17 @@ def test_torchrun_profile_evaluate_and_run_equal_one_process(tiny):
     common = ["evaluate", d / bundle[0], *bundle[1:], *BATCH, "--batch-sizes", 8, "--repeats", 1, "--json", "-"]
     one, two = _alone(*common), _torchrun(*common)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
-    plain = _torchrun(*common[:-2])
-    assert "2 processes judged the samples; the times below are rank 0's" in plain.stdout
+    plain = _torchrun(*[a for a in common[:-2] if a not in BATCH], "--batch-size", 64)
     one, two = json.loads(one.stdout), json.loads(two.stdout)
     assert two["world_size"] == 2 and one["world_size"] == 1
     for key in ("n_samples", "baseline_only", "candidates", "best_single"):
         assert one[key] == two[key], key
     for key in ("accuracy", "auc", "nfe_integrators", "share", "fallbacks"):
         assert one["dise"][key] == two["dise"][key], key
+    # one batch of 64 for 40 samples: rank 1 has none, and the figures are still the whole set's
+    assert plain.returncode == 0, plain.stderr
+    assert "2 processes judged the samples; the times below are rank 0's" in plain.stdout
+    assert f"{100 * one['dise']['accuracy']:.2f}%" in plain.stdout
 
 
 @needs_torchrun

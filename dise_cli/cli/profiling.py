@@ -66,7 +66,7 @@ def profile(
     if run is None:                    # a torchrun rank other than 0: rank 0 reports and writes
         return
     report = render_profile(ui, run)
-    if plot:
+    if plot and run.profile.n_samples:
         from dise_cli.plots import plot_profile
         plot_profile(run, plot, report=report)
         ui.note(f"wrote {plot}")
