@@ -240,6 +240,8 @@ def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out
         loaded["routed"] = routed
         if world is not None:          # each rank a contiguous block of the inputs; joined in rank order
             dataset = dataset.inputs_of(torch.arange(len(dataset)).tensor_split(world.size)[world.rank])
+            if not len(dataset):       # more ranks than inputs: this one has nothing to run
+                return None
         with (progress or _no_progress)(2 * len(dataset), "running") as advance:
             return run_offline(routed, dataset, batch_size=settings.batch_size, device=device, progress=advance)
 
@@ -249,7 +251,7 @@ def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out
         parts = world.collect(work)
         if parts is None:
             return None
-        result = OfflineResult.joined(parts)
+        result = OfflineResult.joined([part for part in parts if part is not None])
     if out_path is not None:
         write_predictions(result, loaded["routed"], out_path)
     return result
