@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from dise_cli.cli import app
@@ -148,6 +148,10 @@ def test_torchrun_profile_evaluate_and_run_equal_one_process(tiny):
     a, b = load_file(str(d / "alone.pred")), load_file(str(d / "spread.pred"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)   # input order, one file
     assert "on 2 processes" in spread.stdout
+    save_file({"x": tiny["x"][:1].contiguous()}, str(d / "one.safetensors"))      # more ranks than inputs
+    lone = _torchrun("run", d / bundle[0], "--data", d / "one.safetensors", "--code-path", TESTS, "--out", d / "one.pred")
+    assert lone.returncode == 0, lone.stderr
+    assert torch.equal(load_file(str(d / "one.pred"))["outputs"], a["outputs"][:1])
 
     common = ["evaluate", d / bundle[0], *bundle[1:], *BATCH, "--batch-sizes", 8, "--repeats", 1, "--json", "-"]
     one, two = _alone(*common), _torchrun(*common)
