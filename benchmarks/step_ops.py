@@ -28,10 +28,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from dise_cli.integrators import TimeMode, VectorField  # noqa: E402
 from dise_cli.integrators.adaptive import ADAPTIVE  # noqa: E402
 
-# operations that only make a new view of memory: no kernel on a GPU
+# operations that only make a new view of memory or allocate it: no kernel on a GPU
 VIEWS = {"aten::view", "aten::select", "aten::slice", "aten::expand", "aten::unsqueeze", "aten::squeeze",
          "aten::as_strided", "aten::t", "aten::transpose", "aten::permute", "aten::alias", "aten::detach",
-         "aten::_reshape_alias", "aten::unbind", "aten::split", "aten::split_with_sizes", "aten::lift_fresh"}
+         "aten::_reshape_alias", "aten::unbind", "aten::split", "aten::split_with_sizes", "aten::lift_fresh",
+         # allocations: the caching allocator, no kernel
+         "aten::empty", "aten::empty_like", "aten::empty_strided"}
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::nonzero_static"}
 
 
