@@ -7,6 +7,11 @@ process group on first use: ``cpu:gloo,cuda:nccl`` where it computes on a GPU (`
 objects travel over gloo), ``gloo`` on CPUs. ``collect`` is the one exchange: every rank runs its
 part, a rank that fails makes every rank fail with one line naming it, and only rank 0 receives the
 parts. Only rank 0 prints and writes.
+
+Sharing is engaged by the command line for the commands that share work (``engage``). A program of
+the user's own that runs under torchrun and calls the Python API is left alone: its call runs whole in
+that process, with no collective that the other ranks would never join. Such a program can engage it
+itself, on every rank, for the calls every rank makes.
 """
 from __future__ import annotations
 
@@ -81,13 +86,22 @@ class World:
 
 
 _WORLD: World | None = None
+_ENGAGED = False
+
+
+def engage() -> None:
+    """Share the work of the next calls among torchrun's ranks (what ``dise`` does for profile,
+    evaluate and run; every rank must make the same calls)."""
+    global _ENGAGED
+    _ENGAGED = True
 
 
 def current(device: torch.device) -> World | None:
     """This process's place in a torchrun job (joining the group on first call), or None when it runs
-    alone. ``device`` is what the command would use alone: a GPU becomes this rank's own."""
+    alone or sharing is not engaged. ``device`` is what the command would use alone: a GPU becomes
+    this rank's own."""
     global _WORLD
-    if not launched():
+    if not launched() or not _ENGAGED:
         return None
     if _WORLD is None:
         import torch.distributed as dist
@@ -111,7 +125,8 @@ def finish(together: bool) -> None:
     """Leave the process group at the end of a command; ``together``: every rank got here (a command
     that ended normally, or by a failure all ranks share), so wait for the others first: a rank that
     leaves while rank 0 still receives its part would break rank 0's exchange."""
-    global _WORLD
+    global _WORLD, _ENGAGED
+    _ENGAGED = False
     if _WORLD is not None:
         import torch.distributed as dist
         if dist.is_initialized():

@@ -105,6 +105,18 @@ def test_commands_that_do_not_share_work_refuse_to_run_under_torchrun(tiny, monk
     assert res.exit_code == 2 and "runs in one process" in res.stderr
 
 
+def test_the_python_api_under_someone_elses_torchrun_runs_whole(tiny, monkeypatch):
+    """A user's own program under torchrun that calls dise_cli.profile (on rank 0 only, say) must not
+    wait for collectives the other ranks never join: sharing is the command line's, or engaged."""
+    import dise_cli
+    import torch.distributed as dist
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    run = dise_cli.profile(tiny["model"], arch="tiny_models:build_classifier", code_path=str(TESTS),
+                           data=str(tiny["data"]))
+    assert run.profile.n_samples == 40 and run.world_size == 1 and not dist.is_initialized()
+
+
 needs_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
 
 

@@ -34,9 +34,11 @@ def command(*examples: str, ranks: bool = False) -> Callable[[Callable], Callabl
                 with warnings.catch_warnings(), user_prints_to_stderr():
                     if not debug:
                         warnings.simplefilter("ignore")
-                    if distributed.launched() and not ranks:
-                        raise UsageError(f"dise {fn.__name__.replace('_', '-')} runs in one process; under torchrun "
-                                         f"only profile, evaluate and run share their work among the ranks")
+                    if distributed.launched():
+                        if not ranks:
+                            raise UsageError(f"dise {fn.__name__.replace('_', '-')} runs in one process; under "
+                                             f"torchrun only profile, evaluate and run share their work among the ranks")
+                        distributed.engage()
                     result = fn(*args, **kwargs)
                     together = True
                     return result
