@@ -27,6 +27,8 @@ def rms_rows(x: torch.Tensor) -> torch.Tensor:
     component whose error estimate vanishes, as a CNF's log-density part can) its gradient is 0,
     not the NaN of sqrt's infinite slope at 0 times 0, so R_err trains through tuple states."""
     square = x.pow(2).reshape(len(x), -1).mean(1)
+    if not (torch.is_grad_enabled() and square.requires_grad):
+        return square.sqrt()               # no gradient to guard: the same values in one kernel
     positive = square != 0                 # NaN and inf stay as they are (non-finite rows retire)
     return torch.where(positive, torch.where(positive, square, torch.ones_like(square)).sqrt(), torch.zeros_like(square))
 

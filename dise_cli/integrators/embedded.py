@@ -140,10 +140,11 @@ class EmbeddedRK(Integrator):
         for iteration in itertools.count():
             t_now = rows["t_now"]
             dt, t_next, cut, rest = planned(rows)
-            stop = torch.where(rows["attempts"] >= self.max_steps, int(Status.MAX_STEPS), -1)
-            stop = torch.where(~(t_next > t_now), int(Status.UNDERFLOW), stop)      # also NaN dt
-            stop = torch.where(torch.isnan(dt), int(Status.NON_FINITE), stop)   # NaN in the initial step
-            _finish(rows, stop)                           # rows that cannot step: frozen
+            forward = t_next > t_now                                  # False for a NaN dt too
+            cannot = (rows["attempts"] >= self.max_steps) | ~forward
+            code = torch.where(forward, int(Status.MAX_STEPS), int(Status.UNDERFLOW))
+            code = torch.where(torch.isnan(dt), int(Status.NON_FINITE), code)   # NaN in the initial step
+            _finish(rows, cannot, code)                   # rows that cannot step: frozen
             if iteration % self.compact_every == 0:
                 self._record_results(res, rows, n_fixed)
                 keep = torch.nonzero(rows["live"]).flatten()     # the one sync that decides the loop
@@ -152,7 +153,10 @@ class EmbeddedRK(Integrator):
                 if len(keep) < len(rows["idx"]):
                     rows = {name: value.index_select(0, keep) for name, value in rows.items()}
                     t_now = rows["t_now"]
-                    dt, t_next, cut, rest = planned(rows)
+                    if control.lands_on_outputs:      # the plan of the rows kept (cheaper than landing again)
+                        dt, t_next, cut, rest = (v.index_select(0, keep) for v in (dt, t_next, cut, rest))
+                    else:
+                        dt, t_next, cut, rest = planned(rows)
             live = rows["live"]
             y, f = rows["y"], rows["f"]
 
@@ -198,9 +202,8 @@ class EmbeddedRK(Integrator):
                 rows["y"] = torch.where(acc_rows, y1, y)
                 rows["f"] = torch.where(acc_rows, f1, f)
             rows["t_now"] = torch.where(accept, t_next, t_now)
-            stop = torch.where(torch.isnan(ratio), int(Status.NON_FINITE), -1)
-            stop = torch.where(rows["ptr"] >= n_t, int(Status.OK), stop)
-            _finish(rows, stop)
+            done = rows["ptr"] >= n_t
+            _finish(rows, done | torch.isnan(ratio), torch.where(done, int(Status.OK), int(Status.NON_FINITE)))
         return self._assemble(res, h0, n_t, record_errors)
 
     def _record(self, res: _Results, rows: dict, accept: torch.Tensor, ratio: torch.Tensor, dt: torch.Tensor,
@@ -241,12 +244,12 @@ class EmbeddedRK(Integrator):
         return Solution(ys=ys, nfe=res.nfe, status=res.status, n_steps=res.n_steps, step_errors=step_errors)
 
 
-def _finish(rows: dict, stop: torch.Tensor) -> None:
-    """Freeze the live rows whose ``stop`` status is set, keeping the status: they stop counting attempts
-    and changing state, and leave at the next compaction. Nothing is read back to the host."""
-    ending = rows["live"] & (stop >= 0)
-    rows["code"] = torch.where(ending, stop.to(torch.uint8), rows["code"])
-    rows["live"] = rows["live"] & ~ending
+def _finish(rows: dict, stopping: torch.Tensor, code: torch.Tensor) -> None:
+    """Freeze the live rows that are ``stopping``, keeping their status ``code``: they stop counting
+    attempts and changing state, and leave at the next compaction. Nothing is read back to the host."""
+    ending = rows["live"] & stopping
+    rows["code"] = torch.where(ending, code.to(torch.uint8), rows["code"])
+    rows["live"] = rows["live"] & ~stopping
 
 
 def _grid(rows: dict, t: torch.Tensor) -> torch.Tensor:
