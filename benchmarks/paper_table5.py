@@ -37,7 +37,7 @@ import dise_cli  # noqa: E402
 from dise_cli.finetuning import state_rms, validate  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
 from dise_cli.judging import Judge  # noqa: E402
-from paper_tables import mean_std, opened as open_split  # noqa: E402
+from paper_tables import dise_rows, mean_std, opened as open_split, regulariser_rows  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "vowels_latent_ode"
 PROJECT = SAMPLE / "dise.yaml"
@@ -62,7 +62,7 @@ def measure(model: Path | str, device: str, reference_rms: float | None) -> dict
             "own_solver": own.spec}
 
 
-def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
+def dise_seeds(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
     """Profile the training split once, then per selector seed: train, export, evaluate on the test split."""
     train = str(SAMPLE / "train.safetensors")
     profile = folder / f"{model.stem}.profile.safetensors"
@@ -95,23 +95,14 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     shipped = SAMPLE / "weights.safetensors"
     reference = measure(shipped, args.device, None)
-    rows, models, selections = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for label, reg, lam in ROWS:
-            out = folder / f"{reg}.safetensors"
-            result = dise_cli.finetune(shipped, config=str(PROJECT), data=str(SAMPLE / "train.safetensors"),
-                                       out=out, reg=reg, lam=lam, epochs=args.epochs, lr=LR, batch_size=BATCH,
-                                       device=args.device, seed=0)
-            models[reg] = out
-            metrics = measure(out, args.device, reference["state_rms"])
-            rows.append({"model": label, "reg": reg, "lam": lam, "kept_epoch": result.kept_epoch, **metrics})
-            print(f"{label}: AUC {metrics['auc']}, accuracy {metrics['accuracy']}, NFE {metrics['nfe']} "
-                  f"(kept epoch {result.kept_epoch})", file=sys.stderr, flush=True)
-        for label, reg in (("No reg. & DISE", "none"), ("Our reg. & DISE", "err")):
-            seeds = dise_rows(models[reg], args.seeds, args.device, folder)
-            selections[label] = seeds
-            rows.append({"model": label, "reg": reg, "seeds": seeds})
+        rows, models = regulariser_rows(
+            SAMPLE, ROWS, folder, lambda out: measure(out, args.device, reference["state_rms"]),
+            lambda m: f"AUC {m['auc']}, accuracy {m['accuracy']}, NFE {m['nfe']}",
+            epochs=args.epochs, lr=LR, batch_size=BATCH, device=args.device)
+        more, selections = dise_rows(models, lambda model: dise_seeds(model, args.seeds, args.device, folder))
+        rows += more
     minutes = (time.perf_counter() - began) / 60
     print(f"Tables 5 and 6 on {SAMPLE.name} ({args.device}; {minutes:.1f} min in all). Protocol: from the shipped "
           f"weights, Adam lr {LR:g}, batch {BATCH}, {args.epochs} epochs, the model's own solver "

@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
 import dise_cli  # noqa: E402
 from dise_cli.finetuning import state_rms, validate_density  # noqa: E402
 from dise_cli.integrators import Dopri5  # noqa: E402
-from paper_tables import mean_std, opened as open_split, time_against_own  # noqa: E402
+from paper_tables import dise_rows, mean_std, opened as open_split, regulariser_rows, time_against_own  # noqa: E402
 
 SAMPLE = REPO_ROOT / "sample_models" / "circles_cnf"
 PROJECT = SAMPLE / "dise.yaml"
@@ -61,7 +61,7 @@ def measure(model: Path | str, device: str, reference_rms: float | None) -> dict
             "nfe_scale_matched": validate_density(test.model, test.data, scaled, test.device, 256)["nfe_mean"]}
 
 
-def dise_rows(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
+def dise_seeds(model: Path, seeds: int, device: str, folder: Path) -> list[dict]:
     train = str(SAMPLE / "train.safetensors")
     profile = folder / f"{model.stem}.profile.safetensors"
     dise_cli.profile(model, config=str(PROJECT), data=train, out=profile, device=device, metric="mae", figure="nlp",
@@ -97,24 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     shipped = SAMPLE / "weights.safetensors"
     reference = measure(shipped, args.device, None)
-    rows, selections = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        models = {}
-        for label, reg, lam in ROWS:
-            out = folder / f"{reg}.safetensors"
-            result = dise_cli.finetune(shipped, config=str(PROJECT), data=str(SAMPLE / "train.safetensors"), out=out,
-                                       loss="nll", reg=reg, lam=lam, epochs=args.epochs, lr=LR, batch_size=BATCH,
-                                       device=args.device, seed=0)
-            models[reg] = out
-            metrics = measure(out, args.device, reference["state_rms"])
-            rows.append({"model": label, "reg": reg, "lam": lam, "kept_epoch": result.kept_epoch, **metrics})
-            print(f"{label}: NLP {metrics['nlp']:.4f}, NFE {metrics['nfe']:.1f} (kept epoch {result.kept_epoch})",
-                  file=sys.stderr, flush=True)
-        for label, reg in (("No reg. & DISE", "none"), ("Our reg. & DISE", "err")):
-            seeds = dise_rows(models[reg], args.seeds, args.device, folder)
-            selections[label] = seeds
-            rows.append({"model": label, "reg": reg, "seeds": seeds})
+        rows, models = regulariser_rows(
+            SAMPLE, ROWS, folder, lambda out: measure(out, args.device, reference["state_rms"]),
+            lambda m: f"NLP {m['nlp']:.4f}, NFE {m['nfe']:.1f}",
+            loss="nll", epochs=args.epochs, lr=LR, batch_size=BATCH, device=args.device)
+        more, selections = dise_rows(models, lambda model: dise_seeds(model, args.seeds, args.device, folder))
+        rows += more
     minutes = (time.perf_counter() - began) / 60
     print(f"Tables 8 and 9 on {SAMPLE.name} ({args.device}; {minutes:.1f} min in all). Protocol: from the shipped "
           f"weights, finetune --loss nll, Adam lr {LR:g}, batch {BATCH}, {args.epochs} epochs, the own solver "

@@ -88,7 +88,7 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
     if world is None:
         run = work()
     else:
-        run = merge_run(world.collect(work), world)
+        run = merge_run(world.collect(work))
         if run is None:
             return None
     if out_path is not None:
@@ -232,16 +232,15 @@ def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out
     source, config, settings = _data_command(data, options, RunSettings)
     out_path = None if out is None else writable_target(out, "--out")
     world = distributed.current(device_of(source, config))
-
-    loaded = {}
+    load = lambda: _bundle_and_data(bundle, source, config, world)  # noqa: E731
+    # under torchrun a rank that cannot load fails every rank with its reason (not a hang, not silence)
+    routed, dataset, device = load() if world is None else world.everywhere(load)
+    if world is not None:              # each rank a contiguous block of the inputs; joined in rank order
+        dataset = dataset.inputs_of(torch.arange(len(dataset)).tensor_split(world.size)[world.rank])
 
     def work():
-        routed, dataset, device = _bundle_and_data(bundle, source, config, world)
-        loaded["routed"] = routed
-        if world is not None:          # each rank a contiguous block of the inputs; joined in rank order
-            dataset = dataset.inputs_of(torch.arange(len(dataset)).tensor_split(world.size)[world.rank])
-            if not len(dataset):       # more ranks than inputs: this one has nothing to run
-                return None
+        if world is not None and not len(dataset):   # more ranks than inputs: nothing to run here
+            return None
         with (progress or _no_progress)(2 * len(dataset), "running") as advance:
             return run_offline(routed, dataset, batch_size=settings.batch_size, device=device, progress=advance)
 
@@ -253,7 +252,7 @@ def run(bundle: str | Path, data: str | Path | DataOptions | None = None, *, out
             return None
         result = OfflineResult.joined([part for part in parts if part is not None])
     if out_path is not None:
-        write_predictions(result, loaded["routed"], out_path)
+        write_predictions(result, routed, out_path)
     return result
 
 

@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from dise_cli.errors import UsageError
-from dise_cli.files import existing_file
+from dise_cli.errors import InputError, UsageError
+from dise_cli.files import existing_file, read_safetensors
 
 FIGURES = ("nlp", "energy")
 ENERGY_SAMPLES = 2048       # larger sets are subsampled (seeded) so the pairwise terms stay cheap
@@ -36,8 +36,6 @@ def check_figure(name: str | None, data: str | None = None) -> str | None:
 def read_figure_data(path: str, output_size: int) -> torch.Tensor:
     """The held-out samples of ``--figure-data`` ([M, F] float32, F the size of one output), subsampled
     (seeded) to the size the energy distance uses."""
-    from dise_cli.errors import InputError
-    from dise_cli.files import read_safetensors
     _, tensors = read_safetensors(path, "--figure-data")
     if "x" not in tensors:
         raise InputError(f"--figure-data '{path}' has no key 'x' (keys: {', '.join(sorted(tensors)) or 'none'})")

@@ -177,11 +177,10 @@ def timing_of(profile: Profile) -> Timing | None:
                   steps_total=[int(v) for v in t["steps"]])
 
 
-def merge_run(parts: list[ProfileRun] | None, world) -> ProfileRun | None:
-    """On rank 0, the ranks' runs as one (the others get None): the merged profile, the timings added."""
+def merge_run(parts: list[ProfileRun] | None) -> ProfileRun | None:
+    """On rank 0, the ranks' runs as one (the others get None): the merged profile (its header's timing
+    added up by ``joined``), and the ranks' timings added, peak memory included, for the report."""
     if parts is None:
         return None
     profile = merge_profiles([(f"rank {rank}", run.profile) for rank, run in enumerate(parts)], what="the part of")
-    timing = Timing.total([run.timing for run in parts])
-    profile.timing = timing.record(world.device)
-    return ProfileRun(profile=profile, timing=timing, world_size=len(parts))
+    return ProfileRun(profile=profile, timing=Timing.total([run.timing for run in parts]), world_size=len(parts))
