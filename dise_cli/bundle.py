@@ -26,6 +26,7 @@ from dise_cli import __version__
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import atomic_path, existing_file
 from dise_cli.integrators import Euler
+from dise_cli.model_files import storable
 from dise_cli.odemodel import OdeModel
 from dise_cli.programs import SPLIT, WHOLE, ProgramModel, export_programs, load_program
 from dise_cli.provenance import PROVENANCE_KEY, made_with
@@ -58,7 +59,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
                          f"--arch package.module:factory, a function that builds the model without arguments (or "
                          f"build(checkpoint=None)), the bundle could not rebuild it")
     members: dict[str, bytes] = {
-        "model.safetensors": save_tensors({k: v.detach().cpu().contiguous() for k, v in model_state.items()}),
+        "model.safetensors": save_tensors(storable(model_state)),
         "selector.safetensors": selector_bytes(selector),
     }
     members.update({f"{name}.pt2": data for name, data in programs.items()})

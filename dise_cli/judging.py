@@ -12,14 +12,22 @@ TASKS = ("classification", "regression")
 METRICS = ("mse", "mae", "l2")     # l2: the Euclidean distance per sample (a sampler's output)
 
 
-def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False) -> str:
-    """classification for integer labels; regression for float targets; without labels, guess from
-    the output: a decoder producing one vector of scores per sample means classification."""
+def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False, *,
+                input_shape: tuple[int, ...] | None = None, returns_state: bool = False) -> str:
+    """classification for integer labels; regression for float targets. Without labels, classification
+    only where the outputs can only be class scores: a decoder's ``[N, C]`` that is not the ODE state
+    (``returns_state``: a sampler's or a flow's output) and not shaped like the input (a map from noise
+    to samples). Anything else is judged by its error against a reference solve, which is the stricter
+    verdict: a classifier judged so is held to its scores, a sampler judged by argmax to nothing."""
     if y is not None:
         return "regression" if y.is_floating_point() else "classification"
-    if has_decoder and sample_output is not None and sample_output.ndim == 2 and sample_output.shape[1] >= 2:
-        return "classification"
-    return "regression"
+    if returns_state or sample_output is None or not has_decoder:
+        return "regression"
+    if sample_output.ndim != 2 or sample_output.shape[1] < 2:
+        return "regression"
+    if input_shape is not None and tuple(sample_output.shape[1:]) == tuple(input_shape):
+        return "regression"
+    return "classification"
 
 
 def targets_batch_major(y: torch.Tensor, n: int, n_t: int, time_major: bool | None, data_name: str) -> torch.Tensor:

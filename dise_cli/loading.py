@@ -91,8 +91,8 @@ def _read_torch(path: Path, spec: ModelSpec):
                    if not g.startswith(SAFE_GLOBAL_PREFIXES) and not g.endswith("Storage")]
         if not objects:                                       # not a pickle of objects: damaged or not PyTorch
             raise InputError(f"model '{path}' is not a readable PyTorch file") from None
-        if all(g.startswith(NUMPY_ARRAY_GLOBALS) for g in objects) and "numpy.dtypes.ObjectDType" not in objects:
-            return _read_with_numpy_arrays(path), "state_dict"
+        if all(g.startswith(PLAIN_GLOBALS) for g in objects) and "numpy.dtypes.ObjectDType" not in objects:
+            return _read_with_plain_objects(path), "state_dict"
         main = next((g for g in objects if g.startswith("__main__.")), None)
         if main is not None:
             raise InputError(f"model '{path}' holds a class pickled from a script run as __main__ ({main}), which no "
@@ -111,17 +111,21 @@ def _read_torch(path: Path, spec: ModelSpec):
     return obj, "state_dict"
 
 
-NUMPY_ARRAY_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
+PLAIN_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",
                        "numpy.dtype", "numpy.dtypes.", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
                        "_codecs.encode")
 
 
-def _read_with_numpy_arrays(path: Path):
+def _read_with_plain_objects(path: Path):
     """A checkpoint whose only objects besides tensors are numpy arrays (torchdiffeq's latent ODE example
-    saves its data with the weights): loaded with weights_only and numpy's array constructors allowed."""
+    saves its data with the weights) or the script's ``argparse`` arguments (its ODE-Net example saves
+    ``{'state_dict': ..., 'args': args}``): loaded with weights_only and just those constructors allowed,
+    none of which runs code from the file."""
+    import argparse
+
     import numpy as np
     core = getattr(np, "_core", None) or np.core
-    allowed = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    allowed = [argparse.Namespace, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
     allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
     try:
         with torch.serialization.safe_globals(allowed):

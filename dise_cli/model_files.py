@@ -20,9 +20,25 @@ def output_for(spec: ModelSpec, out: str | None) -> tuple[Path, str | None]:
     return path, note
 
 
+def storable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: detached, on the CPU, contiguous, and no two entries sharing
+    memory (a module registered twice, or tied weights, gives one tensor two keys; safetensors refuses
+    that, so the later keys get copies, and loading fills every key as before)."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel():
+            storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+            if storage in seen:
+                tensor = tensor.clone()
+            seen.add((tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes()))
+        out[key] = tensor
+    return out
+
+
 def save_model(opened, state: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors for a ``.safetensors`` path, else a ``torch.save`` state dict (``weights_only`` loads it)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    state = storable(state)
     with atomic_path(path) as tmp:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file

@@ -33,7 +33,7 @@ class ProfileSettings:
     limit: int | None = None            # profile this many samples drawn with ``seed`` (None: all)
     seed: int = 0
     task: str | None = None             # classification | regression (None: from the labels)
-    metric: str = "mse"                 # regression error: mse, mae or package.module:fn
+    metric: str | None = None           # regression error: mse, mae, l2 or package.module:fn (None: mse)
     time_major: bool | None = None      # targets [T, N, ...] (None: from the shapes)
     figure: str | None = None           # a task figure beside Γ: nlp (density) or energy (sampler); figures.py
     figure_data: str | None = None      # held-out samples of the target distribution (figure energy), key x
@@ -41,6 +41,9 @@ class ProfileSettings:
 
     def check(self) -> None:
         check_figure(self.figure, self.figure_data)
+        if self.metric is not None and self.task == "classification":
+            raise UsageError(f"--metric {self.metric}: an error metric is for models judged by an error (regression, "
+                             f"density, sampling); --task classification judges predicted classes")
         if self.shard is not None:
             Shard.parse(self.shard)
         positive_int(self.batch_size, "--batch-size")
@@ -204,8 +207,21 @@ def override_hint(model: OdeModel, chosen: Candidates) -> str:
     return "; ".join(hints) or "run dise inspect for what dise found"
 
 
+def _returns_state(sample: Any, solved: list[torch.Tensor], ode: OdeModel) -> bool:
+    """Whether the model's output is its ODE state (the last state, or the trajectory, of a component):
+    a sampler or a flow, whose outputs are judged by their error, never by an argmax."""
+    if not solved or not isinstance(sample, torch.Tensor):
+        return False
+    parts = ode.layout.unpack_trajectory(solved[-1])
+    for part in parts if isinstance(parts, tuple) else (parts,):
+        for state in (part[-1], part.transpose(0, 1)):
+            if state.shape == sample.shape and torch.equal(state.to(sample.dtype), sample):
+                return True
+    return False
+
+
 def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
-                  task: str | None = None, metric: str = "mse", time_major: bool | None = None, seed: int = 0,
+                  task: str | None = None, metric: str | None = None, time_major: bool | None = None, seed: int = 0,
                   progress: Callable[[int], None] | None = None, figure: str | None = None,
                   figure_data: str | None = None, shard: tuple[int, int] = (0, 1)) -> ProfileRun:
     """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
@@ -213,18 +229,21 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     with what produced it."""
     ode, data, device = opened.model, opened.data, opened.device
     candidates, base = opened.candidates.integrators, opened.candidates.baseline
+    solved = []
     with torch.no_grad():
-        sample = ode.forward_with(data.x[:2].to(device), lambda p: candidates[0].solve(p.field, p.h0, p.t).ys)
-    if task is None and figure is not None:
-        task = "regression"             # a figure (NLP, energy) says the outputs are judged by an error
+        sample = ode.forward_with(data.x[:2].to(device),
+                                  lambda p: solved.append(candidates[0].solve(p.field, p.h0, p.t).ys) or solved[-1])
+    if task is None and (figure is not None or metric is not None):
+        task = "regression"             # a figure (NLP, energy) or a metric says the outputs are judged by an error
     if task is None:
-        task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested", "whole"))
+        task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested", "whole"),
+                           input_shape=tuple(data.x.shape[1:]), returns_state=_returns_state(sample, solved, ode))
     check_labels(task, data.y, sample, data.name)
     if figure is not None and task != "regression":
         raise UsageError(f"--figure {figure}: figures are for models judged by an error (regression, density, "
                          f"sampling); this one is a classifier")
     held_out = None if figure_data is None else read_figure_data(figure_data, sample[0].numel())
-    judge = Judge(task, metric)
+    judge = Judge(task, metric or "mse")
     torch.manual_seed(seed)
     reference = Reference(candidates[base])
     run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,

@@ -168,6 +168,10 @@ def _wrapper(library: str, entry: str, original: Callable) -> Callable:
         finally:
             _state.depth -= 1
 
+    # the library may read its own function's defaults through the name dise wrapped (torchdyn's odeint
+    # compares its tolerances with ``odeint.__defaults__``): the wrapper carries them
+    wrapper.__defaults__ = getattr(original, "__defaults__", None)
+    wrapper.__kwdefaults__ = getattr(original, "__kwdefaults__", None)
     wrapper.__dise_original__ = original
     return wrapper
 

@@ -68,6 +68,14 @@ def build_encoder_then_odeint() -> EncoderThenOdeint:
     return EncoderThenOdeint().eval()
 
 
+def build_encoder_then_odeint_shared() -> EncoderThenOdeint:
+    """The same model with f registered twice (torchdyn's ODEProblem next to the field, tied weights):
+    its state dict holds one tensor under two keys."""
+    model = build_encoder_then_odeint()
+    model.problem = nn.ModuleDict({"vf": model.func})
+    return model
+
+
 def make_encoder_then_odeint_data(n: int = 64, model: nn.Module | None = None):
     x = torch.randn(n, 3, generator=torch.Generator().manual_seed(0)) * 2.0
     return x, _labels(model or build_encoder_then_odeint(), x)
@@ -572,6 +580,27 @@ def build_torchdyn_neuralode() -> nn.Module:
     NeuralODE = _neural_ode_class()
     torch.manual_seed(0)
     return NeuralODE(_torchdyn_field(), sensitivity='adjoint', solver='dopri5').eval()   # -> (t_eval, sol)
+
+
+class TorchdynLearner(nn.Module):
+    """torchdyn's tutorials' Learner: ``t_eval, y_hat = self.model(x, self.t_span)``, then a head on the
+    last point; here with the fixed-step rk4 over ``linspace(0, 1, 10)``."""
+
+    def __init__(self, solver: str = "rk4"):
+        super().__init__()
+        NeuralODE = _neural_ode_class()
+        self.model = NeuralODE(_torchdyn_field(2, 16), sensitivity="adjoint", solver=solver)
+        self.t_span = torch.linspace(0, 1, 10)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        t_eval, y_hat = self.model(x, self.t_span)
+        return self.head(y_hat[-1])
+
+
+def build_torchdyn_rk4() -> TorchdynLearner:
+    torch.manual_seed(0)
+    return TorchdynLearner("rk4").eval()
 
 
 def make_torchdyn_data(n: int = 64, model: nn.Module | None = None):

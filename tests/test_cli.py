@@ -121,8 +121,10 @@ def test_inspect(tiny):
 
 
 def test_debug_shows_the_traceback(tiny):
+    """--debug adds the traceback and keeps the exit code (2 here, not the 1 of a gate not met)."""
     res = invoke("profile", tiny["dir"] / "nope.pt", "--data", tiny["data"], "--debug")
-    assert res.exit_code != 0 and res.exception is not None
+    assert res.exit_code == 2 and "Traceback (most recent call last)" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_entry_point_subprocess():

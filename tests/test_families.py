@@ -124,6 +124,38 @@ def test_torchdyn_models_through_the_pipeline(tmp_path):
     assert info["fidelity"]["passed"] and info["baseline_exact"]
 
 
+def test_torchdyn_fixed_step_solver_is_read_and_run_exactly(tmp_path):
+    """torchdyn's fixed-step solvers read their own ``odeint.__defaults__`` through the name dise wraps
+    while it watches: rk4 over a 10-point grid is read, run as written, and emulated exactly."""
+    pytest.importorskip("torchdyn")
+    model = families.build_torchdyn_rk4()
+    x, y = families.make_torchdyn_data(32, model)
+    reports = run_pipeline(tmp_path, model, {"x": x, "y": y}, "families:build_torchdyn_rk4", [])
+    profile = reports["profile"]
+    assert profile["baseline"] == "rk4_classic:steps=1"            # one step per interval of the grid, as torchdyn
+    base = next(c for c in profile["candidates"] if c["candidate"] == profile["baseline"])
+    assert base["accuracy"] == 1.0 and base["nfe"]["mean"] == 36
+    res = invoke("inspect", tmp_path / "m.pt", "--arch", "families:build_torchdyn_rk4", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--json", "-")
+    info = json.loads(res.stdout)
+    assert info["own_solver"]["library"] == "torchdyn" and info["own_solver"]["method"] == "rk4"
+    assert info["fidelity"]["passed"] and info["baseline_exact"]
+
+
+def test_a_module_registered_twice_exports(tmp_path):
+    """One tensor under two keys of the state dict (safetensors refuses shared memory): the bundle
+    stores a copy for the second key and loads into both."""
+    model = families.build_encoder_then_odeint_shared()
+    x, y = families.make_encoder_then_odeint_data(32, model)
+    run_pipeline(tmp_path, model, {"x": x, "y": y}, "families:build_encoder_then_odeint_shared", [])
+    import zipfile
+    from safetensors.torch import load as load_tensors
+    with zipfile.ZipFile(tmp_path / "b.dise") as bundle:
+        loaded = load_tensors(bundle.read("model.safetensors"))
+    assert loaded.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
 def test_hand_written_solver_loop_is_a_clear_exit_2(tmp_path):
     model = families.build_hand_written_euler()
     x, y = families.make_hand_written_euler_data(32, model)
@@ -164,3 +196,28 @@ def test_a_vmap_field_keeps_its_convention_in_the_bundle(tmp_path):
     ratio = min(times["bundle"]) / min(times["memory"])       # the least disturbed run of each
     print(f"bundle vs memory: {ratio:.2f}x")
     assert ratio <= 1.5, ratio
+
+
+@pytest.mark.parametrize("build,make,task", [
+    ("build_cnf_sampler", lambda n: {"x": families.make_gaussian_noise(n)}, "regression"),     # returns its state
+    ("build_fm_solver_sampler", lambda n: {"x": families.make_noise(n)}, "regression"),
+    ("build_encoder_then_odeint", lambda n: {"x": families.make_encoder_then_odeint_data(n)[0]}, "regression"),
+    ("build_latent_ode", lambda n: {"x": families.make_latent_ode_data(n)[0]}, "classification"),
+])
+def test_the_task_without_labels(tmp_path, build, make, task):
+    """Without labels an [N, C] output is judged by argmax only where it can only be class scores: not
+    the ODE state (a sampler's output) and not shaped like the input (noise to samples). Otherwise it is
+    judged by its error against the reference, the stricter verdict. --metric says regression itself;
+    with --task classification it is exit 2."""
+    torch.save(getattr(families, build)().state_dict(), tmp_path / "m.pt")
+    save_file(make(12), str(tmp_path / "d.safetensors"))
+    common = ["profile", tmp_path / "m.pt", "--arch", f"families:{build}", "--code-path", TESTS,
+              "--data", tmp_path / "d.safetensors", "--candidates", "euler:steps=1", "--out", tmp_path / "p.sft"]
+    res = invoke(*common, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["task"] == task
+    if task == "classification":
+        res = invoke(*common, "--metric", "l2", "--json", "-")
+        assert res.exit_code == 0 and json.loads(res.stdout)["task"] == "regression"
+        res = invoke(*common, "--metric", "l2", "--task", "classification")
+        assert res.exit_code == 2 and "--metric" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -35,6 +35,22 @@ def test_checkpoint_dict_with_nested_state(tiny, tmp_path):
     assert load_model(spec(tmp_path / "ckpt.pth", arch=ARCH)).format == "state_dict"
 
 
+def test_checkpoint_with_the_scripts_arguments(tiny, tmp_path):
+    """torchdiffeq's ODE-Net example saves {'state_dict': ..., 'args': args}: an argparse.Namespace
+    builds no code, so it loads with weights_only; any other object still needs --trust-pickle."""
+    import argparse
+    args = argparse.Namespace(tol=1e-3, adjoint=False, network="odenet", save="./experiment1")
+    torch.save({"state_dict": tiny["module"].state_dict(), "args": args}, tmp_path / "ckpt.pth")
+    loaded = load_model(spec(tmp_path / "ckpt.pth", arch=ARCH))
+    assert loaded.format == "state_dict"
+    torch.testing.assert_close(loaded.module(tiny["x"]), tiny["module"](tiny["x"]))
+    _Evil.marker = tmp_path / "pwned"
+    torch.save({"state_dict": tiny["module"].state_dict(), "args": _Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_model(spec(tmp_path / "evil.pth", arch=ARCH))
+    assert not _Evil.marker.exists()
+
+
 def test_state_dict_without_arch(tiny):
     with pytest.raises(UsageError, match="--arch"):
         load_model(spec(tiny["model"]))

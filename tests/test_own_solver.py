@@ -105,3 +105,13 @@ def test_inspect_lists_every_solve_and_solve_picks_one(tmp_path):
                                    "--json", "-"])
     info = json.loads(res.stdout)
     assert info["solves"][1]["routed"] and info["ode_block"] == "b" and info["fidelity"]["passed"]
+
+
+def test_per_component_tolerances(tmp_path):
+    """FFJORD passes atol/rtol as one value per tuple component: equal values are exactly the scalar
+    tolerance (torchdiffeq expands them element-wise); unequal ones take the smallest, said plainly."""
+    same = emulate("torchdiffeq", "dopri5", [1e-5, 1e-5], torch.tensor([1e-5, 1e-5]), {})
+    assert same.exact and same.integrator.spec == "dopri5:rtol=1e-05,atol=1e-05" and not same.note
+    mixed = emulate("torchdiffeq", "dopri5", [1e-5, 1e-3], 1e-5, {})
+    assert not mixed.exact and "smallest value, 1e-05" in mixed.note
+    assert mixed.integrator.spec == "dopri5:rtol=1e-05,atol=1e-05"

@@ -56,7 +56,7 @@ def test_cli_runs_with_the_dataclass_defaults(tiny, captured):
 
 
 def test_every_command_honours_the_project_file(tiny, captured, tmp_path):
-    keys = {"batch_size": 7, "seed": 5, "limit": 11, "task": "classification", "metric": "mae",
+    keys = {"batch_size": 7, "seed": 5, "limit": 11, "task": "regression", "metric": "mae",
             "time_major": False, "candidates": "euler:steps=3,dopri5"}
     config = tmp_path / "dise.yaml"
     config.write_text(yaml.safe_dump(keys))

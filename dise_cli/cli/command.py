@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import sys
+import traceback
 import warnings
 from typing import Any, Callable
 
@@ -13,7 +15,7 @@ import typer
 
 from dise_cli.cli.options import SHARED
 from dise_cli import distributed
-from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, GateFailed, UsageError
+from dise_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, DiseError, GateFailed, UsageError, first_line
 from dise_cli.files import writable_target
 from dise_cli.output import error_line, user_prints_to_stderr
 from dise_cli.sources import options_from
@@ -47,7 +49,7 @@ def command(*examples: str, ranks: bool = False) -> Callable[[Callable], Callabl
             except DiseError as exc:
                 together = isinstance(exc, distributed.RankFailed) or isinstance(exc, GateFailed)
                 if debug:
-                    raise
+                    traceback.print_exc(file=sys.stderr)
                 if not distributed.secondary():
                     error_line(str(exc))
                 raise typer.Exit(exc.exit_code) from None
@@ -56,8 +58,9 @@ def command(*examples: str, ranks: bool = False) -> Callable[[Callable], Callabl
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             except Exception as exc:  # noqa: BLE001 - the last line of defence
                 if debug:
-                    raise
-                error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+                    traceback.print_exc(file=sys.stderr)
+                error_line(f"internal error: {type(exc).__name__}: {first_line(exc)}"
+                           f"{'' if debug else ' (rerun with --debug for the traceback)'}")
                 raise typer.Exit(EXIT_INTERNAL) from None
             finally:
                 distributed.finish(together)

@@ -37,7 +37,7 @@ def profile(
     limit: Annotated[Optional[int], setting(PS, "limit", "--limit", "Profile N samples drawn with --seed.", when_none="all")] = None,
     seed: Annotated[Optional[int], setting(PS, "seed", "--seed", "Seed for drawing samples and for the reference solve.")] = None,
     task: Annotated[Optional[str], setting(PS, "task", "--task", "classification or regression.", when_none="from the labels")] = None,
-    metric: Annotated[Optional[str], setting(PS, "metric", "--metric", "Error Γ per sample: mse, mae, l2 (the Euclidean distance, for a sampler's output) or package.module:fn.")] = None,
+    metric: Annotated[Optional[str], setting(PS, "metric", "--metric", "Error Γ per sample: mse, mae, l2 (the Euclidean distance, for a sampler's output) or package.module:fn; implies --task regression.", when_none="mse")] = None,
     figure: Annotated[Optional[str], setting(PS, "figure", "--figure", "A task figure beside Γ for models without labels: nlp (the output is log p(x): mean negative log-likelihood and bits per dimension) or energy (the output is a sample: energy distance to the reference solve's samples).", when_none="none")] = None,
     figure_data: Annotated[Optional[str], setting(PS, "figure_data", "--figure-data", opt.FIGURE_DATA_HELP, when_none="none")] = None,
     shard: Annotated[Optional[str], setting(PS, "shard", "--shard", "K/N: profile only the K-th of N disjoint shards of the samples (a job array's task); dise merge joins them. Under torchrun each rank takes its shard by itself.", when_none="all samples")] = None,

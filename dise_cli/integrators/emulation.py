@@ -48,8 +48,8 @@ def _scalar(name: str, value: Any) -> tuple[float, str]:
         return float(value), ""
     tensor = torch.as_tensor(value, dtype=torch.float64)
     smallest = float(tensor.min())
-    if tensor.numel() == 1:
-        return smallest, ""
+    if tensor.numel() == 1 or bool((tensor == smallest).all()):
+        return smallest, ""               # one value for every element: exactly the scalar tolerance
     return smallest, f"per-element {name} given; dise uses its smallest value, {smallest:g}"
 
 

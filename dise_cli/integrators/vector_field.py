@@ -158,7 +158,14 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
     fa = _seeded(lambda: field(ta, rows), 1, rows.device)
     if not torch.equal(fa, _seeded(lambda: field(ta, rows), 2, rows.device)):
         return TimeMode.LOOP          # f draws noise (a Hutchinson trace): only one time per call is safe
-    singles = torch.cat([field(ta, rows[i:i + 1]) for i in range(n)])
+    try:
+        singles = torch.cat([field(ta, rows[i:i + 1]) for i in range(n)])
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - f fails on fewer rows than its batch had
+        raise InputError(f"the ODE function fails on one sample of its batch ({type(exc).__name__}: "
+                         f"{first_line(exc, 120)}): it keeps per-sample data outside its state, such as noise or "
+                         f"conditioning drawn for the whole batch, and dise solves every sample on its own") from exc
     if not _close(fa, singles):
         raise InputError("the ODE function mixes the rows of a batch (its output for a sample depends on the other "
                          "samples, e.g. BatchNorm in training mode or data captured for the whole batch); dise solves "
