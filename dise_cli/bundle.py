@@ -189,12 +189,24 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
     module.load_state_dict(load_tensors(members["model.safetensors"]), strict=True)
     module.to(device).eval()
     reading = manifest["reading"]
-    grid = None if reading["how"] == "traced" else torch.tensor(reading["t_span"], dtype=torch.float64)
+    grid, given = recorded_grids(reading)
     ode = read_model(module, example_input(manifest["input"], device), solve=reading.get("solve"),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
-                     model_name=f"bundle '{bundle}' model")
+                     data_t=given, model_name=f"bundle '{bundle}' model")
     check_reading(ode.record(), reading, f"bundle '{bundle}'")
     return ode
+
+
+def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(t_span, data_t)`` for reading a model again as ``reading`` records it: the grid of a solve
+    dise cannot see (``t_span`` overrides it), and the time argument of a model that takes one
+    (``forward(x, t)``), which its routed solve may not integrate over."""
+    grid = None if reading["how"] == "traced" else torch.tensor(
+        t_span if t_span is not None else reading["t_span"], dtype=torch.float64)
+    given = None
+    if reading.get("model_takes_grid"):
+        given = torch.tensor(reading.get("input_grid") or reading["t_span"], dtype=torch.float64)
+    return grid, given
 
 
 READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from dise_cli.bundle import ExportInfo, check_reading, example_input, write_bundle
+from dise_cli.bundle import ExportInfo, check_reading, example_input, recorded_grids, write_bundle
 from dise_cli.errors import InputError
 from dise_cli.loading import LoadedModel, load_model
 from dise_cli.odemodel import OdeModel
@@ -59,10 +59,9 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     module = loaded.module.to(inputs.device)
     x = example_input(spec, inputs.device)
     solve = inputs.solve if inputs.solve is not None else recorded.get("solve")
-    grid = None if recorded["how"] == "traced" else torch.tensor(
-        inputs.t_span if inputs.t_span is not None else recorded["t_span"], dtype=torch.float64)
+    grid, given = recorded_grids(recorded, inputs.t_span)
     ode = read_model(module, x, data_name="the selector's recorded input", solve=solve, ode_block=inputs.ode_block,
-                     t_span=grid, model_name=f"model '{inputs.model.path}'")
+                     t_span=grid, data_t=given, model_name=f"model '{inputs.model.path}'")
     check_reading(ode.record(), recorded, f"selector '{selector_name}'")
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch if loaded.rebuildable else None,
                         extra={"validation": selector.meta.get("validation", {})})

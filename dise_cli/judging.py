@@ -31,11 +31,12 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
 
 
 def targets_batch_major(y: torch.Tensor, n: int, n_t: int, time_major: bool | None, data_name: str) -> torch.Tensor:
-    """Targets with the sample axis first. Time-major ``[T, N, ...]`` (as odeint returns them) is
-    told apart from batch-major ``[N, T, ...]`` by shape against the grid; ``time_major`` forces it."""
+    """Targets with the sample axis first. Time-major ``[T, N, ...]`` (as odeint returns them, or with
+    trajectory samples first, ``[S, N, ...]``, as the model's output may be) is told apart from
+    batch-major ``[N, T, ...]`` by shape against the grid; ``time_major`` forces it."""
     if time_major is None:
         batch_first = y.shape[0] == n
-        time_first = y.ndim >= 2 and y.shape[0] == n_t and y.shape[1] == n
+        time_first = y.ndim >= 2 and y.shape[1] == n and (y.shape[0] == n_t or not batch_first)
         if batch_first and time_first and n != n_t:
             time_first = False
         if batch_first and time_first:

@@ -187,7 +187,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         encoder, decoder = sequential_split(module, path)
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
                            output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
-    model.output_time_major = time_major_output(out, n, len(grid))
+    model.output_time_major = time_major_output(out, n)
     model.t_span_source = grid_source
     model.func_description = f"{path}.{attr}".lstrip(".")
     model.func_class = type(func).__name__
@@ -220,15 +220,16 @@ def _output_format(out: Any, h0: torch.Tensor, n_t: int) -> str:
                      f"the final state, the trajectory [T, N, ...], or torchdyn's (t, trajectory)")
 
 
-def time_major_output(out: Any, n: int, n_t: int) -> bool:
-    """Whether the model's output puts time first (``[T, N, ...]`` as odeint returns it)."""
+def time_major_output(out: Any, n: int) -> bool:
+    """Whether the model's output keeps its samples on axis 1: time first (``[T, N, ...]`` as odeint
+    returns it), or trajectory samples first (Rubanova's latent ODE returns ``[S, N, T, D]``)."""
     if isinstance(out, (tuple, list)):
         out = out[-1]
     if not isinstance(out, torch.Tensor) or out.ndim == 0:
         raise InputError(f"the model returns {type(out).__name__}; dise needs a tensor output")
     if out.shape[0] == n:
         return False
-    if out.ndim >= 2 and out.shape[0] == n_t and out.shape[1] == n:
+    if out.ndim >= 2 and out.shape[1] == n:
         return True
     raise InputError(f"cannot find the batch dimension ({n}) in the model's output of shape {tuple(out.shape)}")
 

@@ -102,6 +102,7 @@ class OdeModel:
         self.solves: list[SolveInfo] = []
         self.target = 0                      # index into ``solves`` of the routed solve
         self.model_takes_grid = False        # forward(x, t): the grid is the second argument
+        self.input_grid: torch.Tensor | None = None   # that argument (None: the solve's grid, t_span)
 
     @property
     def h0_shape(self) -> tuple[int, ...]:
@@ -110,7 +111,8 @@ class OdeModel:
     def model_args(self, x: torch.Tensor) -> tuple:
         if self.model_takes_grid:
             dtype = x.dtype if x.is_floating_point() else torch.float32
-            return x, self.t_span.to(x.device, dtype)
+            grid = self.t_span if self.input_grid is None else self.input_grid
+            return x, grid.to(x.device, dtype)
         return (x,)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +138,7 @@ class OdeModel:
                 "time_mode": self.field.mode.value, "arg_order": self.field.order,
                 "output_time_major": self.output_time_major, "model_takes_grid": self.model_takes_grid,
                 "t_span": [float(v) for v in self.t_span],
+                "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -223,7 +226,7 @@ class TracedModel(OdeModel):
         self.decoder = decoder
 
     def problem_of(self, call: SolveCall) -> Problem:
-        layout = StateLayout.of(call.y0, "the solve's initial state")
+        layout = StateLayout.of(call.y0, "the solve's initial state", batch_axis=self.layout.batch_axis)
         if layout != self.layout:
             raise InputError(f"the model's solve got a state of shape {layout.describe()} where the probe saw "
                              f"{self.layout.describe()}; dise reads one state structure per model")

@@ -145,12 +145,14 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
 
 @contextlib.contextmanager
 def _quiet_torch_logs():
-    """torch.export logs its reasons for failing at WARNING; dise says why in one line instead."""
+    """torch.export logs its reasons for failing at WARNING, and prints the partial graph it was tracing to
+    stderr when a data-dependent guard stops it; dise says why in one line instead."""
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
@@ -264,6 +266,8 @@ class ProgramModel(OdeModel):
         self.programs = programs
         self.output_time_major = bool(reading["output_time_major"])
         self.model_takes_grid = bool(reading.get("model_takes_grid", False))
+        if reading.get("input_grid") is not None:
+            self.input_grid = torch.tensor(reading["input_grid"], dtype=torch.float64)
         self.block_path = reading.get("block", "")
 
     def _problem(self, y0: Any, t: torch.Tensor | None = None) -> Problem:

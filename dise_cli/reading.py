@@ -3,7 +3,7 @@ decide what is encoder, solve and decoder.
 
 ``read_model`` records every torchdiffeq / torchdyn call the forward makes (f, the initial state as
 passed, the grid, method, tolerances, options; the module that made it; the NFE it took), picks the
-solve to route (``--solve N``, ``--ode-block``, else the most expensive) and returns a
+solve to route (``--solve N``, ``--ode-block``, else the most expensive adaptive one) and returns a
 ``TracedModel``. A model that calls no solver is either a vector field itself (``BareField``) or
 has a solve dise cannot see; then the block is found by its attributes (``AttributeModel``).
 """
@@ -128,10 +128,13 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
                              f"(t = {_short(recorder.seen[0].call.t)}); dise solves on that grid")
         chosen = _choose(recorder.seen, solve, ode_block, model_name)
         n_t = len(chosen.call.t)
-        if n_t == len(rows) and len(x) > len(rows):      # a batch size unlike T, to tell the batch axis from time
+        ambiguous = n_t == len(rows) or len(_batch_axes(chosen.call.y0, len(rows))) > 1
+        if ambiguous and len(x) > len(rows):     # a batch size unlike T and the state's sizes tells the axes apart
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
                               data_t=data_t, model_name=model_name, batch=len(rows) + 1)
         model = _traced(module, rows, recorder, chosen, out, takes_grid)
+        if takes_grid:
+            model.input_grid = grid             # the model's time argument, which its solve may not integrate over
         model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
         return model
     if is_vector_field(module):
@@ -173,7 +176,8 @@ def _short(t: torch.Tensor) -> str:
 
 
 def _choose(seen: list[_Seen], solve: int | None, ode_block: str | None, model_name: str) -> _Seen:
-    """The solve to route: ``--solve N``, else the one made from ``--ode-block``, else the most expensive."""
+    """The solve to route: ``--solve N``, else the one made from ``--ode-block``, else the most expensive
+    adaptive one (the most expensive of all where none is adaptive)."""
     if solve is not None:
         if not 0 <= solve < len(seen):
             raise UsageError(f"--solve: {model_name} makes {len(seen)} solver call(s) per forward "
@@ -188,7 +192,15 @@ def _choose(seen: list[_Seen], solve: int | None, ode_block: str | None, model_n
             raise UsageError(f"--ode-block: no solve of {model_name} is made from '{ode_block}'; the solves are made "
                              f"from {', '.join(blocks)}")
         seen = matches
-    return max(seen, key=lambda s: (s.nfe, -s.call.index))
+    return max(seen, key=lambda s: (_adaptive(s.call), s.nfe, -s.call.index))
+
+
+def _adaptive(call: SolveCall) -> bool:
+    """An adaptive solve: its cost depends on the input, so routing it can pay. A fixed-step solve's cost is
+    set by its grid (Rubanova's ODE-RNN encoder takes Euler steps between observations)."""
+    from dise_cli.integrators.emulation import TORCHDIFFEQ_FIXED, TORCHDYN_FIXED
+    fixed = TORCHDYN_FIXED if call.library == "torchdyn" else TORCHDIFFEQ_FIXED
+    return call.method not in fixed
 
 
 def _func_path(s: _Seen) -> str | None:
@@ -211,12 +223,16 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
         names = ", ".join(call.unsupported)
         raise InputError(f"the model's solve ({call.where}) passes {names} to {call.library}'s {call.entry}, which dise "
                          f"cannot answer per sample; route another solve with --solve")
-    layout = StateLayout.of(call.y0, f"the state the model passes to {call.entry} ({call.where})")
+    what = f"the state the model passes to {call.entry} ({call.where})"
     n = len(x)
+    StateLayout.of(call.y0, what)                 # a tensor or a tuple of tensors, else a clear line
+    axes = _batch_axes(call.y0, n)
+    if len(axes) != 1:
+        raise InputError(f"the model's solve ({call.where}) integrates a state of shape {_shape(call.y0)} for {n} "
+                         f"inputs: dise routes solves with one state per input, its samples on one axis"
+                         f"{'' if not axes else ' (found several axes of that size)'}; route another solve with --solve")
+    layout = StateLayout.of(call.y0, what, batch_axis=axes[0])
     h0 = layout.pack(call.y0)
-    if len(h0) != n:
-        raise InputError(f"the model's solve ({call.where}) integrates {len(h0)} states for {n} inputs; dise routes "
-                         f"solves with one state per input")
     grid = call.t.detach().to("cpu", torch.float64)
     kind, extraction, encoder, decoder = _split(module, x, chosen, out, takes_grid)
     with torch.no_grad():
@@ -224,7 +240,7 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     model = TracedModel(module, field, grid, layout, key=call.key, kind=kind, extraction=extraction,
                         encoder=encoder, decoder=decoder)
     model.model_takes_grid = takes_grid
-    model.output_time_major = time_major_output(out, n, len(grid))
+    model.output_time_major = time_major_output(out, n)
     model.block_path = chosen.block_path
     model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),
                           options=dict(call.options))
@@ -261,6 +277,22 @@ def _extracts(result: Any, how: str, output: Any) -> bool:
         return same_structure(extract(result, how), output) or extract(result, how) is output
     except Exception:  # noqa: BLE001 - an extraction that does not apply to this result
         return False
+
+
+def _batch_axes(y0: Any, n: int) -> list[int]:
+    """The axes of a solve's initial state that can hold the ``n`` inputs: axis 0 of a tuple's
+    components; any axis of size ``n`` of a tensor (Rubanova's latent ODE keeps them on axis 1)."""
+    if isinstance(y0, (tuple, list)):
+        return [0] if y0 and all(isinstance(c, torch.Tensor) and c.ndim and len(c) == n for c in y0) else []
+    if not isinstance(y0, torch.Tensor):
+        return []
+    return [axis for axis, size in enumerate(y0.shape) if size == n]
+
+
+def _shape(y0: Any) -> str:
+    if isinstance(y0, (tuple, list)):
+        return "(" + ", ".join(_shape(c) for c in y0) + ")"
+    return str(tuple(y0.shape)) if isinstance(y0, torch.Tensor) else type(y0).__name__
 
 
 def _number(value: Any) -> Any:

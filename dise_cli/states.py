@@ -39,17 +39,25 @@ class StateLayout:
 
     ``packed`` layouts describe an already packed ``[N, F]`` state (a bundle's exported f takes
     and returns it) and keep the tuple's norm groups.
+
+    ``batch_axis``: where a tensor state keeps its samples. Solvers always see them first; f and
+    the model see them where the model put them (Rubanova's latent ODE solves ``[S, N, D]``, with
+    S trajectory samples per input: axis 1).
     """
 
     shapes: tuple[tuple[int, ...], ...]
     is_tuple: bool = False
     packed: bool = False
+    batch_axis: int = 0
 
     @classmethod
-    def of(cls, state: Any, what: str = "the initial state") -> "StateLayout":
-        """The layout of ``state`` (a tensor or a tuple/list of tensors, all ``[N, ...]``)."""
+    def of(cls, state: Any, what: str = "the initial state", batch_axis: int = 0) -> "StateLayout":
+        """The layout of ``state`` (a tensor with its samples on ``batch_axis``, or a tuple/list of
+        tensors, all ``[N, ...]``)."""
         if isinstance(state, torch.Tensor):
             _check_component(state, what)
+            if batch_axis:
+                return cls(shapes=(tuple(state.movedim(batch_axis, 0).shape[1:]),), batch_axis=batch_axis)
             return cls(shapes=(tuple(state.shape[1:]),))
         if isinstance(state, (tuple, list)) and state and all(isinstance(c, torch.Tensor) for c in state):
             for i, c in enumerate(state):
@@ -74,22 +82,22 @@ class StateLayout:
         return (sum(self.sizes),) if self.is_tuple or self.packed else self.shapes[0]
 
     def as_packed(self) -> "StateLayout":
-        """The layout of this state once packed: f takes ``[N, F]``, the norm keeps the groups."""
+        """The layout of this state once packed: f takes ``[N, F]`` (samples first), the norm keeps the groups."""
         if not self.is_tuple:
-            return self
+            return StateLayout(shapes=self.shapes) if self.batch_axis else self
         return StateLayout(shapes=self.shapes, is_tuple=False, packed=True)
 
     def pack(self, state: Any) -> torch.Tensor:
-        """``[N, ...]`` from the user's state (a tensor is returned as it is)."""
+        """``[N, ...]`` from the user's state (a tensor with its samples first is returned as it is)."""
         if not self.is_tuple:
-            return state
+            return state.movedim(self.batch_axis, 0) if self.batch_axis else state
         n = state[0].shape[0]          # not len(): it would fix the batch size in an exported program
         return torch.cat([c.reshape(n, -1) for c in state], dim=1)
 
     def unpack(self, h: torch.Tensor) -> Any:
         """The user's state from packed rows ``[N, ...]`` (views, no copy)."""
         if not self.is_tuple:
-            return h
+            return h.movedim(0, self.batch_axis) if self.batch_axis else h
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
             parts.append(h[:, start:start + size].view(h.shape[0], *shape))
@@ -99,7 +107,7 @@ class StateLayout:
     def unpack_trajectory(self, ys: torch.Tensor) -> Any:
         """The user's trajectory from packed ``[T, N, ...]``: a tensor, or a tuple of ``[T, N, ...]``."""
         if not self.is_tuple:
-            return ys
+            return ys.movedim(1, 1 + self.batch_axis) if self.batch_axis else ys
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
             parts.append(ys[:, :, start:start + size].reshape(ys.shape[0], ys.shape[1], *shape))
@@ -109,6 +117,8 @@ class StateLayout:
     def pack_output(self, out: Any, n: Any, what: str = "f") -> torch.Tensor:
         """f's output for ``n`` rows, packed; ``StateShapeError`` when it does not fit the state."""
         if not self.is_tuple:
+            if self.batch_axis and isinstance(out, torch.Tensor) and out.ndim > self.batch_axis:
+                out = out.movedim(self.batch_axis, 0)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *self.state_shape):
                 raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
                                       f"{_MIXING_HINT}")
@@ -131,16 +141,19 @@ class StateLayout:
 
     def describe(self, n: int | str = "N") -> str:
         if not self.is_tuple and not self.packed:
-            return str((n, *self.shapes[0])).replace("'", "")
+            shape = list(self.shapes[0])
+            shape.insert(self.batch_axis, n)
+            return str(tuple(shape)).replace("'", "")
         return "(" + ", ".join(str((n, *s)).replace("'", "") for s in self.shapes) + ")"
 
     def to_dict(self) -> dict:
-        return {"shapes": [list(s) for s in self.shapes], "is_tuple": self.is_tuple, "packed": self.packed}
+        return {"shapes": [list(s) for s in self.shapes], "is_tuple": self.is_tuple, "packed": self.packed,
+                "batch_axis": self.batch_axis}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StateLayout":
         return cls(shapes=tuple(tuple(int(v) for v in s) for s in data["shapes"]), is_tuple=bool(data["is_tuple"]),
-                   packed=bool(data.get("packed", False)))
+                   packed=bool(data.get("packed", False)), batch_axis=int(data.get("batch_axis", 0)))
 
 
 _MIXING_HINT = ("f must return one row per state row, shaped like its state (a function that keeps per-sample data "

@@ -19,7 +19,7 @@ TrustPickle = Annotated[Optional[bool], typer.Option("--trust-pickle", show_defa
                                                      help="Allow a pickled whole module (runs code from the file).")]
 CodePath = Annotated[Optional[list[str]], typer.Option("--code-path", help="Extra folder to import user code from (repeatable).")]
 OdeBlock = Annotated[Optional[str], typer.Option("--ode-block", help="Dotted path of the module whose solve dise routes (or, for a solve dise cannot see, the ODE block).")]
-Solve = Annotated[Optional[int], typer.Option("--solve", help="Route the N-th solver call of the model's forward (0-based; dise inspect lists them) [default: the most expensive].")]
+Solve = Annotated[Optional[int], typer.Option("--solve", help="Route the N-th solver call of the model's forward (0-based; dise inspect lists them) [default: the most expensive adaptive one].")]
 TSpan = Annotated[Optional[str], typer.Option("--t-span", help="Time grid, e.g. 0,1 or 0,0.5,1, for a model whose solver call dise cannot see (a bare vector field).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: auto].")]
 Config = Annotated[Optional[str], typer.Option("--config", help="dise.yaml with any of these options (flags win).")]

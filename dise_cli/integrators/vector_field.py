@@ -84,18 +84,21 @@ class VectorField:
         out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
         return out if layout is None else layout.pack_output(out, h.shape[0])   # not len(): see states.pack
 
-    def _time_rank(self, h: torch.Tensor) -> int:
-        """The rank a broadcast time takes: that of the state (of its first component for a tuple)."""
-        if self.layout is not None and self.layout.is_tuple:
-            return 1 + len(self.layout.shapes[0])
-        return h.ndim
+    def _time_shape(self, h: torch.Tensor) -> list[int]:
+        """The shape a broadcast time takes: the state's rank (its first component's for a tuple), the
+        samples where the state keeps them, ones elsewhere."""
+        layout = self.layout
+        rank = 1 + len(layout.shapes[0]) if layout is not None and layout.is_tuple else h.ndim
+        shape = [1] * rank
+        shape[layout.batch_axis if layout is not None else 0] = -1
+        return shape
 
     def _at_times(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode is TimeMode.AUTONOMOUS:
             return self._eval(t[0], h)
         if mode is TimeMode.BROADCAST:
-            return self._eval(t.view(-1, *([1] * (self._time_rank(h) - 1))), h)
+            return self._eval(t.view(self._time_shape(h)), h)
         if mode is TimeMode.VECTOR or mode is TimeMode.ROWS:
             return self._eval(t, h)
         if mode is TimeMode.VMAP:
