@@ -209,7 +209,7 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
     return grid, given
 
 
-READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order")
+READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

@@ -71,6 +71,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "t_span": [float(v) for v in model.t_span],
         "t_span_source": getattr(model, "t_span_source", ""),
         "time_mode": model.field.mode.value,
+        "scalar_time": model.field.scalar_time,
         "arg_order": model.field.order,
         "own_solver": None if own is None else {"library": own.library, "method": own.method,
                                                 "rtol": plain(own.rtol), "atol": plain(own.atol),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dise_cli.errors import InputError, UsageError, first_line
-from dise_cli.integrators.vector_field import VectorField
+from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odemodel import AttributeModel
 from dise_cli.states import StateLayout
 
@@ -173,15 +173,17 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         raise InputError(f"the ODE block's input is not a batch of states (got {type(h0).__name__})")
     layout = StateLayout.of(h0, "the ODE block's input")
     func = getattr(block, attr)
+    what = (f"dise sees no solver call in {model_name} (a hand-written solver loop, or a solver other than "
+            f"torchdiffeq's and torchdyn's) and read block '{path or '(the model itself)'}' by its attributes, but")
+    hint = "name the block with --ode-block, or its solver with --candidates and its grid with --t-span"
     try:
-        field = VectorField.detect(func, h0, grid, layout)
-    except InputError:
-        raise
+        order = detect_arg_order(func, h0, float(grid[0]), layout)
+        field = VectorField.detect(func, h0, grid, layout, order=order)
+    except InputError as exc:
+        raise InputError(f"{what} {exc}; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - the user's f rejecting what dise took as its state
-        raise InputError(f"dise sees no solver call in {model_name} and read block '{path or '(the model itself)'}' by "
-                         f"its attributes, but its ODE function '{attr}' rejects the block's input "
-                         f"{layout.describe()} ({type(exc).__name__}: {first_line(exc)}); name the block with "
-                         f"--ode-block") from None
+        raise InputError(f"{what} its ODE function '{attr}' rejects the block's input {layout.describe()} "
+                         f"({type(exc).__name__}: {first_line(exc)}); {hint}") from None
     encoder = decoder = None
     if kind == "sequential":
         encoder, decoder = sequential_split(module, path)

@@ -135,7 +135,7 @@ class OdeModel:
         return {"how": self.how, "kind": self.kind, "solve": self.target if self.how == "traced" else None,
                 "block": self.block_path, "extraction": getattr(self, "extraction", None),
                 "output_format": getattr(self, "output_format", None), "layout": self.layout.to_dict(),
-                "time_mode": self.field.mode.value, "arg_order": self.field.order,
+                "time_mode": self.field.mode.value, "scalar_time": self.field.scalar_time, "arg_order": self.field.order,
                 "output_time_major": self.output_time_major, "model_takes_grid": self.model_takes_grid,
                 "t_span": [float(v) for v in self.t_span],
                 "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],

@@ -192,7 +192,7 @@ def _choose(seen: list[_Seen], solve: int | None, ode_block: str | None, model_n
             raise UsageError(f"--ode-block: no solve of {model_name} is made from '{ode_block}'; the solves are made "
                              f"from {', '.join(blocks)}")
         seen = matches
-    return max(seen, key=lambda s: (_adaptive(s.call), s.nfe, -s.call.index))
+    return max(seen, key=lambda s: (s.call.library != "scipy", _adaptive(s.call), s.nfe, -s.call.index))
 
 
 def _adaptive(call: SolveCall) -> bool:
@@ -219,6 +219,11 @@ def _path_of(s: _Seen, module: Any) -> str | None:
 def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
             takes_grid: bool) -> TracedModel:
     call = chosen.call
+    if call.library == "scipy":
+        raise InputError(f"the model's solve ({call.where}) is scipy.integrate.solve_ivp ({call.method}) on a numpy "
+                         f"state, which dise cannot answer sample by sample; write it with torchdiffeq's odeint(f, x, "
+                         f"t, method='dopri5', rtol=..., atol=...) on the batch (RK45 is the same Dormand-Prince pair), "
+                         f"and dise routes it")
     if call.unsupported:
         names = ", ".join(call.unsupported)
         raise InputError(f"the model's solve ({call.where}) passes {names} to {call.library}'s {call.entry}, which dise "

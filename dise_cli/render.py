@@ -173,7 +173,8 @@ def render_inspect(ui: Output, info: dict) -> None:
         ("ODE function", f"{info['ode_function']} ({info['ode_function_class']})"),
         ("state", info["state"]),
         ("t", f"{short_grid(info['t_span'])} ({info['t_span_source']})"),
-        ("f is called as", f"f({info['arg_order']}); a time per row: {info['time_mode']}"),
+        ("f is called as", f"f({info['arg_order']}); a time per row: {info['time_mode']}"
+                           f"{'' if info.get('scalar_time', True) else ' (always: it fails on a 0-dim time)'}"),
         ("model's own solver", "not seen" if info["own_solver"] is None else _solver_text(info["own_solver"])),
         ("baseline", info["baseline"] + (" (the model's own, exactly)" if info["baseline_exact"] else "")),
         ("candidates", short_list(info["candidates"], "candidates", head=8)),

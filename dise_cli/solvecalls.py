@@ -33,7 +33,7 @@ class SolveCall:
     ``(site, occurrence)`` names the same solve in every forward of the model.
     """
 
-    library: str                  # torchdiffeq | torchdyn
+    library: str                  # torchdiffeq | torchdyn | scipy (seen, never answered)
     entry: str                    # odeint | odeint_adjoint
     func: Callable[..., Any]      # f(t, y) as the library calls it
     y0: Any                       # a tensor or a tuple of tensors
@@ -114,6 +114,34 @@ class _Torchdyn:
         return t_eval, ys
 
 
+class _Scipy:
+    """scipy's ``solve_ivp`` (score_sde's and rectified flow's probability-flow samplers call it on a
+    flattened numpy state). dise watches it only to say what it is: it cannot answer it per sample."""
+
+    name = "scipy"
+
+    @staticmethod
+    def originals() -> dict[str, Callable]:
+        module = sys.modules.get("scipy.integrate")           # only when the model imported it
+        fn = getattr(module, "solve_ivp", None)
+        return {"solve_ivp": fn} if callable(fn) else {}
+
+    @staticmethod
+    def parse(entry: str, args: dict) -> SolveCall:
+        options = dict(args.get("options") or {})
+        span = [float(v) for v in args["t_span"]]
+        method = args.get("method", "RK45")
+        return SolveCall(library="scipy", entry=entry, func=args["fun"], y0=args["y0"],
+                         t=torch.tensor(span, dtype=torch.float64),
+                         method=method if isinstance(method, str) else getattr(method, "__name__", str(method)),
+                         rtol=options.get("rtol", 1e-3), atol=options.get("atol", 1e-6),
+                         unsupported={"solve_ivp": "scipy"})
+
+    @staticmethod
+    def answer(call: SolveCall, ys: Any) -> Any:
+        raise NotImplementedError("dise does not answer scipy's solve_ivp")
+
+
 def _unset(name: str, value: Any) -> bool:
     """A torchdyn argument left at its default (or empty), so dise can answer the call."""
     if value is None or value is False:
@@ -125,8 +153,8 @@ def _unset(name: str, value: Any) -> bool:
     return name == "seminorm" and isinstance(value, (tuple, list)) and not value[0]
 
 
-_LIBRARIES = {lib.name: lib for lib in (_Torchdiffeq, _Torchdyn)}
-_LIBRARY_DIRS = tuple(os.sep + name + os.sep for name in ("torchdiffeq", "torchdyn", "torch", "dise_cli"))
+_LIBRARIES = {lib.name: lib for lib in (_Torchdiffeq, _Torchdyn, _Scipy)}
+_LIBRARY_DIRS = tuple(os.sep + name + os.sep for name in ("torchdiffeq", "torchdyn", "torch", "dise_cli", "scipy"))
 
 
 class _State(threading.local):

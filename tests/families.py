@@ -769,8 +769,61 @@ def build_scalar_time_field() -> ScalarTimeField:
     return ScalarTimeField(2, 16).eval()
 
 
+class RectifiedFlowMLP(nn.Module):
+    """The rectified-flow tutorial's MLP (gnobitab/RectifiedFlow, 2-D): forward(x_input, t) with t
+    concatenated as a column, so it takes only a time per row [N, 1]."""
+
+    def __init__(self, input_dim: int = 2, hidden_num: int = 16):
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim + 1, hidden_num, bias=True)
+        self.fc2 = nn.Linear(hidden_num, hidden_num, bias=True)
+        self.fc3 = nn.Linear(hidden_num, input_dim, bias=True)
+        self.act = lambda x: torch.tanh(x)
+
+    def forward(self, x_input, t):
+        inputs = torch.cat([x_input, t], dim=1)
+        x = self.act(self.fc1(inputs))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+def build_rectified_flow_mlp() -> RectifiedFlowMLP:
+    torch.manual_seed(0)
+    return RectifiedFlowMLP().eval()
+
+
 def make_noise(n: int = 64, dim: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+class ScipyProbabilityFlow(nn.Module):
+    """The score-SDE tutorial's ode_sampler: a VP probability-flow ODE from t = 1 to eps, solved by
+    scipy's solve_ivp (RK45) on the batch flattened into one numpy vector."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16, beta_min: float = 0.1, beta_max: float = 20.0):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim + 1, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def forward(self, x):
+        from scipy import integrate
+        shape = x.shape
+
+        def ode_func(t, flat):
+            xt = torch.tensor(flat, dtype=torch.float32).reshape(shape)
+            vec_t = torch.full((shape[0], 1), float(t))
+            beta = self.beta_min + t * (self.beta_max - self.beta_min)
+            drift = -0.5 * beta * (xt + self.score(torch.cat([xt, vec_t], 1)))
+            return drift.detach().numpy().reshape(-1).astype(np.float64)
+
+        res = integrate.solve_ivp(ode_func, (1.0, 1e-3), x.reshape(-1).numpy().astype(np.float64),
+                                  rtol=1e-5, atol=1e-5, method="RK45")
+        return torch.tensor(res.y[:, -1], dtype=torch.float32).reshape(shape)
+
+
+def build_scipy_probability_flow() -> ScipyProbabilityFlow:
+    torch.manual_seed(0)
+    return ScipyProbabilityFlow().eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ FAMILIES = {
                                     "dopri5:rtol=0.001,atol=0.001"),
     "field with a scalar-only time": (_unlabelled(families.build_scalar_time_field, families.make_noise, 12),
                                       ["--t-span", "0,1"], "dopri5:rtol=0.001,atol=0.001"),
+    "rectified-flow MLP, time per row only": (_unlabelled(families.build_rectified_flow_mlp, families.make_noise),
+                                              ["--t-span", "0,1"], "dopri5:rtol=0.001,atol=0.001"),
     "flow matching sampler with a lambda": (_unlabelled(families.build_fm_sampler, families.make_noise), [],
                                             "dopri5:rtol=0.0001,atol=0.0001"),
     "flow_matching ODESolver, midpoint step_size": (_unlabelled(families.build_fm_solver_sampler, families.make_noise),
@@ -62,6 +64,7 @@ BUILDERS = {"encoder then odeint": "build_encoder_then_odeint", "latent ODE at o
             "CNF density, tuple state, t 10 -> 0": "build_cnf_row_time_density",
             "flow matching field f(x, t)": "build_fm_field", "torchcfm field needing vmap": "build_torchcfm_field",
             "field with a scalar-only time": "build_scalar_time_field",
+            "rectified-flow MLP, time per row only": "build_rectified_flow_mlp",
             "flow matching sampler with a lambda": "build_fm_sampler",
             "flow_matching ODESolver, midpoint step_size": "build_fm_solver_sampler"}
 
@@ -154,6 +157,20 @@ def test_a_module_registered_twice_exports(tmp_path):
         loaded = load_tensors(bundle.read("model.safetensors"))
     assert loaded.keys() == model.state_dict().keys()
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_scipy_solve_ivp_sampler_is_named_in_one_line(tmp_path):
+    """score_sde's probability-flow sampler solves the flattened batch with scipy's solve_ivp: dise says
+    so, and how to write it so that dise can route it (exit 2, nothing written)."""
+    pytest.importorskip("scipy")
+    model = families.build_scipy_probability_flow()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(16)}, str(tmp_path / "d.safetensors"))
+    res = invoke("profile", tmp_path / "m.pt", "--arch", "families:build_scipy_probability_flow", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "scipy.integrate.solve_ivp (RK45)" in res.stderr and "odeint" in res.stderr
+    assert not (tmp_path / "p.safetensors").exists()
 
 
 def test_hand_written_solver_loop_is_a_clear_exit_2(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
+from dise_cli.errors import InputError
 from dise_cli.integrators import RK4, Dopri5, Euler, Midpoint, Status, TimeMode, VectorField
 
 A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)
@@ -228,6 +229,28 @@ def test_detect_time_mode():
         return h * float(t)
 
     assert VectorField.detect(scalar_only, y, t).mode is TimeMode.LOOP
+
+
+@pytest.mark.parametrize("time_shape,mode", [((-1, 1), TimeMode.BROADCAST), ((-1,), TimeMode.VECTOR)])
+def test_a_field_that_takes_only_a_time_per_row(time_shape, mode):
+    """The rectified-flow tutorial's MLP concatenates t as a column ([N, 1]); others index a per-row [N]:
+    a 0-dim time fails in the user's code, so every call gets its time per row, and a solve equals the
+    same solve of the field written for a scalar time, bit for bit."""
+    def per_row(t, h):
+        assert t.shape == (len(h),) + (1,) * (len(time_shape) - 1), t.shape     # a 0-dim time fails here
+        t = t.reshape(-1, 1)
+        return h * torch.cos(t) + t
+
+    def scalar_form(t, h):
+        return h * torch.cos(t) + t
+    y, grid = y0s(4), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = VectorField.detect(per_row, y, grid)
+    assert field.mode is mode and not field.scalar_time
+    got = Dopri5().solve(field, y, grid)
+    want = Dopri5().solve(VectorField.detect(scalar_form, y, grid), y, grid)
+    assert torch.equal(got.ys, want.ys) and torch.equal(got.nfe, want.nfe)
+    with pytest.raises(InputError, match=r"fails at t = 0 with a time for the batch, \[N, 1\] or \[N\]"):
+        VectorField.detect(lambda t, h: torch.cat([h, t.reshape(1, 1, 1)], 1), y, grid)
 
 
 @pytest.mark.parametrize("integrator", [Euler(steps=2), Midpoint(steps=1), RK4(steps=1), Dopri5()])

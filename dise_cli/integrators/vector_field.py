@@ -14,6 +14,9 @@ gives each row exactly what a scalar-t call would:
 - ``loop``: one call per distinct time (always correct, slow);
 - ``rows``: f takes only ``[N]`` times (a bundle's exported f): a scalar time is expanded per row.
 
+A field that fails on a 0-dim time (``torch.cat([x, t], 1)`` in the rectified-flow tutorial's MLP)
+has ``scalar_time`` False: every call gets its time per row, ``[N, 1, ...]`` or ``[N]``.
+
 The state may be a tuple (``dise_cli.states``): f sees the user's structure, the solvers a packed
 tensor, and every output is checked against the state's shape.
 """
@@ -48,21 +51,22 @@ class VectorField:
     solvers count NFE."""
 
     def __init__(self, func: Func, mode: TimeMode | str = TimeMode.LOOP, layout: StateLayout | None = None,
-                 sign: float = 1.0, order: str = "t,x"):
+                 sign: float = 1.0, order: str = "t,x", scalar_time: bool = True):
         self.func = func
         self.mode = TimeMode(mode)
         self.layout = layout
         self.sign = sign
         self.order = order
+        self.scalar_time = scalar_time      # False: f fails on a 0-dim time; it gets one per row
         self._vmapped = None
 
     def with_func(self, func: Func) -> "VectorField":
         """The same conventions for another f (the function a later call of the model passes)."""
-        return VectorField(func, self.mode, self.layout, self.sign, self.order)
+        return VectorField(func, self.mode, self.layout, self.sign, self.order, self.scalar_time)
 
     def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """f at one time ``t`` (0-dim, the state's dtype) for the whole batch ``h``."""
-        if self.mode is TimeMode.ROWS:
+        if self.mode is TimeMode.ROWS or not self.scalar_time:
             return self.at_times(t.expand(h.shape[0]), h)
         if self.sign < 0:
             return -self._eval(-t, h)
@@ -121,7 +125,7 @@ class VectorField:
 
     def reversed(self) -> "VectorField":
         """g(s, h) = -f(-s, h): integrating g forward in s integrates f backward in t."""
-        field = VectorField(self.func, self.mode, self.layout, -self.sign, self.order)
+        field = VectorField(self.func, self.mode, self.layout, -self.sign, self.order, self.scalar_time)
         field._vmapped = self._vmapped
         return field
 
@@ -130,7 +134,7 @@ class VectorField:
                order: str = "t,x") -> "VectorField":
         """Probe ``func`` on a few packed rows ``h`` to choose the time mode (see the module doc)."""
         field = cls(func, TimeMode.LOOP, layout, 1.0, order)
-        field.mode = detect_time_mode(field, h, t_span)
+        field.mode, field.scalar_time = detect_time_mode(field, h, t_span)
         return field
 
 
@@ -148,19 +152,43 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6 * (1.0 + scale), equal_nan=True))
 
 
+def _row_time_field(field: VectorField, t: torch.Tensor, rows: torch.Tensor, failure: Exception) -> VectorField:
+    """The field as one that takes its time per row (``[N, 1, ...]``, else ``[N]``), for an f that fails
+    on a 0-dim time; ``InputError`` naming the first failure when neither shape works either."""
+    for mode in (TimeMode.BROADCAST, TimeMode.VECTOR):
+        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar_time=False)
+        try:
+            trial(t, rows)
+        except Exception:  # noqa: BLE001 - any failure rules this shape out
+            continue
+        return trial
+    raise InputError(f"the ODE function fails at t = {float(t):g} with a time for the batch, [N, 1] or [N] "
+                     f"({type(failure).__name__}: {first_line(failure, 120)})") from failure
+
+
 @torch.no_grad()
-def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) -> TimeMode:
-    """Choose how to give f one time per row; see the module docstring. ``InputError`` when f
-    cannot be solved sample by sample (it mixes the rows of a batch)."""
+def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) -> tuple[TimeMode, bool]:
+    """Choose how to give f one time per row, and whether it takes a 0-dim time at all; see the module
+    docstring. ``InputError`` when f cannot be solved sample by sample (it mixes the rows of a batch)."""
     n = min(len(h), 4)
     rows = h[:n] if n >= 2 else h[:1].expand(2, *h.shape[1:]).clone()
     n = len(rows)
     t0, t1 = float(t_span[0]), float(t_span[-1])
     ta = torch.tensor(t0, dtype=rows.dtype, device=rows.device)
     tb = torch.tensor(t0 + 0.37 * (t1 - t0), dtype=rows.dtype, device=rows.device)
+    try:
+        field(ta, rows)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - f may take only a time per row
+        field = _row_time_field(field, ta, rows, exc)
     fa = _seeded(lambda: field(ta, rows), 1, rows.device)
+    scalar = field.scalar_time
     if not torch.equal(fa, _seeded(lambda: field(ta, rows), 2, rows.device)):
-        return TimeMode.LOOP          # f draws noise (a Hutchinson trace): only one time per call is safe
+        if not scalar:
+            raise InputError("the ODE function draws noise and takes only a time per row; dise cannot give each "
+                             "sample its own time without changing the noise")
+        return TimeMode.LOOP, True    # f draws noise (a Hutchinson trace): only one time per call is safe
     try:
         singles = torch.cat([field(ta, rows[i:i + 1]) for i in range(n)])
     except InputError:
@@ -173,19 +201,23 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
         raise InputError("the ODE function mixes the rows of a batch (its output for a sample depends on the other "
                          "samples, e.g. BatchNorm in training mode or data captured for the whole batch); dise solves "
                          "every sample on its own and cannot reproduce it")
-    if torch.equal(fa, field(tb, rows)):
-        return TimeMode.AUTONOMOUS
+    if torch.equal(fa, field(tb, rows)) and scalar:
+        return TimeMode.AUTONOMOUS, True
     times = torch.linspace(t0, t1, n + 2, dtype=rows.dtype, device=rows.device)[1:-1]
     expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
-    for mode in (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP):
-        trial = VectorField(field.func, mode, field.layout, 1.0, field.order)
+    modes = (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP) if scalar else (field.mode,)
+    for mode in modes:
+        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar)
         try:
             got = trial.at_times(times, rows)
         except Exception:  # noqa: BLE001 - any failure just rules this mode out
             continue
         if _close(got, expected):
-            return mode
-    return TimeMode.LOOP
+            return mode, scalar
+    if not scalar:
+        raise InputError("the ODE function takes only a time per row, but gives a row another answer when the "
+                         "other rows have other times; dise cannot solve it sample by sample")
+    return TimeMode.LOOP, True
 
 
 def detect_arg_order(func: Func, h: torch.Tensor, t0: float, layout: StateLayout) -> str:
@@ -201,12 +233,14 @@ def detect_arg_order(func: Func, h: torch.Tensor, t0: float, layout: StateLayout
     t = torch.tensor(t0, dtype=h.dtype, device=h.device)
     errors = []
     for order in ARG_ORDERS:
-        try:
-            with torch.no_grad():
-                VectorField(func, TimeMode.LOOP, layout, 1.0, order)(t, h[:2])
-            return order
-        except Exception as exc:  # noqa: BLE001 - the wrong order fails in the user's code
-            errors.append(f"f({order}): {type(exc).__name__}: {first_line(exc, 120)}")
+        for mode, scalar in ((TimeMode.LOOP, True), (TimeMode.BROADCAST, False), (TimeMode.VECTOR, False)):
+            try:
+                with torch.no_grad():
+                    VectorField(func, mode, layout, 1.0, order, scalar)(t, h[:2])
+                return order
+            except Exception as exc:  # noqa: BLE001 - the wrong order fails in the user's code
+                if scalar:
+                    errors.append(f"f({order}): {type(exc).__name__}: {first_line(exc, 120)}")
     raise InputError("the model takes two arguments but returns no state-shaped result for f(t, x) or f(x, t) (" +
                      "; ".join(errors) + ")")
 
