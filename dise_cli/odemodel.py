@@ -23,6 +23,7 @@ from torch import nn
 
 from dise_cli.errors import InputError
 from dise_cli.integrators.vector_field import VectorField
+from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import SolveCall, intercept
 from dise_cli.states import StateLayout
 
@@ -180,6 +181,20 @@ def extract(result: Any, how: str) -> Any:
 EXTRACTIONS = ("returned", "final", "solution")
 
 
+def pack_call(layout: StateLayout, context: RowContext | None, call: SolveCall) -> torch.Tensor:
+    """The state of the model's call packed for dise's solvers, with the per-sample tensors its f reads
+    (``context``) as columns after it."""
+    if context is None:
+        return layout.pack(call.y0)
+    state = call.y0[0] if isinstance(call.y0, (tuple, list)) else call.y0
+    n = state.shape[0 if isinstance(call.y0, (tuple, list)) else layout.batch_axis]
+
+    def first_call():                     # f makes some of its per-sample tensors when first called
+        with torch.no_grad():
+            call.func(call.t[0].to(state.device, state.dtype), call.y0)
+    return layout.pack(call.y0, context.gather(call.func, n, state.dtype, state.device, first_call))
+
+
 class _Captured(Exception):
     def __init__(self, call: SolveCall):
         super().__init__("solve captured")
@@ -227,10 +242,10 @@ class TracedModel(OdeModel):
 
     def problem_of(self, call: SolveCall) -> Problem:
         layout = StateLayout.of(call.y0, "the solve's initial state", batch_axis=self.layout.batch_axis)
-        if layout != self.layout:
+        if layout.with_context(self.layout.context) != self.layout:
             raise InputError(f"the model's solve got a state of shape {layout.describe()} where the probe saw "
                              f"{self.layout.describe()}; dise reads one state structure per model")
-        h0 = layout.pack(call.y0)
+        h0 = pack_call(self.layout, self.field.context, call)
         return Problem(field=self.field.with_func(call.func), h0=h0,
                        t=call.t.detach().to(h0.device, torch.float64), call=call)
 

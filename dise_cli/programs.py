@@ -124,6 +124,8 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
     ``torch.export`` cannot capture a part."""
     if ode.how == "attributes" and not ode.splittable:
         return {}, None, "the model's forward calls its ODE block itself and dise cannot see its solve", ""
+    if ode.field.context is not None:
+        return {}, None, f"f reads per-sample tensors from outside its state ({ode.field.context.describe()})", ""
     x = x[:4] if len(x) >= 2 else x.expand(2, *x.shape[1:])
     batch = torch.export.Dim("batch", min=2, max=1 << 20)
     try:

@@ -21,7 +21,9 @@ from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
-from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, extract)
+from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, extract,
+                               pack_call)
+from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import SolveCall, intercept
 from dise_cli.states import StateLayout, same_structure
 
@@ -237,11 +239,15 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
                          f"inputs: dise routes solves with one state per input, its samples on one axis"
                          f"{'' if not axes else ' (found several axes of that size)'}; route another solve with --solve")
     layout = StateLayout.of(call.y0, what, batch_axis=axes[0])
-    h0 = layout.pack(call.y0)
+    states = tuple(call.y0) if isinstance(call.y0, (tuple, list)) else (call.y0,)
+    context = RowContext.find(call.func, n, exclude=states + (call.t,))
+    if context is not None:
+        layout = layout.with_context(context.width)
+    h0 = pack_call(layout, context, call)
     grid = call.t.detach().to("cpu", torch.float64)
     kind, extraction, encoder, decoder = _split(module, x, chosen, out, takes_grid)
     with torch.no_grad():
-        field = VectorField.detect(call.func, h0, grid, layout)
+        field = VectorField.detect(call.func, h0, grid, layout, context=context)
     model = TracedModel(module, field, grid, layout, key=call.key, kind=kind, extraction=extraction,
                         encoder=encoder, decoder=decoder)
     model.model_takes_grid = takes_grid

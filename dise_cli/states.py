@@ -43,12 +43,17 @@ class StateLayout:
     ``batch_axis``: where a tensor state keeps its samples. Solvers always see them first; f and
     the model see them where the model put them (Rubanova's latent ODE solves ``[S, N, D]``, with
     S trajectory samples per input: axis 1).
+
+    ``context``: the number of columns of per-sample tensors f reads from outside its state
+    (``dise_cli.rowcontext``). They travel after the state's own columns in a packed ``[N, F + C]``
+    state, with derivative 0; the norm and the trajectories leave them out.
     """
 
     shapes: tuple[tuple[int, ...], ...]
     is_tuple: bool = False
     packed: bool = False
     batch_axis: int = 0
+    context: int = 0
 
     @classmethod
     def of(cls, state: Any, what: str = "the initial state", batch_axis: int = 0) -> "StateLayout":
@@ -79,7 +84,16 @@ class StateLayout:
     @property
     def state_shape(self) -> tuple[int, ...]:
         """The per-sample shape of the packed state."""
+        if self.context:
+            return (sum(self.sizes) + self.context,)
         return (sum(self.sizes),) if self.is_tuple or self.packed else self.shapes[0]
+
+    def with_context(self, width: int) -> "StateLayout":
+        return StateLayout(self.shapes, self.is_tuple, self.packed, self.batch_axis, width)
+
+    def context_of(self, h: torch.Tensor) -> torch.Tensor:
+        """The per-sample context columns of packed rows ``h``."""
+        return h[:, sum(self.sizes):]
 
     def as_packed(self) -> "StateLayout":
         """The layout of this state once packed: f takes ``[N, F]`` (samples first), the norm keeps the groups."""
@@ -87,16 +101,28 @@ class StateLayout:
             return StateLayout(shapes=self.shapes) if self.batch_axis else self
         return StateLayout(shapes=self.shapes, is_tuple=False, packed=True)
 
-    def pack(self, state: Any) -> torch.Tensor:
-        """``[N, ...]`` from the user's state (a tensor with its samples first is returned as it is)."""
+    def pack(self, state: Any, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, ...]`` from the user's state (a tensor with its samples first is returned as it is);
+        with context columns ``[N, C]`` after the state's own."""
+        if self.context:
+            own = self._flat(state)
+            return torch.cat([own, context.to(own.dtype)], dim=1)
         if not self.is_tuple:
             return state.movedim(self.batch_axis, 0) if self.batch_axis else state
+        return self._flat(state)
+
+    def _flat(self, state: Any) -> torch.Tensor:
+        if not self.is_tuple:
+            state = state.movedim(self.batch_axis, 0) if self.batch_axis else state
+            return state.reshape(state.shape[0], -1)
         n = state[0].shape[0]          # not len(): it would fix the batch size in an exported program
         return torch.cat([c.reshape(n, -1) for c in state], dim=1)
 
     def unpack(self, h: torch.Tensor) -> Any:
         """The user's state from packed rows ``[N, ...]`` (views, no copy)."""
         if not self.is_tuple:
+            if self.context:
+                h = h[:, :self.sizes[0]].reshape(h.shape[0], *self.shapes[0])
             return h.movedim(0, self.batch_axis) if self.batch_axis else h
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
@@ -107,6 +133,8 @@ class StateLayout:
     def unpack_trajectory(self, ys: torch.Tensor) -> Any:
         """The user's trajectory from packed ``[T, N, ...]``: a tensor, or a tuple of ``[T, N, ...]``."""
         if not self.is_tuple:
+            if self.context:
+                ys = ys[:, :, :self.sizes[0]].reshape(ys.shape[0], ys.shape[1], *self.shapes[0])
             return ys.movedim(1, 1 + self.batch_axis) if self.batch_axis else ys
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
@@ -115,22 +143,33 @@ class StateLayout:
         return tuple(parts)
 
     def pack_output(self, out: Any, n: Any, what: str = "f") -> torch.Tensor:
-        """f's output for ``n`` rows, packed; ``StateShapeError`` when it does not fit the state."""
+        """f's output for ``n`` rows, packed; ``StateShapeError`` when it does not fit the state.
+        Context columns get derivative 0."""
         if not self.is_tuple:
             if self.batch_axis and isinstance(out, torch.Tensor) and out.ndim > self.batch_axis:
                 out = out.movedim(self.batch_axis, 0)
-            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *self.state_shape):
+            own = (sum(self.sizes),) if self.packed else self.shapes[0]
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, *own):
                 raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
                                       f"{_MIXING_HINT}")
-            return out
-        if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes) or any(
-                not isinstance(c, torch.Tensor) or tuple(c.shape) != (n, *s) for c, s in zip(out, self.shapes)):
-            raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
-                                  f"{_MIXING_HINT}")
-        return torch.cat([c.reshape(n, -1) for c in out], dim=1)
+            if not self.context:
+                return out
+            packed = out.reshape(n, -1)
+        else:
+            if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes) or any(
+                    not isinstance(c, torch.Tensor) or tuple(c.shape) != (n, *s) for c, s in zip(out, self.shapes)):
+                raise StateShapeError(f"{what} returned {_shape_of(out)} for a state of shape {self.describe(n)}: "
+                                      f"{_MIXING_HINT}")
+            packed = torch.cat([c.reshape(n, -1) for c in out], dim=1)
+        if self.context:
+            packed = torch.cat([packed, packed.new_zeros(n, self.context)], dim=1)
+        return packed
 
     def rms(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N]``: torchdiffeq's norm per row: RMS for a tensor, the largest component RMS for a tuple."""
+        """``[N]``: torchdiffeq's norm per row: RMS for a tensor, the largest component RMS for a tuple
+        (context columns left out)."""
+        if self.context:
+            x = x[:, :sum(self.sizes)]
         if not (self.is_tuple or self.packed) or len(self.shapes) == 1:
             return rms_rows(x)
         parts, start = [], 0
@@ -143,17 +182,20 @@ class StateLayout:
         if not self.is_tuple and not self.packed:
             shape = list(self.shapes[0])
             shape.insert(self.batch_axis, n)
-            return str(tuple(shape)).replace("'", "")
-        return "(" + ", ".join(str((n, *s)).replace("'", "") for s in self.shapes) + ")"
+            text = str(tuple(shape)).replace("'", "")
+        else:
+            text = "(" + ", ".join(str((n, *s)).replace("'", "") for s in self.shapes) + ")"
+        return text + (f" and {self.context} per-sample value(s) f reads" if self.context else "")
 
     def to_dict(self) -> dict:
         return {"shapes": [list(s) for s in self.shapes], "is_tuple": self.is_tuple, "packed": self.packed,
-                "batch_axis": self.batch_axis}
+                "batch_axis": self.batch_axis, "context": self.context}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StateLayout":
         return cls(shapes=tuple(tuple(int(v) for v in s) for s in data["shapes"]), is_tuple=bool(data["is_tuple"]),
-                   packed=bool(data.get("packed", False)), batch_axis=int(data.get("batch_axis", 0)))
+                   packed=bool(data.get("packed", False)), batch_axis=int(data.get("batch_axis", 0)),
+                   context=int(data.get("context", 0)))
 
 
 _MIXING_HINT = ("f must return one row per state row, shaped like its state (a function that keeps per-sample data "

@@ -752,6 +752,123 @@ def build_fm_solver_sampler() -> FMSolverSampler:
     return FMSolverSampler(build_fm_field()).eval()
 
 
+class LabelField(nn.Module):
+    """A class-conditional velocity v(x, t, label), flow_matching's examples' style: the label picks an
+    embedding added to the hidden layer."""
+
+    def __init__(self, input_dim: int = 2, hidden_dim: int = 16, num_classes: int = 4):
+        super().__init__()
+        self.inp = nn.Linear(input_dim + 1, hidden_dim)
+        self.label_emb = nn.Embedding(num_classes, hidden_dim)
+        self.out = nn.Sequential(Swish(), nn.Linear(hidden_dim, input_dim))
+
+    def forward(self, x, t, label):
+        t = t.reshape(-1, 1).float().expand(x.shape[0], 1)
+        return self.out(self.inp(torch.cat([x, t], 1)) + 3.0 * self.label_emb(label))
+
+
+class ConditionalFMSampler(nn.Module):
+    """ODESolver.sample(..., label=labels): the labels ride in ``model_extras``, which the solve's f
+    closes over. Each input's label comes from the input (the sign of its first coordinate and of its
+    second), so every row has its own and a sample's answer does not depend on its batch."""
+
+    def __init__(self, method: str = "dopri5"):
+        super().__init__()
+        self.solver = ODESolver(velocity_model=ModelWrapper(LabelField()))
+        self.method = method
+
+    def forward(self, x0):
+        labels = (x0[:, 0] > 0).long() + 2 * (x0[:, 1] > 0).long()
+        return self.solver.sample(x_init=x0, step_size=None, method=self.method, atol=1e-5, rtol=1e-5,
+                                  label=labels)
+
+
+def build_conditional_fm_sampler() -> ConditionalFMSampler:
+    torch.manual_seed(0)
+    return ConditionalFMSampler().eval()
+
+
+class KDiffusionLikelihood(nn.Module):
+    """k-diffusion's ``log_likelihood`` (k_diffusion/sampling.py) over a tiny Karras denoiser: Rademacher
+    noise ``v`` drawn once for the batch and ``s_in`` captured by f's closure, tuple state (x, 0),
+    dopri5 from sigma_min to sigma_max."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16, sigma_min: float = 0.05, sigma_max: float = 3.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+
+    def denoise(self, x, sigma):
+        c_skip, c_out, c_in = 1 / (sigma ** 2 + 1), sigma / (sigma ** 2 + 1) ** 0.5, 1 / (sigma ** 2 + 1) ** 0.5
+        inner = self.net(torch.cat([x * c_in[:, None], (sigma.log() / 4)[:, None]], 1))
+        return inner * c_out[:, None] + x * c_skip[:, None]
+
+    def forward(self, x):
+        s_in = x.new_ones([x.shape[0]])
+        v = torch.randint_like(x, 2) * 2 - 1
+
+        def ode_fn(sigma, x):
+            with torch.enable_grad():
+                x = x[0].detach().requires_grad_()
+                denoised = self.denoise(x, sigma * s_in)
+                d = (x - denoised) / sigma
+                grad = torch.autograd.grad((d * v).sum(), x)[0]
+                d_ll = (v * grad).flatten(1).sum(1)
+            return d.detach(), d_ll
+
+        t = x.new_tensor([self.sigma_min, self.sigma_max])
+        sol = odeint(ode_fn, (x, x.new_zeros([x.shape[0]])), t, atol=1e-4, rtol=1e-4, method="dopri5")
+        latent, delta_ll = sol[0][-1], sol[1][-1]
+        return torch.distributions.Normal(0, self.sigma_max).log_prob(latent).flatten(1).sum(1) + delta_ll
+
+
+def build_kdiffusion_likelihood() -> KDiffusionLikelihood:
+    torch.manual_seed(0)
+    return KDiffusionLikelihood().eval()
+
+
+class FFJORDStyleFunc(nn.Module):
+    """FFJORD's ODEfunc with the approximate trace: the noise ``self._e`` is drawn on f's first call and
+    kept for the solve (``before_odeint`` clears it)."""
+
+    def __init__(self, dim: int = 3, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        self._e = None
+
+    def before_odeint(self):
+        self._e = None
+
+    def forward(self, t, states):
+        y = states[0]
+        if self._e is None:
+            self._e = torch.randn_like(y)
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            dy = self.net(y) * torch.cos(t)
+            e_dzdx = torch.autograd.grad(dy, y, self._e, create_graph=False)[0]
+            divergence = (e_dzdx * self._e).sum(1, keepdim=True)
+        return dy.detach(), -divergence.detach()
+
+
+class FFJORDStyleDensity(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.odefunc = FFJORDStyleFunc()
+
+    def forward(self, x):
+        self.odefunc.before_odeint()
+        z, delta_logp = odeint(self.odefunc, (x, torch.zeros(len(x), 1)), torch.tensor([0.0, 1.0]),
+                               atol=1e-5, rtol=1e-5, method="dopri5")
+        logpz = (-0.5 * z[-1].pow(2) - 0.5 * math.log(2 * math.pi)).sum(1)
+        return logpz - delta_logp[-1].squeeze(1)
+
+
+def build_ffjord_style_density() -> FFJORDStyleDensity:
+    torch.manual_seed(0)
+    return FFJORDStyleDensity().eval()
+
+
 class ScalarTimeField(nn.Module):
     """f(t, h) that only works with one time for the whole batch (float(t))."""
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from dise_cli.errors import InputError, first_line
+from dise_cli.rowcontext import RowContext
 from dise_cli.states import StateLayout, rms_rows
 
 Func = Callable[..., Any]
@@ -51,18 +52,19 @@ class VectorField:
     solvers count NFE."""
 
     def __init__(self, func: Func, mode: TimeMode | str = TimeMode.LOOP, layout: StateLayout | None = None,
-                 sign: float = 1.0, order: str = "t,x", scalar_time: bool = True):
+                 sign: float = 1.0, order: str = "t,x", scalar_time: bool = True, context: RowContext | None = None):
         self.func = func
         self.mode = TimeMode(mode)
         self.layout = layout
         self.sign = sign
         self.order = order
         self.scalar_time = scalar_time      # False: f fails on a 0-dim time; it gets one per row
+        self.context = context              # per-sample tensors f reads, carried as the layout's context columns
         self._vmapped = None
 
     def with_func(self, func: Func) -> "VectorField":
         """The same conventions for another f (the function a later call of the model passes)."""
-        return VectorField(func, self.mode, self.layout, self.sign, self.order, self.scalar_time)
+        return VectorField(func, self.mode, self.layout, self.sign, self.order, self.scalar_time, self.context)
 
     def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """f at one time ``t`` (0-dim, the state's dtype) for the whole batch ``h``."""
@@ -85,7 +87,11 @@ class VectorField:
     def _eval(self, t: Any, h: torch.Tensor) -> torch.Tensor:
         layout = self.layout
         state = h if layout is None else layout.unpack(h)
-        out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
+        if self.context is None:
+            out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
+        else:
+            with self.context.bound(self.func, layout.context_of(h)):
+                out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
         return out if layout is None else layout.pack_output(out, h.shape[0])   # not len(): see states.pack
 
     def _time_shape(self, h: torch.Tensor) -> list[int]:
@@ -125,15 +131,15 @@ class VectorField:
 
     def reversed(self) -> "VectorField":
         """g(s, h) = -f(-s, h): integrating g forward in s integrates f backward in t."""
-        field = VectorField(self.func, self.mode, self.layout, -self.sign, self.order, self.scalar_time)
+        field = VectorField(self.func, self.mode, self.layout, -self.sign, self.order, self.scalar_time, self.context)
         field._vmapped = self._vmapped
         return field
 
     @classmethod
     def detect(cls, func: Func, h: torch.Tensor, t_span: torch.Tensor, layout: StateLayout | None = None,
-               order: str = "t,x") -> "VectorField":
+               order: str = "t,x", context: RowContext | None = None) -> "VectorField":
         """Probe ``func`` on a few packed rows ``h`` to choose the time mode (see the module doc)."""
-        field = cls(func, TimeMode.LOOP, layout, 1.0, order)
+        field = cls(func, TimeMode.LOOP, layout, 1.0, order, context=context)
         field.mode, field.scalar_time = detect_time_mode(field, h, t_span)
         return field
 
@@ -156,7 +162,7 @@ def _row_time_field(field: VectorField, t: torch.Tensor, rows: torch.Tensor, fai
     """The field as one that takes its time per row (``[N, 1, ...]``, else ``[N]``), for an f that fails
     on a 0-dim time; ``InputError`` naming the first failure when neither shape works either."""
     for mode in (TimeMode.BROADCAST, TimeMode.VECTOR):
-        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar_time=False)
+        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar_time=False, context=field.context)
         try:
             trial(t, rows)
         except Exception:  # noqa: BLE001 - any failure rules this shape out
@@ -207,7 +213,7 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
     expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
     modes = (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP) if scalar else (field.mode,)
     for mode in modes:
-        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar)
+        trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar, field.context)
         try:
             got = trial.at_times(times, rows)
         except Exception:  # noqa: BLE001 - any failure just rules this mode out

@@ -1,0 +1,207 @@
+"""Per-sample tensors an ODE function reads from outside its state.
+
+People write f as a closure over tensors with one row per sample of the batch: the class labels of a
+conditional flow-matching sampler (flow_matching's ``ODESolver.sample(..., label=labels)`` keeps them
+in ``model_extras``; torchcfm's notebooks write ``lambda t, x: model(t, x, labels)``), the Hutchinson
+noise of a probability-flow likelihood drawn once for the batch (k-diffusion's ``v``), or noise f
+draws on its first call and keeps (FFJORD's ``self._e``). dise solves each sample on its own, with
+the rows leaving the batch as they finish, so f must see the rows of those tensors that belong to the
+rows of the state it is given.
+
+``RowContext.find`` looks for such tensors where f can reach them (its closure, the attributes of the
+module or object it is bound to, the dicts and lists those hold) and names each by its path.
+``gather`` reads their rows for a batch, to travel with the state as extra columns (the solvers
+compact and route them with the state; the norm and the trajectories leave them out), and ``bound``
+puts the rows of the columns a call is given in their places while f runs, then puts the batch's
+tensors back.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from dise_cli.errors import InputError
+
+Step = tuple[str, Any]          # ("cell", name) | ("attr", name) | ("item", key) | ("index", i) | ("self", None)
+Path = tuple[Step, ...]
+_DEPTH = 4                      # how far from f to look: f -> closure -> object -> attribute -> dict item
+
+
+_MODULE_INTERNALS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training")
+
+
+def _children(value: Any) -> Iterator[tuple[Step, Any]]:
+    """Where a tensor f reads may hide one step further from ``value``: a function's closure, a bound
+    method's object, a dict's items, a list's elements, an object's attributes (a module's plain
+    attributes, not its parameters or buffers, and its submodules)."""
+    if isinstance(value, types.MethodType):
+        yield ("self", None), value.__self__
+        value = value.__func__
+    if isinstance(value, types.FunctionType):
+        for name, cell in zip(value.__code__.co_freevars, value.__closure__ or ()):
+            try:
+                yield ("cell", name), cell.cell_contents
+            except ValueError:          # an empty cell
+                continue
+    elif isinstance(value, dict):
+        yield from ((("item", k), v) for k, v in value.items() if isinstance(k, (str, int)))
+    elif isinstance(value, list):
+        yield from ((("index", i), v) for i, v in enumerate(value))
+    elif isinstance(value, nn.Module):
+        for name, item in vars(value).items():
+            if name not in _MODULE_INTERNALS and "hook" not in name:
+                yield ("attr", name), item
+        yield from ((("attr", name), child) for name, child in value.named_children())
+    elif _plain_object(value):
+        yield from ((("attr", name), item) for name, item in vars(value).items())
+
+
+def _plain_object(value: Any) -> bool:
+    return hasattr(value, "__dict__") and not isinstance(value, (type, types.ModuleType, types.FunctionType,
+                                                                  types.MethodType, torch.Tensor))
+
+
+def _walk(root: Any, found: dict[Path, Any], path: Path = (), seen: set[int] | None = None) -> None:
+    seen = set() if seen is None else seen
+    if id(root) in seen or len(path) > _DEPTH:
+        return
+    seen.add(id(root))
+    for step, value in _children(root):
+        here = path + (step,)
+        if isinstance(value, torch.Tensor):
+            if not isinstance(value, nn.Parameter):
+                found[here] = value
+        elif isinstance(value, (types.FunctionType, types.MethodType, dict, list)) or _plain_object(value):
+            _walk(value, found, here, seen)
+
+
+def reachable_tensors(func: Callable) -> dict[Path, torch.Tensor]:
+    """Every non-parameter tensor ``func`` can reach, by its path."""
+    found: dict[Path, torch.Tensor] = {}
+    _walk(func, found)
+    return found
+
+
+def resolve(func: Callable, path: Path) -> Any:
+    value = func
+    for kind, key in path:
+        if kind == "self":
+            value = value.__self__
+            continue
+        if isinstance(value, types.MethodType):
+            value = value.__func__
+        if kind == "cell":
+            index = value.__code__.co_freevars.index(key)
+            value = value.__closure__[index].cell_contents
+        elif kind == "attr":
+            value = getattr(value, key)
+        else:
+            value = value[key]
+    return value
+
+
+def _assign(func: Callable, path: Path, new: Any) -> None:
+    owner = resolve(func, path[:-1])
+    kind, key = path[-1]
+    if isinstance(owner, types.MethodType):
+        owner = owner.__func__
+    if kind == "cell":
+        owner.__closure__[owner.__code__.co_freevars.index(key)].cell_contents = new
+    elif kind == "attr":
+        if isinstance(owner, nn.Module) and key in owner._buffers:
+            owner._buffers[key] = new
+        else:
+            owner.__dict__[key] = new
+    else:
+        owner[key] = new
+
+
+def describe(path: Path) -> str:
+    """``f.<closure>.model_extras['label']``, for people."""
+    text = "f"
+    for kind, key in path:
+        text += {"self": ".__self__", "cell": f".<{key}>", "attr": f".{key}", "item": f"[{key!r}]",
+                 "index": f"[{key}]"}[kind]
+    return text
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """The per-sample tensors of f: their paths, per-row shapes and dtypes."""
+
+    paths: tuple[Path, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(math.prod(s) for s in self.shapes)
+
+    @classmethod
+    def find(cls, func: Callable, n: int, exclude: tuple = ()) -> "RowContext | None":
+        """The tensors with ``n`` rows f can reach (not its state or grid, given in ``exclude``), or None."""
+        mine = {id(t) for t in exclude}
+        found = {p: t for p, t in reachable_tensors(func).items() if _rows(t, n) and id(t) not in mine}
+        if not found:
+            return None
+        paths = tuple(sorted(found, key=describe))
+        return cls(paths=paths, shapes=tuple(tuple(found[p].shape[1:]) for p in paths),
+                   dtypes=tuple(found[p].dtype for p in paths))
+
+    def gather(self, func: Callable, n: int, dtype: torch.dtype, device: torch.device,
+               first_call: Callable[[], Any]) -> torch.Tensor:
+        """``[n, width]``: this batch's context rows as columns of the state's dtype (exactly). f makes
+        some of them on its first call (FFJORD draws its noise then): where a path holds no tensor yet,
+        ``first_call()`` runs f once on the whole batch first."""
+        if not all(isinstance(_resolve_or_none(func, p), torch.Tensor) for p in self.paths):
+            first_call()
+        columns = []
+        for path, shape in zip(self.paths, self.shapes):
+            value = _resolve_or_none(func, path)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (n, *shape):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise InputError(f"the ODE function's per-sample tensor {describe(path)} is {got} for a batch of {n} "
+                                 f"(the reading found {(n, *shape)}); dise reads one structure per model")
+            value = value.detach().reshape(n, -1).to(device)
+            column = value.to(dtype)
+            if not torch.equal(column.to(value.dtype), value):
+                raise InputError(f"the ODE function's per-sample tensor {describe(path)} ({value.dtype}) does not fit "
+                                 f"the state's {dtype} exactly; dise carries it with the state")
+            columns.append(column)
+        return torch.cat(columns, 1)
+
+    @contextlib.contextmanager
+    def bound(self, func: Callable, columns: torch.Tensor) -> Iterator[None]:
+        """While f runs on the rows ``columns`` came with, its per-sample tensors hold those rows."""
+        saved = [resolve(func, path) for path in self.paths]
+        start = 0
+        try:
+            for path, shape, dtype in zip(self.paths, self.shapes, self.dtypes):
+                size = math.prod(shape)
+                part = columns[:, start:start + size].reshape(columns.shape[0], *shape)
+                _assign(func, path, part.to(dtype))
+                start += size
+            yield
+        finally:
+            for path, value in zip(self.paths, saved):
+                _assign(func, path, value)
+
+    def describe(self) -> str:
+        return ", ".join(f"{describe(p)} {list(s)}" for p, s in zip(self.paths, self.shapes))
+
+
+def _resolve_or_none(func: Callable, path: Path) -> Any:
+    try:
+        return resolve(func, path)
+    except (AttributeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def _rows(t: torch.Tensor, n: int) -> bool:
+    return t.ndim >= 1 and t.shape[0] == n and n > 1

@@ -1,0 +1,129 @@
+"""Per-sample tensors f reads from outside its state (dise_cli/rowcontext.py): class labels in a
+conditional sampler's model_extras, k-diffusion's Hutchinson noise in a closure, FFJORD's noise drawn
+on f's first call. Each row of the state must see its own rows of them, whatever rows share its solve."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import dise_cli
+import families
+from dise_cli.cli import app
+from dise_cli.errors import InputError
+from dise_cli.integrators import Dopri5, VectorField
+from dise_cli.reading import read_model
+from dise_cli.rowcontext import RowContext, describe
+from dise_cli.states import StateLayout
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_context_is_found_carried_and_bound_per_row():
+    """A closure over a per-row scale and a dict of per-row offsets: dise's per-sample dopri5 on the
+    batch equals each row solved alone with its own rows of them (same NFE, same states), and f's
+    tensors are the batch's again after every call."""
+    scale = torch.tensor([0.5, 1.0, 2.0, -1.0], dtype=torch.float64)
+    extras = {"offset": torch.tensor([[0.1], [0.0], [-0.3], [0.7]], dtype=torch.float64)}
+
+    def make(scale, extras):
+        def f(t, y):
+            return -scale[:, None] * y + extras["offset"] * torch.cos(t)
+        return f
+
+    f = make(scale, extras)
+    y0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    context = RowContext.find(f, 4, exclude=(y0,))
+    assert sorted(describe(p) for p in context.paths) == ["f.<extras>['offset']", "f.<scale>"]
+    layout = StateLayout.of(y0).with_context(context.width)
+    h0 = layout.pack(y0, context.gather(f, 4, y0.dtype, y0.device, first_call=lambda: None))
+    assert h0.shape == (4, 2 + 2)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = VectorField.detect(f, h0, t, layout, context=context)
+    together = Dopri5(rtol=1e-6, atol=1e-6).solve(field, h0, t)
+    for i in range(4):
+        alone_f = make(scale[i:i + 1], {"offset": extras["offset"][i:i + 1]})
+        alone = Dopri5(rtol=1e-6, atol=1e-6).solve(VectorField(alone_f), y0[i:i + 1], t)
+        assert int(together.nfe[i]) == int(alone.nfe[0])
+        assert torch.equal(layout.unpack_trajectory(together.ys)[:, i], alone.ys[:, 0])
+    assert torch.equal(layout.context_of(together.ys[-1]), layout.context_of(h0))    # derivative 0
+    assert f.__closure__[1].cell_contents is scale and extras["offset"].shape == (4, 1)   # put back
+
+
+def test_context_that_does_not_fit_the_state_exactly_is_refused():
+    wide = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64) + 1e-12
+
+    def f(t, y):
+        return y * wide[:, None]
+    y0 = torch.zeros(3, 2)
+    context = RowContext.find(f, 3, exclude=(y0,))
+    with pytest.raises(InputError, match=r"f.<wide> \(torch.float64\) does not fit the state's torch.float32"):
+        context.gather(f, 3, y0.dtype, y0.device, first_call=lambda: None)
+
+
+def _pipeline(tmp_path, build: str, x: torch.Tensor) -> dict:
+    model = getattr(families, build)()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "m.pt", "--arch", f"families:{build}", "--code-path", TESTS, "--data", tmp_path / "d.safetensors"]
+    res = invoke("inspect", *common, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    for args in (("profile", *common, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *common, "--profile", tmp_path / "p.sft", "--epochs", 2, "--out", tmp_path / "s.sft"),
+                 ("export", tmp_path / "m.pt", "--arch", f"families:{build}", "--code-path", TESTS, "--selector",
+                  tmp_path / "s.sft", "--out", tmp_path / "b.dise"),
+                 ("evaluate", tmp_path / "b.dise", "--data", tmp_path / "d.safetensors", "--code-path", TESTS,
+                  "--batch-sizes", 8, "--repeats", 1)):
+        res = invoke(*args)
+        assert res.exit_code == 0, res.stderr
+    return info
+
+
+def test_a_conditional_sampler_gives_each_row_its_label(tmp_path):
+    """Labels from the input ride in flow_matching's model_extras: the bundle's dopri5 rows equal the model
+    run on each sample alone (a row given another row's label would be off by the label embedding)."""
+    x = families.make_noise(24, seed=3)
+    info = _pipeline(tmp_path, "build_conditional_fm_sampler", x)
+    assert "per-sample" in info["state"] and info["fidelity"]["passed"]
+    assert len(set((x[:, 0] > 0).tolist())) == 2 and len(set((x[:, 1] > 0).tolist())) == 2
+    model = families.build_conditional_fm_sampler()
+    ode = read_model(model, x)
+    solver = Dopri5(rtol=1e-5, atol=1e-5)
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    with torch.no_grad():
+        together = ode.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])      # torchdiffeq, one sample at a time
+        out = bundle(x)
+        out_alone = torch.cat([bundle(x[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(together, alone, rtol=1e-3, atol=1e-3)     # float32 at 1e-5; a wrong label is O(1) off
+    torch.testing.assert_close(out, out_alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build,x", [
+    ("build_kdiffusion_likelihood", families.make_noise(24, seed=4)),           # noise captured by the closure
+    ("build_ffjord_style_density", torch.randn(24, 3, generator=torch.Generator().manual_seed(5))),   # drawn by f
+])
+def test_hutchinson_noise_fixed_for_the_solve(tmp_path, build, x):
+    """Noise drawn once per batch (in the forward, or by f's first call) goes with its rows: under the
+    same seed, the bundle's dopri5 rows equal the model's own batched solve within its tolerance."""
+    info = _pipeline(tmp_path, build, x)
+    assert info["fidelity"]["passed"] and "per-sample" in info["state"]
+    model = getattr(families, build)()
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        own = model(x)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out, stats = bundle(x, return_stats=True)
+    rows = (stats.integrator == 2).nonzero().flatten()
+    torch.testing.assert_close(out[rows], own[rows], rtol=2e-3, atol=2e-3)
