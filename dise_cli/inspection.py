@@ -67,6 +67,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "ode_function_class": model.func_class,
         "solves": [_solve_dict(s, k == model.target) for k, s in enumerate(model.solves)],
         "state": model.layout.describe(),
+        "per_sample_tensors": None if model.field.context is None else model.field.context.describe(),
         "h0_shape": list(model.h0_shape),
         "t_span": [float(v) for v in model.t_span],
         "t_span_source": getattr(model, "t_span_source", ""),

@@ -109,8 +109,10 @@ class _Recorder:
 
 def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
                ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
-               model_name: str = "model", batch: int = 3) -> OdeModel:
-    """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it."""
+               model_name: str = "model", batch: int = 3, _context: frozenset | None = None) -> OdeModel:
+    """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it.
+    (``_context``: the paths of f's per-sample tensors seen with fewer rows, for the re-read that
+    keeps only those that grew with the batch.)"""
     grid, grid_source = _grid(t_span, data_t)
     takes_grid = len(required_args(module)) >= 2
     rows = x[:batch]
@@ -131,10 +133,16 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
         chosen = _choose(recorder.seen, solve, ode_block, model_name)
         n_t = len(chosen.call.t)
         ambiguous = n_t == len(rows) or len(_batch_axes(chosen.call.y0, len(rows))) > 1
-        if ambiguous and len(x) > len(rows):     # a batch size unlike T and the state's sizes tells the axes apart
+        candidates = _context_candidates(chosen.call, len(rows))
+        unconfirmed = _context is None and candidates is not None
+        if (ambiguous or unconfirmed) and len(x) > len(rows):
+            # a batch size unlike T and the state's sizes tells the axes apart, and a tensor f reads that
+            # grows with the batch is per sample (a fixed one that happened to match does not)
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
-                              data_t=data_t, model_name=model_name, batch=len(rows) + 1)
-        model = _traced(module, rows, recorder, chosen, out, takes_grid)
+                              data_t=data_t, model_name=model_name, batch=len(rows) + 1,
+                              _context=frozenset(candidates.paths) if candidates is not None else _context)
+        context = candidates if _context is None or candidates is None else candidates.only(_context)
+        model = _traced(module, rows, recorder, chosen, out, takes_grid, context)
         if takes_grid:
             model.input_grid = grid             # the model's time argument, which its solve may not integrate over
         model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
@@ -218,8 +226,14 @@ def _path_of(s: _Seen, module: Any) -> str | None:
     return None
 
 
+def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
+    """The tensors with ``n`` rows the call's f reaches (not its state or grid)."""
+    states = tuple(call.y0) if isinstance(call.y0, (tuple, list)) else (call.y0,)
+    return RowContext.find(call.func, n, exclude=states + (call.t,))
+
+
 def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
-            takes_grid: bool) -> TracedModel:
+            takes_grid: bool, context: RowContext | None) -> TracedModel:
     call = chosen.call
     if call.library == "scipy":
         raise InputError(f"the model's solve ({call.where}) is scipy.integrate.solve_ivp ({call.method}) on a numpy "
@@ -239,8 +253,6 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
                          f"inputs: dise routes solves with one state per input, its samples on one axis"
                          f"{'' if not axes else ' (found several axes of that size)'}; route another solve with --solve")
     layout = StateLayout.of(call.y0, what, batch_axis=axes[0])
-    states = tuple(call.y0) if isinstance(call.y0, (tuple, list)) else (call.y0,)
-    context = RowContext.find(call.func, n, exclude=states + (call.t,))
     if context is not None:
         layout = layout.with_context(context.width)
     h0 = pack_call(layout, context, call)

@@ -172,6 +172,8 @@ def render_inspect(ui: Output, info: dict) -> None:
         ("ODE block", info["ode_block"]),
         ("ODE function", f"{info['ode_function']} ({info['ode_function_class']})"),
         ("state", info["state"]),
+        *([("f also reads", f"{info['per_sample_tensors']} (per sample: each row's go with it)")]
+          if info.get("per_sample_tensors") else []),
         ("t", f"{short_grid(info['t_span'])} ({info['t_span_source']})"),
         ("f is called as", f"f({info['arg_order']}); a time per row: {info['time_mode']}"
                            f"{'' if info.get('scalar_time', True) else ' (always: it fails on a 0-dim time)'}"),

@@ -154,6 +154,14 @@ class RowContext:
         return cls(paths=paths, shapes=tuple(tuple(found[p].shape[1:]) for p in paths),
                    dtypes=tuple(found[p].dtype for p in paths))
 
+    def only(self, paths: frozenset) -> "RowContext | None":
+        """The part of this context at ``paths`` (None if nothing is left)."""
+        keep = [i for i, p in enumerate(self.paths) if p in paths]
+        if not keep:
+            return None
+        return RowContext(paths=tuple(self.paths[i] for i in keep), shapes=tuple(self.shapes[i] for i in keep),
+                          dtypes=tuple(self.dtypes[i] for i in keep))
+
     def gather(self, func: Callable, n: int, dtype: torch.dtype, device: torch.device,
                first_call: Callable[[], Any]) -> torch.Tensor:
         """``[n, width]``: this batch's context rows as columns of the state's dtype (exactly). f makes

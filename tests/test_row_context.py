@@ -19,6 +19,7 @@ from dise_cli.integrators import Dopri5, VectorField
 from dise_cli.reading import read_model
 from dise_cli.rowcontext import RowContext, describe
 from dise_cli.states import StateLayout
+from torchdiffeq import odeint
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -94,6 +95,7 @@ def test_a_conditional_sampler_gives_each_row_its_label(tmp_path):
     x = families.make_noise(24, seed=3)
     info = _pipeline(tmp_path, "build_conditional_fm_sampler", x)
     assert "per-sample" in info["state"] and info["fidelity"]["passed"]
+    assert info["per_sample_tensors"] == "f.<model_extras>['label'] []"
     assert len(set((x[:, 0] > 0).tolist())) == 2 and len(set((x[:, 1] > 0).tolist())) == 2
     model = families.build_conditional_fm_sampler()
     ode = read_model(model, x)
@@ -127,3 +129,22 @@ def test_hutchinson_noise_fixed_for_the_solve(tmp_path, build, x):
         out, stats = bundle(x, return_stats=True)
     rows = (stats.integrator == 2).nonzero().flatten()
     torch.testing.assert_close(out[rows], own[rows], rtol=2e-3, atol=2e-3)
+
+
+class _FixedMatrixField(torch.nn.Module):
+    """dy/dt = y A with a fixed 3 x 3 A kept in a closure: A has as many rows as the probe's first
+    batch, but it is not per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        A = torch.tensor([[-0.1, 1.0, 0.0], [-1.0, -0.1, 0.0], [0.0, 0.0, -0.2]])
+        return odeint(lambda t, y: y @ A + self.lin(y) * 0.1, x, torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5)[-1]
+
+
+def test_a_fixed_tensor_the_size_of_the_probe_batch_is_not_context():
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    ode = read_model(_FixedMatrixField().eval(), x)
+    assert ode.field.context is None and ode.layout.context == 0
