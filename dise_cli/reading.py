@@ -226,6 +226,10 @@ def _path_of(s: _Seen, module: Any) -> str | None:
     return None
 
 
+def h0_dtype(y0: Any) -> torch.dtype:
+    return (y0[0] if isinstance(y0, (tuple, list)) else y0).dtype
+
+
 def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
     """The tensors with ``n`` rows the call's f reaches (not its state or grid)."""
     states = tuple(call.y0) if isinstance(call.y0, (tuple, list)) else (call.y0,)
@@ -253,6 +257,10 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
                          f"inputs: dise routes solves with one state per input, its samples on one axis"
                          f"{'' if not axes else ' (found several axes of that size)'}; route another solve with --solve")
     layout = StateLayout.of(call.y0, what, batch_axis=axes[0])
+    if context is not None:
+        t0 = call.t[0].to(h0_dtype(call.y0))
+        with torch.no_grad():
+            context = context.read_by(call.func, lambda: call.func(t0, call.y0))
     if context is not None:
         layout = layout.with_context(context.width)
     h0 = pack_call(layout, context, call)

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from dise_cli.errors import InputError
 
@@ -161,6 +163,23 @@ class RowContext:
             return None
         return RowContext(paths=tuple(self.paths[i] for i in keep), shapes=tuple(self.shapes[i] for i in keep),
                           dtypes=tuple(self.dtypes[i] for i in keep))
+
+    def read_by(self, func: Callable, call: Callable[[], Any]) -> "RowContext | None":
+        """The part of this context f reads when ``call()`` runs it (a per-batch cache the model keeps
+        where f can reach it, but f never reads, is not context)."""
+        watched = {id(resolve(func, p)): p for p in self.paths}
+        touched: set = set()
+
+        class _Watch(TorchFunctionMode):
+            def __torch_function__(self, fn, types, args=(), kwargs=None):
+                for leaf in tree_leaves((args, kwargs or {})):
+                    if id(leaf) in watched:
+                        touched.add(watched[id(leaf)])
+                return fn(*args, **(kwargs or {}))
+
+        with _Watch():
+            call()
+        return self.only(frozenset(touched))
 
     def gather(self, func: Callable, n: int, dtype: torch.dtype, device: torch.device,
                first_call: Callable[[], Any]) -> torch.Tensor:

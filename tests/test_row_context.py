@@ -148,3 +148,23 @@ def test_a_fixed_tensor_the_size_of_the_probe_batch_is_not_context():
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     ode = read_model(_FixedMatrixField().eval(), x)
     assert ode.field.context is None and ode.layout.context == 0
+
+
+class _CachingSampler(torch.nn.Module):
+    """Keeps its last inputs on itself (a per-batch cache f can reach but never reads): not context."""
+
+    def __init__(self):
+        super().__init__()
+        self.field = families.build_fm_field()
+        self.seen = None
+
+    def forward(self, x):
+        out = odeint(lambda t, y: self.field(y, t), x, torch.tensor([0.0, 1.0]), rtol=1e-4, atol=1e-4)[-1]
+        self.seen = x.double()          # float64: carried with a float32 state it would not fit
+        return out
+
+
+def test_a_tensor_f_can_reach_but_never_reads_is_not_context():
+    x = families.make_noise(8)
+    ode = read_model(_CachingSampler().eval(), x)
+    assert ode.field.context is None and ode.layout.context == 0
