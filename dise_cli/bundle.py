@@ -41,10 +41,12 @@ CHECK_TOLERANCE = 1e-4      # programs must give the model's outputs to this (re
 class ExportInfo:
     programs: str | None   # split | whole | None (the factory rebuilds the model)
     reason: str            # why not, when there are no programs
+    rows_kept: int = 0     # data rows the bundle keeps to read the model again (it rejects noise)
 
 
 def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.Tensor], selector: Selector,
-                 example_input: torch.Tensor, arch: str | None, extra: dict[str, Any] | None = None) -> ExportInfo:
+                 example_input: torch.Tensor, arch: str | None, extra: dict[str, Any] | None = None,
+                 keep_rows: bool = False) -> ExportInfo:
     """Export and write the bundle atomically. Raises ``UsageError`` if it could run neither from
     programs nor from an ``--arch`` factory."""
     from safetensors.torch import save as save_tensors
@@ -53,7 +55,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         reason = _check_programs(ode, programs, layout, field_mode, example_input)
         if reason:
             programs, layout = {}, None
-    info = ExportInfo(layout if programs else None, reason)
+    info = ExportInfo(layout if programs else None, reason, len(example_input) if keep_rows else 0)
     if not info.programs and not arch:
         raise UsageError(f"--arch: the model cannot be exported as programs ({info.reason}), and without "
                          f"--arch package.module:factory, a function that builds the model without arguments (or "
@@ -78,7 +80,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         "programs_time_mode": field_mode if programs else None,
         "programs_note": info.reason,
         "arch": arch,
-        "input": {"shape": list(example_input.shape[1:]), "dtype": str(example_input.dtype).replace("torch.", "")},
+        "input": input_spec(example_input, rows=keep_rows),
         "metrics": (extra or {}),
         "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())},
         PROVENANCE_KEY: made_with(example_input.device),   # the selector member keeps where it was trained
@@ -167,13 +169,24 @@ def _safetensors_metadata(data: bytes) -> dict:
     return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
 
 
-def example_input(spec: dict, device: torch.device, n: int = 4) -> torch.Tensor:
-    """A seeded batch shaped like the data a selector was trained on (normal noise for float inputs,
-    zeros for integer ones): what export traces with and a rebuilt model is read on."""
+def example_input(spec: dict, device: torch.device, n: int = 4, rows: bool = False) -> torch.Tensor:
+    """A batch like the data a selector was trained on, what export traces with and a rebuilt model is
+    read on: seeded noise shaped like it (normal for float inputs, zeros for integer ones), or with
+    ``rows`` the data rows the spec keeps (for a model that rejects noise: integer codes, a valid range)."""
     dtype = getattr(torch, spec["dtype"])
+    if rows:
+        return torch.tensor(spec["rows"], dtype=torch.float64).to(device, dtype)
     if dtype.is_floating_point:
         return torch.randn(n, *spec["shape"], generator=torch.Generator().manual_seed(0)).to(device, dtype)
     return torch.zeros(n, *spec["shape"], dtype=dtype, device=device)
+
+
+def input_spec(x: torch.Tensor, rows: bool = False) -> dict:
+    """The record of the data a batch stands for: shape and dtype, and with ``rows`` the rows themselves."""
+    spec = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).replace("torch.", "")}
+    if rows:
+        spec["rows"] = x.detach().cpu().to(torch.float64).tolist()
+    return spec
 
 
 def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[str, ...], bundle: str,
@@ -190,7 +203,8 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
     module.to(device).eval()
     reading = manifest["reading"]
     grid, given = recorded_grids(reading)
-    ode = read_model(module, example_input(manifest["input"], device), solve=reading.get("solve"),
+    ode = read_model(module, example_input(manifest["input"], device, rows="rows" in manifest["input"]),
+                     solve=reading.get("solve"),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
                      data_t=given, model_name=f"bundle '{bundle}' model")
     check_reading(ode.record(), reading, f"bundle '{bundle}'")

@@ -57,14 +57,24 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     if not isinstance(recorded, dict) or not isinstance(spec, dict):
         raise InputError(f"selector '{selector_name}' does not record how the model was read; train it again")
     module = loaded.module.to(inputs.device)
-    x = example_input(spec, inputs.device)
     solve = inputs.solve if inputs.solve is not None else recorded.get("solve")
     grid, given = recorded_grids(recorded, inputs.t_span)
-    ode = read_model(module, x, data_name="the selector's recorded input", solve=solve, ode_block=inputs.ode_block,
-                     t_span=grid, data_t=given, model_name=f"model '{inputs.model.path}'")
+
+    def read(x: torch.Tensor, name: str) -> OdeModel:
+        return read_model(module, x, data_name=name, solve=solve, ode_block=inputs.ode_block, t_span=grid,
+                          data_t=given, model_name=f"model '{inputs.model.path}'")
+    keep_rows = False
+    x = example_input(spec, inputs.device)
+    try:
+        ode = read(x, "noise shaped like the selector's training data")
+    except InputError:
+        if "rows" not in spec:       # a selector from an older dise keeps no data rows
+            raise
+        x, keep_rows = example_input(spec, inputs.device, rows=True), True     # integer codes, a valid range
+        ode = read(x, "the data rows the selector keeps")
     check_reading(ode.record(), recorded, f"selector '{selector_name}'")
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch if loaded.rebuildable else None,
-                        extra={"validation": selector.meta.get("validation", {})})
+                        extra={"validation": selector.meta.get("validation", {})}, keep_rows=keep_rows)
 
 
 def check_selector_profile(selector: Selector, selector_name: str, profile_path: str) -> None:

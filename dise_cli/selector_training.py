@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from dise_cli.budgets import Budgets
+from dise_cli.bundle import input_spec
 from dise_cli.calibration import Point, calibrate, evaluate_point, route
 from dise_cli.clock import alternating_medians
 from dise_cli.config import positive_int
@@ -23,6 +24,8 @@ from dise_cli.provenance import made_with
 from dise_cli.reports import auc_of, estimated_seconds, figure_of, summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
+
+EXAMPLE_ROWS = 4          # data rows a selector keeps, for export to read a model that rejects noise
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "input_dim": profile.meta.get("input_dim", ""),
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
-        "input": {"shape": list(opened.data.x.shape[1:]), "dtype": str(opened.data.x.dtype).replace("torch.", "")},
+        # a few data rows, for export to read a model that rejects noise shaped like its data
+        "input": input_spec(opened.data.x[:EXAMPLE_ROWS], rows=True),
         "reading": opened.model.record(),
         # Measured wall-clock figures (the selector's cost in NFE units) stay out of the file, so the
         # same inputs and seed give the same bytes; evaluate measures them again.

@@ -168,3 +168,44 @@ def test_a_tensor_f_can_reach_but_never_reads_is_not_context():
     x = families.make_noise(8)
     ode = read_model(_CachingSampler().eval(), x)
     assert ode.field.context is None and ode.layout.context == 0
+
+
+class _CodedSampler(torch.nn.Module):
+    """A sampler whose last input column is a class code (an embedding index): noise shaped like the data
+    is no valid input, so export and a rebuilt bundle read it on data rows the selector keeps."""
+
+    def __init__(self):
+        super().__init__()
+        self.field = families.build_fm_field()
+        self.embed = torch.nn.Embedding(3, 2)
+
+    def forward(self, x):
+        cond = self.embed(x[:, -1].long())
+        return odeint(lambda t, y: self.field(y, t) + cond, x[:, :2], torch.tensor([0.0, 1.0]), rtol=1e-4, atol=1e-4)[-1]
+
+
+def build_coded_sampler():
+    torch.manual_seed(0)
+    return _CodedSampler().eval()
+
+
+def test_a_model_that_rejects_noise_exports_with_data_rows(tmp_path):
+    x = torch.cat([families.make_noise(16), torch.arange(16).remainder(3).float()[:, None]], 1)
+    model = build_coded_sampler()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "m.pt", "--arch", "test_row_context:build_coded_sampler", "--code-path", TESTS]
+    data = ["--data", tmp_path / "d.safetensors"]
+    assert invoke("profile", *common, *data, "--out", tmp_path / "p.sft").exit_code == 0
+    res = invoke("train-selector", *common, *data, "--profile", tmp_path / "p.sft", "--epochs", 2, "--out", tmp_path / "s.sft")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 0, res.stderr
+    assert "keeps 4 rows of the selector's training data" in res.stderr
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    assert torch.equal(torch.tensor(bundle.manifest["input"]["rows"]), x[:4].double())
+    with torch.no_grad():
+        out, stats = bundle(x, return_stats=True)
+        own = model(x)
+    rows = (stats.integrator == 2).nonzero().flatten()
+    torch.testing.assert_close(out[rows], own[rows], rtol=1e-3, atol=1e-3)

@@ -98,4 +98,7 @@ def export(
         from dise_cli.sources import model_inputs, project_config
         arch = model_inputs(source, project_config(source), with_data=False).model.arch
         ui.note(f"no programs ({info.reason}); the bundle rebuilds the model with {arch}")
+    if info.rows_kept:
+        ui.note(f"the model rejects noise shaped like its data, so the bundle keeps {info.rows_kept} rows of the "
+                f"selector's training data to read the model with")
     ui.note(f"wrote {out_path}")
