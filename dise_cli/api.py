@@ -326,7 +326,7 @@ def _data_command(data, options: dict[str, Any], settings_cls):
 
 
 def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict, world=None):
-    from dise_cli.bundle import load_bundle
+    from dise_cli.bundle import fit_data, load_bundle
     from dise_cli.datasets import load_data
     from dise_cli.errors import UsageError
     from dise_cli.sources import code_paths
@@ -336,7 +336,9 @@ def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict, worl
     if spec is None:
         raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")
     dataset = load_data(spec)
-    return load_bundle(bundle, device=device, code_path=code_paths(source, config)), dataset, device
+    routed = load_bundle(bundle, device=device, code_path=code_paths(source, config))
+    fit_data(routed, dataset, str(bundle))
+    return routed, dataset, device
 
 
 def _adaptive_baseline(opened):

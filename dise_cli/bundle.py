@@ -181,6 +181,30 @@ def example_input(spec: dict, device: torch.device, n: int = 4, rows: bool = Fal
     return torch.zeros(n, *spec["shape"], dtype=dtype, device=device)
 
 
+def fit_data(routed, data, bundle: str) -> None:
+    """Check data against the bundle before any work: its inputs shaped as the bundle's were (of the
+    same rank, where the bundle rebuilds the model rather than running programs), and for a
+    model that takes its time grid as an argument (``forward(x, t)``), the data's grid ``t`` is that
+    argument. ``InputError`` naming the data otherwise."""
+    spec = routed.manifest.get("input") or {}
+    ode = routed.ode
+    shape, want = list(data.x.shape[1:]), spec.get("shape")
+    # programs take inputs of the exported shape; the model itself may take others of the same rank
+    if want is not None and (shape != want if ode.how == "programs" else len(shape) != len(want)):
+        raise InputError(f"data '{data.name}': inputs of shape {tuple(shape)}, but bundle '{bundle}' was made for "
+                         f"inputs of shape {tuple(want)}")
+    if not ode.model_takes_grid or data.t is None:
+        return
+    grid = data.t.detach().to("cpu", torch.float64)
+    if grid.ndim != 1:
+        return                  # a grid per sample: refused where the model is asked to take it
+    recorded = ode.input_grid if ode.input_grid is not None else ode.t_span
+    if ode.how == "programs" and len(grid) != len(recorded):
+        raise InputError(f"data '{data.name}': a time grid of {len(grid)} points, but bundle '{bundle}' was exported "
+                         f"as programs for grids of {len(recorded)}; export it with data on such a grid")
+    ode.input_grid = grid
+
+
 def input_spec(x: torch.Tensor, rows: bool = False) -> dict:
     """The record of the data a batch stands for: shape and dtype, and with ``rows`` the rows themselves."""
     spec = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).replace("torch.", "")}

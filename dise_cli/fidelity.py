@@ -64,14 +64,41 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> None:
+    """f gives each sample of a batch what it gives the sample alone, at the solve's first time.
+    ``InputError`` for f that reads a sample's position in its batch, or the batch's size (labels made
+    with ``arange(len(x))`` inside f): dise's per-sample solves move rows around as they finish. f that
+    draws noise on every call is not compared (two calls never agree)."""
+    if len(x) < 2:
+        return
+    problem = ode.encode(x)
+    field, h0 = problem.field, problem.h0
+    t0 = problem.t[..., 0].to(h0.dtype)
+
+    def f(h, rows=slice(None)):
+        return field(t0, h) if t0.ndim == 0 else field.at_times(t0[rows], h)
+    device = h0.device
+    batch = _seeded(lambda: f(h0), 1, device)
+    if not torch.equal(batch, _seeded(lambda: f(h0), 2, device)):
+        return
+    alone = torch.cat([_seeded(lambda i=i: f(h0[i:i + 1], slice(i, i + 1)), 1, device) for i in range(len(h0))])
+    scale = float(batch.abs().max()) if batch.numel() else 0.0
+    if not torch.allclose(batch, alone, rtol=1e-4, atol=1e-6 * (1.0 + scale), equal_nan=True):
+        raise InputError(f"the ODE function gives a sample another answer in a batch of {len(h0)} than alone (it reads "
+                         f"the sample's position in the batch or the batch's size, e.g. labels made with "
+                         f"arange(len(x)) inside f); dise solves every sample on its own and cannot reproduce it")
+
+
+@torch.no_grad()
 def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: bool = True,
                    seed: int = 0) -> Fidelity | None:
     """Compare the model as it is with dise's reproduction by ``baseline`` (``exact``: the model's own
     method and step control, else the closest dise has) on the first ``FIDELITY_SAMPLES`` rows of
     ``x``. None for a bare vector field (it has no solver of its own to compare with)."""
+    x = x[:FIDELITY_SAMPLES]
+    check_rows_alone(ode, x)
     if ode.how == "bare":
         return None
-    x = x[:FIDELITY_SAMPLES]
     device = x.device
     statuses: list[torch.Tensor] = []
 

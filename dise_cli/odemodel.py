@@ -24,7 +24,7 @@ from torch import nn
 from dise_cli.errors import InputError
 from dise_cli.integrators.vector_field import VectorField
 from dise_cli.rowcontext import RowContext
-from dise_cli.solvecalls import SolveCall, intercept
+from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
 from dise_cli.states import StateLayout
 
 
@@ -66,9 +66,11 @@ class SolveInfo:
     block: str             # the innermost module of the model running when the call was made
     func: str              # what f is, for people
 
+    func_path: str = ""
+
     @property
-    def key(self) -> tuple[str, int]:
-        return self.site, self.occurrence
+    def key(self) -> tuple[str, str, int]:
+        return self.site, self.func_path, self.occurrence
 
 
 @dataclass
@@ -204,17 +206,14 @@ class _Captured(Exception):
 class _Dispatch:
     """The handler of one forward: numbers the calls, answers the target, lets the others run as written."""
 
-    def __init__(self, target: tuple[str, int], on_target: Callable[[SolveCall], Any]):
+    def __init__(self, target: tuple[str, str, int], on_target: Callable[[SolveCall], Any], root: nn.Module):
         self.target = target
         self.on_target = on_target
-        self.counts: dict[str, int] = {}
-        self.index = 0
+        self.numbers = CallNumbers(root)
         self.hit = False
 
     def __call__(self, call: SolveCall, run_original: Callable[..., Any]) -> Any:
-        call.occurrence = self.counts.get(call.site, 0)
-        self.counts[call.site] = call.occurrence + 1
-        call.index, self.index = self.index, self.index + 1
+        self.numbers.number(call)
         if call.key == self.target and not self.hit:
             self.hit = True
             return self.on_target(call)
@@ -230,7 +229,7 @@ class TracedModel(OdeModel):
     how = "traced"
 
     def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout,
-                 key: tuple[str, int], kind: str, extraction: str = "returned",
+                 key: tuple[str, str, int], kind: str, extraction: str = "returned",
                  decoder: nn.Module | None = None, encoder: nn.Module | None = None):
         super().__init__(module, field, t_span, layout)
         self.key = key
@@ -250,12 +249,13 @@ class TracedModel(OdeModel):
                        t=call.t.detach().to(h0.device, torch.float64), call=call)
 
     def _forward(self, x: torch.Tensor, on_target: Callable[[SolveCall], Any]) -> Any:
-        dispatch = _Dispatch(self.key, on_target)
+        dispatch = _Dispatch(self.key, on_target, self.module)
         with intercept(dispatch):
             out = self.module(*self.model_args(x))
         if not dispatch.hit:
-            raise InputError(f"the model's forward did not make the solve dise routes ({self.key[0]}, call "
-                             f"{self.key[1] + 1} from there); its solves depend on the input, which dise cannot route")
+            site, func, occurrence = self.key
+            raise InputError(f"the model's forward did not make the solve dise routes ({site}{f' with {func}' if func else ''}, "
+                             f"call {occurrence + 1} from there); its solves depend on the input, which dise cannot route")
         return out
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:

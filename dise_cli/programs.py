@@ -183,7 +183,7 @@ def _whole_part(ode: TracedModel, x: torch.Tensor, batch):
 
     args = ode.model_args(x)
     shapes = ({0: batch},) + ((None,) if len(args) > 1 else ())
-    with intercept(_Dispatch(ode.key, on_target)):
+    with intercept(_Dispatch(ode.key, on_target, ode.module)):
         return torch.export.export(ode.module, args, dynamic_shapes=shapes, strict=False)
 
 

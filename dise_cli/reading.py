@@ -24,7 +24,7 @@ from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attribut
 from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, extract,
                                pack_call)
 from dise_cli.rowcontext import RowContext
-from dise_cli.solvecalls import SolveCall, intercept
+from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
 from dise_cli.states import StateLayout, same_structure
 
 
@@ -64,10 +64,10 @@ class _Recorder:
     root: nn.Module
     seen: list[_Seen] = field(default_factory=list)
     stack: list = field(default_factory=list)
-    counts: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.paths = {id(m): name for name, m in self.root.named_modules()}
+        self.numbers = CallNumbers(self.root)
 
     def pre(self, module, args):
         self.stack.append((module, args))
@@ -82,9 +82,7 @@ class _Recorder:
                 s.block_output = output
 
     def __call__(self, call: SolveCall, run_original) -> Any:
-        call.occurrence = self.counts.get(call.site, 0)
-        self.counts[call.site] = call.occurrence + 1
-        call.index = len(self.seen)
+        self.numbers.number(call)
         block, args = self.root, ()
         for module, module_args in reversed(self.stack):
             if id(module) in self.paths:
@@ -231,9 +229,9 @@ def h0_dtype(y0: Any) -> torch.dtype:
 
 
 def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
-    """The tensors with ``n`` rows the call's f reaches (not its state or grid)."""
-    states = tuple(call.y0) if isinstance(call.y0, (tuple, list)) else (call.y0,)
-    return RowContext.find(call.func, n, exclude=states + (call.t,))
+    """The tensors with ``n`` rows the call's f reaches (not its grid; the initial state, where f closes
+    over it, is per-sample context like any other)."""
+    return RowContext.find(call.func, n, exclude=(call.t,))
 
 
 def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
@@ -252,11 +250,13 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     n = len(x)
     StateLayout.of(call.y0, what)                 # a tensor or a tuple of tensors, else a clear line
     axes = _batch_axes(call.y0, n)
-    if len(axes) != 1:
+    if not axes:
+        hint = "; route another solve with --solve (dise inspect lists them)" if len(recorder.seen) > 1 else ""
         raise InputError(f"the model's solve ({call.where}) integrates a state of shape {_shape(call.y0)} for {n} "
-                         f"inputs: dise routes solves with one state per input, its samples on one axis"
-                         f"{'' if not axes else ' (found several axes of that size)'}; route another solve with --solve")
-    layout = StateLayout.of(call.y0, what, batch_axis=axes[0])
+                         f"inputs: dise routes solves with one state per input, its samples on one axis{hint}")
+    # several axes of the batch's size only with data too small to read again with more rows: the
+    # samples first, as nearly every model keeps them
+    layout = StateLayout.of(call.y0, what, batch_axis=0 if 0 in axes else axes[0])
     if context is not None:
         t0 = call.t[0].to(h0_dtype(call.y0))
         with torch.no_grad():
@@ -381,6 +381,7 @@ def _info(s: _Seen, recorder: _Recorder) -> SolveInfo:
     except InputError:
         state = type(call.y0).__name__
     return SolveInfo(index=call.index, site=call.site, where=call.where, occurrence=call.occurrence,
+                     func_path=call.func_path,
                      library=call.library, entry=call.entry, method=call.method, rtol=plain(call.rtol),
                      atol=plain(call.atol), options={k: plain(v) for k, v in call.options.items()}, state=state,
                      t=[float(v) for v in call.t.detach().flatten()], nfe=s.nfe,

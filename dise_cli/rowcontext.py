@@ -32,7 +32,7 @@ from dise_cli.errors import InputError
 
 Step = tuple[str, Any]          # ("cell", name) | ("attr", name) | ("item", key) | ("index", i) | ("self", None)
 Path = tuple[Step, ...]
-_DEPTH = 4                      # how far from f to look: f -> closure -> object -> attribute -> dict item
+_DEPTH = 6                      # how far from f to look (f -> closure -> object -> attribute -> dict -> item ...)
 
 
 _MODULE_INTERNALS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training")
@@ -40,7 +40,7 @@ _MODULE_INTERNALS = ("_parameters", "_buffers", "_modules", "_non_persistent_buf
 
 def _children(value: Any) -> Iterator[tuple[Step, Any]]:
     """Where a tensor f reads may hide one step further from ``value``: a function's closure, a bound
-    method's object, a dict's items, a list's elements, an object's attributes (a module's plain
+    method's object, a dict's items, a list's or tuple's elements, an object's attributes (a module's plain
     attributes, not its parameters or buffers, and its submodules)."""
     if isinstance(value, types.MethodType):
         yield ("self", None), value.__self__
@@ -53,7 +53,7 @@ def _children(value: Any) -> Iterator[tuple[Step, Any]]:
                 continue
     elif isinstance(value, dict):
         yield from ((("item", k), v) for k, v in value.items() if isinstance(k, (str, int)))
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple)):
         yield from ((("index", i), v) for i, v in enumerate(value))
     elif isinstance(value, nn.Module):
         for name, item in vars(value).items():
@@ -79,7 +79,7 @@ def _walk(root: Any, found: dict[Path, Any], path: Path = (), seen: set[int] | N
         if isinstance(value, torch.Tensor):
             if not isinstance(value, nn.Parameter):
                 found[here] = value
-        elif isinstance(value, (types.FunctionType, types.MethodType, dict, list)) or _plain_object(value):
+        elif isinstance(value, (types.FunctionType, types.MethodType, dict, list, tuple)) or _plain_object(value):
             _walk(value, found, here, seen)
 
 
@@ -113,7 +113,9 @@ def _assign(func: Callable, path: Path, new: Any) -> None:
     kind, key = path[-1]
     if isinstance(owner, types.MethodType):
         owner = owner.__func__
-    if kind == "cell":
+    if isinstance(owner, tuple):                   # a new tuple in the tuple's place
+        _assign(func, path[:-1], owner[:key] + (new,) + owner[key + 1:])
+    elif kind == "cell":
         owner.__closure__[owner.__code__.co_freevars.index(key)].cell_contents = new
     elif kind == "attr":
         if isinstance(owner, nn.Module) and key in owner._buffers:
@@ -147,7 +149,7 @@ class RowContext:
 
     @classmethod
     def find(cls, func: Callable, n: int, exclude: tuple = ()) -> "RowContext | None":
-        """The tensors with ``n`` rows f can reach (not its state or grid, given in ``exclude``), or None."""
+        """The tensors with ``n`` rows f can reach (not those in ``exclude``, such as the grid), or None."""
         mine = {id(t) for t in exclude}
         found = {p: t for p, t in reachable_tensors(func).items() if _rows(t, n) and id(t) not in mine}
         if not found:
@@ -199,7 +201,8 @@ class RowContext:
             column = value.to(dtype)
             if not torch.equal(column.to(value.dtype), value):
                 raise InputError(f"the ODE function's per-sample tensor {describe(path)} ({value.dtype}) does not fit "
-                                 f"the state's {dtype} exactly; dise carries it with the state")
+                                 f"the state's {dtype} exactly; dise carries it with the state (keep its values "
+                                 f"exact in {dtype}, e.g. class indices below 2**24 for float32)")
             columns.append(column)
         return torch.cat(columns, 1)
 

@@ -28,9 +28,12 @@ SolveHandler = Callable[["SolveCall", Callable[..., Any]], Any]
 class SolveCall:
     """One call of a solver as the model made it, normalised across libraries.
 
-    ``site`` is where the call was made (file:line), ``occurrence`` how many calls from the same
-    site came before it in this forward, ``index`` its place among all calls of the forward:
-    ``(site, occurrence)`` names the same solve in every forward of the model.
+    ``site`` is where the call was made (file:line), ``func_path`` the model's module f is (or is a
+    method of; '' for a closure), ``occurrence`` how many calls with the same site and f came before it
+    in this forward, ``index`` its place among all calls of the forward: ``(site, func_path,
+    occurrence)`` names the same solve in every forward of the model, however many solves the input
+    makes elsewhere (Rubanova's ODE-RNN encoder solves once per observation, from the same line as
+    the latent solve, with another f).
     """
 
     library: str                  # torchdiffeq | torchdyn | scipy (seen, never answered)
@@ -47,10 +50,11 @@ class SolveCall:
     where: str = ""               # the innermost frame outside the solver libraries, for people
     index: int = 0
     occurrence: int = 0
+    func_path: str = ""
 
     @property
-    def key(self) -> tuple[str, int]:
-        return self.site, self.occurrence
+    def key(self) -> tuple[str, str, int]:
+        return self.site, self.func_path, self.occurrence
 
     def answer(self, ys: Any) -> Any:
         """What the library returns for this call, given the trajectory ``ys`` (a tensor ``[T, N, ...]``
@@ -140,6 +144,23 @@ class _Scipy:
     @staticmethod
     def answer(call: SolveCall, ys: Any) -> Any:
         raise NotImplementedError("dise does not answer scipy's solve_ivp")
+
+
+class CallNumbers:
+    """Numbers the solver calls of one forward of ``root`` (see ``SolveCall``)."""
+
+    def __init__(self, root: Any):
+        self.paths = {id(m): name for name, m in root.named_modules()} if hasattr(root, "named_modules") else {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.index = 0
+
+    def number(self, call: SolveCall) -> None:
+        owner = call.func if id(call.func) in self.paths else getattr(call.func, "__self__", None)
+        call.func_path = self.paths.get(id(owner), "")
+        key = (call.site, call.func_path)
+        call.occurrence = self.counts.get(key, 0)
+        self.counts[key] = call.occurrence + 1
+        call.index, self.index = self.index, self.index + 1
 
 
 def _unset(name: str, value: Any) -> bool:

@@ -209,3 +209,32 @@ def test_a_model_that_rejects_noise_exports_with_data_rows(tmp_path):
         own = model(x)
     rows = (stats.integrator == 2).nonzero().flatten()
     torch.testing.assert_close(out[rows], own[rows], rtol=1e-3, atol=1e-3)
+
+
+class _PositionLabelSampler(torch.nn.Module):
+    """f makes its labels from the rows' positions in the batch (rows 4 and on get another label): a
+    sample's answer depends on where it sits, which no per-sample solve can reproduce."""
+
+    def __init__(self):
+        super().__init__()
+        self.field = families.build_fm_field()
+
+    def forward(self, x):
+        def f(t, y):
+            label = (torch.arange(len(y)) >= 4).float()[:, None] * 3.0
+            return self.field(y, t) + label
+        return odeint(f, x, torch.tensor([0.0, 1.0]), rtol=1e-4, atol=1e-4)[-1]
+
+
+def build_position_label_sampler():
+    torch.manual_seed(0)
+    return _PositionLabelSampler().eval()
+
+
+def test_f_that_reads_a_rows_position_in_the_batch_is_exit_2(tmp_path):
+    torch.save(build_position_label_sampler().state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(16)}, str(tmp_path / "d.safetensors"))
+    res = invoke("profile", tmp_path / "m.pt", "--arch", "test_row_context:build_position_label_sampler",
+                 "--code-path", TESTS, "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.sft")
+    assert res.exit_code == 2 and "position in the batch" in res.stderr, res.stderr
+    assert not (tmp_path / "p.sft").exists()

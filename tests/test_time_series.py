@@ -183,3 +183,33 @@ def test_rubanova_latent_ode_keeps_its_inputs_on_axis_1(tmp_path, build):
     torch.testing.assert_close(got[rows], own[rows], rtol=1e-2, atol=1e-2)   # dopri5 at 1e-3: per sample vs batched
     if build == "classifier_last":
         assert float((got.argmax(-1) == out).float().mean()) >= 0.9
+
+
+def test_a_bundle_takes_the_datas_grid_as_the_models_time_argument(tmp_path):
+    """forward(data, t): the bundle is run on data with another grid: the model gets that grid (the solve's
+    NFE and outputs follow it), not the one it was exported with; inputs of another shape are exit 2."""
+    import rubanova_latent_ode as rub
+    model, x, t, out = _rubanova(tmp_path, "classifier_last")
+    arch = ["--arch", "rubanova_latent_ode:classifier_last", "--code-path", TESTS]
+    data = ["--data", tmp_path / "d.safetensors"]
+    assert invoke("profile", tmp_path / "m.pt", *arch, *data, "--out", tmp_path / "p.sft").exit_code == 0
+    assert invoke("train-selector", tmp_path / "m.pt", *arch, *data, "--profile", tmp_path / "p.sft", "--epochs", 2,
+                  "--out", tmp_path / "s.sft").exit_code == 0
+    assert invoke("export", tmp_path / "m.pt", *arch, "--selector", tmp_path / "s.sft",
+                  "--out", tmp_path / "b.dise").exit_code == 0
+    x2, t2 = rub.make_data(n=16, n_tp=12, seed=2)
+    save_file({"x": x2, "t": t2}, str(tmp_path / "d2.safetensors"))
+    res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d2.safetensors", "--code-path", TESTS,
+                 "--out", tmp_path / "pred.safetensors")
+    assert res.exit_code == 0, res.stderr
+    from safetensors.torch import load_file
+    pred = load_file(str(tmp_path / "pred.safetensors"))
+    euler = pred["integrator"] == 0
+    assert bool((pred["nfe"][euler] == 11).all())                 # one Euler step per interval of the 12-point grid
+    with torch.no_grad():
+        own = model(x2, t2)
+    assert float((pred["outputs"].argmax(-1) == own.argmax(-1)).float().mean()) >= 0.9
+    save_file({"x": x2[:, 0].contiguous(), "t": t2}, str(tmp_path / "d3.safetensors"))    # one observation: rank 1
+    res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d3.safetensors", "--code-path", TESTS,
+                 "--out", tmp_path / "pred3.safetensors")
+    assert res.exit_code == 2 and "inputs of shape (6,)" in res.stderr and "d3.safetensors" in res.stderr
