@@ -1,7 +1,7 @@
 """What dise makes of each model family: ``dise inspect`` and ``dise profile`` on the tiny models of
 ``tests/families.py`` (written as their public codebases write them), side by side.
 
-    python benchmarks/model_families.py             # about a minute on 2 CPU cores (torchdyn rows if installed)
+    python benchmarks/model_families.py             # about two minutes on 2 CPU cores (torchdyn rows if installed)
 
 Per family: how dise read the model, the model's own solver and dise's baseline for it (exactly or
 the closest dise has), the fidelity check (largest difference / what the tolerance explains), what
@@ -52,12 +52,35 @@ FAMILIES = [
      lambda: (families.build_torchcfm_field(), {"x": families.make_noise(64)}), ["--t-span", "0,1"]),
     ("bare field, scalar time only", "build_scalar_time_field",
      lambda: (families.build_scalar_time_field(), {"x": families.make_noise(16)}), ["--t-span", "0,1"]),
+    ("bare field, time per row only (rectified flow)", "build_rectified_flow_mlp",
+     lambda: (families.build_rectified_flow_mlp(), {"x": families.make_noise(64)}), ["--t-span", "0,1"]),
+    ("conditional sampler, labels in model_extras", "build_conditional_fm_sampler",
+     lambda: (families.build_conditional_fm_sampler(), {"x": families.make_noise(64)}), []),
+    ("k-diffusion likelihood, noise in the closure", "build_kdiffusion_likelihood",
+     lambda: (families.build_kdiffusion_likelihood(), {"x": families.make_noise(32)}), []),
+    ("FFJORD-style density, noise drawn by f", "build_ffjord_style_density",
+     lambda: (families.build_ffjord_style_density(), {"x": families.make_noise(32, 3)}), []),
+    ("Rubanova latent ODE, inputs on axis 1", "rubanova_latent_ode:classifier_last", lambda: rubanova(), []),
 ]
+
+
+def rubanova():
+    import rubanova_latent_ode as rub
+    model = rub.classifier_last()
+    x, t = rub.make_data(48)
+    with torch.no_grad():
+        out = model(x, t)
+        model.classifier[-1].bias[1] -= (out[:, 1] - out[:, 0]).median() + 1e-4
+        y = model(x, t).argmax(-1)
+    return model, {"x": x, "y": y, "t": t}
+
 TORCHDYN = [
     ("torchdyn NeuralODE in Sequential (tsit5)", "build_torchdyn_sequential",
      lambda: classifier(families.build_torchdyn_sequential, families.make_torchdyn_data), []),
     ("torchdyn NeuralODE, dopri5", "build_torchdyn_neuralode",
      lambda: (families.build_torchdyn_neuralode(), {"x": families.make_noise(64, 4)}), []),
+    ("torchdyn Learner, rk4 on 10 points", "build_torchdyn_rk4",
+     lambda: classifier(families.build_torchdyn_rk4, families.make_torchdyn_data), []),
 ]
 
 
@@ -65,7 +88,8 @@ def run(folder: Path, builder: str, setup, extra: list) -> tuple[dict, dict]:
     model, data = setup()
     torch.save(model.state_dict(), folder / "m.pt")
     save_file({k: v.contiguous() for k, v in data.items()}, str(folder / "d.safetensors"))
-    args = [str(folder / "m.pt"), "--arch", f"families:{builder}", "--code-path", str(TESTS),
+    arch = builder if ":" in builder else f"families:{builder}"
+    args = [str(folder / "m.pt"), "--arch", arch, "--code-path", str(TESTS),
             "--data", str(folder / "d.safetensors"), *extra]
     runner = CliRunner()
     res = runner.invoke(app, ["inspect", *args, "--json", "-"])
@@ -85,7 +109,7 @@ def main() -> None:
         rows = rows + TORCHDYN
     except ImportError:
         print("(torchdyn is not installed: its rows are left out)")
-    print(f"{'family':42} {'read by':9} {'split':10} {'own solver -> baseline':54} {'fidelity':19} {'export':9} "
+    print(f"{'family':48} {'read by':9} {'split':10} {'own solver -> baseline':54} {'fidelity':19} {'export':9} "
           f"{'profile: baseline acc / NFE; oracle NFE'}")
     for name, builder, setup, extra in rows:
         with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +122,9 @@ def main() -> None:
         row = next(c for c in prof["candidates"] if c["candidate"] == prof["baseline"])
         acc = f"{100 * row['accuracy']:.0f}%" if prof["task"] == "classification" else "Γ"
         read = {"watching": "its call", "block": "attributes", "the": "is f"}[info["read_by"].split()[0]]
-        print(f"{name:42} {read:9} {info['kind']:10} {own_text + ' -> ' + base:54} {fid_text:19} "
+        if info.get("per_sample_tensors"):
+            read += "+ctx"
+        print(f"{name:48} {read:9} {info['kind']:10} {own_text + ' -> ' + base:54} {fid_text:19} "
               f"{str(info['export']['programs']):9} {acc} / {row['nfe']['mean']:.1f}; {prof['oracle']['nfe_mean']:.2f}")
 
 
