@@ -17,8 +17,11 @@ from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import existing_file, sha256_file
 from dise_cli.imports import call_factory, code_paths
 
-STATE_DICT_SUFFIXES = (".pt", ".pth", ".safetensors")
+STATE_DICT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")     # .ckpt: PyTorch Lightning's checkpoints
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
+# Prefixes training wrappers put on every key: nn.DataParallel / DDP, torch.compile, a LightningModule's
+# self.model, an EMA wrapper's module.
+KEY_PREFIXES = ("module.", "_orig_mod.", "model.", "net.")
 # Globals that a plain tensor checkpoint names (tensor rebuilding, storages, containers).
 SAFE_GLOBAL_PREFIXES = ("torch._utils.", "torch._tensor.", "torch.storage.", "collections.OrderedDict",
                         "torch.Size", "torch.device", "torch.serialization.")
@@ -32,6 +35,7 @@ class ModelSpec:
     arch: str | None = None
     trust_pickle: bool = False
     code_path: tuple[str, ...] = field(default_factory=tuple)
+    state_key: str | None = None      # the state dict to take from a checkpoint holding several
 
 
 @dataclass
@@ -40,6 +44,7 @@ class LoadedModel:
     spec: ModelSpec
     format: str          # "state_dict" | "safetensors" | "pickle" | "checkpoint" (given to the --arch factory)
     sha256: str
+    note: str = ""       # what dise chose in the file (which state dict, a prefix taken off), for people
 
     @property
     def rebuildable(self) -> bool:
@@ -59,19 +64,25 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         state, fmt = _read_safetensors(path), "safetensors"
     else:
         state, fmt = _read_torch(path, spec)
+    note = ""
     if isinstance(state, nn.Module):
         module = state
         if spec.arch:         # a factory that rebuilds it (export needs one where torch.export cannot capture it)
             _rebuild(path, module.state_dict(), spec)
+    elif spec.arch and spec.state_key is None and not _is_state_dict(state) and _names_checkpoint(spec):
+        module, fmt = _from_checkpoint(path, state, spec), "checkpoint"    # build(checkpoint) loads it itself
     else:
         try:
-            module = _rebuild(path, _unwrap_state(path, state), spec)
+            inner, note = _unwrap_state(path, state, spec.state_key)
+            module, stripped = _rebuild(path, inner, spec)
         except InputError:
-            if not (spec.arch and _takes_checkpoint(spec)):
+            if not (spec.arch and spec.state_key is None and _takes_checkpoint(spec)):
                 raise
-            module, fmt = _from_checkpoint(path, state, spec), "checkpoint"    # the factory loads it itself
+            module, fmt, stripped = _from_checkpoint(path, state, spec), "checkpoint", ""
+        if stripped:
+            note = "; ".join(n for n in (note, f"its keys carry the prefix '{stripped}', which dise took off") if n)
     module.eval()
-    return LoadedModel(module=module, spec=spec, format=fmt, sha256=sha256_file(path))
+    return LoadedModel(module=module, spec=spec, format=fmt, sha256=sha256_file(path), note=note)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -159,24 +170,34 @@ def _read_pickle(path: Path, spec: ModelSpec) -> nn.Module:
     return obj
 
 
-def _unwrap_state(path: Path, obj) -> dict[str, torch.Tensor]:
+def _unwrap_state(path: Path, obj, key: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict in a file: the file itself, the one under ``key`` (--state-key), or the only one a
+    checkpoint holds; with a note saying which. A checkpoint holding several (the weights and their EMA,
+    torchcfm's net_model and ema_model) is refused without ``key``: dise never picks one silently."""
     if isinstance(obj, dict):
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-        for key in NESTED_STATE_KEYS:
-            inner = obj.get(key)
-            if _is_state_dict(inner):
-                return inner
-        states = [k for k, v in obj.items() if _is_state_dict(v) and not k.startswith("optim")]
+        if _is_state_dict(obj):
+            if key is not None:
+                raise UsageError(f"--state-key {key}: model '{path}' is one state dict, not a checkpoint holding several")
+            return obj, ""
+        states = [k for k, v in obj.items() if _is_state_dict(v) and not str(k).startswith("optim")]
+        if key is not None:
+            if key not in states:
+                raise UsageError(f"--state-key {key}: model '{path}' holds no state dict under '{key}'"
+                                 + (f"; it holds {', '.join(map(str, states))}" if states else ""))
+            return obj[key], f"loaded the state dict '{key}' of checkpoint '{path.name}'"
+        if len(states) == 1:
+            others = [str(k) for k in obj if k != states[0]]
+            return obj[states[0]], (f"loaded the state dict '{states[0]}' of checkpoint '{path.name}'"
+                                    + (f" (it also holds {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})"
+                                       if others else ""))
         if states:
             others = [str(k) for k in obj if k not in states]
             raise InputError(f"model '{path}' is a checkpoint holding several state dicts ({', '.join(map(str, states))})"
                              + (f" and other entries ({', '.join(others[:4])}{', ...' if len(others) > 4 else ''})"
                                 if others else "")
-                             + "; pass --arch package.module:build where build(checkpoint) receives this dict and "
-                               "returns the model with them loaded")
-    raise InputError(f"model '{path}' is not a state dict (a dict of tensors, or one under "
-                     f"{', '.join(repr(k) for k in NESTED_STATE_KEYS)})")
+                             + "; name the one to load with --state-key KEY (the EMA weights are usually the ones to "
+                               "sample with), or pass --arch package.module:build where build(checkpoint) loads it")
+    raise InputError(f"model '{path}' is not a state dict (a dict of tensors, or a checkpoint holding one)")
 
 
 def _is_state_dict(value) -> bool:
@@ -202,6 +223,14 @@ def _takes_checkpoint(spec: ModelSpec) -> bool:
     return bool(required or optional)
 
 
+def _names_checkpoint(spec: ModelSpec) -> bool:
+    """The --arch factory's first parameter is the checkpoint (``build(checkpoint)``, ``build(ckpt=None)``):
+    it is given the file's dict, whatever state dicts dise would find in it."""
+    required, optional = _factory_params(spec)
+    first = (required + optional)[:1]
+    return bool(first) and first[0] in ("checkpoint", "ckpt", "checkpoint_dict", "state")
+
+
 def _from_checkpoint(path: Path, checkpoint, spec: ModelSpec) -> nn.Module:
     module = call_factory(spec.arch, "--arch", spec.code_path, checkpoint)
     if not isinstance(module, nn.Module):
@@ -209,7 +238,9 @@ def _from_checkpoint(path: Path, checkpoint, spec: ModelSpec) -> nn.Module:
     return module
 
 
-def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.Module:
+def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> tuple[nn.Module, str]:
+    """The --arch factory's model with ``state`` loaded, and the key prefix taken off (a training wrapper's,
+    such as DataParallel's 'module.', where taking it off gives exactly the model's keys), or ''."""
     if not spec.arch:
         raise UsageError(f"--arch: model '{path}' is a state dict; name the code that builds the model with "
                          f"--arch package.module:factory")
@@ -217,6 +248,13 @@ def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.
     if not isinstance(module, nn.Module):
         raise UsageError(f"--arch: '{spec.arch}()' returned a {type(module).__name__}, not an nn.Module")
     expected = module.state_dict()
+    stripped = ""
+    if set(state) != set(expected):
+        for prefix in KEY_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state) and \
+                    {k[len(prefix):] for k in state} == set(expected):
+                state, stripped = {k[len(prefix):]: v for k, v in state.items()}, prefix
+                break
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -228,9 +266,12 @@ def _rebuild(path: Path, state: dict[str, torch.Tensor], spec: ModelSpec) -> nn.
             more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
-        raise InputError(f"model '{path}' does not fit --arch {spec.arch}: {'; '.join(problems)}")
+        prefixes = {k.split(".", 1)[0] + "." for k in state if "." in k}
+        hint = (f" (every key of the file starts with '{next(iter(prefixes))}')"
+                if len(prefixes) == 1 and len(state) > 1 and missing else "")
+        raise InputError(f"model '{path}' does not fit --arch {spec.arch}: {'; '.join(problems)}{hint}")
     module.load_state_dict(state, strict=True)
-    return module
+    return module, stripped
 
 
 def pickled_globals(path: Path) -> list[str]:

@@ -66,10 +66,10 @@ class SolveInfo:
     block: str             # the innermost module of the model running when the call was made
     func: str              # what f is, for people
 
-    func_path: str = ""
+    func_path: str | None = ""
 
     @property
-    def key(self) -> tuple[str, str, int]:
+    def key(self) -> tuple[str, str | None, int]:
         return self.site, self.func_path, self.occurrence
 
 
@@ -206,7 +206,7 @@ class _Captured(Exception):
 class _Dispatch:
     """The handler of one forward: numbers the calls, answers the target, lets the others run as written."""
 
-    def __init__(self, target: tuple[str, str, int], on_target: Callable[[SolveCall], Any], root: nn.Module):
+    def __init__(self, target: tuple, on_target: Callable[[SolveCall], Any], root: nn.Module):
         self.target = target
         self.on_target = on_target
         self.numbers = CallNumbers(root)
@@ -214,7 +214,7 @@ class _Dispatch:
 
     def __call__(self, call: SolveCall, run_original: Callable[..., Any]) -> Any:
         self.numbers.number(call)
-        if call.key == self.target and not self.hit:
+        if call.is_call(self.target) and not self.hit:
             self.hit = True
             return self.on_target(call)
         return run_original()
@@ -229,7 +229,7 @@ class TracedModel(OdeModel):
     how = "traced"
 
     def __init__(self, module: nn.Module, field: VectorField, t_span: torch.Tensor, layout: StateLayout,
-                 key: tuple[str, str, int], kind: str, extraction: str = "returned",
+                 key: tuple, kind: str, extraction: str = "returned",
                  decoder: nn.Module | None = None, encoder: nn.Module | None = None):
         super().__init__(module, field, t_span, layout)
         self.key = key
@@ -253,7 +253,7 @@ class TracedModel(OdeModel):
         with intercept(dispatch):
             out = self.module(*self.model_args(x))
         if not dispatch.hit:
-            site, func, occurrence = self.key
+            site, func, occurrence, _ = self.key
             raise InputError(f"the model's forward did not make the solve dise routes ({site}{f' with {func}' if func else ''}, "
                              f"call {occurrence + 1} from there); its solves depend on the input, which dise cannot route")
         return out

@@ -138,7 +138,7 @@ def raise_if_unfaithful(opened: Opened) -> None:
 def reading_notes(opened: Opened) -> list[str]:
     """What a person should know up front about how dise read the model (and, for a model without a
     factory, whether export will need one)."""
-    notes = [f"note: {note}" for note in opened.candidates.notes]
+    notes = [f"note: {note}" for note in ([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes]
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
         from dise_cli.exporting import export_plan
         plan = export_plan(opened.model, opened.loaded, opened.probe)
@@ -257,7 +257,7 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
         "labels": "data" if data.y is not None else f"reference:{reference.spec}",
         "metric": judge.metric_name if task == "regression" else "", "seed": str(seed),
         "reading": json.dumps(ode.record(), sort_keys=True),
-        "notes": json.dumps(opened.candidates.notes),
+        "notes": json.dumps(([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes),
         "figure": figure or "", "input_dim": str(int(data.x[0].numel())),
     })
     return run

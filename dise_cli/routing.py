@@ -48,10 +48,11 @@ def first_stage(problem: Problem) -> torch.Tensor:
 
 def selector_inputs(ode, problem: Problem, k1: torch.Tensor, inputs: str) -> torch.Tensor:
     """The selector's input per sample: h(0) (packed, for a tuple state its components flattened side
-    by side), or the decoded one-step Euler answer ``[N, F]``."""
+    by side; never the per-sample tensors f reads, which may be noise drawn anew in every forward), or
+    the decoded one-step Euler answer ``[N, F]``."""
     h0 = problem.h0
     if inputs == "h0":
-        return h0
+        return ode.layout.own_part(h0)
     t = problem.t
     if t.ndim == 2:                                         # [N, T]: each sample from its own start
         span = (t - t[:, :1]).T.to(h0.device, h0.dtype).reshape(t.shape[1], len(h0), *([1] * (h0.ndim - 1)))

@@ -50,11 +50,19 @@ class SolveCall:
     where: str = ""               # the innermost frame outside the solver libraries, for people
     index: int = 0
     occurrence: int = 0
-    func_path: str = ""
+    func_path: str | None = ""       # None: f is a module dise does not know (torch.export runs copies)
+    site_occurrence: int = 0         # how many calls from the same site came before it, whatever their f
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        return self.site, self.func_path, self.occurrence
+    def key(self) -> tuple[str, str | None, int, int]:
+        return self.site, self.func_path, self.occurrence, self.site_occurrence
+
+    def is_call(self, key: tuple[str, str | None, int, int]) -> bool:
+        """Whether this is the call ``key`` names: the same site, f and occurrence; or, where f is a module
+        dise cannot place (a copy torch.export traces), the same site and occurrence at that site."""
+        if self.func_path is None:
+            return (self.site, self.site_occurrence) == (key[0], key[3])
+        return self.key[:3] == key[:3]
 
     def answer(self, ys: Any) -> Any:
         """What the library returns for this call, given the trajectory ``ys`` (a tensor ``[T, N, ...]``
@@ -151,15 +159,20 @@ class CallNumbers:
 
     def __init__(self, root: Any):
         self.paths = {id(m): name for name, m in root.named_modules()} if hasattr(root, "named_modules") else {}
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str | None], int] = {}
         self.index = 0
 
     def number(self, call: SolveCall) -> None:
-        owner = call.func if id(call.func) in self.paths else getattr(call.func, "__self__", None)
-        call.func_path = self.paths.get(id(owner), "")
+        owner = call.func if isinstance(call.func, torch.nn.Module) else getattr(call.func, "__self__", None)
+        if owner is None or not isinstance(owner, torch.nn.Module):
+            call.func_path = ""                     # a closure or plain function: named by its site
+        else:
+            call.func_path = self.paths.get(id(owner))
         key = (call.site, call.func_path)
         call.occurrence = self.counts.get(key, 0)
         self.counts[key] = call.occurrence + 1
+        call.site_occurrence = self.counts.get((call.site, "*"), 0)
+        self.counts[(call.site, "*")] = call.site_occurrence + 1
         call.index, self.index = self.index, self.index + 1
 
 

@@ -39,6 +39,7 @@ class ModelOptions(DataOptions):
     model: str
     arch: str | None = None             # package.module:factory for a state dict
     trust_pickle: bool | None = None
+    state_key: str | None = None        # the state dict to load from a checkpoint holding several
     ode_block: str | None = None
     solve: int | None = None
     t_span: str | tuple[float, ...] | None = None
@@ -137,6 +138,7 @@ def model_inputs(options: ModelOptions, config: Mapping[str, Any], *, with_data:
     return Inputs(
         model=ModelSpec(path=Path(path), arch=_given(options.arch, config, "arch"),
                         trust_pickle=bool(_given(options.trust_pickle, config, "trust_pickle") or False),
+                        state_key=_given(options.state_key, config, "state_key"),
                         code_path=code_paths(options, config)),
         data=data_spec(options, config) if with_data else None,
         ode_block=_given(options.ode_block, config, "ode_block"),

@@ -91,6 +91,14 @@ class StateLayout:
     def with_context(self, width: int) -> "StateLayout":
         return StateLayout(self.shapes, self.is_tuple, self.packed, self.batch_axis, width)
 
+    def own_part(self, h: torch.Tensor) -> torch.Tensor:
+        """Packed rows ``[N, ...]`` without the context columns: a tensor state in its per-sample shape
+        (samples first), a tuple's components flat side by side. What a selector sees of h(0)."""
+        if not self.context:
+            return h
+        own = h[:, :sum(self.sizes)]
+        return own if self.is_tuple else own.reshape(h.shape[0], *self.shapes[0])
+
     def context_of(self, h: torch.Tensor) -> torch.Tensor:
         """The per-sample context columns of packed rows ``h``."""
         return h[:, sum(self.sizes):]

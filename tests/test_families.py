@@ -143,6 +143,8 @@ def test_torchdyn_fixed_step_solver_is_read_and_run_exactly(tmp_path):
     info = json.loads(res.stdout)
     assert info["own_solver"]["library"] == "torchdyn" and info["own_solver"]["method"] == "rk4"
     assert info["fidelity"]["passed"] and info["baseline_exact"]
+    # torch.export runs copies of the modules: the routed solve is still found, and the forward exports
+    assert dise_cli.load(tmp_path / "b.dise").manifest["programs"] == "whole"
 
 
 def test_a_module_registered_twice_exports(tmp_path):

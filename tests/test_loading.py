@@ -51,6 +51,53 @@ def test_checkpoint_with_the_scripts_arguments(tiny, tmp_path):
     assert not _Evil.marker.exists()
 
 
+def _perturbed(module, by: float):
+    return {k: v + by for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("layout", [
+    {"model": "net", "model_ema": "ema", "optimizer": None, "epoch": 3},          # torchvision, k-diffusion
+    {"net_model": "net", "ema_model": "ema", "sched": None, "step": 10},         # torchcfm's CIFAR-10 script
+    {"model_state_dict": "net", "ema_state_dict": "ema"},
+])
+def test_a_checkpoint_with_the_weights_and_their_ema_is_never_read_silently(tiny, tmp_path, layout):
+    """Several state dicts: exit 2 naming them and --state-key; --state-key picks one, and says so."""
+    weights = {"net": _perturbed(tiny["module"], 0.01), "ema": _perturbed(tiny["module"], -0.02)}
+    ckpt = {k: (weights[v] if v in weights else ({"state": {}, "param_groups": []} if v is None else v))
+            for k, v in layout.items()}
+    torch.save(ckpt, tmp_path / "ckpt.pth")
+    with pytest.raises(InputError, match="several state dicts .*--state-key"):
+        load_model(spec(tmp_path / "ckpt.pth", arch=ARCH))
+    ema_key = next(k for k, v in layout.items() if v == "ema")
+    loaded = load_model(spec(tmp_path / "ckpt.pth", arch=ARCH, state_key=ema_key))
+    assert all(torch.equal(loaded.module.state_dict()[k], v) for k, v in weights["ema"].items())
+    assert f"'{ema_key}'" in loaded.note
+    with pytest.raises(UsageError, match="--state-key nope: .* holds no state dict under 'nope'"):
+        load_model(spec(tmp_path / "ckpt.pth", arch=ARCH, state_key="nope"))
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "model."])
+def test_a_training_wrappers_key_prefix_is_taken_off(tiny, tmp_path, prefix):
+    """DataParallel's 'module.', torch.compile's '_orig_mod.', a LightningModule's 'model.' (in a .ckpt,
+    under 'state_dict' beside Lightning's other entries): taken off where that gives exactly the model's keys."""
+    state = {prefix + k: v for k, v in tiny["module"].state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.4.0"},
+               tmp_path / "last.ckpt")
+    loaded = load_model(spec(tmp_path / "last.ckpt", arch=ARCH))
+    torch.testing.assert_close(loaded.module(tiny["x"]), tiny["module"](tiny["x"]))
+    assert f"prefix '{prefix}'" in loaded.note
+
+
+def test_a_factory_that_takes_the_checkpoint_gets_it(tiny, tmp_path):
+    """build(checkpoint) is handed the file's dict, even where dise would find one state dict in it itself."""
+    torch.save({"model": _perturbed(tiny["module"], 0.5), "ema": _perturbed(tiny["module"], 0.25)},
+               tmp_path / "ckpt.pth")
+    loaded = load_model(spec(tmp_path / "ckpt.pth", arch="tiny_models:build_classifier_from_ema_checkpoint"))
+    assert loaded.format == "checkpoint"
+    want = _perturbed(tiny["module"], 0.25)
+    assert all(torch.equal(loaded.module.state_dict()[k], v) for k, v in want.items())
+
+
 def test_state_dict_without_arch(tiny):
     with pytest.raises(UsageError, match="--arch"):
         load_model(spec(tiny["model"]))

@@ -74,7 +74,7 @@ def test_inspect_shortens_the_grid_of_the_model_and_of_each_solve(capsys, tmp_pa
     ode = read_model(module, x)
     candidates = parse_candidates(",".join(CANDS))
     opened = SimpleNamespace(model=ode, data=Dataset(x=x, y=None, t=None, name="data", sha256=""),
-                             device=torch.device("cpu"),
+                             device=torch.device("cpu"), loaded=SimpleNamespace(note=""),
                              candidates=SimpleNamespace(own=None, integrators=candidates, baseline=2,
                                                         specs=[c.spec for c in candidates], notes=[]))
     info = describe_model(opened, None, {"programs": "split", "needs_arch": False, "note": ""}, repeats=1)

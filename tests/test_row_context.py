@@ -97,6 +97,8 @@ def test_a_conditional_sampler_gives_each_row_its_label(tmp_path):
     assert "per-sample" in info["state"] and info["fidelity"]["passed"]
     assert info["per_sample_tensors"] == "f.<model_extras>['label'] []"
     assert len(set((x[:, 0] > 0).tolist())) == 2 and len(set((x[:, 1] > 0).tolist())) == 2
+    selector = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS]).selector
+    assert selector.net.spec.in_shape == [2]            # h(0) alone: the labels ride with it, not into the selector
     model = families.build_conditional_fm_sampler()
     ode = read_model(model, x)
     solver = Dopri5(rtol=1e-5, atol=1e-5)

@@ -36,6 +36,14 @@ def build_classifier() -> nn.Sequential:
     return nn.Sequential(nn.Linear(2, 4), ODEBlock(MLPFunc(4)), nn.Linear(4, 3))
 
 
+def build_classifier_from_ema_checkpoint(checkpoint=None) -> nn.Sequential:
+    """build(checkpoint): loads the checkpoint's EMA weights itself (without one, the bare model)."""
+    model = build_classifier()
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["ema"])
+    return model
+
+
 def build_classifier_failing_on_rank_1() -> nn.Sequential:
     """The tiny classifier, except in torchrun's rank 1 (a node whose copy of the code is broken)."""
     import os

@@ -17,6 +17,7 @@ YKey = Annotated[Optional[str], typer.Option("--y-key", help="Key of the labels/
 Arch = Annotated[Optional[str], typer.Option("--arch", help="package.module:factory that builds the model for a state dict.")]
 TrustPickle = Annotated[Optional[bool], typer.Option("--trust-pickle", show_default=False,
                                                      help="Allow a pickled whole module (runs code from the file).")]
+StateKey = Annotated[Optional[str], typer.Option("--state-key", help="The state dict to load from a checkpoint holding several, e.g. ema_model or model_ema.")]
 CodePath = Annotated[Optional[list[str]], typer.Option("--code-path", help="Extra folder to import user code from (repeatable).")]
 OdeBlock = Annotated[Optional[str], typer.Option("--ode-block", help="Dotted path of the module whose solve dise routes (or, for a solve dise cannot see, the ODE block).")]
 Solve = Annotated[Optional[int], typer.Option("--solve", help="Route the N-th solver call of the model's forward (0-based; dise inspect lists them) [default: the most expensive adaptive one].")]
@@ -31,7 +32,7 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and librar
 # Each field of DataOptions / ModelOptions and the option that sets it on the command line.
 SHARED = {
     "model": ModelArg, "data": Data, "data_factory": DataFactory, "x_key": XKey, "y_key": YKey, "arch": Arch,
-    "trust_pickle": TrustPickle, "code_path": CodePath, "ode_block": OdeBlock, "solve": Solve, "t_span": TSpan,
+    "trust_pickle": TrustPickle, "state_key": StateKey, "code_path": CodePath, "ode_block": OdeBlock, "solve": Solve, "t_span": TSpan,
     "device": Device, "config": Config,
 }
 
