@@ -130,6 +130,9 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
         "world_size": run.world_size,         # processes that judged the samples; the timing is rank 0's device
         "made_with": made_with(device),
     }
+    best = next(c for c in report["candidates"] if c["candidate"] == report["best_single"]["candidate"])
+    # the selector costs NFE too: where one candidate alone is as right and no dearer, routing does not pay
+    report["best_single_beats_dise"] = bool(best["accuracy"] >= dise["accuracy"] and best["nfe_mean"] <= dise["nfe_mean"])
     report["gates"] = check_gates(report, gates)
     return report
 

@@ -94,8 +94,13 @@ def test_evaluate_and_gates(pipeline):
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert set(report) == {"schema_version", "task", "n_samples", "dise", "baseline_only", "candidates", "best_single",
-                           "oracle", "timing", "gates", "made_with", "world_size"}
+                           "oracle", "timing", "gates", "made_with", "world_size", "best_single_beats_dise"}
     assert set(report["dise"]) == {"accuracy", "auc", "nfe_mean", "nfe_integrators", "selector_nfe", "share", "fallbacks"}
+    best = next(c for c in report["candidates"] if c["candidate"] == report["best_single"]["candidate"])
+    beats = best["accuracy"] >= report["dise"]["accuracy"] and best["nfe_mean"] <= report["dise"]["nfe_mean"]
+    assert report["best_single_beats_dise"] == beats
+    plain = invoke("evaluate", pipeline["bundle"], "--data", pipeline["data"], "--batch-sizes", "8", "--repeats", 1)
+    assert (f"note: {best['candidate']} alone is right as often as DISE" in plain.stdout) == beats
     assert set(report["candidates"][0]) == set(report["baseline_only"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
     assert set(report["best_single"]) == {"candidate", "accuracy", "auc", "nfe_mean"}
     assert set(report["timing"][0]) == {"batch_size", "seconds_per_batch", "speedup_vs_baseline"}
