@@ -1,5 +1,5 @@
-"""``python -m dise_cli`` runs the same app as the ``dise`` console script."""
-from dise_cli.cli import app
+"""``python -m dise_cli`` runs the same entry as the ``dise`` console script."""
+from dise_cli.cli import entry
 
 if __name__ == "__main__":
-    app(prog_name="dise")
+    entry()

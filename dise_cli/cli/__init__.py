@@ -40,3 +40,24 @@ COMMANDS = {
 }
 for _name, _fn in COMMANDS.items():
     app.command(_name)(_fn)
+
+
+def entry() -> None:
+    """The ``dise`` console script and ``python -m dise_cli``. Under torchrun a rank ends with
+    ``os._exit`` once its command has finished (its output flushed, the process group left): the
+    interpreter's own teardown can otherwise race gloo's worker threads and abort the rank
+    ("terminate called without an active exception", SIGABRT) after its work was done."""
+    import os
+    import sys
+
+    from dise_cli import distributed
+    try:
+        app(prog_name="dise")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if distributed.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
