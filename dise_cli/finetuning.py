@@ -227,6 +227,11 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             task_value = loss_fn(out, y)
             reg_value = regulariser(ode, settings.reg, solved[0], len(idx)).to(task_value.device)
             loss = task_value + settings.lam * reg_value
+            if not loss.requires_grad:
+                raise InputError("the model's forward computes its output without gradients (torch.no_grad() or "
+                                 "set_grad_enabled(False) around its solve, as flow_matching's ODESolver.sample does "
+                                 "by default), so it cannot be fine-tuned through it; fine-tune the model that "
+                                 "computes with gradients (e.g. sample(..., enable_grad=True))")
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -203,3 +203,19 @@ def test_state_rms_and_the_scale_note(tiny):
     assert notes(result(SCALE_NOTE_FACTOR * 2))[1]
     assert not notes(result(1.5))[1]
     assert not notes(result(0.01, kept=0))[1]     # the starting model was kept: nothing changed
+
+
+def test_a_model_that_solves_without_gradients_is_exit_2(tmp_path):
+    """flow_matching's ODESolver.sample runs its solve under set_grad_enabled(False): there is nothing to
+    fine-tune through, said in one line (not an autograd error), and nothing is written."""
+    import families
+    model = families.build_conditional_fm_sampler()
+    x = families.make_noise(24)
+    with torch.no_grad():
+        y = model(x)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("finetune", tmp_path / "m.pt", "--arch", "families:build_conditional_fm_sampler", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--epochs", 1, "--out", tmp_path / "ft.pt")
+    assert res.exit_code == 2 and "without gradients" in res.stderr, res.stderr
+    assert not (tmp_path / "ft.pt").exists()
