@@ -210,7 +210,7 @@ def test_a_model_that_solves_without_gradients_is_exit_2(tmp_path):
     fine-tune through, said in one line (not an autograd error), and nothing is written."""
     import families
     model = families.build_conditional_fm_sampler()
-    x = families.make_noise(24)
+    x = families.make_noise(40)
     with torch.no_grad():
         y = model(x)
     torch.save(model.state_dict(), tmp_path / "m.pt")
