@@ -41,7 +41,7 @@ _MODULE_INTERNALS = ("_parameters", "_buffers", "_modules", "_non_persistent_buf
 def _children(value: Any) -> Iterator[tuple[Step, Any]]:
     """Where a tensor f reads may hide one step further from ``value``: a function's closure, a bound
     method's object, a dict's items, a list's or tuple's elements, an object's attributes (a module's plain
-    attributes, not its parameters or buffers, and its submodules)."""
+    attributes and buffers, not its parameters, and its submodules)."""
     if isinstance(value, types.MethodType):
         yield ("self", None), value.__self__
         value = value.__func__
@@ -59,6 +59,9 @@ def _children(value: Any) -> Iterator[tuple[Step, Any]]:
         for name, item in vars(value).items():
             if name not in _MODULE_INTERNALS and "hook" not in name:
                 yield ("attr", name), item
+        # buffers too: a module made per batch keeps its per-sample data in them (torchcde's spline
+        # coefficients); a model's own buffers do not grow with the batch, and find() keeps only those that do
+        yield from ((("attr", name), buf) for name, buf in value._buffers.items() if buf is not None)
         yield from ((("attr", name), child) for name, child in value.named_children())
     elif _plain_object(value):
         yield from ((("attr", name), item) for name, item in vars(value).items())

@@ -240,3 +240,54 @@ def test_f_that_reads_a_rows_position_in_the_batch_is_exit_2(tmp_path):
                  "--code-path", TESTS, "--data", tmp_path / "d.safetensors", "--out", tmp_path / "p.sft")
     assert res.exit_code == 2 and "position in the batch" in res.stderr, res.stderr
     assert not (tmp_path / "p.sft").exists()
+
+
+class _CDEFunc(torch.nn.Module):
+    def __init__(self, input_channels: int = 3, hidden_channels: int = 8):
+        super().__init__()
+        self.input_channels, self.hidden_channels = input_channels, hidden_channels
+        self.linear1 = torch.nn.Linear(hidden_channels, 16)
+        self.linear2 = torch.nn.Linear(16, input_channels * hidden_channels)
+
+    def forward(self, t, z):
+        z = self.linear2(self.linear1(z).relu()).tanh()
+        return z.view(z.size(0), self.hidden_channels, self.input_channels)
+
+
+class _NeuralCDE(torch.nn.Module):
+    """torchcde's README model: a cubic spline of the series (its coefficients, per sample, are buffers of
+    a module made in the forward), then cdeint, whose f reads the spline's derivative."""
+
+    def __init__(self):
+        super().__init__()
+        self.func = _CDEFunc()
+        self.initial = torch.nn.Linear(3, 8)
+        self.readout = torch.nn.Linear(8, 2)
+
+    def forward(self, coeffs):
+        import torchcde
+        X = torchcde.CubicSpline(coeffs)
+        z0 = self.initial(X.evaluate(X.interval[0]))
+        return self.readout(torchcde.cdeint(X=X, z0=z0, func=self.func, t=X.interval)[:, 1])
+
+
+def test_a_neural_cde_gives_each_sample_its_own_path():
+    """The spline's coefficients are per-sample buffers f reads: each row of a batch solved by dise's
+    dopri5 equals the model run on that sample alone (torchcde and torchdiffeq), and the coefficients
+    f never reads stay out."""
+    torchcde = pytest.importorskip("torchcde")
+    g = torch.Generator().manual_seed(0)
+    t = torch.linspace(0, 4, 10)
+    series = torch.stack([t.expand(12, 10), torch.sin(t * torch.rand(12, 1, generator=g) * 3),
+                          torch.cos(t * torch.rand(12, 1, generator=g) * 3)], -1)
+    coeffs = torchcde.natural_cubic_coeffs(series)
+    torch.manual_seed(0)
+    model = _NeuralCDE().eval()
+    ode = read_model(model, coeffs)
+    assert ode.field.context is not None
+    assert {describe(p) for p in ode.field.context.paths} == {"f.X._b", "f.X._two_c", "f.X._three_d"}
+    solver = Dopri5(rtol=1e-4, atol=1e-6)                 # cdeint's defaults, as the model solves
+    with torch.no_grad():
+        together = ode.forward_with(coeffs, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+        alone = torch.cat([model(coeffs[i:i + 1]) for i in range(len(coeffs))])
+    torch.testing.assert_close(together, alone, rtol=1e-2, atol=1e-2)       # dopri5 at 1e-4; another path is O(1) off
