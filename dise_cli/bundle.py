@@ -31,6 +31,7 @@ from dise_cli.odemodel import OdeModel
 from dise_cli.programs import SPLIT, WHOLE, ProgramModel, export_programs, load_program
 from dise_cli.provenance import PROVENANCE_KEY, made_with
 from dise_cli.selector import HEADER_KEY as SELECTOR_HEADER, Selector, selector_bytes, selector_from
+from dise_cli.states import StateLayout
 
 BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.yaml"
@@ -253,9 +254,19 @@ READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "sca
 def check_reading(now: dict, recorded: dict, what: str) -> None:
     """The model is read as it was when ``what`` was made; ``InputError`` naming the first difference."""
     for key in READING_KEYS:
-        if now.get(key) != recorded.get(key):
+        if _reading_value(now, key) != _reading_value(recorded, key):
             raise InputError(f"{what} was made for another reading of the model ({key}: {recorded.get(key)!r}, now "
                              f"{now.get(key)!r}); pass the same --solve / --ode-block, or make it again")
+
+
+def _reading_value(record: dict, key: str) -> Any:
+    """A reading's value for ``key``, as this dise writes it: a record from an older dise lacks the keys
+    added since (the layout's batch axis and context, ``scalar_time``), whose defaults it read with."""
+    if key == "layout" and isinstance(record.get(key), dict):
+        return StateLayout.from_dict(record[key])
+    if key == "scalar_time":
+        return record.get(key, True)
+    return record.get(key)
 
 
 def _check_programs(ode: OdeModel, programs: dict[str, bytes], layout: str, field_mode: str,

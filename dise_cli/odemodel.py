@@ -106,6 +106,7 @@ class OdeModel:
         self.target = 0                      # index into ``solves`` of the routed solve
         self.model_takes_grid = False        # forward(x, t): the grid is the second argument
         self.input_grid: torch.Tensor | None = None   # that argument (None: the solve's grid, t_span)
+        self._call_grid: torch.Tensor | None = None   # the grid one call was given (see _grid_argument)
 
     @property
     def h0_shape(self) -> tuple[int, ...]:
@@ -114,18 +115,27 @@ class OdeModel:
     def model_args(self, x: torch.Tensor) -> tuple:
         if self.model_takes_grid:
             dtype = x.dtype if x.is_floating_point() else torch.float32
-            grid = self.t_span if self.input_grid is None else self.input_grid
+            grid = self._call_grid if self._call_grid is not None else (
+                self.t_span if self.input_grid is None else self.input_grid)
             return x, grid.to(x.device, dtype)
         return (x,)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The model as it is (its own solver), outputs batch first."""
+        self._call_grid = None
         return self.batch_major(self.module(*self.model_args(x)))
 
-    def _no_grids(self, t: torch.Tensor | None) -> None:
-        if t is not None:
-            raise InputError("a time grid per sample is for a model that is a bare vector field; this model passes "
-                             "its own grid to its solver")
+    def _grid_argument(self, t: torch.Tensor | None) -> None:
+        """A call's ``t``: for a model that takes its grid as an argument (``forward(x, t)``), one grid
+        ``[T]`` is that argument for this call; otherwise (or a grid per sample) ``InputError``."""
+        self._call_grid = None
+        if t is None:
+            return
+        if self.model_takes_grid and t.ndim == 1:
+            self._call_grid = t
+            return
+        raise InputError("a time grid per sample is for a model that is a bare vector field; this model passes "
+                         "its own grid to its solver" + (" (give one grid [T])" if self.model_takes_grid else ""))
 
     def batch_major(self, out: Any) -> torch.Tensor:
         if isinstance(out, (tuple, list)):
@@ -259,7 +269,7 @@ class TracedModel(OdeModel):
         return out
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
-        self._no_grids(t)
+        self._grid_argument(t)
 
         def capture(call: SolveCall):
             raise _Captured(call)
@@ -270,7 +280,7 @@ class TracedModel(OdeModel):
         raise InputError("the model's forward finished without making its solve")
 
     def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:
-        self._no_grids(t)
+        self._grid_argument(t)
 
         def answer(call: SolveCall):
             problem = self.problem_of(call)
@@ -339,7 +349,7 @@ class AttributeModel(OdeModel):
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
-        self._no_grids(t)
+        self._grid_argument(t)
         if self.kind == "root":
             return self._problem(x)
         if self.kind == "sequential":
@@ -371,7 +381,7 @@ class AttributeModel(OdeModel):
         if self.splittable:
             problem = self.encode(x, t)
             return self.decode(problem, solve(problem))
-        self._no_grids(t)
+        self._grid_argument(t)
         with _SwapForward(self.block, lambda h, *a, **k: self.block_output(solve(self._problem(h)))):
             return self.batch_major(self.module(*self.model_args(x)))
 

@@ -283,7 +283,7 @@ class ProgramModel(OdeModel):
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         if self.splittable:
             return self._problem(self.programs["encoder"](x), t)
-        self._no_grids(t)
+        self._grid_argument(t)
 
         def capture(y0, t):
             raise _OpCaptured(y0, t)
@@ -300,7 +300,7 @@ class ProgramModel(OdeModel):
         if self.splittable:
             problem = self.encode(x, t)
             return self.decode(problem, solve(problem))
-        self._no_grids(t)
+        self._grid_argument(t)
 
         def answer(y0: list, t: torch.Tensor) -> list:
             problem = self._problem(y0, t)

@@ -291,3 +291,17 @@ def test_a_neural_cde_gives_each_sample_its_own_path():
         together = ode.forward_with(coeffs, lambda p: solver.solve(p.field, p.h0, p.t).ys)
         alone = torch.cat([model(coeffs[i:i + 1]) for i in range(len(coeffs))])
     torch.testing.assert_close(together, alone, rtol=1e-2, atol=1e-2)       # dopri5 at 1e-4; another path is O(1) off
+
+
+def test_a_reading_recorded_by_an_older_dise_still_matches():
+    """Bundles and selectors from before the batch axis, per-sample tensors and time-per-row fields
+    record layouts without those keys: read again now, the model is read the same way."""
+    from dise_cli.bundle import check_reading
+    ode = read_model(families.build_encoder_then_odeint(), families.make_encoder_then_odeint_data(8)[0])
+    old = ode.record()
+    old.pop("scalar_time")
+    old["layout"] = {k: v for k, v in old["layout"].items() if k not in ("batch_axis", "context")}
+    check_reading(ode.record(), old, "bundle 'old.dise'")
+    old["layout"]["shapes"] = [[5]]
+    with pytest.raises(InputError, match="another reading of the model"):
+        check_reading(ode.record(), old, "bundle 'old.dise'")

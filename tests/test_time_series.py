@@ -209,6 +209,10 @@ def test_a_bundle_takes_the_datas_grid_as_the_models_time_argument(tmp_path):
     with torch.no_grad():
         own = model(x2, t2)
     assert float((pred["outputs"].argmax(-1) == own.argmax(-1)).float().mean()) >= 0.9
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])            # the Python API takes the grid too
+    with torch.no_grad():
+        out, stats = bundle(x2, t2, return_stats=True)
+    assert torch.equal(out, pred["outputs"]) and torch.equal(stats.nfe, pred["nfe"])
     save_file({"x": x2[:, 0].contiguous(), "t": t2}, str(tmp_path / "d3.safetensors"))    # one observation: rank 1
     res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d3.safetensors", "--code-path", TESTS,
                  "--out", tmp_path / "pred3.safetensors")
