@@ -68,10 +68,6 @@ class SolveInfo:
 
     func_path: str | None = ""
 
-    @property
-    def key(self) -> tuple[str, str | None, int]:
-        return self.site, self.func_path, self.occurrence
-
 
 @dataclass
 class OwnSolver:
@@ -200,11 +196,15 @@ def pack_call(layout: StateLayout, context: RowContext | None, call: SolveCall) 
         return layout.pack(call.y0)
     state = call.y0[0] if isinstance(call.y0, (tuple, list)) else call.y0
     n = state.shape[0 if isinstance(call.y0, (tuple, list)) else layout.batch_axis]
+    # f makes some of its per-sample tensors when first called (FFJORD's noise)
+    return layout.pack(call.y0, context.gather(call.func, n, state.dtype, state.device, lambda: call_once(call)))
 
-    def first_call():                     # f makes some of its per-sample tensors when first called
-        with torch.no_grad():
-            call.func(call.t[0].to(state.device, state.dtype), call.y0)
-    return layout.pack(call.y0, context.gather(call.func, n, state.dtype, state.device, first_call))
+
+def call_once(call: SolveCall) -> Any:
+    """f of the model's call, once, at its first time on its whole initial state (no gradient kept)."""
+    state = call.y0[0] if isinstance(call.y0, (tuple, list)) else call.y0
+    with torch.no_grad():
+        return call.func(call.t[0].to(state.device, state.dtype), call.y0)
 
 
 class _Captured(Exception):

@@ -230,9 +230,12 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     ode, data, device = opened.model, opened.data, opened.device
     candidates, base = opened.candidates.integrators, opened.candidates.baseline
     solved = []
+
+    def solve(p):
+        solved.append(candidates[0].solve(p.field, p.h0, p.t).ys)
+        return solved[-1]
     with torch.no_grad():
-        sample = ode.forward_with(data.x[:2].to(device),
-                                  lambda p: solved.append(candidates[0].solve(p.field, p.h0, p.t).ys) or solved[-1])
+        sample = ode.forward_with(data.x[:2].to(device), solve)
     if task is None and (figure is not None or metric is not None):
         task = "regression"             # a figure (NLP, energy) or a metric says the outputs are judged by an error
     if task is None:

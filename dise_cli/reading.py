@@ -21,8 +21,8 @@ from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
-from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, extract,
-                               pack_call)
+from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, call_once,
+                               extract, pack_call)
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
 from dise_cli.states import StateLayout, same_structure
@@ -66,8 +66,8 @@ class _Recorder:
     stack: list = field(default_factory=list)
 
     def __post_init__(self):
-        self.paths = {id(m): name for name, m in self.root.named_modules()}
         self.numbers = CallNumbers(self.root)
+        self.paths = self.numbers.paths
 
     def pre(self, module, args):
         self.stack.append((module, args))
@@ -224,10 +224,6 @@ def _path_of(s: _Seen, module: Any) -> str | None:
     return None
 
 
-def h0_dtype(y0: Any) -> torch.dtype:
-    return (y0[0] if isinstance(y0, (tuple, list)) else y0).dtype
-
-
 def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
     """The tensors with ``n`` rows the call's f reaches (not its grid; the initial state, where f closes
     over it, is per-sample context like any other)."""
@@ -258,9 +254,7 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     # samples first, as nearly every model keeps them
     layout = StateLayout.of(call.y0, what, batch_axis=0 if 0 in axes else axes[0])
     if context is not None:
-        t0 = call.t[0].to(h0_dtype(call.y0))
-        with torch.no_grad():
-            context = context.read_by(call.func, lambda: call.func(t0, call.y0))
+        context = context.read_by(call.func, lambda: call_once(call))
     if context is not None:
         layout = layout.with_context(context.width)
     h0 = pack_call(layout, context, call)

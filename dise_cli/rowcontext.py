@@ -8,8 +8,9 @@ draws on its first call and keeps (FFJORD's ``self._e``). dise solves each sampl
 the rows leaving the batch as they finish, so f must see the rows of those tensors that belong to the
 rows of the state it is given.
 
-``RowContext.find`` looks for such tensors where f can reach them (its closure, the attributes of the
-module or object it is bound to, the dicts and lists those hold) and names each by its path.
+``RowContext.find`` looks for such tensors where f can reach them (its closure, the attributes and
+buffers of the module or object it is bound to, the dicts, lists and tuples those hold) and names each
+by its path; ``read_by`` keeps those f reads.
 ``gather`` reads their rows for a batch, to travel with the state as extra columns (the solvers
 compact and route them with the state; the norm and the trajectories leave them out), and ``bound``
 puts the rows of the columns a call is given in their places while f runs, then puts the batch's
@@ -33,8 +34,6 @@ from dise_cli.errors import InputError
 Step = tuple[str, Any]          # ("cell", name) | ("attr", name) | ("item", key) | ("index", i) | ("self", None)
 Path = tuple[Step, ...]
 _DEPTH = 6                      # how far from f to look (f -> closure -> object -> attribute -> dict -> item ...)
-
-
 _MODULE_INTERNALS = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training")
 
 
