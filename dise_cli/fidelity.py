@@ -11,13 +11,19 @@ method without an option it does not copy, such as ``safety`` or ``perturb``), t
 the same tolerance is not dise's: then the yardstick is the solve's own effect, and up to
 ``CLOSEST_SHARE`` of what one Euler step gets wrong is allowed (a misreading changes more than a
 coarse solver does). A model whose output is random (a Hutchinson trace, a sampled latent) is run
-twice more with another seed, and its own spread is allowed too. A misreading (a skipped encoder, the wrong state, a swapped
+again with another seed and once more with the same one: where the same seed gives the same output and
+f itself draws nothing per call, dise's reproduction makes the same draws in the same order, so it is
+held to the tolerance alone (``draws = "same"``); otherwise (noise from a generator the model owns, or
+drawn in every call of f, where dise's solver calls f another number of times) the model's own spread
+is allowed too (``draws = "spread"``). A misreading (a skipped encoder, the wrong state, a swapped
 argument order) changes the outputs by far more.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from dise_cli.errors import InputError, first_line
@@ -41,15 +47,24 @@ class Fidelity:
     randomness_part: float
     closest_part: float      # only where dise runs the closest method it has, not the model's own
     passed: bool
+    draws: str = "none"      # none: the model is not random; same: compared with the same draws; spread: not
 
     def to_dict(self) -> dict:
         return {k: (round(v, 9) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def _seeded(fn, seed: int, device: torch.device):
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return fn()
+    """``fn()`` with torch's, numpy's and Python's global generators seeded, and put back afterwards."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
+            return fn()
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -64,13 +79,14 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> None:
+def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> bool | None:
     """f gives each sample of a batch what it gives the sample alone, at the solve's first time.
     ``InputError`` for f that reads a sample's position in its batch, or the batch's size (labels made
     with ``arange(len(x))`` inside f): dise's per-sample solves move rows around as they finish. f that
-    draws noise on every call is not compared (two calls never agree)."""
+    draws noise on every call is not compared (two calls never agree). Returns whether f gives the same
+    answer on every call (None: not known, a single sample)."""
     if len(x) < 2:
-        return
+        return None
     problem = ode.encode(x)
     field, h0 = problem.field, problem.h0
     t0 = problem.t[..., 0].to(h0.dtype)
@@ -80,13 +96,14 @@ def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> None:
     device = h0.device
     batch = _seeded(lambda: f(h0), 1, device)
     if not torch.equal(batch, _seeded(lambda: f(h0), 2, device)):
-        return
+        return False
     alone = torch.cat([_seeded(lambda i=i: f(h0[i:i + 1], slice(i, i + 1)), 1, device) for i in range(len(h0))])
     scale = float(batch.abs().max()) if batch.numel() else 0.0
     if not torch.allclose(batch, alone, rtol=1e-4, atol=1e-6 * (1.0 + scale), equal_nan=True):
         raise InputError(f"the ODE function gives a sample another answer in a batch of {len(h0)} than alone (it reads "
                          f"the sample's position in the batch or the batch's size, e.g. labels made with "
                          f"arange(len(x)) inside f); dise solves every sample on its own and cannot reproduce it")
+    return True
 
 
 @torch.no_grad()
@@ -96,7 +113,7 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     method and step control, else the closest dise has) on the first ``FIDELITY_SAMPLES`` rows of
     ``x``. None for a bare vector field (it has no solver of its own to compare with)."""
     x = x[:FIDELITY_SAMPLES]
-    check_rows_alone(ode, x)
+    f_steady = check_rows_alone(ode, x)
     if ode.how == "bare":
         return None
     device = x.device
@@ -116,8 +133,11 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
                          f"{first_line(exc)}), so dise cannot check its reading") from None
     dise_out = _seeded(lambda: reproduce(baseline), seed, device)
     failed = any(bool((s != int(Status.OK)).any()) for s in statuses)
-    again = _seeded(lambda: ode.run(x), seed + 1, device)
-    randomness = _max_abs(model_out, again)
+    randomness = _max_abs(model_out, _seeded(lambda: ode.run(x), seed + 1, device))
+    draws = "none"
+    if randomness > 0:
+        seeded = _max_abs(model_out, _seeded(lambda: ode.run(x), seed, device)) == 0
+        draws = "same" if seeded and f_steady else "spread"
     loose = baseline.loosened(LOOSER)
     tolerance = MARGIN * _max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
     closest = 0.0 if exact else CLOSEST_SHARE * _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
@@ -125,19 +145,21 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
     floor = FLOOR * (1.0 + (float(finite.abs().max()) if finite.numel() else 0.0))
     difference = float("inf") if failed else _max_abs(model_out, dise_out)
-    parts = [v if v != float("inf") else 0.0 for v in (tolerance, MARGIN * randomness, closest)]
+    spread = MARGIN * randomness if draws == "spread" else 0.0
+    parts = [v if v != float("inf") else 0.0 for v in (tolerance, spread, closest)]
     allowed = max(*parts, floor)
     return Fidelity(samples=len(x), baseline=baseline.spec, difference=difference, allowed=allowed,
                     tolerance_part=parts[0], randomness_part=parts[1], closest_part=parts[2],
-                    passed=difference <= allowed)
+                    passed=difference <= allowed, draws=draws)
 
 
 def fidelity_error(check: Fidelity, ode: OdeModel, model_name: str, hint: str) -> InputError:
     """The one line for a reading that does not reproduce the model."""
     diff = "a failed or non-finite solve" if check.difference == float("inf") else f"up to {check.difference:.3g}"
+    same = " (the model's random draws the same in both)" if check.draws == "same" else ""
     return InputError(f"dise does not reproduce {model_name}: on {check.samples} samples the model's own outputs and "
-                      f"dise's with {check.baseline} differ by {diff}, beyond the {check.allowed:.3g} its tolerance "
-                      f"explains; dise read {reading_line(ode)}; {hint}")
+                      f"dise's with {check.baseline}{same} differ by {diff}, beyond the {check.allowed:.3g} its "
+                      f"tolerance explains; dise read {reading_line(ode)}; {hint}")
 
 
 def reading_line(ode: OdeModel) -> str:

@@ -14,6 +14,8 @@ from dise_cli.provenance import PROVENANCE_KEY
 from dise_cli.reports import summarize
 
 LIST_HEAD = 3        # items a shortened list shows before its '...' and its last item
+_DRAWS = {"same": " (the model is random; compared with the same draws)",
+          "spread": " and the model's own spread over seeds (its random draws are not dise's to repeat)"}
 
 
 def _pct(v: float | None) -> str:
@@ -188,7 +190,8 @@ def render_inspect(ui: Output, info: dict) -> None:
     else:
         verdict = "passed" if fid["passed"] else "FAILED"
         rows.append(("fidelity", f"{verdict}: the model's own outputs and dise's differ by {fid['difference']:.3g} "
-                                 f"on {fid['samples']} samples; its tolerance explains {fid['allowed']:.3g}"))
+                                 f"on {fid['samples']} samples; its tolerance explains {fid['allowed']:.3g}"
+                                 + _DRAWS.get(fid.get("draws", "none"), "")))
     export = info["export"]
     rows.append(("export", export["note"] or "torch.export programs where they export, else the --arch factory"))
     rows += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -73,7 +74,68 @@ def test_a_random_encoder_is_compared_with_the_same_draws():
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         check = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-3, atol=1e-3))
-    assert check.passed and check.randomness_part > 0
+    # dise makes the same draws in the same order: held to the tolerance alone, not the model's spread
+    assert check.passed and check.draws == "same" and check.randomness_part == 0
+
+
+class NoisyLatent(SquareEncoderThenOdeint):
+    """A latent drawn with noise as large as the signal (``source`` says where the noise comes from)."""
+
+    def __init__(self, source: str = "torch"):
+        super().__init__()
+        self.source = source
+        self.gen = torch.Generator().manual_seed(5)
+
+    def noise(self, h):
+        if self.source == "numpy":
+            return torch.from_numpy(np.random.standard_normal(tuple(h.shape))).to(h.dtype)
+        if self.source == "own generator":
+            return torch.randn(h.shape, generator=self.gen)
+        return torch.randn_like(h)
+
+    def forward(self, x):
+        h = self.enc(x)
+        h = h + 2.0 * self.noise(h)
+        return self.dec(odeint(self.func, h, self.t, rtol=1e-3, atol=1e-3)[-1])
+
+
+def test_a_misread_random_model_is_caught_with_the_same_draws():
+    """The model's spread over seeds is as large as a skipped encoder's error; with the same draws the
+    misreading stands out (it passed when the spread was allowed)."""
+    model = NoisyLatent().eval()
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        misread = read_by_attributes(model, x, None, None, None, "model", (x,))
+        check = check_fidelity(misread, x, Dopri5(rtol=1e-3, atol=1e-3))
+        assert check.draws == "same" and not check.passed and check.difference > 10 * check.allowed
+        right = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-3, atol=1e-3))
+    assert right.passed and right.draws == "same" and right.randomness_part == 0
+
+
+def test_randomness_dise_cannot_draw_the_same_is_allowed_its_spread():
+    """numpy's global generator is seeded like torch's (same draws); a generator the model owns is not,
+    nor is noise f draws on every call (dise's solver calls f another number of times)."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        check = check_fidelity(read_model(NoisyLatent("numpy").eval(), x), x, Dopri5(rtol=1e-3, atol=1e-3))
+        assert check.passed and check.draws == "same"
+        check = check_fidelity(read_model(NoisyLatent("own generator").eval(), x), x, Dopri5(rtol=1e-3, atol=1e-3))
+        assert check.passed and check.draws == "spread" and check.randomness_part > 0
+
+        class Jittery(nn.Module):
+            def forward(self, t, h):
+                return -h + 0.05 * torch.randn_like(h)
+
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.func = Jittery()
+
+            def forward(self, x):
+                return odeint(self.func, x, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.25})[-1]
+
+        check = check_fidelity(read_model(Model().eval(), x), x, Dopri5(rtol=1e-3, atol=1e-3))
+    assert check.passed and check.draws == "spread"
 
 
 def test_a_misread_model_is_exit_2_before_anything_is_written(tmp_path):
