@@ -20,7 +20,8 @@ __all__ = ["__version__", "load", *API]
 
 def load(path, device="cpu", code_path=()):
     """A ``.dise`` bundle as an ``nn.Module``: ``model(x)`` gives the outputs, ``model(x,
-    return_stats=True)`` also each sample's integrator, NFE and fallback flag."""
+    return_stats=True)`` also each sample's integrator, NFE and fallback flag. It takes what the
+    model's forward takes: ``model(x, t)`` with a time grid, ``model(noise, labels)`` for several inputs."""
     from dise_cli.bundle import load_bundle
     return load_bundle(path, device=device, code_path=tuple(code_path))
 

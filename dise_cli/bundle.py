@@ -25,6 +25,7 @@ import yaml
 from dise_cli import __version__
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import atomic_path, existing_file
+from dise_cli.inputs import InputJoin
 from dise_cli.integrators import Euler
 from dise_cli.model_files import storable
 from dise_cli.odemodel import OdeModel
@@ -81,7 +82,7 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         "programs_time_mode": field_mode if programs else None,
         "programs_note": info.reason,
         "arch": arch,
-        "input": input_spec(example_input, rows=keep_rows),
+        "input": input_spec(example_input, rows=keep_rows, join=ode.join),
         "metrics": (extra or {}),
         "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(members.items())},
         PROVENANCE_KEY: made_with(example_input.device),   # the selector member keeps where it was trained
@@ -177,6 +178,9 @@ def example_input(spec: dict, device: torch.device, n: int = 4, rows: bool = Fal
     dtype = getattr(torch, spec["dtype"])
     if rows:
         return torch.tensor(spec["rows"], dtype=torch.float64).to(device, dtype)
+    join = InputJoin.from_dict(spec.get("inputs"))
+    if join is not None:
+        return join.example(n, device)
     if dtype.is_floating_point:
         return torch.randn(n, *spec["shape"], generator=torch.Generator().manual_seed(0)).to(device, dtype)
     return torch.zeros(n, *spec["shape"], dtype=dtype, device=device)
@@ -189,6 +193,13 @@ def fit_data(routed, data, bundle: str) -> None:
     argument. ``InputError`` naming the data otherwise."""
     spec = routed.manifest.get("input") or {}
     ode = routed.ode
+    made = InputJoin.from_dict(spec.get("inputs"))
+    if (made is None) != (data.join is None) or (made is not None and [len(s) for s in made.shapes] !=
+                                                  [len(s) for s in data.join.shapes]):
+        def says(join):
+            return f"{len(join)} inputs ({join.describe()})" if join is not None else "one input"
+        raise InputError(f"data '{data.name}': {says(data.join)}, but bundle '{bundle}' was made for a model of "
+                         f"{says(made)} (--x-key names them)")
     shape, want = list(data.x.shape[1:]), spec.get("shape")
     # programs take inputs of the exported shape; the model itself may take others of the same rank
     if want is not None and (shape != want if ode.how == "programs" else len(shape) != len(want)):
@@ -206,9 +217,12 @@ def fit_data(routed, data, bundle: str) -> None:
     ode.input_grid = grid
 
 
-def input_spec(x: torch.Tensor, rows: bool = False) -> dict:
-    """The record of the data a batch stands for: shape and dtype, and with ``rows`` the rows themselves."""
+def input_spec(x: torch.Tensor, rows: bool = False, join: InputJoin | None = None) -> dict:
+    """The record of the data a batch stands for: shape and dtype (for a model of several inputs, of
+    their packing, and each input's), and with ``rows`` the rows themselves."""
     spec = {"shape": list(x.shape[1:]), "dtype": str(x.dtype).replace("torch.", "")}
+    if join is not None:
+        spec["inputs"] = join.to_dict()
     if rows:
         spec["rows"] = x.detach().cpu().to(torch.float64).tolist()
     return spec
@@ -229,7 +243,7 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
     reading = manifest["reading"]
     grid, given = recorded_grids(reading)
     ode = read_model(module, example_input(manifest["input"], device, rows="rows" in manifest["input"]),
-                     solve=reading.get("solve"),
+                     solve=reading.get("solve"), join=InputJoin.from_dict(reading.get("inputs")),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
                      data_t=given, model_name=f"bundle '{bundle}' model")
     check_reading(ode.record(), reading, f"bundle '{bundle}'")
@@ -248,7 +262,7 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
     return grid, given
 
 
-READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time")
+READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

@@ -18,7 +18,7 @@ PROJECT_KEYS = {
     "model": "MODEL file", "arch": "package.module:factory", "trust_pickle": "bool", "state_key": "str",
     "code_path": "folder or list of folders", "ode_block": "dotted module path", "solve": "int",
     "t_span": "list of times",
-    "data": "data file", "data_factory": "package.module:fn", "x_key": "str", "y_key": "str",
+    "data": "data file", "data_factory": "package.module:fn", "x_key": "str, or a list for several inputs", "y_key": "str",
     "task": "classification|regression", "metric": "mse|mae|l2|package.module:fn", "time_major": "bool",
     "figure": "nlp|energy", "figure_data": "data file of held-out samples (figure: energy)",
     "candidates": "candidate specs", "batch_size": "int", "device": "auto|cpu|cuda", "seed": "int",

@@ -16,6 +16,7 @@ import torch
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import existing_file, sha256_file
 from dise_cli.imports import call_factory
+from dise_cli.inputs import InputJoin, key_names
 from dise_cli.loading import pickled_globals
 
 DATA_SUFFIXES = (".pt", ".pth", ".safetensors", ".npz")
@@ -26,7 +27,7 @@ INITIAL_STATE_KEYS = ("x", "y0")   # a bare ODE function's data may call its ini
 class DataSpec:
     path: Path | None = None
     factory: str | None = None
-    x_key: str | None = None          # None: "x", or "y0" where there is no "x"
+    x_key: str | None = None          # None: "x", or "y0" where there is no "x"; "noise,labels": several inputs
     y_key: str | None = None          # None: "y" if present
     t_key: str = "t"
     t_end_key: str = "t_end"
@@ -39,13 +40,15 @@ class DataSpec:
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` [N, ...], optional targets ``y`` (as stored), optional time grid ``t``."""
+    """Inputs ``x`` [N, ...], optional targets ``y`` (as stored), optional time grid ``t``. For a model
+    of several inputs, ``x`` holds them packed and ``join`` says how (see ``dise_cli.inputs``)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     t: torch.Tensor | None
     name: str
     sha256: str
+    join: InputJoin | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -58,7 +61,7 @@ class Dataset:
     def inputs_of(self, rows: torch.Tensor) -> "Dataset":
         """The inputs (and per-sample grids) of ``rows`` alone, without targets: a shard to run."""
         return Dataset(x=self.x[rows], y=None, t=self.t[rows] if self.per_sample_grid else self.t,
-                       name=self.name, sha256=self.sha256)
+                       name=self.name, sha256=self.sha256, join=self.join)
 
     def grids(self, rows: torch.Tensor) -> torch.Tensor | None:
         """The time grids of ``rows`` ``[n, T]`` float64, or None where the grid is not per sample."""
@@ -74,10 +77,10 @@ def load_data(spec: DataSpec) -> Dataset:
         tensors, digest = _read_file(path), sha256_file(path)
     else:
         raise UsageError("--data: no data given; pass --data FILE or --data-factory package.module:fn")
-    x, y, t = _pick(tensors, spec)
+    x, y, t, join = _pick(tensors, spec)
     if digest is None:
         digest = _tensor_digest(x, y, t)
-    return Dataset(x=x, y=y, t=t, name=spec.name, sha256=digest)
+    return Dataset(x=x, y=y, t=t, name=spec.name, sha256=digest, join=join)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -122,18 +125,41 @@ def _from_factory(raw: Any, spec: DataSpec) -> dict[str, Any]:
         items = [raw[i] for i in range(len(raw))]
         if not items:
             raise InputError(f"--data-factory {spec.factory}: the dataset is empty")
+        if isinstance(items[0], dict):                # {"noise": ..., "labels": ...} per item: keys as in a file
+            return {k: _stacked(item[k] for item in items) for k in items[0]}
         if isinstance(items[0], (tuple, list)):
             columns = list(zip(*items))
-            return {"x": torch.stack([torch.as_tensor(v) for v in columns[0]]),
-                    **({"y": torch.stack([torch.as_tensor(v) for v in columns[1]])} if len(columns) > 1 else {})}
-        return {"x": torch.stack([torch.as_tensor(v) for v in items])}
+            out = {"y": _stacked(columns[1])} if len(columns) > 1 else {}
+            if isinstance(columns[0][0], (tuple, list)):      # ((noise, labels), y): the inputs x0, x1, ...
+                return {**{f"x{i}": _stacked(c) for i, c in enumerate(zip(*columns[0]))}, **out}
+            return {"x": _stacked(columns[0]), **out}
+        return {"x": _stacked(items)}
     raise UsageError(f"--data-factory: '{spec.factory}()' returned a {type(raw).__name__}; return tensors "
                      f"(x, y), a dict of tensors, or a torch Dataset")
 
 
-def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _stacked(values) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(v) for v in values])
+
+
+def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+                                                            InputJoin | None]:
     keys = ", ".join(sorted(map(str, tensors))) or "none"
-    if spec.x_key is not None:
+    x_key = spec.x_key
+    if x_key is None and spec.factory and "x" not in tensors and "x1" in tensors:    # a Dataset of ((a, b), y)
+        count = 0
+        while f"x{count}" in tensors:
+            count += 1
+        x_key = ",".join(f"x{i}" for i in range(count))
+    names = key_names(x_key)
+    join = None
+    if names is not None:
+        missing = [k for k in names if k not in tensors]
+        if missing:
+            raise InputError(f"data '{spec.name}' has no key '{missing[0]}' (--x-key); keys: {keys}")
+        join, x = InputJoin.join([_tensor(tensors[k], spec, k) for k in names], names, spec.name)
+        x_key = names[0]
+    elif spec.x_key is not None:
         if spec.x_key not in tensors:
             raise InputError(f"data '{spec.name}' has no key '{spec.x_key}' (--x-key); keys: {keys}")
         x_key = spec.x_key
@@ -142,14 +168,15 @@ def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.
         if not found:
             raise InputError(f"data '{spec.name}' has no key 'x' (keys: {keys}); name the inputs with --x-key")
         x_key = found[0]
-    x = _tensor(tensors[x_key], spec, x_key)
+    if join is None:
+        x = _tensor(tensors[x_key], spec, x_key)
     if x.ndim < 1 or len(x) == 0:
         raise InputError(f"data '{spec.name}': '{x_key}' holds no samples (shape {tuple(x.shape)})")
     if x.dtype == torch.bool or x.is_complex():
         raise InputError(f"data '{spec.name}': '{x_key}' has dtype {x.dtype}; expected a real number type")
     y = None
     y_key = spec.y_key if spec.y_key is not None else "y"
-    if y_key in tensors and y_key != x_key:
+    if y_key in tensors and y_key not in (names or (x_key,)):
         y = _tensor(tensors[y_key], spec, y_key)
     elif spec.y_key is not None:
         raise InputError(f"data '{spec.name}' has no key '{spec.y_key}' (--y-key); keys: {keys}")
@@ -159,7 +186,7 @@ def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.
     if y is not None and len(y) != len(x) and not (y.ndim >= 2 and y.shape[1] == len(x)):
         raise InputError(f"data '{spec.name}': '{x_key}' has {len(x)} samples but '{y_key}' has shape "
                          f"{tuple(y.shape)}")
-    return x, y, t
+    return x, y, t, join
 
 
 def _grid(tensors: dict[str, Any], spec: DataSpec, n: int) -> torch.Tensor | None:

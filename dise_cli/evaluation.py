@@ -178,7 +178,7 @@ def _routed_samples(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(start)          # the same random encoder as the candidates' runs
-            out, stats = routed(x, t, return_stats=True)
+            out, stats = routed.run_packed(x, t, return_stats=True)
         target = batch_targets(ode, x, ode.encode(x, t) if ode.splittable else None, idx, targets, judge, reference,
                                seed=start)
         ok = stats.status == 0
@@ -249,7 +249,7 @@ def time_models(routed: RoutedModel, data: Dataset, rows: torch.Tensor, batch_si
     for size in batch_sizes:
         idx = rows[torch.arange(size) % len(rows)]
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
-        runners = {"dise": lambda: routed(x, t)}
+        runners = {"dise": lambda: routed.run_packed(x, t)}
         for cand in routed.integrators:
             runners[cand.spec] = lambda cand=cand: ode.forward_with(x, lambda p: cand.solve(p.field, p.h0, p.t).ys, t)
         median = alternating_medians(runners, repeats, device)

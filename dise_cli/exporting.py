@@ -8,6 +8,7 @@ import torch
 
 from dise_cli.bundle import ExportInfo, check_reading, example_input, recorded_grids, write_bundle
 from dise_cli.errors import InputError
+from dise_cli.inputs import InputJoin
 from dise_cli.loading import LoadedModel, load_model
 from dise_cli.odemodel import OdeModel
 from dise_cli.pipeline import Inputs
@@ -62,7 +63,8 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
 
     def read(x: torch.Tensor, name: str) -> OdeModel:
         return read_model(module, x, data_name=name, solve=solve, ode_block=inputs.ode_block, t_span=grid,
-                          data_t=given, model_name=f"model '{inputs.model.path}'")
+                          data_t=given, model_name=f"model '{inputs.model.path}'",
+                          join=InputJoin.from_dict(recorded.get("inputs")))
     keep_rows = False
     x = example_input(spec, inputs.device)
     try:

@@ -62,6 +62,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "reading": reading_line(model),
         "kind": model.kind,
         "splittable": model.splittable,
+        "inputs": None if model.join is None else model.join.describe(),
         "ode_block": model.block_path or "(the model itself)",
         "ode_function": model.func_description,
         "ode_function_class": model.func_class,

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dise_cli.errors import InputError
+from dise_cli.inputs import InputJoin
 from dise_cli.integrators.vector_field import VectorField
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
@@ -102,6 +103,7 @@ class OdeModel:
         self.target = 0                      # index into ``solves`` of the routed solve
         self.model_takes_grid = False        # forward(x, t): the grid is the second argument
         self.input_grid: torch.Tensor | None = None   # that argument (None: the solve's grid, t_span)
+        self.join: InputJoin | None = None   # the forward takes several inputs, packed in x (dise_cli.inputs)
         self._call_grid: torch.Tensor | None = None   # the grid one call was given (see _grid_argument)
 
     @property
@@ -109,12 +111,11 @@ class OdeModel:
         return self.layout.state_shape
 
     def model_args(self, x: torch.Tensor) -> tuple:
+        grid = None
         if self.model_takes_grid:
-            dtype = x.dtype if x.is_floating_point() else torch.float32
             grid = self._call_grid if self._call_grid is not None else (
                 self.t_span if self.input_grid is None else self.input_grid)
-            return x, grid.to(x.device, dtype)
-        return (x,)
+        return model_call_args(x, self.join, grid)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The model as it is (its own solver), outputs batch first."""
@@ -148,6 +149,7 @@ class OdeModel:
                 "output_time_major": self.output_time_major, "model_takes_grid": self.model_takes_grid,
                 "t_span": [float(v) for v in self.t_span],
                 "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],
+                "inputs": None if self.join is None else self.join.to_dict(),
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -166,6 +168,16 @@ class OdeModel:
         if problem is not None and self.splittable:
             return self.decode(problem, solve(problem))
         return self.forward_with(x, solve, t)
+
+
+def model_call_args(x: torch.Tensor, join: InputJoin | None, grid: torch.Tensor | None = None) -> tuple:
+    """The arguments of the model's forward for rows ``x``: its inputs (unpacked where ``join`` says it
+    takes several), then, for a model that takes one, its time grid in the first input's dtype."""
+    inputs = join.unpack(x) if join is not None else (x,)
+    if grid is None:
+        return inputs
+    first = inputs[0]
+    return (*inputs, grid.to(first.device, first.dtype if first.is_floating_point() else torch.float32))
 
 
 def extract(result: Any, how: str) -> Any:

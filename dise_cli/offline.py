@@ -55,8 +55,8 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
     if not ode.splittable:       # the decoder cannot run alone: route per batch
         outs, stats = [], []
         for i in range(0, n, batch_size):
-            out, st = routed(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device),
-                             return_stats=True)
+            out, st = routed.run_packed(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device),
+                                        return_stats=True)
             outs.append(out.cpu())
             stats.append(st)
             if progress:

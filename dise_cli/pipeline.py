@@ -104,7 +104,7 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     grid = None if inputs.t_span is None else torch.tensor(inputs.t_span, dtype=torch.float64)
     x = probe_rows(data.x).to(inputs.device)
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
-                       data_t=data.t, model_name=name)
+                       data_t=data.t, model_name=name, join=data.join)
     if data.per_sample_grid and model.how != "bare":
         raise InputError(f"data '{data.name}': 't' gives every sample its own time grid, which dise uses for a model "
                          f"that is a bare vector field; {name} passes its own grid to its solver")

@@ -27,6 +27,7 @@ from torch import nn
 
 from dise_cli.errors import InputError, first_line
 from dise_cli.integrators.vector_field import PER_ROW_MODES, TimeMode, VectorField
+from dise_cli.inputs import InputJoin
 from dise_cli.odemodel import OdeModel, Problem, Solve, TracedModel, _Dispatch, extract
 from dise_cli.solvecalls import intercept
 from dise_cli.states import StateLayout
@@ -182,7 +183,8 @@ def _whole_part(ode: TracedModel, x: torch.Tensor, batch):
         return ys
 
     args = ode.model_args(x)
-    shapes = ({0: batch},) + ((None,) if len(args) > 1 else ())
+    inputs = len(ode.join) if ode.join is not None else 1          # each with the batch first; a grid after them
+    shapes = tuple({0: batch} for _ in range(inputs)) + (None,) * (len(args) - inputs)
     with intercept(_Dispatch(ode.key, on_target, ode.module)):
         return torch.export.export(ode.module, args, dynamic_shapes=shapes, strict=False)
 
@@ -268,6 +270,7 @@ class ProgramModel(OdeModel):
         self.programs = programs
         self.output_time_major = bool(reading["output_time_major"])
         self.model_takes_grid = bool(reading.get("model_takes_grid", False))
+        self.join = InputJoin.from_dict(reading.get("inputs"))
         if reading.get("input_grid") is not None:
             self.input_grid = torch.tensor(reading["input_grid"], dtype=torch.float64)
         self.block_path = reading.get("block", "")

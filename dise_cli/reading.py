@@ -21,8 +21,9 @@ from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
+from dise_cli.inputs import InputJoin
 from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, call_once,
-                               extract, pack_call)
+                               extract, model_call_args, pack_call)
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
 from dise_cli.states import StateLayout, same_structure
@@ -107,15 +108,17 @@ class _Recorder:
 
 def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
                ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
-               model_name: str = "model", batch: int = 3, _context: frozenset | None = None) -> OdeModel:
+               model_name: str = "model", batch: int = 3, join: InputJoin | None = None,
+               _context: frozenset | None = None) -> OdeModel:
     """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it.
-    (``_context``: the paths of f's per-sample tensors seen with fewer rows, for the re-read that
-    keeps only those that grew with the batch.)"""
+    (``join``: ``x`` packs the several inputs the forward takes; ``_context``: the paths of f's
+    per-sample tensors seen with fewer rows, for the re-read that keeps only those that grew with the
+    batch.)"""
     grid, grid_source = _grid(t_span, data_t)
-    takes_grid = len(required_args(module)) >= 2
+    takes_grid = len(required_args(module)) >= (len(join) if join is not None else 1) + 1
     rows = x[:batch]
     recorder = _Recorder(module)
-    args = _args(rows, grid, takes_grid)
+    args = model_call_args(rows, join, grid if takes_grid else None)
     try:
         with torch.no_grad():
             out = recorder.run(args)
@@ -124,7 +127,7 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
         out, failure = None, exc
     if recorder.seen:
         if failure is not None:
-            raise _rejects(data_name, rows, failure)
+            raise _rejects(data_name, rows, failure, join)
         if t_span is not None and not takes_grid:
             raise UsageError(f"--t-span: {model_name} passes its own time grid to its solver "
                              f"(t = {_short(recorder.seen[0].call.t)}); dise solves on that grid")
@@ -137,14 +140,19 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             # a batch size unlike T and the state's sizes tells the axes apart, and a tensor f reads that
             # grows with the batch is per sample (a fixed one that happened to match does not)
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
-                              data_t=data_t, model_name=model_name, batch=len(rows) + 1,
+                              data_t=data_t, model_name=model_name, batch=len(rows) + 1, join=join,
                               _context=frozenset(candidates.paths) if candidates is not None else _context)
         context = candidates if _context is None or candidates is None else candidates.only(_context)
-        model = _traced(module, rows, recorder, chosen, out, takes_grid, context)
+        model = _traced(module, rows, recorder, chosen, out, takes_grid, context, join)
         if takes_grid:
             model.input_grid = grid             # the model's time argument, which its solve may not integrate over
         model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
         return model
+    if join is not None:
+        if failure is not None:
+            raise _rejects(data_name, rows, failure, join)
+        raise InputError(f"{model_name} takes {len(join)} inputs ({', '.join(join.names)}) and makes no torchdiffeq "
+                         f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver call")
     if is_vector_field(module):
         model = _bare(module, rows, grid)
         model.t_span_source = grid_source
@@ -165,15 +173,9 @@ def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[tor
     return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"
 
 
-def _args(x: torch.Tensor, grid: torch.Tensor, takes_grid: bool) -> tuple:
-    if not takes_grid:
-        return (x,)
-    return x, grid.to(x.device, x.dtype if x.is_floating_point() else torch.float32)
-
-
-def _rejects(data_name: str, x: torch.Tensor, exc: Exception) -> InputError:
-    return InputError(f"the model rejects data '{data_name}' (input shape {tuple(x.shape)}, {x.dtype}): "
-                      f"{type(exc).__name__}: {first_line(exc)}")
+def _rejects(data_name: str, x: torch.Tensor, exc: Exception, join: InputJoin | None = None) -> InputError:
+    what = f"inputs {join.describe(x)}" if join is not None else f"input shape {tuple(x.shape)}, {x.dtype}"
+    return InputError(f"the model rejects data '{data_name}' ({what}): {type(exc).__name__}: {first_line(exc)}")
 
 
 def _short(t: torch.Tensor) -> str:
@@ -231,7 +233,7 @@ def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
 
 
 def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
-            takes_grid: bool, context: RowContext | None) -> TracedModel:
+            takes_grid: bool, context: RowContext | None, join: InputJoin | None) -> TracedModel:
     call = chosen.call
     if call.library == "scipy":
         raise InputError(f"the model's solve ({call.where}) is scipy.integrate.solve_ivp ({call.method}) on a numpy "
@@ -259,12 +261,14 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
         layout = layout.with_context(context.width)
     h0 = pack_call(layout, context, call)
     grid = call.t.detach().to("cpu", torch.float64)
-    kind, extraction, encoder, decoder = _split(module, x, chosen, out, takes_grid)
+    # a forward of several arguments runs whole: dise passes them as the model takes them
+    kind, extraction, encoder, decoder = _split(module, x, chosen, out, takes_grid or join is not None)
     with torch.no_grad():
         field = VectorField.detect(call.func, h0, grid, layout, context=context)
     model = TracedModel(module, field, grid, layout, key=call.key, kind=kind, extraction=extraction,
                         encoder=encoder, decoder=decoder)
     model.model_takes_grid = takes_grid
+    model.join = join
     model.output_time_major = time_major_output(out, n)
     model.block_path = chosen.block_path
     model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),

@@ -169,6 +169,8 @@ def render_inspect(ui: Output, info: dict) -> None:
              "whole": "the forward runs whole with the solve answered by dise (its decoder does not run alone)",
              "nested": "the forward runs whole with the block's forward replaced by dise's solve",
              "bare": "the model is f: the data are initial states"}[info["kind"]]
+    if info.get("inputs"):
+        rows.append(("inputs", f"{info['inputs']} (the forward's arguments, in this order)"))
     rows += [
         ("split", f"{info['kind']}: {split}"),
         ("ODE block", info["ode_block"]),

@@ -98,9 +98,24 @@ class RoutedModel(nn.Module):
         exported = getattr(module, "exported_programs", False)
         self.parts = nn.ModuleList([selector.net] + ([module] if isinstance(module, nn.Module) and not exported else []))
 
+    def forward(self, x: torch.Tensor, *more: torch.Tensor, return_stats: bool = False):
+        """Outputs for ``x``, as the model takes it: ``model(x)``, ``model(x, t)`` for a model that takes a
+        time grid (one ``[T]``, or ``[N, T]`` per sample for a bare vector field), ``model(noise, labels)``
+        for a model of several inputs (and its grid after them)."""
+        join = getattr(self.ode, "join", None)
+        k = len(join) if join is not None else 1
+        if len(more) not in (k - 1, k):
+            names = f" ({', '.join(join.names)})" if join is not None else ""
+            raise TypeError(f"this model takes {k} input{'s' if k > 1 else ''}{names}, and a time grid after them "
+                            f"where it takes one; got {1 + len(more)} arguments")
+        if join is not None:
+            x = join.pack((x, *more[:k - 1]))
+        return self.run_packed(x, more[k - 1] if len(more) == k else None, return_stats=return_stats)
+
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, return_stats: bool = False):
-        """Outputs for ``x`` (``t``: a time grid per sample ``[N, T]``, for a bare vector field)."""
+    def run_packed(self, x: torch.Tensor, t: torch.Tensor | None = None, return_stats: bool = False):
+        """Outputs for rows ``x`` as dise's data holds them (a model's several inputs packed, see
+        ``dise_cli.inputs``), ``t`` as ``forward`` takes it."""
         stats: list[RouteStats] = []
         out = self.ode.forward_with(x, lambda problem: self.solve(problem, stats), t)
         return (out, stats[0]) if return_stats else out

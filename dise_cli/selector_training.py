@@ -184,7 +184,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),
         # a few data rows, for export to read a model that rejects noise shaped like its data
-        "input": input_spec(opened.data.x[:EXAMPLE_ROWS], rows=True),
+        "input": input_spec(opened.data.x[:EXAMPLE_ROWS], rows=True, join=opened.data.join),
         "reading": opened.model.record(),
         # Measured wall-clock figures (the selector's cost in NFE units) stay out of the file, so the
         # same inputs and seed give the same bytes; evaluate measures them again.

@@ -112,8 +112,11 @@ def data_spec(options: DataOptions, config: Mapping[str, Any]) -> DataSpec | Non
         raise UsageError("--data and --data-factory (or data and data_factory in the config): give one")
     if not (path or factory):
         return None
+    x_key = _given(options.x_key, config, "x_key")
+    if isinstance(x_key, (list, tuple)):              # dise.yaml: x_key: [noise, labels]
+        x_key = ",".join(map(str, x_key))
     return DataSpec(path=Path(path) if path else None, factory=factory,
-                    x_key=_given(options.x_key, config, "x_key"), y_key=_given(options.y_key, config, "y_key"),
+                    x_key=x_key, y_key=_given(options.y_key, config, "y_key"),
                     code_path=code_paths(options, config))
 
 

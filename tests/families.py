@@ -1078,3 +1078,44 @@ if __name__ == "__main__":
         run("torchcfm_neuralode", build_torchcfm_neuralode, make_noise)
         print(f"torchdyn families total {time.perf_counter() - t:.2f} s")
     print(f"all {time.perf_counter() - start:.2f} s")
+
+
+class TwoInputSampler(nn.Module):
+    """torchcfm's conditional-MNIST generation as a module people deploy: ``forward(noise, labels)``,
+    ``odeint(lambda t, x: v(x, t, labels), noise, [0, 1], dopri5 at 1e-5)``; f reads the labels."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = LabelField()
+
+    def forward(self, noise, labels):
+        return odeint(lambda t, x: self.v(x, t, labels), noise, torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5,
+                      method="dopri5")[-1]
+
+
+def build_two_input_sampler() -> TwoInputSampler:
+    torch.manual_seed(0)
+    return TwoInputSampler().eval()
+
+
+class LabelShiftedStart(nn.Module):
+    """``forward(noise, labels)`` whose labels move the initial state only (``h0 = noise + e(label)``);
+    f is a plain velocity ``v(t, x)``, so the forward exports whole as a program of two inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Embedding(4, 2)
+        self.func = MLPODEFunc(dim=2)
+
+    def forward(self, noise, labels):
+        return odeint(self.func, noise + self.shift(labels), torch.tensor([0.0, 1.0]), rtol=1e-4, atol=1e-4)[-1]
+
+
+def build_label_shifted_start() -> LabelShiftedStart:
+    torch.manual_seed(0)
+    return LabelShiftedStart().eval()
+
+
+def make_noise_and_labels(n: int = 24, seed: int = 0, classes: int = 4) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"noise": torch.randn(n, 2, generator=gen), "labels": torch.randint(0, classes, (n,), generator=gen)}

@@ -11,7 +11,6 @@ from dise_cli.cli.command import check_report_targets, command, with_options
 from dise_cli.cli.options import setting
 from dise_cli.errors import UsageError
 from dise_cli.evaluation import EvaluateSettings as ES
-from dise_cli.files import writable_target
 from dise_cli.offline import RunSettings as RS
 from dise_cli.output import Output
 from dise_cli.sources import DataOptions

@@ -226,15 +226,17 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
     return TimeMode.LOOP, True
 
 
+TIME_NAMES = ("t", "time", "times", "s", "tau", "timestep", "timesteps", "sigma")   # f's time argument
+
+
 def detect_arg_order(func: Func, h: torch.Tensor, t0: float, layout: StateLayout) -> str:
     """``t,x`` or ``x,t`` for a bare field: the argument names first (``forward(x, t)``), then which
     order returns a state-shaped result. ``InputError`` when neither does."""
     names = _positional_names(func)
-    time_names = ("t", "time", "times", "s", "tau", "timestep", "timesteps", "sigma")
     if len(names) >= 2:
-        if names[0] in time_names and names[1] not in time_names:
+        if names[0] in TIME_NAMES and names[1] not in TIME_NAMES:
             return "t,x"
-        if names[1] in time_names and names[0] not in time_names:
+        if names[1] in TIME_NAMES and names[0] not in TIME_NAMES:
             return "x,t"
     t = torch.tensor(t0, dtype=h.dtype, device=h.device)
     errors = []
@@ -247,8 +249,12 @@ def detect_arg_order(func: Func, h: torch.Tensor, t0: float, layout: StateLayout
             except Exception as exc:  # noqa: BLE001 - the wrong order fails in the user's code
                 if scalar:
                     errors.append(f"f({order}): {type(exc).__name__}: {first_line(exc, 120)}")
+    hint = ""
+    if len(names) >= 2 and not {names[0], names[1]} & set(TIME_NAMES):
+        hint = (f"; if it is no vector field but a model of several inputs, forward({', '.join(names[:2])}), name "
+                f"their data keys in that order with --x-key (e.g. --x-key x,labels)")
     raise InputError("the model takes two arguments but returns no state-shaped result for f(t, x) or f(x, t) (" +
-                     "; ".join(errors) + ")")
+                     "; ".join(errors) + ")" + hint)
 
 
 def _positional_names(func: Func) -> list[str]:
