@@ -74,7 +74,7 @@ def load_data(spec: DataSpec) -> Dataset:
         tensors, digest = _from_factory(raw, spec), None
     elif spec.path is not None:
         path = existing_file(spec.path, "data")
-        tensors, digest = _read_file(path), sha256_file(path)
+        tensors, digest = read_tensor_file(path), sha256_file(path)
     else:
         raise UsageError("--data: no data given; pass --data FILE or --data-factory package.module:fn")
     x, y, t, join = _pick(tensors, spec)
@@ -83,10 +83,12 @@ def load_data(spec: DataSpec) -> Dataset:
     return Dataset(x=x, y=y, t=t, name=spec.name, sha256=digest, join=join)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_tensor_file(path: Path, what: str = "data") -> dict[str, Any]:
+    """The tensors of a .pt (weights_only), .safetensors or .npz file, by key; ``what`` names the file in
+    errors (``data``, ``--figure-data``)."""
     suffix = path.suffix.lower()
     if suffix not in DATA_SUFFIXES:
-        raise InputError(f"data '{path}': unknown format '{suffix or '(no suffix)'}'; dise reads "
+        raise InputError(f"{what} '{path}': unknown format '{suffix or '(no suffix)'}'; dise reads "
                          f"{', '.join(DATA_SUFFIXES)} or --data-factory package.module:fn")
     try:
         if suffix == ".safetensors":
@@ -100,18 +102,18 @@ def _read_file(path: Path) -> dict[str, Any]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         if not pickled_globals(path):
-            raise InputError(f"data '{path}' is not a readable {suffix} file") from None
-        raise InputError(f"data '{path}' holds pickled Python objects; dise reads only tensors from data "
+            raise InputError(f"{what} '{path}' is not a readable {suffix} file") from None
+        raise InputError(f"{what} '{path}' holds pickled Python objects; dise reads only tensors from data "
                          f"files (save a dict of tensors, or use --data-factory)") from None
     except Exception as exc:  # noqa: BLE001 - every reader has its own error types
-        raise InputError(f"data '{path}' is not a readable {suffix} file ({first_line(exc)})") from None
+        raise InputError(f"{what} '{path}' is not a readable {suffix} file ({first_line(exc)})") from None
     if isinstance(obj, torch.Tensor):
         return {"x": obj}
     if isinstance(obj, (tuple, list)) and 1 <= len(obj) <= 2 and all(isinstance(v, torch.Tensor) for v in obj):
         return dict(zip(("x", "y"), obj))
     if isinstance(obj, dict):
         return obj
-    raise InputError(f"data '{path}' holds a {type(obj).__name__}; expected a dict of tensors or an (x, y) pair")
+    raise InputError(f"{what} '{path}' holds a {type(obj).__name__}; expected a dict of tensors or an (x, y) pair")
 
 
 def _from_factory(raw: Any, spec: DataSpec) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import torch
 
 from dise_cli.errors import InputError, first_line
 from dise_cli.integrators import Euler, Integrator, Status
+from dise_cli.integrators.vector_field import rows_agree
 from dise_cli.odemodel import OdeModel
 
 FIDELITY_SAMPLES = 8
@@ -98,8 +99,7 @@ def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> bool | None:
     if not torch.equal(batch, _seeded(lambda: f(h0), 2, device)):
         return False
     alone = torch.cat([_seeded(lambda i=i: f(h0[i:i + 1], slice(i, i + 1)), 1, device) for i in range(len(h0))])
-    scale = float(batch.abs().max()) if batch.numel() else 0.0
-    if not torch.allclose(batch, alone, rtol=1e-4, atol=1e-6 * (1.0 + scale), equal_nan=True):
+    if not rows_agree(batch, alone):
         raise InputError(f"the ODE function gives a sample another answer in a batch of {len(h0)} than alone (it reads "
                          f"the sample's position in the batch or the batch's size, e.g. labels made with "
                          f"arange(len(x)) inside f); dise solves every sample on its own and cannot reproduce it")

@@ -17,7 +17,7 @@ import math
 import torch
 
 from dise_cli.errors import InputError, UsageError
-from dise_cli.files import existing_file, read_safetensors
+from dise_cli.files import existing_file
 
 FIGURES = ("nlp", "energy")
 ENERGY_SAMPLES = 2048       # larger sets are subsampled (seeded) so the pairwise terms stay cheap
@@ -36,13 +36,15 @@ def check_figure(name: str | None, data: str | None = None) -> str | None:
 def read_figure_data(path: str, output_size: int) -> torch.Tensor:
     """The held-out samples of ``--figure-data`` ([M, F] float32, F the size of one output), subsampled
     (seeded) to the size the energy distance uses."""
-    _, tensors = read_safetensors(path, "--figure-data")
+    from dise_cli.datasets import read_tensor_file
+    tensors = read_tensor_file(existing_file(path, "--figure-data"), "--figure-data")
     if "x" not in tensors:
         raise InputError(f"--figure-data '{path}' has no key 'x' (keys: {', '.join(sorted(tensors)) or 'none'})")
     x = tensors["x"]
-    if not x.is_floating_point() or x.ndim < 1 or len(x) < 2 or x[0].numel() != output_size:
-        raise InputError(f"--figure-data '{path}': 'x' must be float samples shaped like one output of the model "
-                         f"({output_size} values each, at least 2 samples), got {x.dtype} {tuple(x.shape)}")
+    if not isinstance(x, torch.Tensor) or x.dtype == torch.bool or x.is_complex() or x.ndim < 1 or len(x) < 2 or x[0].numel() != output_size:
+        raise InputError(f"--figure-data '{path}': 'x' must be samples shaped like one output of the model "
+                         f"({output_size} values each, at least 2 samples), got {getattr(x, 'dtype', type(x).__name__)} "
+                         f"{tuple(getattr(x, 'shape', ()))}")
     x = x.reshape(len(x), -1)
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"--figure-data '{path}': 'x' has non-finite values")

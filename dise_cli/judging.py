@@ -84,7 +84,10 @@ class Judge:
 
     def gamma(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``[N]`` error Γ per sample; a trajectory output is compared at its last time when the
-        target is a single state. Non-finite outputs give +inf."""
+        target is a single state. Non-finite outputs give +inf. Integer outputs (a sampler's uint8
+        images) are compared as the numbers they are, in float64 (uint8 arithmetic would wrap around)."""
+        if not out.is_floating_point():
+            out = out.to(torch.float64)
         target = target.to(out.device, out.dtype)
         if out.shape[1:] != target.shape[1:] and out.ndim == target.ndim + 1 and out.shape[2:] == target.shape[1:]:
             out = out[:, -1]

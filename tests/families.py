@@ -703,6 +703,18 @@ def build_fm_sampler() -> FMSampler:
     return FMSampler(build_fm_field()).eval()
 
 
+class ImageBytesSampler(FMSampler):
+    """A sampler that returns what it shows: ``((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)``."""
+
+    def forward(self, x0):
+        x = super().forward(x0)
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def build_image_bytes_sampler() -> ImageBytesSampler:
+    return ImageBytesSampler(build_fm_field()).eval()
+
+
 class ModelWrapper(nn.Module):
     """flow_matching.utils.ModelWrapper: forward(x, t, **extras) -> model(x=x, t=t, **extras)."""
 

@@ -86,6 +86,50 @@ def test_single_samples_match_torchdiffeq(cls, dtype, tol):
                 assert batch.nfe[i].item() == calls[0]
 
 
+@pytest.mark.parametrize("cls", TORCHDIFFEQ_METHODS, ids=lambda c: c.name)
+@pytest.mark.parametrize("backwards", [False, True])
+def test_a_step_cut_to_a_fifth_matches_torchdiffeq(cls, backwards):
+    """A first step far too long (error ratio in the thousands) is cut by torchdiffeq's dfactor 0.2, in
+    float64: the next step, every later one and the NFE are torchdiffeq's, bit for bit (0.2 rounded to
+    float32 once made every such cut 1.5e-8 off)."""
+    func = _mlp_field(torch.float64)
+
+    def stiff(t, y):
+        return -12.0 * y + func(t, y)
+    y0 = torch.randn(1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([1.0, 0.0] if backwards else [0.0, 1.0], dtype=torch.float64)
+    cut = []
+
+    def counted(tt, yy):
+        cut.append(float(tt))
+        return stiff(tt, yy)
+    with torch.no_grad():
+        ys = odeint(counted, y0, t, rtol=1e-6, atol=1e-6, method=cls.name, options={"first_step": 0.9})
+        alone = cls(rtol=1e-6, atol=1e-6, first_step=0.9).solve(VectorField(stiff, TimeMode.BROADCAST), y0, t)
+    assert alone.nfe.item() == len(cut)
+    torch.testing.assert_close(alone.ys, ys, rtol=0, atol=0)
+
+
+def test_a_time_per_row_that_changes_f_is_not_used():
+    """``torch.ones(N) * t`` is float32 for torchdiffeq's 0-dim float64 time and float64 for a time per
+    row ``[N]``: f's answers differ in the 8th digit, so dise gives each row a 0-dim time (vmap), and a
+    sample alone takes torchdiffeq's steps and states bit for bit."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+
+    def func(t, y):
+        vec_t = torch.ones(y.shape[0]) * t
+        return net(torch.cat([y, vec_t[:, None].to(y.dtype) * 3.1], 1))
+    y0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        field = VectorField.detect(func, y0, t)
+        assert field.mode is TimeMode.VMAP
+        for i in range(len(y0)):
+            ys = odeint(func, y0[i:i + 1], t, rtol=1e-7, atol=1e-7)
+            alone = Dopri5(rtol=1e-7, atol=1e-7).solve(field, y0[i:i + 1], t)
+            torch.testing.assert_close(alone.ys, ys, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_revealed_summation_order_is_the_order_sum_uses(dtype):
     """Stage sums of up to 14 products (dopri8's error sum) add in the tree PyTorch's sum(-1) uses,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 import families
 import tiny_models
 from dise_cli.cli import app
+from dise_cli.errors import InputError
 from dise_cli.fidelity import check_fidelity
 from dise_cli.integrators import Dopri5
 from dise_cli.odeblock import read_by_attributes
@@ -154,3 +156,37 @@ def test_a_misread_model_is_exit_2_before_anything_is_written(tmp_path):
     import json
     info = json.loads((tmp_path / "i.json").read_text())
     assert res.exit_code == 2 and info["fidelity"]["passed"] is False and info["read_by"].startswith("block attributes")
+
+
+def test_round_off_of_a_batch_is_not_taken_for_rows_reading_each_other():
+    """A float32 score network rounds a row differently in a batch than alone (another matrix product
+    kernel), and a VP drift of 0.5 * beta(1) = 10 scales that up: accepted. Labels made from the row's
+    place in the batch are off by far more: refused."""
+    from dise_cli.fidelity import check_rows_alone
+    from dise_cli.integrators.vector_field import rows_agree
+
+    class VPDrift(nn.Module):
+        def __init__(self, by_place: bool = False):
+            super().__init__()
+            torch.manual_seed(0)
+            self.score = nn.Sequential(nn.Linear(3, 64), nn.SiLU(), nn.Linear(64, 2))
+            self.by_place = by_place
+
+        def forward(self, x):
+            def f(t, h):
+                vec_t = torch.ones(h.shape[0]) * t
+                s = self.score(torch.cat([h, vec_t[:, None]], 1))
+                if len(h) > 1:          # what another kernel's round-off does, made certain
+                    s = s * (1 + 4 * torch.finfo(s.dtype).eps)
+                if self.by_place:
+                    s = s + (torch.arange(len(h)) % 2)[:, None]
+                return -10.0 * (h + 8.0 * s)
+            return odeint(f, x, torch.tensor([1.0, 1e-3]), rtol=1e-4, atol=1e-4)[-1]
+
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert check_rows_alone(read_model(VPDrift().eval(), x), x) is True
+        with pytest.raises(InputError, match="(mixes the rows|another answer in) .*batch"):
+            check_rows_alone(read_model(VPDrift(by_place=True).eval(), x), x)
+    a = torch.full((4, 2), 100.0)
+    assert rows_agree(a * (1 + 50 * torch.finfo(a.dtype).eps), a) and not rows_agree(a + 0.1, a)

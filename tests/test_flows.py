@@ -172,3 +172,25 @@ def test_finetune_a_cnf_density_by_maximum_likelihood(tmp_path):
     assert all(math.isfinite(h["validation"]["nlp"]) for h in report["history"])
     assert all(math.isfinite(h["task_loss"]) and h["reg"] > 0 for h in report["history"][1:])
     assert (tmp_path / "f.pt").exists()
+
+
+def test_a_sampler_of_uint8_images_is_judged_by_the_numbers_it_returns(tmp_path):
+    """uint8 outputs are compared as numbers (0 against 255 is 255 off, not 1 as uint8 arithmetic wraps),
+    and held-out samples may come as a .pt file."""
+    from dise_cli.judging import Judge
+    gamma = Judge("regression", metric="l2").gamma(torch.tensor([[0, 255]], dtype=torch.uint8),
+                                                   torch.tensor([[255, 0]], dtype=torch.uint8))
+    assert gamma.tolist() == [pytest.approx(255 * math.sqrt(2))]
+    module = families.build_image_bytes_sampler()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(24)}, str(tmp_path / "d.safetensors"))
+    torch.save({"x": (torch.rand(30, 2, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)},
+               tmp_path / "h.pt")
+    res = CliRunner().invoke(app, ["profile", str(tmp_path / "m.pt"), "--arch", "families:build_image_bytes_sampler",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors"), "--metric", "l2",
+                                   "--figure", "energy", "--figure-data", str(tmp_path / "h.pt"),
+                                   "--out", str(tmp_path / "p.safetensors"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    rows = json.loads(res.stdout)["candidates"]
+    assert all(math.isfinite(r["mean_error"]) and r["figure"]["energy_distance_data"] > 0 for r in rows)
+    assert rows[0]["mean_error"] > 1.0          # Euler's one step moves samples by whole grey levels

@@ -54,7 +54,8 @@ class StepControl:
     def next_step(self, dt: torch.Tensor, ratio: torch.Tensor, order: int, safety: torch.Tensor) -> torch.Tensor:
         """The next step size per row from the error ratio (torchdiffeq's ``_optimal_step_size``)."""
         r64 = ratio.detach().double()
-        dfactor = torch.where(r64 < 1, 1.0, DFACTOR).to(torch.float64)
+        # float64 from the start: torch.where of two Python floats is float32, and 0.2 in float32 is not 0.2
+        dfactor = torch.where(r64 < 1, torch.ones_like(r64), torch.full_like(r64, DFACTOR))
         # safety and the exponent are tensors, as in torchdiffeq: a Python float over a tensor would be
         # computed as float * reciprocal(tensor), and a float exponent 0.5 as a square root.
         exponent = torch.tensor(order, dtype=torch.float64, device=dt.device).reciprocal()
