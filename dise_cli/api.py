@@ -14,6 +14,7 @@ Every function raises a ``dise_cli.errors.DiseError`` subclass for bad input (``
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -80,7 +81,7 @@ def profile(model: str | Path | ModelOptions, *, out: str | Path | None = None, 
             run = profile_model(opened, rows=rows, batch_size=settings.batch_size, task=settings.task,
                                 metric=settings.metric, time_major=settings.time_major, seed=settings.seed,
                                 progress=advance, figure=settings.figure, figure_data=settings.figure_data,
-                                shard=shard.pair if shard else (0, 1))
+                                shard=shard.pair if shard else (0, 1), note=tell)
         if shard is not None:
             stamp(run.profile, shard, plan)
         return run
@@ -275,9 +276,9 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     from dise_cli.errors import UsageError
     from dise_cli.files import writable_target
     from dise_cli.imports import import_object
-    from dise_cli.judging import detect_task
     from dise_cli.model_files import output_for, save_model
-    from dise_cli.pipeline import open_inputs
+    from dise_cli.judging import class_labels
+    from dise_cli.pipeline import choose_task, open_inputs
 
     source, config, settings = _model_command(model, options, finetuning.FinetuneSettings)
     if settings.loss and settings.loss != finetuning.NLL:
@@ -288,8 +289,9 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     opened = open_inputs(inputs)
     if opened.data.per_sample_grid:
         raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
-    train_data, val = _train_and_validation(opened.data, val_data, source, config, settings.seed)
-    task = settings.task or detect_task(train_data.y)
+    task, _ = choose_task(opened, settings.task, note)
+    train_data, val = (dataclasses.replace(d, y=class_labels(task, d.y))
+                       for d in _train_and_validation(opened.data, val_data, source, config, settings.seed))
     with (progress or _no_progress)(settings.epochs * len(train_data),
                                     f"fine-tuning ({settings.reg}, λ={settings.lam:g})") as advance:
         result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, task,

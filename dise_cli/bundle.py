@@ -187,7 +187,7 @@ def example_input(spec: dict, device: torch.device, n: int = 4, rows: bool = Fal
 
 
 def fit_data(routed, data, bundle: str) -> None:
-    """Check data against the bundle before any work: its inputs shaped as the bundle's were (of the
+    """Check data against the bundle before any work: its inputs of the bundle's dtype, shaped as the bundle's were (of the
     same rank, where the bundle rebuilds the model rather than running programs), and for a
     model that takes its time grid as an argument (``forward(x, t)``), the data's grid ``t`` is that
     argument. ``InputError`` naming the data otherwise."""
@@ -200,6 +200,10 @@ def fit_data(routed, data, bundle: str) -> None:
             return f"{len(join)} inputs ({join.describe()})" if join is not None else "one input"
         raise InputError(f"data '{data.name}': {says(data.join)}, but bundle '{bundle}' was made for a model of "
                          f"{says(made)} (--x-key names them)")
+    dtype = str(data.x.dtype).replace("torch.", "")
+    if made is None and spec.get("dtype") not in (None, dtype):
+        raise InputError(f"data '{data.name}': inputs of dtype {dtype}, but bundle '{bundle}' was made for {spec['dtype']} "
+                         f"inputs; save them as {spec['dtype']}")
     shape, want = list(data.x.shape[1:]), spec.get("shape")
     # programs take inputs of the exported shape; the model itself may take others of the same rank
     if want is not None and (shape != want if ode.how == "programs" else len(shape) != len(want)):
@@ -244,6 +248,7 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
     grid, given = recorded_grids(reading)
     ode = read_model(module, example_input(manifest["input"], device, rows="rows" in manifest["input"]),
                      solve=reading.get("solve"), join=InputJoin.from_dict(reading.get("inputs")),
+                     output_key=reading.get("output_key"),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
                      data_t=given, model_name=f"bundle '{bundle}' model")
     check_reading(ode.record(), reading, f"bundle '{bundle}'")
@@ -262,7 +267,7 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
     return grid, given
 
 
-READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs")
+READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs", "output_key")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

@@ -15,7 +15,7 @@ from dise_cli.files import existing_file
 
 PATH_KEYS = ("model", "data", "code_path", "figure_data")
 PROJECT_KEYS = {
-    "model": "MODEL file", "arch": "package.module:factory", "trust_pickle": "bool", "state_key": "str",
+    "model": "MODEL file", "arch": "package.module:factory", "trust_pickle": "bool", "state_key": "str", "output_key": "str",
     "code_path": "folder or list of folders", "ode_block": "dotted module path", "solve": "int",
     "t_span": "list of times",
     "data": "data file", "data_factory": "package.module:fn", "x_key": "str, or a list for several inputs", "y_key": "str",

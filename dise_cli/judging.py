@@ -18,9 +18,13 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
     only where the outputs can only be class scores: a decoder's ``[N, C]`` that is not the ODE state
     (``returns_state``: a sampler's or a flow's output) and not shaped like the input (a map from noise
     to samples). Anything else is judged by its error against a reference solve, which is the stricter
-    verdict: a classifier judged so is held to its scores, a sampler judged by argmax to nothing."""
+    verdict: a classifier judged so is held to its scores, a sampler judged by argmax to nothing.
+    Float labels that can only be class indices (``BCEWithLogitsLoss`` wants 0. and 1.) are
+    classification too: see ``float_class_labels``."""
     if y is not None:
-        return "regression" if y.is_floating_point() else "classification"
+        if not y.is_floating_point():
+            return "classification"
+        return "classification" if float_class_labels(y, sample_output) else "regression"
     if returns_state or sample_output is None or not has_decoder:
         return "regression"
     if sample_output.ndim != 2 or sample_output.shape[1] < 2:
@@ -28,6 +32,42 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
     if input_shape is not None and tuple(sample_output.shape[1:]) == tuple(input_shape):
         return "regression"
     return "classification"
+
+
+def float_class_labels(y: torch.Tensor, out: torch.Tensor | None) -> bool:
+    """Float targets that are class labels: one whole number per sample, 0 and 1 for a model with one
+    output that is a logit, or 0 to C-1 for class scores ``[N, C]`` (no float target of another shape
+    fits). ``out`` holds the outputs for the first rows of ``y``. An output is a logit where some
+    value lies outside [0, 1], or where ``logit > 0`` matches those rows' labels at least as well as
+    ``p > 0.5`` does; a probability is judged by its error."""
+    if out is None or not y.is_floating_point() or len(y) == 0:
+        return False
+    single = is_single_logit(out)
+    if not (y.ndim == 1 or (single and y.ndim == 2 and y.shape[1] == 1)):
+        return False
+    if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()) or float(y.min()) < 0:
+        return False
+    if single:
+        scores = out.detach().double().reshape(len(out))
+        if float(y.max()) > 1:
+            return False
+        if bool(((scores < 0) | (scores > 1)).any()):
+            return True
+        labels = y[:len(scores)].reshape(-1).to(scores.device, torch.float64)
+        as_logit = ((scores > 0).double() == labels).double().mean()
+        as_probability = ((scores > 0.5).double() == labels).double().mean()
+        return bool(as_logit >= as_probability)
+    return out.ndim == 2 and out.shape[1] >= 2 and float(y.max()) < out.shape[1]
+
+
+def class_labels(task: str, y: torch.Tensor | None) -> torch.Tensor | None:
+    """A classifier's labels as int64 class indices ``[N]`` (float 0. and 1., or ``[N, 1]``, as BCE
+    training keeps them); anything else as it is."""
+    if task != "classification" or y is None or not y.is_floating_point():
+        return y
+    if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+        return y                         # check_labels names them
+    return (y.reshape(len(y)) if y.ndim == 2 and y.shape[1] == 1 else y).long()
 
 
 def targets_batch_major(y: torch.Tensor, n: int, n_t: int, time_major: bool | None, data_name: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
-from dise_cli.odemodel import AttributeModel
+from dise_cli.odemodel import AttributeModel, output_note, pick_output
 from dise_cli.states import StateLayout
 
 FUNC_ATTRS = ("odefunc", "func", "f", "vf")
@@ -135,7 +135,8 @@ def sequential_split(module: nn.Module, path: str) -> tuple[nn.Sequential, nn.Se
 
 
 def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor | None, data_t: torch.Tensor | None,
-                       ode_block: str | None, model_name: str, model_args: tuple) -> AttributeModel:
+                       ode_block: str | None, model_name: str, model_args: tuple,
+                       output_key: str | None = None) -> AttributeModel:
     """Locate the block by its attributes (``ode_block`` overrides), run the model once to learn its
     input and output, and choose how to pass per-row times to f."""
     if ode_block is not None:
@@ -189,7 +190,8 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         encoder, decoder = sequential_split(module, path)
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
                            output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
-    model.output_time_major = time_major_output(out, n)
+    model.output_key, model.output_note = output_key, output_note(out, output_key, n)
+    model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source
     model.func_description = f"{path}.{attr}".lstrip(".")
     model.func_class = type(func).__name__
@@ -222,11 +224,11 @@ def _output_format(out: Any, h0: torch.Tensor, n_t: int) -> str:
                      f"the final state, the trajectory [T, N, ...], or torchdyn's (t, trajectory)")
 
 
-def time_major_output(out: Any, n: int) -> bool:
-    """Whether the model's output keeps its samples on axis 1: time first (``[T, N, ...]`` as odeint
-    returns it), or trajectory samples first (Rubanova's latent ODE returns ``[S, N, T, D]``)."""
-    if isinstance(out, (tuple, list)):
-        out = out[-1]
+def time_major_output(out: Any, n: int, key: str | None = None) -> bool:
+    """Whether the model's output (``key`` picks it from several, see ``pick_output``) keeps its samples
+    on axis 1: time first (``[T, N, ...]`` as odeint returns it), or trajectory samples first
+    (Rubanova's latent ODE returns ``[S, N, T, D]``)."""
+    out = pick_output(out, key)
     if not isinstance(out, torch.Tensor) or out.ndim == 0:
         raise InputError(f"the model returns {type(out).__name__}; dise needs a tensor output")
     if out.shape[0] == n:

@@ -104,6 +104,8 @@ class OdeModel:
         self.model_takes_grid = False        # forward(x, t): the grid is the second argument
         self.input_grid: torch.Tensor | None = None   # that argument (None: the solve's grid, t_span)
         self.join: InputJoin | None = None   # the forward takes several inputs, packed in x (dise_cli.inputs)
+        self.output_key: str | None = None   # which of several outputs dise judges (see pick_output)
+        self.output_note: str | None = None  # how it chose one where the forward returns several
         self._call_grid: torch.Tensor | None = None   # the grid one call was given (see _grid_argument)
 
     @property
@@ -135,8 +137,7 @@ class OdeModel:
                          "its own grid to its solver" + (" (give one grid [T])" if self.model_takes_grid else ""))
 
     def batch_major(self, out: Any) -> torch.Tensor:
-        if isinstance(out, (tuple, list)):
-            out = out[-1]
+        out = pick_output(out, self.output_key)
         return out.transpose(0, 1) if self.output_time_major else out
 
     def record(self) -> dict:
@@ -150,6 +151,7 @@ class OdeModel:
                 "t_span": [float(v) for v in self.t_span],
                 "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],
                 "inputs": None if self.join is None else self.join.to_dict(),
+                "output_key": self.output_key,
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -168,6 +170,48 @@ class OdeModel:
         if problem is not None and self.splittable:
             return self.decode(problem, solve(problem))
         return self.forward_with(x, solve, t)
+
+
+def pick_output(out: Any, key: str | None = None) -> Any:
+    """The output dise judges, from what the forward returns: a tensor as it is; of a tuple or list,
+    the last element, or element ``key`` (an index, or a named tuple's field); of a dict, entry ``key``,
+    or without one its only tensor. ``InputError`` naming ``--output-key`` where the choice is not clear."""
+    if isinstance(out, dict):
+        if key is None:
+            tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+            if len(tensors) != 1:
+                raise InputError(f"the model returns a dict (keys {', '.join(map(str, out)) or 'none'}); name the "
+                                 f"output dise judges with --output-key")
+            return out[tensors[0]]
+        if key not in out:
+            raise InputError(f"--output-key: the model's output has no key '{key}' (keys "
+                             f"{', '.join(map(str, out)) or 'none'})")
+        return out[key]
+    if isinstance(out, (tuple, list)):
+        if key is None:
+            return out[-1]
+        if hasattr(out, "_fields") and key in out._fields:       # a named tuple's field
+            return getattr(out, key)
+        try:
+            return out[int(key)]
+        except (ValueError, IndexError):
+            raise InputError(f"--output-key: the model returns a {type(out).__name__} of {len(out)}; give an index "
+                             f"from 0 to {len(out) - 1}" + (f" or a field ({', '.join(out._fields)})"
+                                                           if hasattr(out, "_fields") else "")) from None
+    if key is not None:
+        raise InputError(f"--output-key: the model returns one {type(out).__name__}, not a dict or tuple")
+    return out
+
+
+def output_note(out: Any, key: str | None, n: int) -> str | None:
+    """What a person should know when the forward (run on ``n`` samples) returns several outputs and
+    dise took one by default."""
+    if key is not None or not isinstance(out, (tuple, list)) or len(out) < 2:
+        return None
+    last = out[-1]
+    shape = f"of shape {tuple(last.shape)} for {n} samples" if isinstance(last, torch.Tensor) else type(last).__name__
+    return (f"the model returns a {type(out).__name__} of {len(out)}; dise judges its last element, {shape} "
+            f"(--output-key picks another)")
 
 
 def model_call_args(x: torch.Tensor, join: InputJoin | None, grid: torch.Tensor | None = None) -> tuple:

@@ -3,6 +3,7 @@ its candidates (the model's own solver as the baseline), the fidelity check, and
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,12 +17,14 @@ from dise_cli.sharding import Shard
 from dise_cli.fidelity import FIDELITY_SAMPLES, Fidelity, check_fidelity, fidelity_error
 from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrator, parse_candidates
 from dise_cli.integrators.emulation import Emulation, emulate
-from dise_cli.judging import Judge, check_labels, detect_task
+from dise_cli.judging import Judge, check_labels, class_labels, detect_task, is_single_logit
 from dise_cli.loading import LoadedModel, load_model
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import ProfileRun, Reference, profile_candidates
 from dise_cli.reading import read_model
 from dise_cli.sources import Inputs
+
+TASK_PROBE_ROWS = 16     # rows the task is read from (a single output that is a logit goes below 0 somewhere)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     grid = None if inputs.t_span is None else torch.tensor(inputs.t_span, dtype=torch.float64)
     x = probe_rows(data.x).to(inputs.device)
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
-                       data_t=data.t, model_name=name, join=data.join)
+                       data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
     if data.per_sample_grid and model.how != "bare":
         raise InputError(f"data '{data.name}': 't' gives every sample its own time grid, which dise uses for a model "
                          f"that is a bare vector field; {name} passes its own grid to its solver")
@@ -138,7 +141,8 @@ def raise_if_unfaithful(opened: Opened) -> None:
 def reading_notes(opened: Opened) -> list[str]:
     """What a person should know up front about how dise read the model (and, for a model without a
     factory, whether export will need one)."""
-    notes = [f"note: {note}" for note in ([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes]
+    notes = [f"note: {note}" for note in ([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes
+             + ([opened.model.output_note] if opened.model.output_note else [])]
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
         from dise_cli.exporting import export_plan
         plan = export_plan(opened.model, opened.loaded, opened.probe)
@@ -220,28 +224,43 @@ def _returns_state(sample: Any, solved: list[torch.Tensor], ode: OdeModel) -> bo
     return False
 
 
-def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
-                  task: str | None = None, metric: str | None = None, time_major: bool | None = None, seed: int = 0,
-                  progress: Callable[[int], None] | None = None, figure: str | None = None,
-                  figure_data: str | None = None, shard: tuple[int, int] = (0, 1)) -> ProfileRun:
-    """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
-    candidate on ``rows`` of the data (shard ``(k, n)``'s batches of them only), and stamp the profile
-    with what produced it."""
-    ode, data, device = opened.model, opened.data, opened.device
-    candidates, base = opened.candidates.integrators, opened.candidates.baseline
+def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | None = None) -> tuple[str, Any]:
+    """The task (``task`` where given, else read from the labels and from the model's outputs on a few
+    rows, solved by the first candidate) and those outputs; ``InputError`` for labels the model cannot
+    be judged by. ``note`` hears how float labels were read."""
+    ode, data = opened.model, opened.data
     solved = []
 
     def solve(p):
-        solved.append(candidates[0].solve(p.field, p.h0, p.t).ys)
+        solved.append(opened.candidates.integrators[0].solve(p.field, p.h0, p.t).ys)
         return solved[-1]
     with torch.no_grad():
-        sample = ode.forward_with(data.x[:2].to(device), solve)
-    if task is None and (figure is not None or metric is not None):
-        task = "regression"             # a figure (NLP, energy) or a metric says the outputs are judged by an error
+        sample = ode.forward_with(data.x[:TASK_PROBE_ROWS].to(opened.device), solve)
     if task is None:
         task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested", "whole"),
                            input_shape=tuple(data.x.shape[1:]), returns_state=_returns_state(sample, solved, ode))
-    check_labels(task, data.y, sample, data.name)
+        if task == "classification" and data.y is not None and data.y.is_floating_point() and note is not None:
+            note(f"labels in '{data.name}' are floats holding class indices (as BCE training keeps them): judged as "
+                 f"a classifier ({'logit > 0' if is_single_logit(sample) else 'argmax'}); --task regression judges "
+                 f"the outputs by their error instead")
+    check_labels(task, class_labels(task, data.y), sample, data.name)
+    return task, sample
+
+
+def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
+                  task: str | None = None, metric: str | None = None, time_major: bool | None = None, seed: int = 0,
+                  progress: Callable[[int], None] | None = None, figure: str | None = None,
+                  figure_data: str | None = None, shard: tuple[int, int] = (0, 1),
+                  note: Callable[[str], None] | None = None) -> ProfileRun:
+    """``dise profile`` as a function: choose the task (labels' dtype unless given), judge every
+    candidate on ``rows`` of the data (shard ``(k, n)``'s batches of them only), and stamp the profile
+    with what produced it. ``note`` hears how float labels were read."""
+    ode, device = opened.model, opened.device
+    candidates, base = opened.candidates.integrators, opened.candidates.baseline
+    if task is None and (figure is not None or metric is not None):
+        task = "regression"             # a figure (NLP, energy) or a metric says the outputs are judged by an error
+    task, sample = choose_task(opened, task, note)
+    data = dataclasses.replace(opened.data, y=class_labels(task, opened.data.y))
     if figure is not None and task != "regression":
         raise UsageError(f"--figure {figure}: figures are for models judged by an error (regression, density, "
                          f"sampling); this one is a classifier")

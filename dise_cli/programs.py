@@ -271,6 +271,7 @@ class ProgramModel(OdeModel):
         self.output_time_major = bool(reading["output_time_major"])
         self.model_takes_grid = bool(reading.get("model_takes_grid", False))
         self.join = InputJoin.from_dict(reading.get("inputs"))
+        self.output_key = reading.get("output_key")
         if reading.get("input_grid") is not None:
             self.input_grid = torch.tensor(reading["input_grid"], dtype=torch.float64)
         self.block_path = reading.get("block", "")

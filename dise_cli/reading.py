@@ -23,7 +23,7 @@ from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attribut
                                sequential_split, time_major_output)
 from dise_cli.inputs import InputJoin
 from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, call_once,
-                               extract, model_call_args, pack_call)
+                               extract, model_call_args, output_note, pack_call)
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
 from dise_cli.states import StateLayout, same_structure
@@ -109,7 +109,7 @@ class _Recorder:
 def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
                ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
                model_name: str = "model", batch: int = 3, join: InputJoin | None = None,
-               _context: frozenset | None = None) -> OdeModel:
+               output_key: str | None = None, _context: frozenset | None = None) -> OdeModel:
     """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it.
     (``join``: ``x`` packs the several inputs the forward takes; ``_context``: the paths of f's
     per-sample tensors seen with fewer rows, for the re-read that keeps only those that grew with the
@@ -141,9 +141,10 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             # grows with the batch is per sample (a fixed one that happened to match does not)
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
                               data_t=data_t, model_name=model_name, batch=len(rows) + 1, join=join,
+                              output_key=output_key,
                               _context=frozenset(candidates.paths) if candidates is not None else _context)
         context = candidates if _context is None or candidates is None else candidates.only(_context)
-        model = _traced(module, rows, recorder, chosen, out, takes_grid, context, join)
+        model = _traced(module, rows, recorder, chosen, out, takes_grid, context, join, output_key)
         if takes_grid:
             model.input_grid = grid             # the model's time argument, which its solve may not integrate over
         model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
@@ -160,7 +161,7 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
     if failure is not None:
         raise _rejects(data_name, rows, failure)
     with torch.no_grad():
-        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args)
+        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key)
 
 
 def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:
@@ -233,7 +234,8 @@ def _context_candidates(call: SolveCall, n: int) -> RowContext | None:
 
 
 def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Seen, out: Any,
-            takes_grid: bool, context: RowContext | None, join: InputJoin | None) -> TracedModel:
+            takes_grid: bool, context: RowContext | None, join: InputJoin | None,
+            output_key: str | None = None) -> TracedModel:
     call = chosen.call
     if call.library == "scipy":
         raise InputError(f"the model's solve ({call.where}) is scipy.integrate.solve_ivp ({call.method}) on a numpy "
@@ -269,7 +271,8 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
                         encoder=encoder, decoder=decoder)
     model.model_takes_grid = takes_grid
     model.join = join
-    model.output_time_major = time_major_output(out, n)
+    model.output_key, model.output_note = output_key, output_note(out, output_key, n)
+    model.output_time_major = time_major_output(out, n, output_key)
     model.block_path = chosen.block_path
     model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),
                           options=dict(call.options))

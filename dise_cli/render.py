@@ -283,11 +283,12 @@ def render_evaluation(ui: Output, report: dict) -> None:
     ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
             f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
             + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))
-    if report.get("best_single_beats_dise"):
-        single = next(c for c in report["candidates"] if c["candidate"] == best["candidate"])
-        ui.line(f"note: {best['candidate']} alone is right as often as DISE ({right} {_pct(single['accuracy'])}) at "
+    if report.get("single_instead"):
+        name = report["single_instead"]
+        single = next(c for c in report["candidates"] if c["candidate"] == name)
+        ui.line(f"note: {name} alone is right as often as DISE ({right} {_pct(single['accuracy'])}) at "
                 f"{single['nfe_mean']:.2f} NFE against DISE's {dise['nfe_mean']:.2f} (its selector included): on this "
-                f"data, run {best['candidate']} alone")
+                f"data, run {name} alone")
     if report.get("world_size", 1) > 1:
         ui.line(f"{report['world_size']} processes judged the samples; the times below are rank 0's, on its own device")
     for t in report["timing"]:

@@ -14,7 +14,7 @@ from dise_cli.bundle import input_spec
 from dise_cli.calibration import Point, calibrate, evaluate_point, route
 from dise_cli.clock import alternating_medians
 from dise_cli.config import positive_int
-from dise_cli.costs import COSTS, DEFAULT_ALPHA, DEFAULT_M, cost_labels
+from dise_cli.costs import COSTS, DEFAULT_ALPHA, DEFAULT_M, cost_labels, success
 from dise_cli.errors import InputError, UsageError
 from dise_cli.odemodel import Problem
 from dise_cli.pipeline import Opened
@@ -172,7 +172,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
                               settings.max_accuracy_drop, settings.seed, *errors, budgets=settings.budgets)
     raw = evaluate_point(pred_val.double(), labels.right[val], labels.delta[val],
                          torch.zeros(pred_val.shape[1], dtype=torch.float64), v_cost, *errors)
-    describe = _Describer(val_profile, pred_val, v_nfe)
+    describe = _Describer(val_profile, pred_val, v_nfe, labels.beta)
     selector = Selector(net=net.cpu(), candidates=list(profile.candidates), offsets=list(chosen.offsets),
                         made_with=made_with(opened.device))
     report = _report(val_profile, labels, settings, chosen, raw, curve, v_nfe, losses, n_train=len(train),
@@ -188,7 +188,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
         "reading": opened.model.record(),
         # Measured wall-clock figures (the selector's cost in NFE units) stay out of the file, so the
         # same inputs and seed give the same bytes; evaluate measures them again.
-        "validation": {"accuracy": chosen.accuracy,
+        "validation": {"accuracy": describe(chosen.offsets)["accuracy"],
                        "nfe_integrators": round(describe.integrators_nfe(chosen.offsets), 6),
                        "share": dict(zip(profile.candidates, chosen.share)), "cost": settings.cost},
     }
@@ -207,11 +207,14 @@ def _seconds_unit(profile: Profile) -> float:
 
 
 class _Describer:
-    """A choice of offsets on the validation split in every unit a person reads: accuracy, AUC,
-    mean NFE and estimated seconds (the selector's own cost included in both), and shares."""
+    """A choice of offsets on the validation split in every unit a person reads: accuracy (right
+    answers, or Γ ≤ β: the criterion every row of the report uses, whatever budget chose the
+    offsets), AUC, mean NFE and estimated seconds (the selector's own cost included in both), and
+    shares."""
 
-    def __init__(self, val: Profile, pred: torch.Tensor, v_nfe: float):
+    def __init__(self, val: Profile, pred: torch.Tensor, v_nfe: float, beta: float | None):
         self.val, self.pred, self.v_nfe = val, pred.double(), v_nfe
+        self.good = success(val, beta)
         self.seconds = estimated_seconds(val)
         self.v_seconds = selector_seconds(val, v_nfe)
 
@@ -223,7 +226,8 @@ class _Describer:
     def __call__(self, offsets) -> dict:
         choice = route(self.pred, torch.tensor(offsets, dtype=torch.float64))
         rows = torch.arange(len(choice))
-        out = {"nfe_mean": round(float(self.val.nfe[rows, choice].double().mean()) + self.v_nfe, 4)}
+        out = {"accuracy": round(float(self.good[rows, choice].double().mean()), 4) if len(choice) else 0.0,
+               "nfe_mean": round(float(self.val.nfe[rows, choice].double().mean()) + self.v_nfe, 4)}
         if self.seconds is not None:
             out["seconds_mean"] = float(self.seconds[rows, choice].mean()) + self.v_seconds
         if self.val.task == "classification":
@@ -235,7 +239,7 @@ class _Describer:
 
 def _point(p: Point, candidates: list[str], describe: _Describer) -> dict:
     errors = {} if p.error is None else {"mean_error": p.error, "mean_deviation": p.deviation}
-    return {"accuracy": round(p.accuracy, 4), **errors, **describe(p.offsets),
+    return {**errors, **describe(p.offsets),
             "share": {c: round(s, 4) for c, s in zip(candidates, p.share)},
             "offsets": {c: o for c, o in zip(candidates, p.offsets)}}
 
@@ -282,6 +286,6 @@ def _report(val: Profile, labels, settings: TrainSettings, chosen: Point, raw: P
                                            "nfe_mean": base["nfe"]["mean"]}, val),
         "best_single": _single(summary, summary["best_single"], val),
         "oracle": oracle,
-        "tradeoff": [{"accuracy": round(p.accuracy, 4), **describe(p.offsets),
+        "tradeoff": [{**describe(p.offsets),
                       "share": [round(s, 4) for s in p.share]} for p in curve],
     }

@@ -43,6 +43,7 @@ class ModelOptions(DataOptions):
     ode_block: str | None = None
     solve: int | None = None
     t_span: str | tuple[float, ...] | None = None
+    output_key: str | None = None       # the output dise judges, of a forward returning a dict or tuple
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Inputs:
     t_span: tuple[float, ...] | None
     device: torch.device
     solve: int | None = None
+    output_key: str | None = None
 
 
 def options_from(cls: type[S], given: Mapping[str, Any], base: S | None = None, **fixed: Any) -> tuple[S, dict[str, Any]]:
@@ -148,7 +150,12 @@ def model_inputs(options: ModelOptions, config: Mapping[str, Any], *, with_data:
         t_span=None if grid is None else tuple(grid.tolist()),
         device=device_of(options, config),
         solve=_given(options.solve, config, "solve"),
+        output_key=_output_key(_given(options.output_key, config, "output_key")),
     )
+
+
+def _output_key(value: Any) -> str | None:
+    return None if value is None else str(value)        # dise.yaml may give an index as a number
 
 
 def _given(value: Any, config: Mapping[str, Any], key: str) -> Any:

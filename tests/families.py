@@ -715,6 +715,18 @@ def build_image_bytes_sampler() -> ImageBytesSampler:
     return ImageBytesSampler(build_fm_field()).eval()
 
 
+class DictOutputSampler(FMSampler):
+    """A sampler that returns its samples with their path: ``{"samples": x1, "trajectory": xs}``."""
+
+    def forward(self, x0):
+        xs = odeint(lambda t, x: self.v(x, t), x0, torch.linspace(0.0, 1.0, 5), rtol=1e-4, atol=1e-4)
+        return {"samples": xs[-1], "trajectory": xs}
+
+
+def build_dict_output_sampler() -> DictOutputSampler:
+    return DictOutputSampler(build_fm_field()).eval()
+
+
 class ModelWrapper(nn.Module):
     """flow_matching.utils.ModelWrapper: forward(x, t, **extras) -> model(x=x, t=t, **extras)."""
 

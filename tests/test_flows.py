@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+import dise_cli
 import families
 from dise_cli.cli import app
 from dise_cli.errors import UsageError
@@ -194,3 +195,38 @@ def test_a_sampler_of_uint8_images_is_judged_by_the_numbers_it_returns(tmp_path)
     rows = json.loads(res.stdout)["candidates"]
     assert all(math.isfinite(r["mean_error"]) and r["figure"]["energy_distance_data"] > 0 for r in rows)
     assert rows[0]["mean_error"] > 1.0          # Euler's one step moves samples by whole grey levels
+
+
+def test_a_sampler_returning_a_dict_is_judged_by_the_output_named(tmp_path):
+    """``{"samples", "trajectory"}``: dise asks which (exit 2 naming --output-key); with --output-key
+    samples, profile, export and the bundle use that entry, recorded in the bundle. A tuple's or named
+    tuple's element is picked by index or field; by default its last, with a note."""
+    from collections import namedtuple
+    from dise_cli.errors import InputError
+    from dise_cli.odemodel import pick_output
+    module = families.build_dict_output_sampler()
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    x = families.make_noise(24, seed=2)
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    common = [str(tmp_path / "m.pt"), "--arch", "families:build_dict_output_sampler", "--code-path", TESTS,
+              "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["inspect", *common])
+    assert res.exit_code == 2 and "keys samples, trajectory" in res.stderr and "--output-key" in res.stderr
+    for args in (["profile", *common, "--output-key", "samples", "--out", str(tmp_path / "p.sft")],
+                 ["train-selector", *common, "--output-key", "samples", "--profile", str(tmp_path / "p.sft"),
+                  "--epochs", "2", "--out", str(tmp_path / "s.sft")],
+                 ["export", *common[:5], "--selector", str(tmp_path / "s.sft"), "--out", str(tmp_path / "b.dise")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.stderr
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    with torch.no_grad():
+        out, stats = bundle(x, return_stats=True)
+        own = module(x)["samples"]
+    baseline = stats.integrator == len(stats.candidates) - 1
+    assert out.shape == own.shape and bundle.manifest["reading"]["output_key"] == "samples"
+    torch.testing.assert_close(out[baseline], own[baseline], rtol=1e-3, atol=1e-3)
+    pair = namedtuple("Pair", "samples trajectory")(torch.ones(2), torch.zeros(2))
+    assert pick_output(pair, "samples") is pair.samples and pick_output(pair, "0") is pair.samples
+    assert pick_output(pair) is pair.trajectory and pick_output({"only": pair.samples}) is pair.samples
+    with pytest.raises(InputError, match="index from 0 to 1 or a field"):
+        pick_output(pair, "path")

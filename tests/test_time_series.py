@@ -217,3 +217,40 @@ def test_a_bundle_takes_the_datas_grid_as_the_models_time_argument(tmp_path):
     res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d3.safetensors", "--code-path", TESTS,
                  "--out", tmp_path / "pred3.safetensors")
     assert res.exit_code == 2 and "inputs of shape (6,)" in res.stderr and "d3.safetensors" in res.stderr
+    save_file({"x": x2.double(), "t": t2}, str(tmp_path / "d4.safetensors"))   # float64 for a float32 model: exit 2
+    res = invoke("evaluate", tmp_path / "b.dise", "--data", tmp_path / "d4.safetensors", "--code-path", TESTS)
+    assert res.exit_code == 2 and "dtype float64" in res.stderr and "made for float32" in res.stderr
+
+
+def test_float_labels_of_a_binary_classifier_are_class_labels(tmp_path):
+    """BCEWithLogitsLoss wants float targets, so people keep 0. and 1.: with one output that is a
+    logit, they are a binary classifier's labels (judged by logit > 0, with a note), in profile,
+    evaluate and finetune alike; --task regression judges by error as before. A probability output
+    in [0, 1] is not read as a logit."""
+    module = tiny_models.build_irregular_binary()
+    x = tiny_models.irregular_series(32, seed=3)
+    with torch.no_grad():
+        module.head.bias -= module(x)[:, 0].median()          # logits of both signs, as a trained head gives
+        logits = module(x)[:, 0]
+    y = (logits > 0).float()
+    y[:4] = 1 - y[:4]
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "m.pt", "--arch", "tiny_models:build_irregular_binary", "--code-path", TESTS,
+              "--data", tmp_path / "d.safetensors"]
+    res = CliRunner().invoke(app, ["profile", *map(str, common), "--out", str(tmp_path / "p.sft"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["task"] == "classification" and "floats holding class indices" in res.stderr
+    base = next(r for r in report["candidates"] if r["candidate"] == report["baseline"])
+    assert base["accuracy"] == pytest.approx(28 / 32, abs=1e-4)                 # 4 flipped labels
+    res = CliRunner().invoke(app, ["profile", *map(str, common), "--task", "regression", "--out",
+                                   str(tmp_path / "r.sft"), "--json", "-"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["task"] == "regression"
+    res = CliRunner().invoke(app, ["finetune", *map(str, common), "--epochs", 1, "--out", str(tmp_path / "f.pt"),
+                                   "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    from dise_cli.judging import detect_task
+    probabilities = torch.sigmoid(logits)[:, None]
+    assert detect_task(y, logits[:, None]) == "classification" and detect_task(y, probabilities) == "regression"
+    assert detect_task(y * 0.5, logits[:, None]) == "regression"

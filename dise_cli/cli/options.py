@@ -21,6 +21,7 @@ StateKey = Annotated[Optional[str], typer.Option("--state-key", help="The state 
 CodePath = Annotated[Optional[list[str]], typer.Option("--code-path", help="Extra folder to import user code from (repeatable).")]
 OdeBlock = Annotated[Optional[str], typer.Option("--ode-block", help="Dotted path of the module whose solve dise routes (or, for a solve dise cannot see, the ODE block).")]
 Solve = Annotated[Optional[int], typer.Option("--solve", help="Route the N-th solver call of the model's forward (0-based; dise inspect lists them) [default: the most expensive adaptive one].")]
+OutputKey = Annotated[Optional[str], typer.Option("--output-key", help="The output dise judges, for a forward that returns several: a dict's key, or a tuple's index or field [default: a dict's one tensor, a tuple's last element].")]
 TSpan = Annotated[Optional[str], typer.Option("--t-span", help="Time grid, e.g. 0,1 or 0,0.5,1, for a model whose solver call dise cannot see (a bare vector field).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N [default: auto].")]
 Config = Annotated[Optional[str], typer.Option("--config", help="dise.yaml with any of these options (flags win).")]
@@ -33,7 +34,7 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and librar
 SHARED = {
     "model": ModelArg, "data": Data, "data_factory": DataFactory, "x_key": XKey, "y_key": YKey, "arch": Arch,
     "trust_pickle": TrustPickle, "state_key": StateKey, "code_path": CodePath, "ode_block": OdeBlock, "solve": Solve, "t_span": TSpan,
-    "device": Device, "config": Config,
+    "output_key": OutputKey, "device": Device, "config": Config,
 }
 
 
