@@ -81,3 +81,20 @@ def test_budget_gates_on_a_classifier_are_refused_before_any_work():
 def test_budgets_must_not_be_negative():
     with pytest.raises(UsageError, match="--max-error-increase"):
         Budgets(max_error_increase=-1.0).check()
+
+
+def test_the_training_report_judges_every_row_by_gamma_within_beta():
+    """Under --max-deviation the cost labels count a routing right where it stays within the budget,
+    but the report's rows (DISE, the baseline, the best single) all read Γ ≤ β: a routing that sends
+    every sample to the baseline reads exactly as the baseline does."""
+    from dise_cli.costs import success
+    from dise_cli.selector_training import _Describer
+    profile = _profile()
+    profile.gamma = GAMMA.clone()
+    profile.gamma[:, 2] = torch.tensor([0.5, 1.5, 1.0, 1.0])          # the baseline's own Γ: β = 1, one sample above
+    labels = cost_labels(profile, 0.3, 1000.0, None, budgets=Budgets(max_deviation=0.2))
+    assert bool(labels.right[:, 2].all())                              # no deviation from itself: right by the budget
+    describe = _Describer(profile, PRED, 0.0, labels.beta)
+    everything_to_baseline = describe((100.0, 100.0, 0.0))
+    assert everything_to_baseline["accuracy"] == pytest.approx(0.75)     # as the baseline's row reads: Γ ≤ β on 3 of 4
+    assert float(success(profile, labels.beta)[:, 2].double().mean()) == pytest.approx(0.75)
