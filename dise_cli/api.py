@@ -290,6 +290,9 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     if opened.data.per_sample_grid:
         raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
     task, _ = choose_task(opened, settings.task, note)
+    if finetuning.learned_grid(opened.model, opened.probe):
+        (note or _ignore)("note: the model's time grid depends on its parameters (a learned integration time); "
+                          "dise fine-tunes with the grid as it is, so those parameters keep their values")
     train_data, val = (dataclasses.replace(d, y=class_labels(task, d.y))
                        for d in _train_and_validation(opened.data, val_data, source, config, settings.seed))
     with (progress or _no_progress)(settings.epochs * len(train_data),

@@ -67,6 +67,17 @@ class FinetuneSettings:
             raise UsageError(f"--schedule: unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
 
 
+def learned_grid(ode: OdeModel, x: torch.Tensor) -> bool:
+    """Whether the grid the model passes its solver is computed from its parameters (an ``nn.Parameter``
+    end time): dise's solvers take the grid as data, so fine-tuning holds it fixed."""
+    if ode.how != "traced":
+        return False
+    with torch.enable_grad():
+        problem = ode.encode(x[:2])
+    t = getattr(problem.call, "t", None)
+    return isinstance(t, torch.Tensor) and t.requires_grad
+
+
 @dataclass
 class FinetuneResult:
     state: dict[str, torch.Tensor]    # the kept checkpoint

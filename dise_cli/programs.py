@@ -211,7 +211,8 @@ def load_program(members: dict[str, bytes], name: str, bundle: str) -> nn.Module
                 raise InputError(f"bundle '{bundle}': '{name}.pt2' carries a pickle ('{info.filename}'); dise "
                                  f"does not load it")
     try:
-        with warnings.catch_warnings():
+        # loading logs notes such as "Symbol u0 did not appear in the graph that was deserialized"
+        with warnings.catch_warnings(), _quiet_torch_logs():
             warnings.simplefilter("ignore")
             program = torch.export.load(io.BytesIO(data)).module()
     except Exception as exc:  # noqa: BLE001

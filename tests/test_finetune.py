@@ -93,6 +93,23 @@ def test_finetune_trains_through_the_models_own_adaptive_method(tmp_path):
     assert report["history"][1]["reg"] > 0 and report["history"][1]["train_nfe"] > 0
 
 
+def test_a_learned_integration_time_is_held_and_said_so(tmp_path):
+    """dise's solvers take the grid as data: a grid computed from a parameter stays as it is, with a note
+    (it used to stay silently)."""
+    model = tiny_models.build_learned_end_time()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("finetune", tmp_path / "m.pt", "--arch", "tiny_models:build_learned_end_time", "--code-path", TESTS,
+                 "--data", tmp_path / "d.safetensors", "--epochs", 1, "--batch-size", 16, "--out", tmp_path / "t.pt")
+    assert res.exit_code == 0, res.stderr
+    assert "time grid depends on its parameters" in res.stderr
+    tuned = torch.load(tmp_path / "t.pt")
+    assert torch.equal(tuned["end"], model.end.detach()) and not torch.equal(tuned["head.weight"], model.head.weight)
+
+
 @pytest.mark.parametrize("reg", [r for r in REGULARISERS if r != "none"])
 def test_each_regulariser_decreases_when_minimised(reg):
     module = tiny_models.build_classifier()

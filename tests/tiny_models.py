@@ -224,6 +224,22 @@ class SolverChoice(nn.Module):
         return self.head(h[-1])
 
 
+class LearnedEndTime(SolverChoice):
+    """The integration time an ``nn.Parameter`` (torchdiffeq's ODE-Net users learn it): ``[0, T]``."""
+
+    def __init__(self):
+        super().__init__("dopri5")
+        self.end = nn.Parameter(torch.tensor(1.3))
+
+    def forward(self, x):
+        t = torch.stack([torch.zeros_like(self.end), self.end])
+        return self.head(odeint(self.func, self.lin(x), t, rtol=1e-5, atol=1e-5)[-1])
+
+
+def build_learned_end_time() -> nn.Module:
+    return LearnedEndTime()
+
+
 def build_adams() -> nn.Module:
     return SolverChoice("implicit_adams", step_size=0.05)
 
