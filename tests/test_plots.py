@@ -64,7 +64,7 @@ def training_report(profile: Profile) -> dict:
     spec = SelectorSpec.for_shape((4,), 3, "auto", "h0")
     return _report(profile.subset(val), labels, TrainSettings(max_accuracy_drop=1.0), chosen, raw, curve, 0.2,
                    [0.5, 0.4], n_train=N // 2, selector_spec=spec, n_params=123,
-                   describe=_Describer(profile.subset(val), pred, 0.2))
+                   describe=_Describer(profile.subset(val), pred, 0.2, labels.beta))
 
 
 @pytest.fixture(scope="module")
