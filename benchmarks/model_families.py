@@ -63,7 +63,7 @@ FAMILIES = [
     ("sampler returning a dict, --output-key samples", "build_dict_output_sampler",
      lambda: (families.build_dict_output_sampler(), {"x": families.make_noise(64)}), ["--output-key", "samples"]),
     ("sampler returning uint8 images", "build_image_bytes_sampler",
-     lambda: (families.build_image_bytes_sampler(), {"x": families.make_noise(64)}), ["--metric", "l2"]),
+     lambda: (families.build_image_bytes_sampler(), {"x": families.make_noise(64)}), []),
     ("k-diffusion likelihood, noise in the closure", "build_kdiffusion_likelihood",
      lambda: (families.build_kdiffusion_likelihood(), {"x": families.make_noise(32)}), []),
     ("FFJORD-style density, noise drawn by f", "build_ffjord_style_density",
