@@ -39,6 +39,9 @@ class NumericsError(DiseError):
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, for one-line error reports."""
+    """The first line of an exception's message, for one-line error reports (cut at ``limit``
+    characters, with '...' saying so)."""
     text = str(exc).strip().splitlines()
-    return text[0][:limit] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    return text[0] if len(text[0]) <= limit else text[0][:limit].rstrip() + "..."
