@@ -20,10 +20,14 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
     to samples). Anything else is judged by its error against a reference solve, which is the stricter
     verdict: a classifier judged so is held to its scores, a sampler judged by argmax to nothing.
     Float labels that can only be class indices (``BCEWithLogitsLoss`` wants 0. and 1.) are
-    classification too: see ``float_class_labels``."""
+    classification too: see ``float_class_labels``. A single output that is a probability in [0, 1]
+    (a final sigmoid) is judged by its error against the labels, whatever their dtype."""
     if y is not None:
         if not y.is_floating_point():
-            return "classification"
+            # a single output that is a probability (a final sigmoid) is judged by its error, not by > 0
+            probability = sample_output is not None and is_single_logit(sample_output) and \
+                not _reads_as_logit(sample_output, y)
+            return "regression" if probability else "classification"
         return "classification" if float_class_labels(y, sample_output) else "regression"
     if returns_state or sample_output is None or not has_decoder:
         return "regression"
@@ -48,16 +52,22 @@ def float_class_labels(y: torch.Tensor, out: torch.Tensor | None) -> bool:
     if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()) or float(y.min()) < 0:
         return False
     if single:
-        scores = out.detach().double().reshape(len(out))
-        if float(y.max()) > 1:
-            return False
-        if bool(((scores < 0) | (scores > 1)).any()):
-            return True
-        labels = y[:len(scores)].reshape(-1).to(scores.device, torch.float64)
-        as_logit = ((scores > 0).double() == labels).double().mean()
-        as_probability = ((scores > 0.5).double() == labels).double().mean()
-        return bool(as_logit >= as_probability)
+        return float(y.max()) <= 1 and _reads_as_logit(out, y)
     return out.ndim == 2 and out.shape[1] >= 2 and float(y.max()) < out.shape[1]
+
+
+def _reads_as_logit(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """A single output (for the first rows of labels ``y``) is a logit: some value lies outside [0, 1],
+    or ``logit > 0`` matches the labels at least as well as ``p > 0.5`` does."""
+    scores = out.detach().double().reshape(len(out))
+    if bool(((scores < 0) | (scores > 1)).any()):
+        return True
+    labels = y[:len(scores)].reshape(-1).to(scores.device, torch.float64)
+    if len(labels) != len(scores):
+        return True
+    as_logit = ((scores > 0).double() == labels).double().mean()
+    as_probability = ((scores > 0.5).double() == labels).double().mean()
+    return bool(as_logit >= as_probability)
 
 
 def class_labels(task: str, y: torch.Tensor | None) -> torch.Tensor | None:

@@ -243,6 +243,11 @@ def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | 
             note(f"labels in '{data.name}' are floats holding class indices (as BCE training keeps them): judged as "
                  f"a classifier ({'logit > 0' if is_single_logit(sample) else 'argmax'}); --task regression judges "
                  f"the outputs by their error instead")
+        if task == "regression" and data.y is not None and is_single_logit(sample) and note is not None and \
+                (not data.y.is_floating_point() or bool((data.y == data.y.round()).all())):
+            note(f"the model's one output lies in [0, 1] and fits the labels in '{data.name}' as a probability "
+                 f"(p > 0.5) better than as a logit (> 0): judged by its error against the labels; --task "
+                 f"classification judges logit > 0")
     check_labels(task, class_labels(task, data.y), sample, data.name)
     return task, sample
 

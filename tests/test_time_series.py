@@ -254,3 +254,16 @@ def test_float_labels_of_a_binary_classifier_are_class_labels(tmp_path):
     probabilities = torch.sigmoid(logits)[:, None]
     assert detect_task(y, logits[:, None]) == "classification" and detect_task(y, probabilities) == "regression"
     assert detect_task(y * 0.5, logits[:, None]) == "regression"
+
+
+def test_a_probability_output_is_not_judged_as_a_logit():
+    """A final sigmoid gives p in [0, 1], which is > 0 for every sample: judged by ``> 0`` a classifier
+    would be right on every label 1 and wrong on every 0 whatever the solver. Integer or float labels,
+    such an output is judged by its error against the labels; a logit stays a classifier."""
+    from dise_cli.judging import detect_task
+    logits = torch.linspace(-3, 3, 16)[:, None]
+    y = (logits[:, 0] > 0).long()
+    assert detect_task(y, torch.sigmoid(logits)) == "regression"
+    assert detect_task(y.float(), torch.sigmoid(logits)) == "regression"
+    assert detect_task(y, logits) == "classification" and detect_task(y.float(), logits) == "classification"
+    assert detect_task(y, logits.sigmoid() * 0 + 0.7) == "classification"      # a constant fits both rules alike
