@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -48,9 +48,10 @@ class ExportInfo:
 
 def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.Tensor], selector: Selector,
                  example_input: torch.Tensor, arch: str | None, extra: dict[str, Any] | None = None,
-                 keep_rows: bool = False) -> ExportInfo:
+                 keep_rows: bool = False, rebuilt: Callable[[], OdeModel] | None = None) -> ExportInfo:
     """Export and write the bundle atomically. Raises ``UsageError`` if it could run neither from
-    programs nor from an ``--arch`` factory."""
+    programs nor from an ``--arch`` factory, ``InputError`` where the model the factory rebuilds
+    (``rebuilt``) is not the model read (a pickle with an attribute set after it was built)."""
     from safetensors.torch import save as save_tensors
     programs, layout, reason, field_mode = export_programs(ode, example_input)
     if programs:
@@ -62,6 +63,13 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         raise UsageError(f"--arch: the model cannot be exported as programs ({info.reason}), and without "
                          f"--arch package.module:factory, a function that builds the model without arguments (or "
                          f"build(checkpoint=None)), the bundle could not rebuild it")
+    if not info.programs and rebuilt is not None:
+        differs = _compare(ode, rebuilt(), example_input)
+        if differs:
+            raise InputError(f"--arch {arch}: the model it builds, with the file's weights, is not the model read "
+                             f"({differs}); the bundle would rebuild another model. Make the factory build the model "
+                             f"as it was saved (settings assigned after building, such as a guidance scale, are not "
+                             f"in the weights)")
     members: dict[str, bytes] = {
         "model.safetensors": save_tensors(storable(model_state)),
         "selector.safetensors": selector_bytes(selector),
@@ -297,14 +305,22 @@ def _check_programs(ode: OdeModel, programs: dict[str, bytes], layout: str, fiel
         loaded = {name: load_program({f"{name}.pt2": data for name, data in ((n, programs[n]) for n in names)},
                                      name, "export").to(x.device) for name in names}
         rebuilt = ProgramModel(loaded, layout, ode.record(), field_mode)
-        solver = Euler(steps=4)
-        with torch.no_grad():
-            want = ode.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
-            got = rebuilt.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+        differs = _compare(ode, rebuilt, x)
     except Exception as exc:  # noqa: BLE001 - an exported program that does not run
         return f"the exported programs do not run ({type(exc).__name__}: {first_line(exc)})"
-    scale = 1.0 + float(want.detach().abs().max())
-    diff = float((want - got).abs().max()) if want.shape == got.shape else float("inf")
-    if not diff <= CHECK_TOLERANCE * scale:
-        return f"the exported programs do not reproduce the model (difference {diff:.3g})"
-    return ""
+    return f"the exported programs do not reproduce the model ({differs})" if differs else ""
+
+
+def _compare(ode: OdeModel, other: OdeModel, x: torch.Tensor) -> str:
+    """'' where ``other`` gives ``ode``'s outputs on ``x`` (the same Euler solve, the same random draws),
+    else the difference in words."""
+    solver = Euler(steps=4)
+
+    def outputs(model: OdeModel) -> torch.Tensor:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            return model.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+    want, got = outputs(ode), outputs(other)
+    scale = 1.0 + float(want.detach().double().abs().max())
+    diff = float((want.double() - got.double()).abs().max()) if want.shape == got.shape else float("inf")
+    return "" if diff <= CHECK_TOLERANCE * scale else f"difference {diff:.3g} on {len(x)} samples"

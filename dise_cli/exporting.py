@@ -61,8 +61,8 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     solve = inputs.solve if inputs.solve is not None else recorded.get("solve")
     grid, given = recorded_grids(recorded, inputs.t_span)
 
-    def read(x: torch.Tensor, name: str) -> OdeModel:
-        return read_model(module, x, data_name=name, solve=solve, ode_block=inputs.ode_block, t_span=grid,
+    def read(x: torch.Tensor, name: str, model: torch.nn.Module = module) -> OdeModel:
+        return read_model(model, x, data_name=name, solve=solve, ode_block=inputs.ode_block, t_span=grid,
                           data_t=given, model_name=f"model '{inputs.model.path}'",
                           join=InputJoin.from_dict(recorded.get("inputs")),
                           output_key=inputs.output_key if inputs.output_key is not None else recorded.get("output_key"))
@@ -76,8 +76,16 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
         x, keep_rows = example_input(spec, inputs.device, rows=True), True     # integer codes, a valid range
         ode = read(x, "the data rows the selector keeps")
     check_reading(ode.record(), recorded, f"selector '{selector_name}'")
+
+    def rebuilt() -> OdeModel:
+        """The model as the bundle will rebuild it: the factory, then the file's weights."""
+        from dise_cli.imports import call_factory
+        again = call_factory(inputs.model.arch, "--arch", inputs.model.code_path)
+        again.load_state_dict(module.state_dict(), strict=True)
+        return read(x, "the rebuilt model", again.to(inputs.device).eval())
     return write_bundle(out, ode, module.state_dict(), selector, x, arch=inputs.model.arch if loaded.rebuildable else None,
-                        extra={"validation": selector.meta.get("validation", {})}, keep_rows=keep_rows)
+                        extra={"validation": selector.meta.get("validation", {})}, keep_rows=keep_rows,
+                        rebuilt=rebuilt if loaded.rebuildable else None)
 
 
 def check_selector_profile(selector: Selector, selector_name: str, profile_path: str) -> None:

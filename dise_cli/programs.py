@@ -141,9 +141,11 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
             else:
                 layout = "whole"
                 programs["model"] = _whole_part(ode, x, batch)
+            # serialising fails on some outputs too (a named tuple torch has no name for)
+            saved = {name: _without_pickle(ep) for name, ep in programs.items()}
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways on user code
         return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}", ""
-    return {name: _without_pickle(ep) for name, ep in programs.items()}, layout, "", loaded_mode
+    return saved, layout, "", loaded_mode
 
 
 @contextlib.contextmanager

@@ -1111,10 +1111,11 @@ class TwoInputSampler(nn.Module):
     def __init__(self):
         super().__init__()
         self.v = LabelField()
+        self.guidance = 1.0                  # a plain attribute, not in the weights
 
     def forward(self, noise, labels):
-        return odeint(lambda t, x: self.v(x, t, labels), noise, torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5,
-                      method="dopri5")[-1]
+        return odeint(lambda t, x: self.guidance * self.v(x, t, labels), noise, torch.tensor([0.0, 1.0]), rtol=1e-5,
+                      atol=1e-5, method="dopri5")[-1]
 
 
 def build_two_input_sampler() -> TwoInputSampler:

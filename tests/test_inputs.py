@@ -168,3 +168,21 @@ def test_a_dataset_of_input_pairs_or_named_items_gives_several_inputs():
     assert torch.equal(noise, families.make_noise_and_labels(6, seed=5)["noise"]) and labels.dtype == torch.int64
     data = load_data(DataSpec(factory="test_inputs:named_items", x_key="noise,labels", code_path=(TESTS,)))
     assert data.join.names == ("noise", "labels") and data.y is None
+
+
+def test_a_pickle_the_factory_does_not_rebuild_is_not_exported(tmp_path):
+    """A pickled sampler whose guidance was set after it was built: the bundle would rebuild it with the
+    factory's guidance. Export compares the two and refuses (it used to write a bundle of another model)."""
+    model = families.build_two_input_sampler()
+    model.guidance = 2.0
+    torch.save(model, tmp_path / "whole.pt")
+    torch.save(families.make_noise_and_labels(16, seed=6), tmp_path / "d.pt")
+    common = [tmp_path / "whole.pt", "--trust-pickle", "--arch", "families:build_two_input_sampler",
+              "--code-path", TESTS]
+    for args in (("profile", *common, "--data", tmp_path / "d.pt", "--x-key", "noise,labels", "--out", tmp_path / "p.sft"),
+                 ("train-selector", *common, "--data", tmp_path / "d.pt", "--x-key", "noise,labels", "--profile",
+                  tmp_path / "p.sft", "--epochs", 1, "--out", tmp_path / "s.sft")):
+        res = invoke(*args)
+        assert res.exit_code == 0, res.stderr
+    res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 2 and "is not the model read" in res.stderr and not (tmp_path / "b.dise").exists()
