@@ -289,7 +289,8 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     opened = open_inputs(inputs)
     if opened.data.per_sample_grid:
         raise UsageError(f"data '{opened.data.name}': fine-tuning on a time grid per sample is not supported yet")
-    task, _ = choose_task(opened, settings.task, note)
+    chosen, _ = choose_task(opened, settings.task, note)
+    task = chosen.name
     if finetuning.learned_grid(opened.model, opened.probe):
         (note or _ignore)("note: the model's time grid depends on its parameters (a learned integration time); "
                           "dise fine-tunes with the grid as it is, so those parameters keep their values")
@@ -297,7 +298,7 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
                        for d in _train_and_validation(opened.data, val_data, source, config, settings.seed))
     with (progress or _no_progress)(settings.epochs * len(train_data),
                                     f"fine-tuning ({settings.reg}, λ={settings.lam:g})") as advance:
-        result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, task,
+        result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, chosen,
                                      progress=lambda s: advance(s["advance"]), solver=_adaptive_baseline(opened))
     save_model(opened, result.state, out_path)
     if format_note:

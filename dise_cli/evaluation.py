@@ -82,7 +82,8 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                          "(regression, density, sampling); a classifier has --max-accuracy-drop")
     data = dataclasses.replace(data, y=class_labels(task, data.y))
     meta = routed.selector.meta
-    judge = Judge(task, meta.get("metric") or "mse") if task == "regression" else Judge(task)
+    judge = Judge(task, meta.get("metric") or "mse") if task == "regression" else \
+        Judge(task, threshold=float(meta.get("threshold") or 0.0))
     beta = meta.get("beta")
     reference = Reference(routed.integrators[routed.baseline])
     kind = meta.get("figure") or None

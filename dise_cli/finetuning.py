@@ -24,7 +24,7 @@ from dise_cli.datasets import Dataset
 from dise_cli.errors import InputError, UsageError
 from dise_cli.imports import import_object
 from dise_cli.integrators import Dopri5, EmbeddedRK
-from dise_cli.judging import Judge, check_labels, targets_batch_major, is_single_logit
+from dise_cli.judging import Judge, Task, check_labels, is_single_logit, targets_batch_major
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import profile_candidates
 from dise_cli.provenance import made_with
@@ -97,7 +97,7 @@ def _negative_log_likelihood(out: torch.Tensor, y: torch.Tensor | None) -> torch
     return -out.reshape(len(out), -1)[:, 0].mean()
 
 
-def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def task_loss(task: str, loss: str | None, threshold: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if loss == NLL:
         return _negative_log_likelihood
     if loss:
@@ -106,8 +106,14 @@ def task_loss(task: str, loss: str | None) -> Callable[[torch.Tensor, torch.Tens
             raise UsageError(f"--loss: '{loss}' is not callable")
         return fn
     if task == "classification":
-        return _classification_loss
+        return _probability_loss if threshold else _classification_loss
     return lambda out, y: F.mse_loss(out, y.to(out.dtype).reshape(out.shape) if y.numel() == out.numel() else y)
+
+
+def _probability_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on a single output that is a probability (a final sigmoid)."""
+    p = out.reshape(len(out))
+    return F.binary_cross_entropy(p.clamp(0.0, 1.0), y.to(p.dtype))
 
 
 def _classification_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -186,12 +192,13 @@ def scale_change(result: "FinetuneResult") -> float | None:
 
 
 def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSettings, device: torch.device,
-             task: str, progress: Callable[[dict], None] | None = None,
+             task: Task | str, progress: Callable[[dict], None] | None = None,
              solver: EmbeddedRK | None = None) -> FinetuneResult:
     """Fine-tune ``ode.module`` in place of its checkpoints; ``solver`` (default: DOPRI5 at the settings'
     tolerances; any adaptive method: R_err is its own error estimate) is the solve trained through and
     validated with."""
     settings.check()
+    task = task if isinstance(task, Task) else Task(task)
     density = settings.loss == NLL
     if train.y is None and not density:
         raise InputError(f"data '{train.name}' has no labels (key 'y' or --y-key); fine-tuning needs targets "
@@ -202,11 +209,11 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
     with torch.no_grad():
         sample = ode.forward_with(train.x[:2].to(device), lambda p: solver.solve(p.field, p.h0, p.t).ys)
     if not density:
-        check_labels(task, train.y, sample, train.name)
+        check_labels(task.name, train.y, sample, train.name)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    judge = Judge(task)
-    loss_fn = task_loss(task, settings.loss)
+    judge = task.judge()
+    loss_fn = task_loss(task.name, settings.loss, task.threshold)
     module = ode.module
     targets = None if density else targets_batch_major(train.y, len(train), len(ode.t_span), None, train.name)
     check = (lambda: validate_density(ode, val, solver, device, settings.batch_size)) if density else \

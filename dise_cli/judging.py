@@ -1,6 +1,7 @@
 """Per-sample verdicts: is a prediction right (classification) or how far off is it (regression, Γ)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -12,6 +13,8 @@ TASKS = ("classification", "regression")
 METRICS = ("mse", "mae", "l2")     # l2: the Euclidean distance per sample (a sampler's output)
 
 
+PROBABILITY_THRESHOLD = 0.5    # a binary classifier's probability output decides class 1 above this
+
 def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False, *,
                 input_shape: tuple[int, ...] | None = None, returns_state: bool = False) -> str:
     """classification for integer labels; regression for float targets. Without labels, classification
@@ -19,15 +22,11 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
     (``returns_state``: a sampler's or a flow's output) and not shaped like the input (a map from noise
     to samples). Anything else is judged by its error against a reference solve, which is the stricter
     verdict: a classifier judged so is held to its scores, a sampler judged by argmax to nothing.
-    Float labels that can only be class indices (``BCEWithLogitsLoss`` wants 0. and 1.) are
-    classification too: see ``float_class_labels``. A single output that is a probability in [0, 1]
-    (a final sigmoid) is judged by its error against the labels, whatever their dtype."""
+    Float labels that can only be class indices (``BCE`` losses want 0. and 1.) are classification
+    too: see ``float_class_labels``."""
     if y is not None:
         if not y.is_floating_point():
-            # a single output that is a probability (a final sigmoid) is judged by its error, not by > 0
-            probability = sample_output is not None and is_single_logit(sample_output) and \
-                not _reads_as_logit(sample_output, y)
-            return "regression" if probability else "classification"
+            return "classification"
         return "classification" if float_class_labels(y, sample_output) else "regression"
     if returns_state or sample_output is None or not has_decoder:
         return "regression"
@@ -40,10 +39,8 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
 
 def float_class_labels(y: torch.Tensor, out: torch.Tensor | None) -> bool:
     """Float targets that are class labels: one whole number per sample, 0 and 1 for a model with one
-    output that is a logit, or 0 to C-1 for class scores ``[N, C]`` (no float target of another shape
-    fits). ``out`` holds the outputs for the first rows of ``y``. An output is a logit where some
-    value lies outside [0, 1], or where ``logit > 0`` matches those rows' labels at least as well as
-    ``p > 0.5`` does; a probability is judged by its error."""
+    output (a logit or a probability, see ``binary_threshold``), or 0 to C-1 for class scores
+    ``[N, C]`` (no float target of another shape fits)."""
     if out is None or not y.is_floating_point() or len(y) == 0:
         return False
     single = is_single_logit(out)
@@ -52,22 +49,23 @@ def float_class_labels(y: torch.Tensor, out: torch.Tensor | None) -> bool:
     if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()) or float(y.min()) < 0:
         return False
     if single:
-        return float(y.max()) <= 1 and _reads_as_logit(out, y)
+        return float(y.max()) <= 1
     return out.ndim == 2 and out.shape[1] >= 2 and float(y.max()) < out.shape[1]
 
 
-def _reads_as_logit(out: torch.Tensor, y: torch.Tensor) -> bool:
-    """A single output (for the first rows of labels ``y``) is a logit: some value lies outside [0, 1],
-    or ``logit > 0`` matches the labels at least as well as ``p > 0.5`` does."""
+def binary_threshold(out: torch.Tensor, y: torch.Tensor | None) -> float:
+    """Where a binary classifier's single output (for the first rows of labels ``y``) decides class 1:
+    0 for a logit; 0.5 for a probability (a final sigmoid: every value in [0, 1], and ``p > 0.5`` fits
+    the labels better than ``> 0``, which every probability passes)."""
+    if y is None or not is_single_logit(out):
+        return 0.0
     scores = out.detach().double().reshape(len(out))
-    if bool(((scores < 0) | (scores > 1)).any()):
-        return True
     labels = y[:len(scores)].reshape(-1).to(scores.device, torch.float64)
-    if len(labels) != len(scores):
-        return True
+    if len(labels) != len(scores) or bool(((scores < 0) | (scores > 1)).any()):
+        return 0.0
     as_logit = ((scores > 0).double() == labels).double().mean()
-    as_probability = ((scores > 0.5).double() == labels).double().mean()
-    return bool(as_logit >= as_probability)
+    as_probability = ((scores > PROBABILITY_THRESHOLD).double() == labels).double().mean()
+    return PROBABILITY_THRESHOLD if bool(as_probability > as_logit) else 0.0
 
 
 def class_labels(task: str, y: torch.Tensor | None) -> torch.Tensor | None:
@@ -105,21 +103,22 @@ def targets_batch_major(y: torch.Tensor, n: int, n_t: int, time_major: bool | No
 class Judge:
     """Scores a batch of model outputs against targets, one number per sample."""
 
-    def __init__(self, task: str, metric: str = "mse", n_classes: int | None = None):
+    def __init__(self, task: str, metric: str = "mse", n_classes: int | None = None, threshold: float = 0.0):
         if task not in TASKS:
             raise UsageError(f"--task: unknown task '{task}'; valid tasks: {', '.join(TASKS)}")
         self.task = task
         self.metric_name = metric
         self.n_classes = n_classes
+        self.threshold = threshold       # a single output's class-1 side: > 0 (a logit), > 0.5 (a probability)
         self._metric = _metric(metric) if task == "regression" else None
 
     def predict(self, out: torch.Tensor) -> torch.Tensor:
-        """Class indices ``[N]`` (classification: argmax, or ``logit > 0`` for a single logit) or the
-        outputs themselves."""
+        """Class indices ``[N]`` (classification: argmax, or ``logit > 0`` for a single logit, ``p > 0.5``
+        for a single probability) or the outputs themselves."""
         if self.task != "classification":
             return out
         if is_single_logit(out):
-            return (out.reshape(len(out)) > 0).long()
+            return (out.reshape(len(out)) > self.threshold).long()
         return out.argmax(1)
 
     def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -158,6 +157,18 @@ def _metric(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if ":" in name:
         return import_object(name, "--metric")
     raise UsageError(f"--metric: unknown metric '{name}'; valid: {', '.join(METRICS)} or package.module:fn")
+
+
+@dataclass(frozen=True)
+class Task:
+    """How outputs are judged: ``name`` classification | regression, and for a binary classifier's
+    single output the value above which it says class 1 (0 for a logit, 0.5 for a probability)."""
+
+    name: str
+    threshold: float = 0.0
+
+    def judge(self, metric: str | None = None) -> "Judge":
+        return Judge(self.name, metric or "mse", threshold=self.threshold)
 
 
 def is_single_logit(out: torch.Tensor) -> bool:

@@ -17,14 +17,14 @@ from dise_cli.sharding import Shard
 from dise_cli.fidelity import FIDELITY_SAMPLES, Fidelity, check_fidelity, fidelity_error
 from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrator, parse_candidates
 from dise_cli.integrators.emulation import Emulation, emulate
-from dise_cli.judging import Judge, check_labels, class_labels, detect_task, is_single_logit
+from dise_cli.judging import Task, binary_threshold, check_labels, class_labels, detect_task, is_single_logit
 from dise_cli.loading import LoadedModel, load_model
 from dise_cli.odemodel import OdeModel
 from dise_cli.profiling import ProfileRun, Reference, profile_candidates
 from dise_cli.reading import read_model
 from dise_cli.sources import Inputs
 
-TASK_PROBE_ROWS = 16     # rows the task is read from (a single output that is a logit goes below 0 somewhere)
+TASK_PROBE_ROWS = 64     # rows the task is read from (whether one output is a logit or a probability)
 
 
 @dataclass(frozen=True)
@@ -224,10 +224,10 @@ def _returns_state(sample: Any, solved: list[torch.Tensor], ode: OdeModel) -> bo
     return False
 
 
-def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | None = None) -> tuple[str, Any]:
+def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | None = None) -> tuple[Task, Any]:
     """The task (``task`` where given, else read from the labels and from the model's outputs on a few
     rows, solved by the first candidate) and those outputs; ``InputError`` for labels the model cannot
-    be judged by. ``note`` hears how float labels were read."""
+    be judged by. ``note`` hears how float labels and a probability output were read."""
     ode, data = opened.model, opened.data
     solved = []
 
@@ -243,13 +243,13 @@ def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | 
             note(f"labels in '{data.name}' are floats holding class indices (as BCE training keeps them): judged as "
                  f"a classifier ({'logit > 0' if is_single_logit(sample) else 'argmax'}); --task regression judges "
                  f"the outputs by their error instead")
-        if task == "regression" and data.y is not None and is_single_logit(sample) and note is not None and \
-                (not data.y.is_floating_point() or bool((data.y == data.y.round()).all())):
-            note(f"the model's one output lies in [0, 1] and fits the labels in '{data.name}' as a probability "
-                 f"(p > 0.5) better than as a logit (> 0): judged by its error against the labels; --task "
-                 f"classification judges logit > 0")
-    check_labels(task, class_labels(task, data.y), sample, data.name)
-    return task, sample
+    labels = class_labels(task, data.y)
+    check_labels(task, labels, sample, data.name)
+    threshold = binary_threshold(sample, labels) if task == "classification" else 0.0
+    if threshold and note is not None:
+        note(f"the model's one output lies in [0, 1] and fits the labels in '{data.name}' as a probability: "
+             f"class 1 where it is above {threshold:g} (a logit would be above 0)")
+    return Task(task, threshold), sample
 
 
 def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
@@ -264,13 +264,14 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
     candidates, base = opened.candidates.integrators, opened.candidates.baseline
     if task is None and (figure is not None or metric is not None):
         task = "regression"             # a figure (NLP, energy) or a metric says the outputs are judged by an error
-    task, sample = choose_task(opened, task, note)
+    chosen, sample = choose_task(opened, task, note)
+    task = chosen.name
     data = dataclasses.replace(opened.data, y=class_labels(task, opened.data.y))
     if figure is not None and task != "regression":
         raise UsageError(f"--figure {figure}: figures are for models judged by an error (regression, density, "
                          f"sampling); this one is a classifier")
     held_out = None if figure_data is None else read_figure_data(figure_data, sample[0].numel())
-    judge = Judge(task, metric or "mse")
+    judge = chosen.judge(metric)
     torch.manual_seed(seed)
     reference = Reference(candidates[base])
     run = profile_candidates(ode, data, candidates, judge, rows=rows, batch_size=batch_size, device=device,
@@ -285,6 +286,6 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
         "metric": judge.metric_name if task == "regression" else "", "seed": str(seed),
         "reading": json.dumps(ode.record(), sort_keys=True),
         "notes": json.dumps(([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes),
-        "figure": figure or "", "input_dim": str(int(data.x[0].numel())),
+        "figure": figure or "", "input_dim": str(int(data.x[0].numel())), "threshold": f"{chosen.threshold:g}",
     })
     return run

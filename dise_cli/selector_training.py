@@ -180,6 +180,7 @@ def train_selector(opened: Opened, profile: Profile, profile_name: str, settings
     selector.meta = {
         "alpha": labels.alpha, "M": labels.M, "beta": labels.beta, "task": profile.task,
         "metric": profile.meta.get("metric") or "mse", "figure": profile.meta.get("figure") or "",
+        "threshold": float(profile.meta.get("threshold") or 0.0),
         "input_dim": profile.meta.get("input_dim", ""),
         "baseline": profile.baseline, "t_span": profile.t_span,
         "model_sha256": profile.meta.get("model_sha256"), "data_sha256": profile.meta.get("data_sha256"),

@@ -251,19 +251,46 @@ def test_float_labels_of_a_binary_classifier_are_class_labels(tmp_path):
                                    "--json", "-"])
     assert res.exit_code == 0, res.stderr
     from dise_cli.judging import detect_task
-    probabilities = torch.sigmoid(logits)[:, None]
-    assert detect_task(y, logits[:, None]) == "classification" and detect_task(y, probabilities) == "regression"
-    assert detect_task(y * 0.5, logits[:, None]) == "regression"
+    assert detect_task(y, logits[:, None]) == "classification" and detect_task(y * 0.5, logits[:, None]) == "regression"
 
 
-def test_a_probability_output_is_not_judged_as_a_logit():
-    """A final sigmoid gives p in [0, 1], which is > 0 for every sample: judged by ``> 0`` a classifier
-    would be right on every label 1 and wrong on every 0 whatever the solver. Integer or float labels,
-    such an output is judged by its error against the labels; a logit stays a classifier."""
-    from dise_cli.judging import detect_task
+def test_a_probability_output_is_judged_above_one_half(tmp_path):
+    """A final sigmoid gives p in [0, 1], which is > 0 for every sample: judged as a logit, every label 1
+    would be right and every 0 wrong whatever the solver. Such an output (with int or float labels)
+    decides class 1 above 0.5, in profile, evaluate and finetune (BCE on the probability), with a note."""
+    from dise_cli.judging import Judge, binary_threshold, detect_task
     logits = torch.linspace(-3, 3, 16)[:, None]
     y = (logits[:, 0] > 0).long()
-    assert detect_task(y, torch.sigmoid(logits)) == "regression"
-    assert detect_task(y.float(), torch.sigmoid(logits)) == "regression"
-    assert detect_task(y, logits) == "classification" and detect_task(y.float(), logits) == "classification"
-    assert detect_task(y, logits.sigmoid() * 0 + 0.7) == "classification"      # a constant fits both rules alike
+    assert binary_threshold(torch.sigmoid(logits), y) == 0.5 and binary_threshold(logits, y) == 0.0
+    assert binary_threshold(torch.full((16, 1), 0.7), y) == 0.0       # a constant fits both rules alike
+    assert detect_task(y.float(), torch.sigmoid(logits)) == "classification"
+    assert Judge("classification", threshold=0.5).correct(torch.sigmoid(logits), y).all()
+    module = tiny_models.build_irregular_binary_sigmoid()
+    x = tiny_models.irregular_series(32, seed=3)
+    with torch.no_grad():
+        module.inner.head.bias -= torch.logit(module(x)[:, 0]).median()
+        p = module(x)[:, 0]
+    y = (p > 0.5).long()
+    y[-4:] = 1 - y[-4:]
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    common = [str(tmp_path / "m.pt"), "--arch", "tiny_models:build_irregular_binary_sigmoid", "--code-path", TESTS,
+              "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["profile", *common, "--out", str(tmp_path / "p.sft"), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["task"] == "classification" and "above 0.5" in res.stderr
+    base = next(r for r in report["candidates"] if r["candidate"] == report["baseline"])
+    assert base["accuracy"] == pytest.approx(28 / 32, abs=1e-4)
+    for args in (["train-selector", *common, "--profile", str(tmp_path / "p.sft"), "--epochs", "2",
+                  "--out", str(tmp_path / "s.sft")],
+                 ["export", *common[:5], "--selector", str(tmp_path / "s.sft"), "--out", str(tmp_path / "b.dise")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.stderr
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "b.dise"), "--data", str(tmp_path / "d.safetensors"),
+                                   "--code-path", TESTS, "--batch-sizes", "8", "--repeats", "1", "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    evaluated = json.loads(res.stdout)
+    assert evaluated["baseline_only"]["accuracy"] == pytest.approx(28 / 32, abs=1e-4)
+    res = CliRunner().invoke(app, ["finetune", *common, "--epochs", "1", "--out", str(tmp_path / "f.pt")])
+    assert res.exit_code == 0, res.stderr

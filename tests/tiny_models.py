@@ -286,6 +286,21 @@ def build_irregular_binary() -> nn.Module:
     return IrregularLatentODE()
 
 
+class SigmoidOutput(nn.Module):
+    """The same classifier with a final sigmoid (trained with BCELoss): its one output is a probability."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = build_irregular_binary()
+
+    def forward(self, x):
+        return torch.sigmoid(self.inner(x))
+
+
+def build_irregular_binary_sigmoid() -> nn.Module:
+    return SigmoidOutput()
+
+
 def irregular_series(n: int, steps: int = 6, channels: int = 2, seed: int = 0) -> torch.Tensor:
     """``n`` series with a random ~30 % of steps unobserved, packed as IrregularLatentODE reads them."""
     gen = torch.Generator().manual_seed(seed)
