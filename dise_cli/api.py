@@ -341,8 +341,11 @@ def _bundle_and_data(bundle: str | Path, source: DataOptions, config: dict, worl
     spec = data_spec(source, config)
     if spec is None:
         raise UsageError("--data: this command needs data; pass --data FILE or --data-factory package.module:fn")
-    dataset = load_data(spec)
     routed = load_bundle(bundle, device=device, code_path=code_paths(source, config))
+    made = (routed.manifest.get("input") or {}).get("inputs")
+    if spec.x_key is None and made:               # the bundle's model takes several inputs: its own keys
+        spec = dataclasses.replace(spec, x_key=",".join(made["names"]))
+    dataset = load_data(spec)
     fit_data(routed, dataset, str(bundle))
     return routed, dataset, device
 
@@ -367,7 +370,7 @@ def _train_and_validation(data, val_path, source: ModelOptions, config: dict, se
 
     def rows(picked: torch.Tensor, name: str) -> Dataset:
         return Dataset(x=data.x[picked], y=None if data.y is None else data.y[picked], t=data.t, name=name,
-                       sha256=data.sha256)
+                       sha256=data.sha256, join=data.join)
     return (rows(perm[n_val:].sort().values, data.name),
             rows(perm[:n_val].sort().values, f"{data.name} (10 % held out)"))
 

@@ -202,6 +202,9 @@ def fit_data(routed, data, bundle: str) -> None:
     spec = routed.manifest.get("input") or {}
     ode = routed.ode
     made = InputJoin.from_dict(spec.get("inputs"))
+    if made is not None and data.join is not None and set(made.names) == set(data.join.names) and made.names != data.join.names:
+        raise InputError(f"--x-key {','.join(data.join.names)}: bundle '{bundle}' takes these inputs in the order "
+                         f"{','.join(made.names)}")
     if (made is None) != (data.join is None) or (made is not None and [len(s) for s in made.shapes] !=
                                                   [len(s) for s in data.join.shapes]):
         def says(join):

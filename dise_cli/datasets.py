@@ -182,7 +182,7 @@ def _pick(tensors: dict[str, Any], spec: DataSpec) -> tuple[torch.Tensor, torch.
         y = _tensor(tensors[y_key], spec, y_key)
     elif spec.y_key is not None:
         raise InputError(f"data '{spec.name}' has no key '{spec.y_key}' (--y-key); keys: {keys}")
-    t = _grid(tensors, spec, len(x))
+    t = _grid({k: v for k, v in tensors.items() if k not in (names or ())}, spec, len(x))   # an input is no grid
     if y is not None and y.ndim == 0:
         raise InputError(f"data '{spec.name}': '{y_key}' is a scalar; expected one target per sample")
     if y is not None and len(y) != len(x) and not (y.ndim >= 2 and y.shape[1] == len(x)):

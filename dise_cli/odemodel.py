@@ -174,8 +174,8 @@ class OdeModel:
 
 def pick_output(out: Any, key: str | None = None) -> Any:
     """The output dise judges, from what the forward returns: a tensor as it is; of a tuple or list,
-    the last element, or element ``key`` (an index, or a named tuple's field); of a dict, entry ``key``,
-    or without one its only tensor. ``InputError`` naming ``--output-key`` where the choice is not clear."""
+    the last element, or element ``key`` (an index, or a named tuple's field); of a dict or a named
+    tuple, entry ``key``, or without one its only tensor. ``InputError`` naming ``--output-key`` where the choice is not clear."""
     if isinstance(out, dict):
         if key is None:
             tensors = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
@@ -188,6 +188,12 @@ def pick_output(out: Any, key: str | None = None) -> Any:
                              f"{', '.join(map(str, out)) or 'none'})")
         return out[key]
     if isinstance(out, (tuple, list)):
+        if key is None and hasattr(out, "_fields"):           # a named tuple: its fields say what each is
+            tensors = [f for f in out._fields if isinstance(getattr(out, f), torch.Tensor)]
+            if len(tensors) != 1:
+                raise InputError(f"the model returns a named tuple {type(out).__name__} (fields "
+                                 f"{', '.join(out._fields)}); name the output dise judges with --output-key")
+            return getattr(out, tensors[0])
         if key is None:
             return out[-1]
         if hasattr(out, "_fields") and key in out._fields:       # a named tuple's field
@@ -206,12 +212,12 @@ def pick_output(out: Any, key: str | None = None) -> Any:
 def output_note(out: Any, key: str | None, n: int) -> str | None:
     """What a person should know when the forward (run on ``n`` samples) returns several outputs and
     dise took one by default."""
-    if key is not None or not isinstance(out, (tuple, list)) or len(out) < 2:
+    if key is not None or not isinstance(out, (tuple, list)) or len(out) < 2 or hasattr(out, "_fields"):
         return None
     last = out[-1]
     shape = f"of shape {tuple(last.shape)} for {n} samples" if isinstance(last, torch.Tensor) else type(last).__name__
-    return (f"the model returns a {type(out).__name__} of {len(out)}; dise judges its last element, {shape} "
-            f"(--output-key picks another)")
+    return (f"the model returns {len(out)} outputs (a {type(out).__name__}); dise judges the last, {shape} "
+            f"(--output-key N picks another)")
 
 
 def model_call_args(x: torch.Tensor, join: InputJoin | None, grid: torch.Tensor | None = None) -> tuple:

@@ -89,6 +89,7 @@ class Opened:
     candidates: Candidates
     probe: torch.Tensor                 # the few samples the model was read on, on its device
     fidelity: Fidelity | None = None
+    data_note: str = ""                 # what dise left out of the data, for people
 
     @property
     def name(self) -> str:
@@ -108,11 +109,17 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     x = probe_rows(data.x).to(inputs.device)
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
                        data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
+    data_note = ""
     if data.per_sample_grid and model.how != "bare":
-        raise InputError(f"data '{data.name}': 't' gives every sample its own time grid, which dise uses for a model "
-                         f"that is a bare vector field; {name} passes its own grid to its solver")
+        if model.model_takes_grid:
+            raise InputError(f"data '{data.name}': 't' gives every sample its own time grid, which dise uses for a "
+                             f"model that is a bare vector field; {name} takes one grid [T] as its time argument")
+        # a model that passes its own grid to its solver has no use for the data's: it is left out
+        data = dataclasses.replace(data, t=None)
+        data_note = (f"data '{data.name}': 't' (a time grid per sample) is left out; {name} passes its own grid to "
+                     f"its solver")
     opened = Opened(loaded=loaded, data=data, model=model, device=inputs.device,
-                    candidates=choose_candidates(model, candidates), probe=x)
+                    candidates=choose_candidates(model, candidates), probe=x, data_note=data_note)
     if check:
         opened.fidelity = check_model(opened)
         raise_if_unfaithful(opened)
@@ -142,7 +149,8 @@ def reading_notes(opened: Opened) -> list[str]:
     """What a person should know up front about how dise read the model (and, for a model without a
     factory, whether export will need one)."""
     notes = [f"note: {note}" for note in ([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes
-             + ([opened.model.output_note] if opened.model.output_note else [])]
+             + ([opened.model.output_note] if opened.model.output_note else [])
+             + ([opened.data_note] if opened.data_note else [])]
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
         from dise_cli.exporting import export_plan
         plan = export_plan(opened.model, opened.loaded, opened.probe)

@@ -227,6 +227,8 @@ def test_a_sampler_returning_a_dict_is_judged_by_the_output_named(tmp_path):
     torch.testing.assert_close(out[baseline], own[baseline], rtol=1e-3, atol=1e-3)
     pair = namedtuple("Pair", "samples trajectory")(torch.ones(2), torch.zeros(2))
     assert pick_output(pair, "samples") is pair.samples and pick_output(pair, "0") is pair.samples
-    assert pick_output(pair) is pair.trajectory and pick_output({"only": pair.samples}) is pair.samples
+    assert pick_output((pair.samples, pair.trajectory)) is pair.trajectory and pick_output({"only": pair.samples}) is pair.samples
+    with pytest.raises(InputError, match="named tuple Pair \\(fields samples, trajectory\\)"):
+        pick_output(pair)
     with pytest.raises(InputError, match="index from 0 to 1 or a field"):
         pick_output(pair, "path")

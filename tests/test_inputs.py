@@ -108,7 +108,14 @@ def test_labels_that_move_only_the_start_export_as_a_program_of_two_inputs(tmp_p
     # the bundle's data must hold its inputs: one key is exit 2 naming the data and --x-key
     res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d.pt", "--x-key", "noise", "--out", tmp_path / "o2.safetensors")
     assert res.exit_code == 2 and "--x-key" in res.stderr and "2 inputs" in res.stderr
+    res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d.pt", "--x-key", "labels,noise", "--out",
+                 tmp_path / "o2.safetensors")
+    assert res.exit_code == 2 and "in the order noise,labels" in res.stderr
     assert not (tmp_path / "o2.safetensors").exists()
+    # without --x-key, the bundle's own keys
+    res = invoke("run", tmp_path / "b.dise", "--data", tmp_path / "d.pt", "--out", tmp_path / "o3.safetensors")
+    assert res.exit_code == 0, res.stderr
+    torch.testing.assert_close(load_file(str(tmp_path / "o3.safetensors"))["outputs"], out)
 
 
 def test_several_inputs_misnamed_or_unnamed_are_one_clear_line(tmp_path):
@@ -186,3 +193,17 @@ def test_a_pickle_the_factory_does_not_rebuild_is_not_exported(tmp_path):
         assert res.exit_code == 0, res.stderr
     res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
     assert res.exit_code == 2 and "is not the model read" in res.stderr and not (tmp_path / "b.dise").exists()
+
+
+def test_a_key_named_t_is_an_input_where_named_and_left_out_where_unused(tmp_path):
+    """A time grid per sample in the data is for a bare vector field: beside a model that passes its own
+    grid it is left out, with a note (it was exit 2); named in --x-key, ``t`` is an input like any other."""
+    data = families.make_noise_and_labels(12, seed=7)
+    data["t"] = torch.linspace(0, 1, 3).repeat(12, 1) * torch.rand(12, 1, generator=torch.Generator().manual_seed(0))
+    common = _save(tmp_path, "build_label_shifted_start", data)
+    res = invoke("profile", *common, "--x-key", "noise,labels", "--out", tmp_path / "p.sft")
+    assert res.exit_code == 0, res.stderr
+    assert "'t' (a time grid per sample) is left out" in res.stderr
+    from dise_cli.datasets import DataSpec, load_data
+    loaded = load_data(DataSpec(path=tmp_path / "d.pt", x_key="noise,labels,t"))
+    assert loaded.t is None and loaded.join.names == ("noise", "labels", "t")
