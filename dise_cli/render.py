@@ -62,8 +62,8 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     ui.table(f"dise profile: {report['n_samples']} samples, t = {short_grid(report['t_span'])}, judged against {labels}",
              columns, rows)
     orc = report["oracle"]
-    shares = ", ".join(f"{spec.split(':')[0] if _unique_method(report, spec) else spec} {_pct(v)}"
-                       for spec, v in orc["share"].items())
+    specs = [r["candidate"] for r in report["candidates"]]
+    shares = ", ".join(f"{short_name(spec, specs)} {_pct(v)}" for spec, v in orc["share"].items())
     right = "accuracy" if classification else "Γ ≤ β"
     auc = lambda r: f", AUC {r['auc']:.4f}" if r.get("auc") is not None else ""  # noqa: E731
     ui.line(f"oracle (cheapest right candidate per sample): {right} {_pct(orc['accuracy'])}{auc(orc)}, "
@@ -75,8 +75,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
         if report.get("figure"):
             ui.line(f"{report['figure']}: " + ", ".join(
-                f"{r['candidate'].split(':')[0] if _unique_method(report, r['candidate']) else r['candidate']} "
-                f"{_figure(r['figure'])}" for r in report["candidates"])
+                f"{short_name(r['candidate'], specs)} {_figure(r['figure'])}" for r in report["candidates"])
                     + f"; oracle {_figure(orc.get('figure'))}")
     for r in report["candidates"]:
         if r["failed_samples"]:
@@ -97,10 +96,6 @@ def _figure(value: dict | None) -> str:
     data = f" (data {value['energy_distance_data']:.4g})" if "energy_distance_data" in value else ""
     return f"{value['energy_distance']:.4g}{data}"
 
-
-def _unique_method(report: dict, spec: str) -> bool:
-    method = spec.split(":")[0]
-    return sum(r["candidate"].split(":")[0] == method for r in report["candidates"]) == 1
 
 
 def short_list(values: Sequence[Any], unit: str = "items", fmt: Callable[[Any], str] = str,
@@ -257,10 +252,15 @@ def render_training(ui: Output, report: dict) -> None:
     ui.json(report)
 
 
+def short_name(spec: str, specs) -> str:
+    """A candidate's method alone where no other candidate of ``specs`` shares it (``rk4``), else its
+    whole spec (``rk4:steps=2`` beside ``rk4:steps=8``)."""
+    method = spec.split(":")[0]
+    return method if [s.split(":")[0] for s in specs].count(method) == 1 else spec
+
+
 def _shares(share: dict) -> str:
-    methods = [spec.split(":")[0] for spec in share]
-    name = lambda spec: spec.split(":")[0] if methods.count(spec.split(":")[0]) == 1 else spec  # noqa: E731
-    return ", ".join(f"{name(spec)} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
+    return ", ".join(f"{short_name(spec, share)} {100 * v:.1f}%" for spec, v in share.items() if v > 0)
 
 
 def render_evaluation(ui: Output, report: dict) -> None:
@@ -293,8 +293,11 @@ def render_evaluation(ui: Output, report: dict) -> None:
         ui.line(f"{report['world_size']} processes judged the samples; the times below are rank 0's, on its own device")
     for t in report["timing"]:
         spb = t["seconds_per_batch"]
-        parts = ", ".join(f"{name.split(':')[0] if name != 'dise' else 'DISE'} {1e3 * s:.2f} ms" for name, s in spb.items())
-        ui.line(f"batch {t['batch_size']}: {parts}; DISE {t['speedup_vs_baseline']:.2f}x faster than {base['candidate'].split(':')[0]}")
+        specs = [name for name in spb if name != "dise"]
+        parts = ", ".join(f"{short_name(name, specs) if name != 'dise' else 'DISE'} {1e3 * s:.2f} ms"
+                          for name, s in spb.items())
+        ui.line(f"batch {t['batch_size']}: {parts}; DISE {t['speedup_vs_baseline']:.2f}x faster than "
+                f"{short_name(base['candidate'], specs)}")
     for g in report["gates"]:
         ui.line(f"gate {g['gate']}: {g['value']} vs {g['threshold']}: {'passed' if g['passed'] else 'NOT MET'}")
     ui.json(report)

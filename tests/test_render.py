@@ -83,3 +83,9 @@ def test_inspect_shortens_the_grid_of_the_model_and_of_each_solve(capsys, tmp_pa
     assert MIDDLE not in text
     assert report["t_span"] == GRID and report["solves"][0]["t"] == GRID
     assert report["made_with"]["device"].startswith("cpu")
+
+
+def test_candidates_sharing_a_method_are_named_in_full():
+    from dise_cli.render import short_name
+    specs = ["euler:steps=1", "rk4:steps=2", "rk4:steps=8", "dopri5:rtol=1e-05,atol=1e-05"]
+    assert [short_name(s, specs) for s in specs] == ["euler", "rk4:steps=2", "rk4:steps=8", "dopri5"]

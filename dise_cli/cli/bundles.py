@@ -13,6 +13,7 @@ from dise_cli.errors import UsageError
 from dise_cli.evaluation import EvaluateSettings as ES
 from dise_cli.offline import RunSettings as RS
 from dise_cli.output import Output
+from dise_cli.render import short_name
 from dise_cli.sources import DataOptions
 
 PREDICTIONS_OUT = "predictions.safetensors"
@@ -97,7 +98,7 @@ def run(
     result = api.run(bundle, source, out=out_path, progress=ui.progress, batch_size=batch_size)
     if result is None:                 # a torchrun rank other than 0: rank 0 reports and writes
         return
-    shares = ", ".join(f"{c.split(':')[0]} {100 * float((result.integrator == i).double().mean()):.1f}%"
+    shares = ", ".join(f"{short_name(c, result.candidates)} {100 * float((result.integrator == i).double().mean()):.1f}%"
                        for i, c in enumerate(result.candidates))
     ranks = f" on {result.world_size} processes" if result.world_size > 1 else ""
     ui.line(f"{len(result.nfe)} samples, mean NFE {float(result.nfe.double().mean()):.2f} ({shares}), "
