@@ -32,9 +32,12 @@ class DataSpec:
     t_key: str = "t"
     t_end_key: str = "t_end"
     code_path: tuple[str, ...] = field(default_factory=tuple)
+    given: Any = None                 # tensors a Python caller passed as data (a dict, an (x, y) pair, x)
 
     @property
     def name(self) -> str:
+        if self.given is not None:
+            return "the data given"
         return str(self.path) if self.path else f"--data-factory {self.factory}"
 
 
@@ -69,7 +72,9 @@ class Dataset:
 
 
 def load_data(spec: DataSpec) -> Dataset:
-    if spec.factory:
+    if spec.given is not None:
+        tensors, digest = _from_factory(spec.given, spec), None
+    elif spec.factory:
         raw = call_factory(spec.factory, "--data-factory", spec.code_path)
         tensors, digest = _from_factory(raw, spec), None
     elif spec.path is not None:
@@ -126,7 +131,7 @@ def _from_factory(raw: Any, spec: DataSpec) -> dict[str, Any]:
     if hasattr(raw, "__getitem__") and hasattr(raw, "__len__"):   # a torch.utils.data.Dataset
         items = [raw[i] for i in range(len(raw))]
         if not items:
-            raise InputError(f"--data-factory {spec.factory}: the dataset is empty")
+            raise InputError(f"{spec.name}: the dataset is empty")
         if isinstance(items[0], dict):                # {"noise": ..., "labels": ...} per item: keys as in a file
             return {k: _stacked(item[k] for item in items) for k in items[0]}
         if isinstance(items[0], (tuple, list)):
@@ -136,8 +141,8 @@ def _from_factory(raw: Any, spec: DataSpec) -> dict[str, Any]:
                 return {**{f"x{i}": _stacked(c) for i, c in enumerate(zip(*columns[0]))}, **out}
             return {"x": _stacked(columns[0]), **out}
         return {"x": _stacked(items)}
-    raise UsageError(f"--data-factory: '{spec.factory}()' returned a {type(raw).__name__}; return tensors "
-                     f"(x, y), a dict of tensors, or a torch Dataset")
+    what = "data: Python callers pass" if spec.given is not None else f"--data-factory: '{spec.factory}()' returned"
+    raise UsageError(f"{what} a {type(raw).__name__}; give tensors (x, y), a dict of tensors, or a torch Dataset")
 
 
 def _stacked(values) -> torch.Tensor:

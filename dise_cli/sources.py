@@ -23,7 +23,7 @@ S = TypeVar("S")
 class DataOptions:
     """Where the data comes from, and the options every command that reads data shares."""
 
-    data: str | None = None             # .pt, .safetensors or .npz file
+    data: Any = None                    # .pt, .safetensors or .npz file; from Python also tensors (a dict, (x, y), x)
     data_factory: str | None = None     # package.module:fn returning tensors or a Dataset
     x_key: str | None = None
     y_key: str | None = None
@@ -110,13 +110,18 @@ def data_spec(options: DataOptions, config: Mapping[str, Any]) -> DataSpec | Non
         path, factory = options.data, options.data_factory
     else:
         path, factory = config.get("data"), config.get("data_factory")
+    x_key = _given(options.x_key, config, "x_key")
+    if isinstance(x_key, (list, tuple)):              # dise.yaml: x_key: [noise, labels]
+        x_key = ",".join(map(str, x_key))
+    if path is not None and not isinstance(path, (str, Path)):       # tensors from a Python caller
+        if factory:
+            raise UsageError("data and data_factory: give one")
+        return DataSpec(given=path, x_key=x_key, y_key=_given(options.y_key, config, "y_key"),
+                        code_path=code_paths(options, config))
     if path and factory:
         raise UsageError("--data and --data-factory (or data and data_factory in the config): give one")
     if not (path or factory):
         return None
-    x_key = _given(options.x_key, config, "x_key")
-    if isinstance(x_key, (list, tuple)):              # dise.yaml: x_key: [noise, labels]
-        x_key = ",".join(map(str, x_key))
     return DataSpec(path=Path(path) if path else None, factory=factory,
                     x_key=x_key, y_key=_given(options.y_key, config, "y_key"),
                     code_path=code_paths(options, config))

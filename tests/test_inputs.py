@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import dise_cli
+import dise_cli.errors
 import families
 from dise_cli.cli import app
 from dise_cli.errors import InputError
@@ -207,3 +208,14 @@ def test_a_key_named_t_is_an_input_where_named_and_left_out_where_unused(tmp_pat
     from dise_cli.datasets import DataSpec, load_data
     loaded = load_data(DataSpec(path=tmp_path / "d.pt", x_key="noise,labels,t"))
     assert loaded.t is None and loaded.join.names == ("noise", "labels", "t")
+
+
+def test_python_callers_pass_tensors_as_data(tmp_path):
+    """``dise_cli.profile(model, data={...})``: tensors from Python, read as a file's keys would be."""
+    data = families.make_noise_and_labels(12, seed=8)
+    common = _save(tmp_path, "build_label_shifted_start", data)
+    run = dise_cli.profile(str(common[0]), arch="families:build_label_shifted_start", code_path=[TESTS], data=data,
+                           x_key=["noise", "labels"])
+    assert run.profile.n_samples == 12
+    with pytest.raises(dise_cli.errors.UsageError, match="data: Python callers pass a int"):
+        dise_cli.profile(str(common[0]), arch="families:build_label_shifted_start", code_path=[TESTS], data=3)
