@@ -31,6 +31,7 @@ from dise_cli.model_files import storable
 from dise_cli.odemodel import OdeModel
 from dise_cli.programs import SPLIT, WHOLE, ProgramModel, export_programs, load_program
 from dise_cli.provenance import PROVENANCE_KEY, made_with
+from dise_cli.seeding import seeded
 from dise_cli.selector import HEADER_KEY as SELECTOR_HEADER, Selector, selector_bytes, selector_from
 from dise_cli.states import StateLayout
 
@@ -320,8 +321,7 @@ def _compare(ode: OdeModel, other: OdeModel, x: torch.Tensor) -> str:
     solver = Euler(steps=4)
 
     def outputs(model: OdeModel) -> torch.Tensor:
-        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(0)
+        with torch.no_grad(), seeded(0, x.device):
             return model.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
     want, got = outputs(ode), outputs(other)
     scale = 1.0 + float(want.detach().double().abs().max())

@@ -19,6 +19,7 @@ from dise_cli.judging import Judge, class_labels, detect_task, targets_batch_maj
 from dise_cli.provenance import made_with
 from dise_cli.profiling import ProfileRun, Reference, Timing, batch_starts, batch_targets, grids_of, \
     profile_candidates
+from dise_cli.seeding import seeded
 from dise_cli.sharding import joined
 from dise_cli.reports import figure_of, summarize
 from dise_cli.routing import RoutedModel
@@ -180,8 +181,7 @@ def _routed_samples(routed: RoutedModel, data: Dataset, rows: torch.Tensor, judg
         idx = rows[start:start + (1 if empty else batch_size)]
         index.append(idx)
         x, t = data.x[idx].to(device), grids_of(data, idx, device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(start)          # the same random encoder as the candidates' runs
+        with seeded(start, device):          # the same random encoder as the candidates' runs
             out, stats = routed.run_packed(x, t, return_stats=True)
         target = batch_targets(ode, x, ode.encode(x, t) if ode.splittable else None, idx, targets, judge, reference,
                                seed=start)

@@ -20,22 +20,22 @@ argument order) changes the outputs by far more.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from dise_cli.errors import InputError, first_line
 from dise_cli.integrators import Euler, Integrator, Status
 from dise_cli.integrators.vector_field import rows_agree
 from dise_cli.odemodel import OdeModel
+from dise_cli.seeding import seeded
 
 FIDELITY_SAMPLES = 8
 LOOSER = 10.0
 CLOSEST_SHARE = 0.5
 MARGIN = 3.0
 FLOOR = 1e-4
+NOISE_SHARE = 0.5       # a spread dise cannot repeat beyond this share of one Euler step's effect: refused
 
 
 @dataclass
@@ -55,17 +55,9 @@ class Fidelity:
 
 
 def _seeded(fn, seed: int, device: torch.device):
-    """``fn()`` with torch's, numpy's and Python's global generators seeded, and put back afterwards."""
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            np.random.seed(seed)
-            random.seed(seed)
-            return fn()
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
+    """``fn()`` with every global generator seeded (see ``dise_cli.seeding``)."""
+    with seeded(seed, device):
+        return fn()
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -146,6 +138,16 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     floor = FLOOR * (1.0 + (float(finite.abs().max()) if finite.numel() else 0.0))
     difference = float("inf") if failed else _max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
+    if draws == "spread":
+        # draws dise cannot repeat are in every candidate's outputs: judging integrators needs the largest
+        # solver effect (one Euler step against the baseline) to stand well above them
+        euler = _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)), seed, device))
+        if randomness > NOISE_SHARE * euler:
+            raise InputError(f"the model's outputs change by up to {randomness:.3g} from one run to the next, by "
+                             f"random draws dise cannot repeat (a generator the model owns, or noise f draws in "
+                             f"every call), as much as one Euler step changes them ({euler:.3g}): every integrator "
+                             f"would be judged on that noise. Draw it from torch's global generator once per "
+                             f"forward, or fix it")
     parts = [v if v != float("inf") else 0.0 for v in (tolerance, spread, closest)]
     allowed = max(*parts, floor)
     return Fidelity(samples=len(x), baseline=baseline.spec, difference=difference, allowed=allowed,

@@ -195,6 +195,9 @@ def pick_output(out: Any, key: str | None = None) -> Any:
                                  f"{', '.join(out._fields)}); name the output dise judges with --output-key")
             return getattr(out, tensors[0])
         if key is None:
+            if not isinstance(out[-1], torch.Tensor):
+                raise InputError(f"the model returns {len(out)} outputs and the last is a {type(out[-1]).__name__}; "
+                                 f"name the output dise judges with --output-key N (0 to {len(out) - 1})")
             return out[-1]
         if hasattr(out, "_fields") and key in out._fields:       # a named tuple's field
             return getattr(out, key)
@@ -326,6 +329,11 @@ class TracedModel(OdeModel):
             out = self.module(*self.model_args(x))
         if not dispatch.hit:
             site, func, occurrence, _ = self.key
+            if self.module.training:
+                raise InputError(f"in training mode the model's forward does not make the solve dise read in eval "
+                                 f"mode ({site}{f' with {func}' if func else ''}): it solves another way when "
+                                 f"training (FFJORD's CNF adds its regularisation states), which dise cannot "
+                                 f"fine-tune through")
             raise InputError(f"the model's forward did not make the solve dise routes ({site}{f' with {func}' if func else ''}, "
                              f"call {occurrence + 1} from there); its solves depend on the input, which dise cannot route")
         return out

@@ -16,6 +16,7 @@ from dise_cli.judging import Judge, targets_batch_major
 from dise_cli.odemodel import OdeModel, Problem, Solve
 from dise_cli.profiles import Profile
 from dise_cli.provenance import device_name, made_with
+from dise_cli.seeding import seeded
 
 REFERENCE_TOL = 1e-7     # the reference solve's tolerance, or 100 times tighter than the baseline's
 
@@ -221,8 +222,7 @@ def encode_batch(model: OdeModel, x: torch.Tensor, t: torch.Tensor | None, seed:
     from ``seed`` and the batch's first row, so a batch encodes the same in a shard as in one run."""
     if not model.splittable:
         return None
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed * (1 << 32) + start)
+    with seeded(seed * (1 << 32) + start, x.device):
         return model.encode(x, t)
 
 
@@ -240,8 +240,7 @@ def run_model(model: OdeModel, x: torch.Tensor, problem: Problem | None, solve: 
     candidate sees the same encoder (a sampled latent, a trace estimator's noise)."""
     if problem is not None and model.splittable:
         return model.solve_and_decode(x, problem, solve)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         return model.forward_with(x, solve)
 
 

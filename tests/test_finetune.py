@@ -93,6 +93,19 @@ def test_finetune_trains_through_the_models_own_adaptive_method(tmp_path):
     assert report["history"][1]["reg"] > 0 and report["history"][1]["train_nfe"] > 0
 
 
+def test_a_forward_that_solves_another_way_when_training_is_named(tmp_path):
+    model = tiny_models.build_solves_another_way_when_training().eval()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    x = torch.randn(24, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("finetune", tmp_path / "m.pt", "--arch", "tiny_models:build_solves_another_way_when_training",
+                 "--code-path", TESTS, "--data", tmp_path / "d.safetensors", "--epochs", 1, "--out", tmp_path / "t.pt")
+    assert res.exit_code == 2 and "in training mode the model's forward does not make the solve" in res.stderr
+    assert not (tmp_path / "t.pt").exists()
+
+
 def test_a_learned_integration_time_is_held_and_said_so(tmp_path):
     """dise's solvers take the grid as data: a grid computed from a parameter stays as it is, with a note
     (it used to stay silently)."""

@@ -230,5 +230,7 @@ def test_a_sampler_returning_a_dict_is_judged_by_the_output_named(tmp_path):
     assert pick_output((pair.samples, pair.trajectory)) is pair.trajectory and pick_output({"only": pair.samples}) is pair.samples
     with pytest.raises(InputError, match="named tuple Pair \\(fields samples, trajectory\\)"):
         pick_output(pair)
+    with pytest.raises(InputError, match="the last is a dict; name the output dise judges with --output-key N"):
+        pick_output((pair.samples, {"fevals": 3}))           # k-diffusion's log_likelihood returns (ll, info)
     with pytest.raises(InputError, match="index from 0 to 1 or a field"):
         pick_output(pair, "path")

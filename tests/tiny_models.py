@@ -236,6 +236,25 @@ class LearnedEndTime(SolverChoice):
         return self.head(odeint(self.func, self.lin(x), t, rtol=1e-5, atol=1e-5)[-1])
 
 
+class SolvesAnotherWayWhenTraining(SolverChoice):
+    """FFJORD's CNF: in training mode the forward solves from another line, with more states."""
+
+    def __init__(self):
+        super().__init__("dopri5")
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.training:
+            zs = odeint(lambda t, s: (self.func(t, s[0]), torch.zeros_like(s[1])), (h, torch.zeros(len(h), 1)),
+                        torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5)
+            return self.head(zs[0][-1])
+        return self.head(odeint(self.func, h, torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-5)[-1])
+
+
+def build_solves_another_way_when_training() -> nn.Module:
+    return SolvesAnotherWayWhenTraining()
+
+
 def build_learned_end_time() -> nn.Module:
     return LearnedEndTime()
 
