@@ -124,15 +124,13 @@ def fit(net: SelectorNet, h0: torch.Tensor, costs: torch.Tensor, settings: Train
 @torch.no_grad()
 def selector_cost_in_nfe(net: SelectorNet, ode, problem: Problem, repeats: int = 7) -> float:
     """The time of one selector decision (its inputs from the shared first stage, then v) over the
-    time of one f call, on the same batch: the selector's cost in NFE units (DESIGN)."""
-    h0 = problem.h0
+    time of one f call, on the same batch: the selector's cost in NFE units (DESIGN). The two are
+    timed in turn, round after round, so that a machine's load weighs on both alike."""
     k1 = first_stage(problem)
-
-    def median_time(fn) -> float:
-        return alternating_medians({"it": fn}, repeats, h0.device)["it"]
-
-    decide = lambda: net(selector_inputs(ode, problem, k1, net.spec.inputs))  # noqa: E731
-    return median_time(decide) / median_time(lambda: first_stage(problem))    # one f call on the batch
+    medians = alternating_medians({"decide": lambda: net(selector_inputs(ode, problem, k1, net.spec.inputs)),
+                                   "f": lambda: first_stage(problem)},              # one f call on the batch
+                                  repeats, problem.h0.device)
+    return medians["decide"] / medians["f"]
 
 
 def split_rows(n: int, val_split: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
