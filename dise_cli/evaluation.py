@@ -15,7 +15,7 @@ from dise_cli.datasets import Dataset
 from dise_cli.errors import UsageError
 from dise_cli.figures import read_figure_data
 from dise_cli.files import existing_file
-from dise_cli.judging import Judge, class_labels, detect_task, targets_batch_major
+from dise_cli.judging import Judge, Task, class_labels, detect_task, targets_batch_major
 from dise_cli.provenance import made_with
 from dise_cli.profiling import ProfileRun, Reference, Timing, batch_starts, batch_targets, grids_of, \
     profile_candidates
@@ -83,8 +83,7 @@ def evaluate_routed(routed: RoutedModel, data: Dataset, *, rows: torch.Tensor, b
                          "(regression, density, sampling); a classifier has --max-accuracy-drop")
     data = dataclasses.replace(data, y=class_labels(task, data.y))
     meta = routed.selector.meta
-    judge = Judge(task, meta.get("metric") or "mse") if task == "regression" else \
-        Judge(task, threshold=float(meta.get("threshold") or 0.0))
+    judge = Task(task, float(meta.get("threshold") or 0.0)).judge(meta.get("metric") if task == "regression" else None)
     beta = meta.get("beta")
     reference = Reference(routed.integrators[routed.baseline])
     kind = meta.get("figure") or None

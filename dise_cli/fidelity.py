@@ -128,8 +128,8 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     randomness = _max_abs(model_out, _seeded(lambda: ode.run(x), seed + 1, device))
     draws = "none"
     if randomness > 0:
-        seeded = _max_abs(model_out, _seeded(lambda: ode.run(x), seed, device)) == 0
-        draws = "same" if seeded and f_steady else "spread"
+        repeats = _max_abs(model_out, _seeded(lambda: ode.run(x), seed, device)) == 0
+        draws = "same" if repeats and f_steady else "spread"
     loose = baseline.loosened(LOOSER)
     tolerance = MARGIN * _max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
     closest = 0.0 if exact else CLOSEST_SHARE * _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),

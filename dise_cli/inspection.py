@@ -82,8 +82,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "baseline_exact": bool(cands.own is not None and cands.own.exact
                                and cands.own.integrator.spec == cands.integrators[cands.baseline].spec),
         "candidates": cands.specs,
-        "notes": ([opened.loaded.note] if opened.loaded.note else []) + list(cands.notes)
-                 + ([model.output_note] if model.output_note else []),
+        "notes": opened.notes,
         "fidelity": None if fidelity is None else fidelity.to_dict(),
         "export": export,
         "parameters": {"encoder": encoder, "ode_function": f_params, "decoder": decoder, "encoder_and_decoder": rest},

@@ -95,6 +95,11 @@ class Opened:
     def name(self) -> str:
         return f"model '{self.loaded.spec.path}'"
 
+    @property
+    def notes(self) -> list[str]:
+        """What a person should know about how dise read the file, the model and the data."""
+        return [n for n in (self.loaded.note, *self.candidates.notes, self.model.output_note, self.data_note) if n]
+
 
 def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = True) -> Opened:
     """Load model and data, read the model by its solve on a few samples, choose the candidates and
@@ -148,9 +153,7 @@ def raise_if_unfaithful(opened: Opened) -> None:
 def reading_notes(opened: Opened) -> list[str]:
     """What a person should know up front about how dise read the model (and, for a model without a
     factory, whether export will need one)."""
-    notes = [f"note: {note}" for note in ([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes
-             + ([opened.model.output_note] if opened.model.output_note else [])
-             + ([opened.data_note] if opened.data_note else [])]
+    notes = [f"note: {note}" for note in opened.notes]
     if not opened.loaded.rebuildable:                   # no factory to fall back on: find out now whether programs will do
         from dise_cli.exporting import export_plan
         plan = export_plan(opened.model, opened.loaded, opened.probe)
@@ -293,7 +296,7 @@ def profile_model(opened: Opened, *, rows: torch.Tensor, batch_size: int,
         "labels": "data" if data.y is not None else f"reference:{reference.spec}",
         "metric": judge.metric_name if task == "regression" else "", "seed": str(seed),
         "reading": json.dumps(ode.record(), sort_keys=True),
-        "notes": json.dumps(([opened.loaded.note] if opened.loaded.note else []) + opened.candidates.notes),
+        "notes": json.dumps(opened.notes),
         "figure": figure or "", "input_dim": str(int(data.x[0].numel())), "threshold": f"{chosen.threshold:g}",
     })
     return run

@@ -29,6 +29,7 @@ import torch
 
 from dise_cli.errors import InputError, first_line
 from dise_cli.rowcontext import RowContext
+from dise_cli.seeding import seeded
 from dise_cli.states import StateLayout, rms_rows
 
 Func = Callable[..., Any]
@@ -147,9 +148,7 @@ class VectorField:
 
 
 def _seeded(fn: Callable[[], torch.Tensor], seed: int, device: torch.device) -> torch.Tensor:
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         return fn()
 
 
