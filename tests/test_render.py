@@ -76,7 +76,8 @@ def test_inspect_shortens_the_grid_of_the_model_and_of_each_solve(capsys, tmp_pa
     opened = SimpleNamespace(model=ode, data=Dataset(x=x, y=None, t=None, name="data", sha256=""),
                              device=torch.device("cpu"), loaded=SimpleNamespace(note=""),
                              candidates=SimpleNamespace(own=None, integrators=candidates, baseline=2,
-                                                        specs=[c.spec for c in candidates], notes=[]))
+                                                        specs=[c.spec for c in candidates], notes=[]),
+                             notes=[])
     info = describe_model(opened, None, {"programs": "split", "needs_arch": False, "note": ""}, repeats=1)
     text, report = printed_and_json(capsys, tmp_path, render_inspect, info)
     assert text.count("[0, 0.010101, 0.020202, ..., 1] (100 points)") == 2       # the t row and the routed solve
