@@ -79,6 +79,10 @@ class OwnSolver:
     rtol: Any
     atol: Any
     options: dict = field(default_factory=dict)
+    # rtol and atol for one sample, as the solver applies them to the model's state (a number, or one
+    # per element of a sample's state); None where they cannot be read that way
+    sample_rtol: Any = None
+    sample_atol: Any = None
 
 
 class OdeModel:

@@ -176,8 +176,10 @@ def probe_rows(x: torch.Tensor, n: int = FIDELITY_SAMPLES, scan: int = 4096) -> 
 def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
     """``text`` parsed (the baseline: the model's own solver if listed, else the first adaptive
     candidate, else the last), or by default Euler and RK4 with one step and the model's own solver."""
-    own = None if model.own is None else emulate(model.own.library, model.own.method, model.own.rtol,
-                                                 model.own.atol, model.own.options)
+    own = None if model.own is None else emulate(
+        model.own.library, model.own.method,
+        model.own.rtol if model.own.sample_rtol is None else model.own.sample_rtol,
+        model.own.atol if model.own.sample_atol is None else model.own.sample_atol, model.own.options)
     notes = []
     if own is not None and own.note:
         notes.append(f"the model's own solver is {model.own.library}'s {own.method}: {own.note}")

@@ -12,6 +12,7 @@ from torch import nn
 from dise_cli.clock import sync
 from dise_cli.datasets import Dataset
 from dise_cli.integrators import Dopri5, Integrator, Solution
+from dise_cli.integrators.tolerances import smallest
 from dise_cli.judging import Judge, targets_batch_major
 from dise_cli.odemodel import OdeModel, Problem, Solve
 from dise_cli.profiles import Profile
@@ -64,7 +65,7 @@ class Reference:
     def __init__(self, baseline: Integrator):
         tol = REFERENCE_TOL
         if isinstance(baseline, Dopri5):
-            tol = min(tol, baseline.rtol / 100, baseline.atol / 100)
+            tol = min(tol, smallest(baseline.rtol) / 100, smallest(baseline.atol) / 100)
         self.integrator = Dopri5(rtol=max(tol, 1e-12), atol=max(tol, 1e-12))
         self._copies: dict[int, tuple[nn.Module, nn.Module]] = {}    # id(f) -> (f, its float64 copy)
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from dise_cli.errors import InputError, UsageError, first_line
+from dise_cli.integrators.tolerances import per_sample_tolerance
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
@@ -275,7 +276,9 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     model.output_time_major = time_major_output(out, n, output_key)
     model.block_path = chosen.block_path
     model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),
-                          options=dict(call.options))
+                          options=dict(call.options),
+                          sample_rtol=per_sample_tolerance(call.rtol, call.y0, layout.batch_axis),
+                          sample_atol=per_sample_tolerance(call.atol, call.y0, layout.batch_axis))
     model.func_description, model.func_modules = _describe_func(chosen, h0, grid, layout)
     model.func_class = _describe_func_short(call.func)
     model.solves = [_info(s, recorder) for s in recorder.seen]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
-from dise_cli.errors import InputError
-from dise_cli.integrators import RK4, Dopri5, Euler, Midpoint, Status, TimeMode, VectorField
+from dise_cli.errors import InputError, UsageError
+from dise_cli.integrators import RK4, Dopri5, Euler, Midpoint, Status, TimeMode, VectorField, parse_candidates
 
 A = torch.tensor([[-0.5, 2.0], [-2.0, -0.5]], dtype=torch.float64)
 
@@ -332,3 +332,91 @@ def test_step_size_grid_matches_torchdiffeq():
             torch.testing.assert_close(sol.ys, odeint(f, y0, t, method=method, options={"step_size": 0.07}),
                                        rtol=1e-13, atol=1e-13)
             assert sol.nfe.tolist() == [15 * cls.tableau.stages] * 5     # ceil(1 / 0.07) steps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tolerances_per_tuple_component_match_torchdiffeq(dtype):
+    """FFJORD's ``atol=[1e-5, 1e-5] + [1e20]``: one tolerance per component of a tuple state (here one
+    that leaves a third component out of step control). torchdiffeq makes each a tensor of the default
+    dtype and widens them to float64; each sample alone takes its NFE and result, bit for bit."""
+    import families
+    from dise_cli.integrators.tolerances import PerElement, per_sample_tolerance
+    from dise_cli.states import StateLayout
+    from torchdiffeq import odeint
+    cnf = families.build_cnf().to(dtype)
+
+    def f(t, state):
+        z, logp, reg = state
+        dz, dlogp = cnf(t, (z, logp))
+        return dz, dlogp, 50 * torch.sin(30 * z).pow(2).sum(1, keepdim=True)   # fast, but never controls the step
+    z = families.make_circles(5).to(dtype)
+    state = (z, torch.zeros(5, 1, dtype=dtype), torch.zeros(5, 1, dtype=dtype))
+    rtol, atol = [1e-5, 1e-5, 1e20], [1e-5, 1e-5, 1e20]
+    sample_rtol = per_sample_tolerance(rtol, state)
+    assert isinstance(sample_rtol, PerElement) and len(sample_rtol.values) == 4
+    assert sample_rtol.values[0] == float(torch.tensor(1e-5))             # float32's 1e-5, as torchdiffeq has it
+    layout = StateLayout.of(state)
+    t = torch.tensor([10.0, 0.0], dtype=dtype)
+    solver = parse_candidates(Dopri5(rtol=sample_rtol, atol=per_sample_tolerance(atol, state)).spec)[0]  # via its text
+    with torch.no_grad():
+        sol = solver.solve(VectorField(f, TimeMode.LOOP, layout), layout.pack(state), t.double())
+    for i in range(5):
+        calls = [0]
+
+        def counted(tt, s):
+            calls[0] += 1
+            return f(tt, s)
+
+        ref = odeint(counted, tuple(c[i:i + 1] for c in state), t, rtol=rtol, atol=atol)
+        assert sol.nfe[i].item() == calls[0]
+        for a, b in zip(layout.unpack_trajectory(sol.ys[:, i:i + 1]), ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tolerance_per_element_of_a_tensor_state_matches_torchdiffeq(dtype):
+    """``atol=torch.tensor([1e-7, 1e-2])`` against a state ``[N, 2]`` (a tight position, a loose
+    velocity): torchdiffeq broadcasts it over the batch and, being a tensor with dimensions, it makes
+    the error ratio of a float32 state float64. Each sample alone: torchdiffeq's NFE and result."""
+    from dise_cli.integrators.tolerances import PerElement, per_sample_tolerance
+    from torchdiffeq import odeint
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(dtype)
+
+    def f(t, y):
+        return 3 * net(y)
+    y0 = torch.randn(4, 2, dtype=dtype)
+    atol = torch.tensor([1e-7, 1e-2], dtype=dtype)
+    sample_atol = per_sample_tolerance(atol, y0)
+    assert sample_atol == PerElement((float(atol[0]), float(atol[1])))
+    assert per_sample_tolerance(torch.tensor([[1e-3], [1e-4], [1e-3], [1e-3]]), y0) is None   # differs per sample
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=dtype)
+    with torch.no_grad():
+        for i in range(4):
+            calls = [0]
+
+            def counted(tt, yy):
+                calls[0] += 1
+                return f(tt, yy)
+            ref = odeint(counted, y0[i:i + 1], t, rtol=1e-4, atol=atol)
+            alone = Dopri5(rtol=1e-4, atol=sample_atol).solve(VectorField(f, TimeMode.BROADCAST), y0[i:i + 1], t)
+            assert alone.nfe.item() == calls[0]
+            torch.testing.assert_close(alone.ys, ref, rtol=0, atol=0)
+
+
+def test_tolerance_and_step_size_specs_round_trip_exactly():
+    """A spec's text gives back the very numbers: a step of 1/3 (``%g`` would write 0.333333, whose grid
+    has a fourth, tiny step), float32's 1e-5 and per-element tolerances."""
+    from dise_cli.integrators.tolerances import PerElement
+    for integrator in (RK4(step_size=1 / 3), RK4(step_size=float(torch.tensor(0.1))),
+                       Dopri5(rtol=float(torch.tensor(1e-5)), atol=1e-7, first_step=1 / 7),
+                       Dopri5(rtol=PerElement((1e-5, 1e-5, 1e20)), atol=PerElement((2e-6,) * 5))):
+        again = parse_candidates(integrator.spec)[0]
+        assert again.spec == integrator.spec
+        assert vars(again) == vars(integrator)
+    assert Dopri5(rtol=PerElement((1e-5, 1e-5, 1e20)), atol=1e-3).spec == "dopri5:rtol=1e-05x2/1e+20,atol=0.001"
+    assert Dopri5(atol=PerElement((1e-5,))).spec.endswith("atol=1e-05x1")
+    assert RK4(step_size=float(torch.tensor(0.1))).spec == "rk4:step_size=0.1f"
+    for bad in ("dopri5:atol=1e-5x0", "dopri5:atol=1e-5/-1", "dopri5:atol=1e-5xx2", "dopri5:atol="):
+        with pytest.raises(UsageError, match="atol"):
+            parse_candidates(bad)

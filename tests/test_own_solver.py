@@ -107,11 +107,41 @@ def test_inspect_lists_every_solve_and_solve_picks_one(tmp_path):
     assert info["solves"][1]["routed"] and info["ode_block"] == "b" and info["fidelity"]["passed"]
 
 
-def test_per_component_tolerances(tmp_path):
-    """FFJORD passes atol/rtol as one value per tuple component: equal values are exactly the scalar
-    tolerance (torchdiffeq expands them element-wise); unequal ones take the smallest, said plainly."""
-    same = emulate("torchdiffeq", "dopri5", [1e-5, 1e-5], torch.tensor([1e-5, 1e-5]), {})
-    assert same.exact and same.integrator.spec == "dopri5:rtol=1e-05,atol=1e-05" and not same.note
+def test_tolerances_dise_cannot_run_per_sample_take_the_smallest(tmp_path):
+    """Tolerances that are no number and were not read per element of a sample (they differ from sample
+    to sample) run at their smallest value, said plainly."""
     mixed = emulate("torchdiffeq", "dopri5", [1e-5, 1e-3], 1e-5, {})
     assert not mixed.exact and "smallest value, 1e-05" in mixed.note
     assert mixed.integrator.spec == "dopri5:rtol=1e-05,atol=1e-05"
+
+
+@pytest.mark.parametrize("build,baseline", [
+    ("build_per_component_tolerances", "dopri5:rtol=1e-05fx4/1e+20f,atol=1e-05fx4/1e+20f"),
+    ("build_tolerance_per_element", "dopri5:rtol=1e-05,atol=1e-07fx2/0.001fx2"),
+    ("build_third_steps", "rk4:step_size=0.3333333333333333"),
+])
+def test_the_models_own_tolerances_and_steps_are_run_exactly(tmp_path, build, baseline):
+    """Tolerances per tuple component (FFJORD's 1e20 for its regularisation states), a tolerance tensor
+    over the state's elements and a step of 1/3 are the model's own solver exactly: the baseline takes,
+    sample by sample, the NFE torchdiffeq takes for that sample alone (through the profile file's text)."""
+    from dise_cli.profiles import read_profile
+    args = _files(tmp_path, build)
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == baseline and info["baseline_exact"] is True and not info["notes"]
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 0, res.stderr
+    profile = read_profile(tmp_path / "p.safetensors")
+    model = getattr(tiny_models, build)()
+    model.load_state_dict(torch.load(tmp_path / "m.pt"))
+    calls = [0]
+    model.func.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    own = []
+    with torch.no_grad():
+        for i in profile.index.tolist():
+            calls[0] = 0
+            model(x[i:i + 1])
+            own.append(calls[0])
+    assert profile.nfe[:, profile.baseline].tolist() == own

@@ -27,7 +27,7 @@ def test_bare_methods_and_semicolons():
     ("euler:steps=0", "steps must be >= 1"),
     ("euler:steps=-2", "steps must be >= 1"),
     ("dopri5:rtol=0", "rtol and atol must be > 0"),
-    ("dopri5:rtol=abc", "not a valid float"),
+    ("dopri5:rtol=abc", "not a valid tolerance (a number, or one per element"),
     ("rtol=1e-3", "comes before any method"),
     ("", "no candidates"),
     ("rk4:steps", "needs option=value"),

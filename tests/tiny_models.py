@@ -210,18 +210,23 @@ def build_hand_loop_with_encoder() -> nn.Module:
 class SolverChoice(nn.Module):
     """A classifier whose block solves with a method and options given at construction."""
 
-    def __init__(self, method: str, **options):
+    def __init__(self, method: str, float64: bool = False, **options):
         super().__init__()
         torch.manual_seed(0)
         self.lin = nn.Linear(2, 4)
-        self.func = MLPFunc(4)
-        self.head = nn.Linear(4, 3)
+        self.func = MLPFunc(4).to(torch.float64 if float64 else torch.float32)   # float64: a row rounds alike
+        self.head = nn.Linear(4, 3)                                               # in a batch and alone
         self.method, self.options = method, options
 
+    def encode(self, x):
+        return self.lin(x).to(self.func.l1.weight.dtype)
+
     def forward(self, x):
-        h = odeint(self.func, self.lin(x), torch.tensor([0.0, 1.0]), method=self.method, options=self.options,
-                   rtol=1e-5, atol=1e-5)
-        return self.head(h[-1])
+        options = dict(self.options)
+        atol = torch.tensor([1e-7, 1e-7, 1e-3, 1e-3]) if options.pop("atol_per_element", False) else 1e-5
+        h = odeint(self.func, self.encode(x), torch.tensor([0.0, 1.0]), method=self.method, options=options,
+                   rtol=1e-5, atol=atol)
+        return self.head(h[-1].float())
 
 
 class LearnedEndTime(SolverChoice):
@@ -269,6 +274,37 @@ def build_bosh3() -> nn.Module:
 
 def build_with_safety() -> nn.Module:
     return SolverChoice("dopri5", safety=0.8)
+
+
+class PerComponentTolerances(SolverChoice):
+    """FFJORD's tolerances: one per tuple component, 1e20 leaving a regularisation state (here a fast
+    one) out of step control."""
+
+    def __init__(self):
+        super().__init__("dopri5", float64=True)
+
+    def forward(self, x):
+        h = self.encode(x)
+
+        def f(t, s):
+            return self.func(t, s[0]), 20 * torch.sin(40 * s[0]).pow(2).sum(1, keepdim=True)
+        zs = odeint(f, (h, torch.zeros(len(h), 1, dtype=h.dtype)), torch.tensor([0.0, 1.0]), rtol=[1e-5, 1e20],
+                    atol=[1e-5, 1e20])
+        return self.head(zs[0][-1].float())
+
+
+def build_per_component_tolerances() -> nn.Module:
+    return PerComponentTolerances()
+
+
+def build_tolerance_per_element() -> nn.Module:
+    """A tensor ``atol`` over the state's 4 elements: two tight, two loose."""
+    return SolverChoice("dopri5", float64=True, atol_per_element=True)
+
+
+def build_third_steps() -> nn.Module:
+    """RK4 with steps of 1/3."""
+    return SolverChoice("rk4", step_size=1 / 3)
 
 
 class IrregularLatentODE(nn.Module):

@@ -42,7 +42,9 @@ class StepControl:
         d0, d1 = field.rms(y0 / scale), field.rms(f0 / scale)
         h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.tensor(1e-6, dtype=dtype, device=y0.device),
                          0.01 * d0 / d1).abs()
-        y1 = y0 + per_row(h0, y0.ndim) * f0
+        # h0 is float64 where a tolerance per element made the scale float64; torchdiffeq's 0-dim h0 then
+        # multiplies f0 in f0's dtype
+        y1 = y0 + per_row(h0.to(dtype), y0.ndim) * f0
         f1 = field.at_times((t0 + h0.double()).to(dtype), y1)
         d2 = torch.abs(field.rms((f1 - f0) / scale) / h0)
         h1 = torch.where((d1 <= 1e-15) & (d2 <= 1e-15),

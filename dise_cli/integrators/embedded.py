@@ -24,6 +24,8 @@ from dise_cli.integrators.base import Integrator, Solution, Status, StepErrors
 from dise_cli.integrators.control import CONTROLS, SAFETY, StepControl
 from dise_cli.integrators.rounding import combine, per_row
 from dise_cli.integrators.tableaus import EmbeddedTableau
+from dise_cli.integrators.tolerances import (PerElement, Tolerance, number_text, positive, scaled, tolerance_tensor,
+                                             tolerance_text)
 from dise_cli.integrators.vector_field import VectorField
 
 DEFAULT_MAX_STEPS = 10_000
@@ -59,9 +61,9 @@ class EmbeddedRK(Integrator):
     default_control: ClassVar[str] = "torchdiffeq"
     compact_every: int = 1        # steps between compactions of the active set (results do not depend on it)
 
-    def __init__(self, rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
+    def __init__(self, rtol: Tolerance = 1e-3, atol: Tolerance = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
                  first_step: float | None = None, control: str | None = None):
-        if not rtol > 0 or not atol > 0:
+        if not positive(rtol) or not positive(atol):
             raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -70,25 +72,26 @@ class EmbeddedRK(Integrator):
         control = control or self.default_control
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got '{control}'")
-        self.rtol = float(rtol)
-        self.atol = float(atol)
+        # a number, or one per element of a sample's state (``tolerances``)
+        self.rtol: Tolerance = rtol if isinstance(rtol, PerElement) else float(rtol)
+        self.atol: Tolerance = atol if isinstance(atol, PerElement) else float(atol)
         self.max_steps = int(max_steps)
         self.first_step = None if first_step is None else float(first_step)   # as torchdiffeq's option
         self.control: StepControl = CONTROLS[control]
 
     @property
     def spec(self) -> str:
-        spec = f"{self.name}:rtol={self.rtol:g},atol={self.atol:g}"
+        spec = f"{self.name}:rtol={tolerance_text(self.rtol)},atol={tolerance_text(self.atol)}"
         if self.max_steps != DEFAULT_MAX_STEPS:
             spec += f",max_steps={self.max_steps}"
         if self.first_step is not None:
-            spec += f",first_step={self.first_step:g}"
+            spec += f",first_step={number_text(self.first_step)}"
         if self.control.name != self.default_control:
             spec += f",control={self.control.name}"
         return spec
 
     def loosened(self, factor: float = 10.0) -> "EmbeddedRK":
-        return type(self)(rtol=self.rtol * factor, atol=self.atol * factor, max_steps=self.max_steps,
+        return type(self)(rtol=scaled(self.rtol, factor), atol=scaled(self.atol, factor), max_steps=self.max_steps,
                           first_step=self.first_step, control=self.control.name)
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
@@ -103,8 +106,9 @@ class EmbeddedRK(Integrator):
         table = torch.tensor([list(w) + [0.0] * (width - len(w)) for w in weights], dtype=dtype, device=device)
         alpha = torch.tensor(tab.alpha, dtype=dtype, device=device)
         mid = torch.tensor(tab.mid, dtype=dtype, device=device) if tab.mid else None
-        rtol = torch.tensor(self.rtol, dtype=torch.float64, device=device)
-        atol = torch.tensor(self.atol, dtype=torch.float64, device=device)
+        context = field.layout.context if field.layout is not None else 0
+        rtol = tolerance_tensor(self.rtol, h0, context, f"{self.spec}: rtol")
+        atol = tolerance_tensor(self.atol, h0, context, f"{self.spec}: atol")
         safety = torch.tensor(SAFETY, dtype=torch.float64, device=device)
 
         res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),

@@ -12,6 +12,7 @@ import torch
 from dise_cli.integrators.adaptive import DEFAULT_MAX_STEPS, AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.tolerances import PerElement, Tolerance
 
 TORCHDIFFEQ_FIXED = {"euler": Euler, "midpoint": Midpoint, "heun2": Heun2, "heun3": Heun3, "rk4": RK4}
 TORCHDIFFEQ_ADAPTIVE = {cls.name: cls for cls in (Dopri5, Bosh3, AdaptiveHeun, Fehlberg2, Dopri8)}
@@ -46,11 +47,20 @@ def _scalar(name: str, value: Any) -> tuple[float, str]:
     """A tolerance as one float; per-element tolerances become their smallest value, with a note."""
     if isinstance(value, (int, float)):
         return float(value), ""
-    tensor = torch.as_tensor(value, dtype=torch.float64)
+    tensor = torch.as_tensor(value.values if isinstance(value, PerElement) else value, dtype=torch.float64)
     smallest = float(tensor.min())
     if tensor.numel() == 1 or bool((tensor == smallest).all()):
         return smallest, ""               # one value for every element: exactly the scalar tolerance
     return smallest, f"per-element {name} given; dise uses its smallest value, {smallest:g}"
+
+
+def _tolerance(name: str, value: Any) -> tuple[Tolerance, str]:
+    """torchdiffeq's tolerance for one sample: a number, or one per element of the sample's state
+    (``PerElement``, run as torchdiffeq runs it); anything else (one that differs from sample to
+    sample) as its smallest value, with a note."""
+    if isinstance(value, PerElement):
+        return value, ""
+    return _scalar(name, value)
 
 
 def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
@@ -65,8 +75,8 @@ def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
         notes = [f"option(s) {', '.join(ignored)} not copied"] if ignored else []
         return Emulation(method, integrator, not notes, "; ".join(notes))
     if method in TORCHDIFFEQ_ADAPTIVE:
-        r, note_r = _scalar("rtol", rtol)
-        a, note_a = _scalar("atol", atol)
+        r, note_r = _tolerance("rtol", rtol)
+        a, note_a = _tolerance("atol", atol)
         max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
         first = options.get("first_step")
         integrator = TORCHDIFFEQ_ADAPTIVE[method](rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
@@ -81,10 +91,11 @@ def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
 def _torchdyn(method: str, rtol: Any, atol: Any) -> Emulation:
     if method in TORCHDYN_FIXED:
         return Emulation(method, TORCHDYN_FIXED[method](steps=1), True)
-    r, _ = _scalar("rtol", rtol)
-    a, _ = _scalar("atol", atol)
+    r, note_r = _scalar("rtol", rtol)
+    a, note_a = _scalar("atol", atol)
+    note = "; ".join(n for n in (note_r, note_a) if n)
     if method == "dopri5":      # torchdyn's step control: its first step, steps cut to land on output times
-        return Emulation(method, Dopri5(rtol=r, atol=a, control="torchdyn"), True)
+        return Emulation(method, Dopri5(rtol=r, atol=a, control="torchdyn"), not note, note)
     if method == "tsit5":
-        return Emulation(method, Tsit5(rtol=r, atol=a), True)
+        return Emulation(method, Tsit5(rtol=r, atol=a), not note, note)
     return Emulation(method, None, False, f"dise cannot emulate torchdyn's '{method}'")

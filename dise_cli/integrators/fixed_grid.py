@@ -8,6 +8,7 @@ import torch
 
 from dise_cli.integrators.base import Integrator, Solution, Status
 from dise_cli.integrators.tableaus import EULER, HEUN2, HEUN3, MIDPOINT, RK4_38, RK4_CLASSIC, ButcherTableau
+from dise_cli.integrators.tolerances import number_text
 from dise_cli.integrators.vector_field import VectorField
 
 
@@ -30,7 +31,7 @@ class FixedGridRK(Integrator):
     @property
     def spec(self) -> str:
         if self.step_size is not None:
-            return f"{self.name}:step_size={self.step_size:g}"
+            return f"{self.name}:step_size={number_text(self.step_size)}"
         return f"{self.name}:steps={self.steps}"
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,

@@ -13,6 +13,7 @@ from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.adaptive import ADAPTIVE
 from dise_cli.integrators.control import CONTROLS
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.tolerances import number, tolerance
 
 # The candidates beside the model's own solver (its baseline), and the list used where no solve of
 # the model is seen (a bare vector field) and nothing else is said.
@@ -29,9 +30,10 @@ def _control(text: str) -> str:
     return text
 
 
-FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": float}
-ADAPTIVE_OPTIONS: dict[str, Callable[[str], object]] = {"rtol": float, "atol": float, "max_steps": int,
-                                                        "first_step": float, "control": _control}
+FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": number}
+ADAPTIVE_OPTIONS: dict[str, Callable[[str], object]] = {"rtol": tolerance, "atol": tolerance, "max_steps": int,
+                                                        "first_step": number, "control": _control}
+TOLERANCE_HINT = " (a number, or one per element of a sample's state, e.g. 1e-5x2/1e20: 1e-5 twice, then 1e20)"
 # Option name -> parser, per method.
 OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
     **{cls.name: FIXED_GRID_OPTIONS for cls in FIXED},
@@ -76,8 +78,8 @@ def _build(method: str, options: dict[str, str], flag: str) -> Integrator:
             kwargs[key] = valid[key](value)
         except ValueError as exc:
             kind = "control" if key == "control" else valid[key].__name__
-            raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid {kind}"
-                             + (f" {exc}" if key == "control" else "")) from None
+            hint = {"control": f" {exc}", "rtol": TOLERANCE_HINT, "atol": TOLERANCE_HINT}.get(key, "")
+            raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid {kind}{hint}") from None
     try:
         return METHODS[method](**kwargs)
     except ValueError as exc:
