@@ -6,7 +6,8 @@ tolerance differ: dise's solve steps per sample while a library steps the whole 
 lands on output times its own way. That part is measured, not assumed: the difference between
 dise's solve and the same method at ``LOOSER`` times the tolerance bounds it (times ``MARGIN``).
 A fixed-grid baseline reproduces the model's own steps, so only round-off (``FLOOR`` of the
-outputs' scale) is allowed. Where dise runs only the closest it has to the model's solver (the
+outputs' scale, or ``COARSE_ULPS`` units of f's own dtype where f computes in a coarser one, as
+under bfloat16 autocast) is allowed. Where dise runs only the closest it has to the model's solver (the
 method without an option it does not copy, such as ``safety`` or ``perturb``), the model's error at
 the same tolerance is not dise's: then the yardstick is the solve's own effect, and up to
 ``CLOSEST_SHARE`` of what one Euler step gets wrong is allowed (a misreading changes more than a
@@ -35,6 +36,7 @@ LOOSER = 10.0
 CLOSEST_SHARE = 0.5
 MARGIN = 3.0
 FLOOR = 1e-4
+COARSE_ULPS = 2        # f of a coarser dtype than its state: round-off of this many of its units is allowed
 NOISE_SHARE = 0.5       # a spread dise cannot repeat beyond this share of one Euler step's effect: refused
 
 
@@ -110,11 +112,13 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
         return None
     device = x.device
     statuses: list[torch.Tensor] = []
+    fields = []
 
     def reproduce(integrator: Integrator) -> torch.Tensor:
         def solve(problem):
             sol = integrator.solve(problem.field, problem.h0, problem.t)
             statuses.append(sol.status)
+            fields.append(problem.field)
             return sol.ys
         return ode.solve_and_decode(x, ode.encode(x) if ode.splittable else None, solve)
 
@@ -135,7 +139,10 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     closest = 0.0 if exact else CLOSEST_SHARE * _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
                                                                            seed, device))
     finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
-    floor = FLOOR * (1.0 + (float(finite.abs().max()) if finite.numel() else 0.0))
+    # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
+    coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
+    floor = max(FLOOR, *(COARSE_ULPS * eps for eps in coarse)) * (1.0 + (float(finite.abs().max()) if finite.numel()
+                                                                        else 0.0))
     difference = float("inf") if failed else _max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":

@@ -62,6 +62,7 @@ class VectorField:
         self.scalar_time = scalar_time      # False: f fails on a 0-dim time; it gets one per row
         self.context = context              # per-sample tensors f reads, carried as the layout's context columns
         self._vmapped = None
+        self.f_dtype: torch.dtype | None = None   # f's own dtype, where it returns another than the state's
 
     def with_func(self, func: Func) -> "VectorField":
         """The same conventions for another f (the function a later call of the model passes)."""
@@ -93,7 +94,13 @@ class VectorField:
         else:
             with self.context.bound(self.func, layout.context_of(h)):
                 out = self.func(t, state) if self.order == "t,x" else self.func(state, t)
-        return out if layout is None else layout.pack_output(out, h.shape[0])   # not len(): see states.pack
+        out = out if layout is None else layout.pack_output(out, h.shape[0])   # not len(): see states.pack
+        if isinstance(out, torch.Tensor) and out.dtype != h.dtype:
+            # torchdiffeq keeps f's values in the state's dtype (its stages are a buffer of y0's dtype): a
+            # bfloat16 f under autocast is summed in float32 stages, not at bfloat16's precision
+            self.f_dtype = out.dtype
+            out = out.to(h.dtype)
+        return out
 
     def _time_shape(self, h: torch.Tensor) -> list[int]:
         """The shape a broadcast time takes: the state's rank (its first component's for a tuple), the
