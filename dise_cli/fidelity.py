@@ -141,8 +141,8 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
     # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
     coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
-    floor = max(FLOOR, *(COARSE_ULPS * eps for eps in coarse)) * (1.0 + (float(finite.abs().max()) if finite.numel()
-                                                                        else 0.0))
+    scale = 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
+    floor = max([FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * scale
     difference = float("inf") if failed else _max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":
