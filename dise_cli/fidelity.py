@@ -62,7 +62,7 @@ def _seeded(fn, seed: int, device: torch.device):
         return fn()
 
 
-def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest elementwise difference; NaN/Inf where only one of them is finite counts as infinite."""
     if a.shape != b.shape:
         return float("inf")
@@ -129,26 +129,26 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
                          f"{first_line(exc)}), so dise cannot check its reading") from None
     dise_out = _seeded(lambda: reproduce(baseline), seed, device)
     failed = any(bool((s != int(Status.OK)).any()) for s in statuses)
-    randomness = _max_abs(model_out, _seeded(lambda: ode.run(x), seed + 1, device))
+    randomness = max_abs(model_out, _seeded(lambda: ode.run(x), seed + 1, device))
     draws = "none"
     if randomness > 0:
-        repeats = _max_abs(model_out, _seeded(lambda: ode.run(x), seed, device)) == 0
+        repeats = max_abs(model_out, _seeded(lambda: ode.run(x), seed, device)) == 0
         draws = "same" if repeats and f_steady else "spread"
     loose = baseline.loosened(LOOSER)
-    tolerance = MARGIN * _max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
-    closest = 0.0 if exact else CLOSEST_SHARE * _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
+    tolerance = MARGIN * max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
+    closest = 0.0 if exact else CLOSEST_SHARE * max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
                                                                            seed, device))
     finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
     # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
     coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
     scale = 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
     floor = max([FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * scale
-    difference = float("inf") if failed else _max_abs(model_out, dise_out)
+    difference = float("inf") if failed else max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":
         # draws dise cannot repeat are in every candidate's outputs: judging integrators needs the largest
         # solver effect (one Euler step against the baseline) to stand well above them
-        euler = _max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)), seed, device))
+        euler = max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)), seed, device))
         if randomness > NOISE_SHARE * euler:
             raise InputError(f"the model's outputs change by up to {randomness:.3g} from one run to the next, by "
                              f"random draws dise cannot repeat (a generator the model owns, or noise f draws in "

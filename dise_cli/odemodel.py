@@ -83,6 +83,7 @@ class OwnSolver:
     # per element of a sample's state); None where they cannot be read that way
     sample_rtol: Any = None
     sample_atol: Any = None
+    note: str = ""             # how dise knows it, where it did not see the call (a loop it identified)
 
 
 class OdeModel:

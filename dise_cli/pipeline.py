@@ -19,7 +19,8 @@ from dise_cli.integrators import CHEAP_CANDIDATES, DEFAULT_CANDIDATES, Integrato
 from dise_cli.integrators.emulation import Emulation, emulate
 from dise_cli.judging import Task, binary_threshold, check_labels, class_labels, detect_task, is_single_logit
 from dise_cli.loading import LoadedModel, load_model
-from dise_cli.odemodel import OdeModel
+from dise_cli.loops import find_loop_solver
+from dise_cli.odemodel import OdeModel, OwnSolver
 from dise_cli.profiling import ProfileRun, Reference, profile_candidates
 from dise_cli.reading import read_model
 from dise_cli.sources import Inputs
@@ -114,6 +115,14 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     x = probe_rows(data.x).to(inputs.device)
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
                        data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
+    if model.how == "attributes" and model.own is None:
+        found = find_loop_solver(model, x)       # a fixed-step loop: its method, or the closest (then refused)
+        if found is not None and found.integrator is not None:
+            model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
+                                  note=found.note)
+        elif found is not None:
+            raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it "
+                             f"starts from): {LOOP_HINT}")
     data_note = ""
     if data.per_sample_grid and model.how != "bare":
         if model.model_takes_grid:
@@ -180,7 +189,7 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
         model.own.library, model.own.method,
         model.own.rtol if model.own.sample_rtol is None else model.own.sample_rtol,
         model.own.atol if model.own.sample_atol is None else model.own.sample_atol, model.own.options)
-    notes = []
+    notes = [model.own.note] if model.own is not None and model.own.note else []
     if own is not None and own.note:
         notes.append(f"the model's own solver is {model.own.library}'s {own.method}: {own.note}")
     if text is None:
@@ -212,7 +221,12 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else "1e-3"
 
 
+LOOP_HINT = "give --t-span for the span the loop covers, or --ode-block"
+
+
 def override_hint(model: OdeModel, chosen: Candidates) -> str:
+    if model.own is not None and model.own.library == "loop":
+        return f"{model.own.note}: {LOOP_HINT}"
     if model.how == "attributes":
         return ("dise cannot see this model's solve; name the block with --ode-block, or put the model's own solver "
                 "in --candidates")

@@ -134,6 +134,8 @@ def _short_value(value: Any) -> str:
 
 
 def _solver_text(own: dict) -> str:
+    if own["library"] == "loop":
+        return f"a hand-written loop: {own['method']} (from its calls of f)"
     options = ", ".join(f"{k}={_short_value(v)}" for k, v in own["options"].items())
     return (f"{own['library']} {own['method']}, rtol {_short_value(own['rtol'])}, atol {_short_value(own['atol'])}"
             + (f", options {options}" if options else ""))

@@ -933,6 +933,77 @@ def build_rectified_flow_mlp() -> RectifiedFlowMLP:
     return RectifiedFlowMLP().eval()
 
 
+class RectifiedFlowSampler(nn.Module):
+    """gnobitab/RectifiedFlow's ``sample_ode`` as a module: an Euler loop of ``N`` steps over [0, 1]
+    (``end`` elsewhere), t a column ``ones((batchsize, 1)) * i / N``, no solver call at all.
+    ``scale`` multiplies z0 before the loop (something dise cannot see)."""
+
+    def __init__(self, N: int = 20, end: float = 1.0, scale: float = 1.0):
+        super().__init__()
+        self.model = build_rectified_flow_mlp()
+        self.N, self.end, self.scale = N, end, scale
+
+    @torch.no_grad()
+    def sample_ode(self, z0, N):
+        dt = self.end / N
+        traj = []
+        z = z0.detach().clone() * self.scale
+        batchsize = z.shape[0]
+        traj.append(z.detach().clone())
+        for i in range(N):
+            t = torch.ones((batchsize, 1)) * i * self.end / N
+            pred = self.model(z, t)
+            z = z.detach().clone() + pred * dt
+            traj.append(z.detach().clone())
+        return traj
+
+    def forward(self, z0):
+        return self.sample_ode(z0, self.N)[-1]
+
+
+def build_rectified_flow_sampler() -> RectifiedFlowSampler:
+    return RectifiedFlowSampler().eval()
+
+
+def build_rectified_flow_sampler_scaled() -> RectifiedFlowSampler:
+    return RectifiedFlowSampler(scale=0.8).eval()
+
+
+def build_rectified_flow_sampler_half() -> RectifiedFlowSampler:
+    return RectifiedFlowSampler(end=0.5).eval()
+
+
+class ClassicRK4Block(nn.Module):
+    """An ODE-Net block that runs its own classic RK4 over ``integration_time`` (``steps`` per interval)."""
+
+    def __init__(self, steps: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.odefunc = MLPODEFunc(4, 16)
+        with torch.no_grad():
+            self.odefunc.fc1.weight.mul_(3)       # dynamics strong enough that the two RK4s differ
+            self.odefunc.fc2.weight.mul_(3)
+        self.integration_time = torch.tensor([0.0, 1.0])
+        self.steps = steps
+
+    def forward(self, h):
+        t0, t1 = float(self.integration_time[0]), float(self.integration_time[-1])
+        dt = (t1 - t0) / self.steps
+        for i in range(self.steps):
+            t = torch.tensor(t0 + i * dt)
+            k1 = self.odefunc(t, h)
+            k2 = self.odefunc(t + dt / 2, h + dt / 2 * k1)
+            k3 = self.odefunc(t + dt / 2, h + dt / 2 * k2)
+            k4 = self.odefunc(t + dt, h + dt * k3)
+            h = h + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        return h
+
+
+def build_classic_rk4_classifier() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 4), ClassicRK4Block(), nn.Linear(4, 3)).eval()
+
+
 def make_noise(n: int = 64, dim: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
 

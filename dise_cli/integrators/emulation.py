@@ -12,6 +12,7 @@ import torch
 from dise_cli.integrators.adaptive import DEFAULT_MAX_STEPS, AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.specs import parse_candidates
 from dise_cli.integrators.tolerances import PerElement, Tolerance
 
 TORCHDIFFEQ_FIXED = {"euler": Euler, "midpoint": Midpoint, "heun2": Heun2, "heun3": Heun3, "rk4": RK4}
@@ -37,7 +38,11 @@ class Emulation:
 
 
 def emulate(library: str, method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
-    """dise's integrator for a solve of ``library`` with these settings."""
+    """dise's integrator for a solve of ``library`` with these settings (library ``loop``: a hand-written
+    loop that ``dise_cli.loops`` identified; ``method`` is the spec of the fixed-step method it is)."""
+    if library == "loop":
+        integrator = parse_candidates(method)[0]
+        return Emulation(method, integrator, True)
     if library == "torchdyn":
         return _torchdyn(TORCHDYN_NAMES.get(method, method), rtol, atol)
     return _torchdiffeq(method, rtol, atol, options)

@@ -1,0 +1,80 @@
+"""Hand-written solver loops (no solver call dise can see): a fixed-step loop is identified by its
+calls of f and becomes the model's own solver, run exactly; a loop dise misreads is refused, however
+loose the tolerance of dise's own guess would have been."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import families
+from dise_cli.cli import app
+from dise_cli.profiles import read_profile
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def _files(tmp_path, build: str, data: dict) -> list[str]:
+    model = getattr(families, build)()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file(data, str(tmp_path / "d.safetensors"))
+    return [str(tmp_path / "m.pt"), "--arch", f"families:{build}", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+
+
+def test_a_rectified_flow_euler_loop_is_its_own_baseline(tmp_path):
+    """gnobitab/RectifiedFlow's sample_ode: 20 Euler steps, found from its 20 calls at 0, 0.05, ...;
+    the baseline is euler:steps=20 (it was dise's guess, dopri5 at 1e-3), and its profile takes 20 NFE
+    per sample."""
+    args = _files(tmp_path, "build_rectified_flow_sampler", {"x": families.make_noise(24)})
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == "euler:steps=20" and info["baseline_exact"] is True
+    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "euler:steps=20"]
+    assert info["own_solver"]["library"] == "loop" and info["fidelity"]["difference"] == 0
+    assert any("calls f 20 times" in n for n in info["notes"])
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    assert res.exit_code == 0, res.stderr
+    profile = read_profile(tmp_path / "p.safetensors")
+    assert profile.candidates[profile.baseline] == "euler:steps=20"
+    assert (profile.nfe[:, profile.baseline] == 20).all()
+
+
+def test_a_loop_dise_misreads_is_refused_however_loose_its_guess(tmp_path):
+    """The loop scales z0 by 0.8 first: the outputs differ by far less than dopri5's tolerance at 1e-3
+    allowed dise's guess (that passed, exit 0, with every figure wrong), but a fixed-step loop is held
+    to round-off: exit 2, one line naming the loop's calls and what to give."""
+    args = _files(tmp_path, "build_rectified_flow_sampler_scaled", {"x": families.make_noise(24)})
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.stderr
+    assert "calls f 20 times" in lines[0] and "--t-span" in lines[0] and not (tmp_path / "p.safetensors").exists()
+
+
+def test_a_loop_over_another_span_names_it_and_reads_with_t_span(tmp_path):
+    """A loop over [0, 0.5] with no time attribute: refused on dise's [0, 1] with the times it calls f at;
+    --t-span 0,0.5 reads it exactly."""
+    args = _files(tmp_path, "build_rectified_flow_sampler_half", {"x": families.make_noise(24)})
+    res = CliRunner().invoke(app, ["inspect", *args])
+    assert res.exit_code == 2 and "t = 0, 0.025, ..., 0.475" in res.stderr
+    res = CliRunner().invoke(app, ["inspect", *args, "--t-span", "0,0.5", "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == "euler:steps=20" and info["fidelity"]["passed"]
+
+
+def test_a_classic_rk4_block_is_told_from_the_three_eighths_rule(tmp_path):
+    """Both RK4s make 4 calls a step; the classic one reproduces the block, Kutta's 3/8 rule does not."""
+    model = families.build_classic_rk4_classifier()
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    args = _files(tmp_path, "build_classic_rk4_classifier", {"x": x, "y": y})
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == "rk4_classic:steps=3" and info["baseline_exact"] is True
