@@ -330,7 +330,7 @@ class TracedModel(OdeModel):
 
     def _forward(self, x: torch.Tensor, on_target: Callable[[SolveCall], Any]) -> Any:
         dispatch = _Dispatch(self.key, on_target, self.module)
-        with intercept(dispatch):
+        with intercept(dispatch, self.module):
             out = self.module(*self.model_args(x))
         if not dispatch.hit:
             site, func, occurrence, _ = self.key

@@ -187,7 +187,7 @@ def _whole_part(ode: TracedModel, x: torch.Tensor, batch):
     args = ode.model_args(x)
     inputs = len(ode.join) if ode.join is not None else 1          # each with the batch first; a grid after them
     shapes = tuple({0: batch} for _ in range(inputs)) + (None,) * (len(args) - inputs)
-    with intercept(_Dispatch(ode.key, on_target, ode.module)):
+    with intercept(_Dispatch(ode.key, on_target, ode.module), ode.module):
         return torch.export.export(ode.module, args, dynamic_shapes=shapes, strict=False)
 
 

@@ -100,7 +100,7 @@ class _Recorder:
         pre = register_module_forward_pre_hook(lambda m, a: self.pre(m, a))
         post = register_module_forward_hook(lambda m, a, o: self.post(m, a, o), always_call=True)
         try:
-            with intercept(self):
+            with intercept(self, self.root):
                 return self.root(*args)
         finally:
             pre.remove()
@@ -245,8 +245,12 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
                          f"and dise routes it")
     if call.unsupported:
         names = ", ".join(call.unsupported)
+        why = (" (the solve ends where the event fires, which it finds as it goes; dise routes solves over a "
+               "grid it knows)" if "event_fn" in call.unsupported else "")
+        other = ("; route another solve with --solve (dise inspect lists them)" if len(recorder.seen) > 1
+                 else "; dise cannot route this model")
         raise InputError(f"the model's solve ({call.where}) passes {names} to {call.library}'s {call.entry}, which dise "
-                         f"cannot answer per sample; route another solve with --solve")
+                         f"cannot answer per sample{why}{other}")
     what = f"the state the model passes to {call.entry} ({call.where})"
     n = len(x)
     StateLayout.of(call.y0, what)                 # a tensor or a tuple of tensors, else a clear line

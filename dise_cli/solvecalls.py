@@ -80,10 +80,23 @@ class _Torchdiffeq:
             from torchdiffeq._impl.odeint import odeint
         except ImportError:
             return {}
-        return {"odeint": odeint, "odeint_adjoint": odeint_adjoint}
+        found = {"odeint": odeint, "odeint_adjoint": odeint_adjoint}
+        try:
+            from torchdiffeq._impl.odeint import odeint_event
+        except ImportError:
+            return found
+        return {**found, "odeint_event": odeint_event}
 
     @staticmethod
     def parse(entry: str, args: dict) -> SolveCall:
+        if entry == "odeint_event":
+            # ``odeint_event(func, y0, t0, *, event_fn, ...)``: the solve ends where event_fn finds it (its
+            # inner odeint is bound as a default argument, out of dise's sight)
+            extra = dict(args.get("kwargs") or {})
+            return SolveCall(library="torchdiffeq", entry=entry, func=args["func"], y0=args["y0"],
+                             t=torch.as_tensor(args["t0"]).reshape(-1), method=extra.get("method") or "dopri5",
+                             rtol=extra.get("rtol", 1e-7), atol=extra.get("atol", 1e-9),
+                             options=dict(extra.get("options") or {}), unsupported={"event_fn": args["event_fn"]})
         unsupported = {k: args[k] for k in ("event_fn",) if args.get(k) is not None}
         return SolveCall(library="torchdiffeq", entry=entry, func=args["func"], y0=args["y0"], t=args["t"],
                          method=args.get("method") or "dopri5", rtol=args.get("rtol", 1e-7),
@@ -201,6 +214,7 @@ _state = _State()
 _lock = threading.Lock()
 _users = 0
 _locations: dict[tuple[int, str], tuple[dict, str, Callable]] = {}   # (id(namespace), name) -> the original there
+_attributes: dict[tuple[int, str], tuple[dict, str, Callable]] = {}  # the same, in a model's modules' attributes
 _wrappers: dict[int, Callable] = {}      # id(original) -> wrapper
 _seen_modules = 0
 
@@ -267,30 +281,41 @@ def _scan() -> None:
     _seen_modules = len(sys.modules)
 
 
-def _install() -> None:
-    """Put a wrapper wherever a module holds a solver function (called with the lock held)."""
+def _install(root: Any = None) -> None:
+    """Put a wrapper wherever a module holds a solver function, and wherever a module of the model
+    ``root`` keeps one as an attribute (torchdiffeq's bouncing ball: ``self.odeint = odeint``)
+    (called with the lock held)."""
     if len(sys.modules) != _seen_modules:
         _scan()
-    for namespace, name, original in _locations.values():
+    if root is not None and hasattr(root, "modules"):
+        originals = {id(w.__dise_original__): w.__dise_original__ for w in _wrappers.values()}
+        for module in root.modules():
+            namespace = vars(module)
+            for name, value in list(namespace.items()):
+                if id(value) in originals and originals[id(value)] is value:
+                    _attributes[(id(namespace), name)] = (namespace, name, value)
+    for namespace, name, original in (*_locations.values(), *_attributes.values()):
         if namespace.get(name) is original:
             namespace[name] = _wrappers[id(original)]
 
 
 def _uninstall() -> None:
-    for namespace, name, original in _locations.values():
+    for namespace, name, original in (*_locations.values(), *_attributes.values()):
         if getattr(namespace.get(name), "__dise_original__", None) is original:
             namespace[name] = original
+    _attributes.clear()                 # the model's modules: not kept alive here
 
 
 @contextmanager
-def intercept(handler: SolveHandler) -> Iterator[None]:
+def intercept(handler: SolveHandler, root: Any = None) -> Iterator[None]:
     """Route every solver call made in this thread to ``handler(call, run_original)`` while the block
-    runs. The handler returns what the solver should return: ``call.answer(ys)`` with dise's
-    solution, or ``run_original()`` to let the library solve as written."""
+    runs (calls through the module-level names that hold a solver function, and through attributes of
+    the modules of ``root`` that do). The handler returns what the solver should return:
+    ``call.answer(ys)`` with dise's solution, or ``run_original()`` to let the library solve as written."""
     global _users
     with _lock:
-        if _users == 0 or len(sys.modules) != _seen_modules:
-            _install()
+        if _users == 0 or len(sys.modules) != _seen_modules or root is not None:
+            _install(root)
         _users += 1
     _state.handlers.append(handler)
     try:

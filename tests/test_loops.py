@@ -78,3 +78,60 @@ def test_a_classic_rk4_block_is_told_from_the_three_eighths_rule(tmp_path):
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["baseline"] == "rk4_classic:steps=3" and info["baseline_exact"] is True
+
+
+class _KeepsItsSolver(torch.nn.Module):
+    """torchdiffeq's bouncing_ball.py keeps the solver on the instance: ``self.odeint = odeint``."""
+
+    def __init__(self, event: bool = False):
+        super().__init__()
+        from torchdiffeq import odeint
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(2, 4)
+        self.odefunc = families.MLPODEFunc(4, 16)
+        self.odeint = odeint
+        self.event = event
+
+    def forward(self, x):
+        from torchdiffeq import odeint_event
+        h = self.lin(x)
+        if self.event:     # integrate until a learned time, found by the event
+            _, sol = odeint_event(self.odefunc, h, torch.tensor(0.0), event_fn=lambda t, y: 1.2 - t,
+                                  atol=1e-4, rtol=1e-4)
+            return sol[-1]
+        return self.odeint(self.odefunc, h, torch.tensor([0.0, 1.0]), method="rk4", options={"step_size": 0.5})[-1]
+
+
+def build_keeps_its_solver():
+    return _KeepsItsSolver()
+
+
+def build_solves_to_an_event():
+    return _KeepsItsSolver(event=True)
+
+
+def test_a_solver_kept_as_an_attribute_is_seen(tmp_path):
+    """``self.odeint = odeint`` binds the function where dise's module-level watch did not reach: dise
+    saw no call and guessed dopri5 for what is rk4 with steps of 0.5. Now the call is seen."""
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    torch.save(build_keeps_its_solver().state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_keeps_its_solver", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["own_solver"]["library"] == "torchdiffeq" and info["own_solver"]["method"] == "rk4"
+    assert info["baseline"] == "rk4:step_size=0.5" and info["baseline_exact"] is True
+
+
+def test_a_solve_that_ends_at_an_event_is_refused_in_one_line(tmp_path):
+    """odeint_event calls odeint through a default argument dise cannot wrap: it was not seen, and the
+    model read by its attributes over [0, 1]. Now the event solve itself is seen, and refused."""
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    torch.save(build_solves_to_an_event().state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", "test_loops:build_solves_to_an_event",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "odeint_event" in res.stderr and "event fires" in res.stderr
