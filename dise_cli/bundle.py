@@ -82,6 +82,9 @@ def write_bundle(path: str | Path, ode: OdeModel, model_state: dict[str, torch.T
         "candidates": list(selector.candidates),
         "baseline": int(selector.meta.get("baseline", len(selector.candidates) - 1)),
         "t_span": [float(v) for v in ode.t_span],
+        # the selector learned on data with a time grid per sample (its profile keeps no one grid): the
+        # bundle's t_span is only the first sample's, and every call must bring its own grids
+        "per_sample_grid": selector.meta.get("t_span") == [],
         "ode_block": ode.block_path,
         "task": selector.meta.get("task"),
         "selector": {"kind": selector.net.spec.kind, "inputs": selector.net.spec.inputs,
@@ -170,6 +173,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu", code_path:
         raise InputError(f"bundle '{path}' is damaged ({first_line(exc)})") from None
     routed = RoutedModel(ode, selector).to(device).eval()
     routed.manifest = manifest
+    routed.per_sample_grid = bool(manifest.get("per_sample_grid"))
     return routed
 
 
@@ -202,6 +206,10 @@ def fit_data(routed, data, bundle: str) -> None:
     argument. ``InputError`` naming the data otherwise."""
     spec = routed.manifest.get("input") or {}
     ode = routed.ode
+    if routed.per_sample_grid and not data.per_sample_grid:
+        raise InputError(f"data '{data.name}': no time grid per sample ('t' [N, T] or end times 't_end' [N]), but "
+                         f"bundle '{bundle}' was made for data with one; without it every sample would run over the "
+                         f"first training sample's grid")
     made = InputJoin.from_dict(spec.get("inputs"))
     if made is not None and data.join is not None and set(made.names) == set(data.join.names) and made.names != data.join.names:
         raise InputError(f"--x-key {','.join(data.join.names)}: bundle '{bundle}' takes these inputs in the order "

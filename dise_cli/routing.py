@@ -85,6 +85,8 @@ class RoutedModel(nn.Module):
     """A DISE-enabled model: ``model(x)`` gives the outputs, ``model(x, return_stats=True)`` also a
     ``RouteStats``. ``ode`` is an ``OdeModel`` (or a loaded bundle's equivalent)."""
 
+    per_sample_grid = False         # a bundle made on data with a time grid per sample: every call brings its own
+
     def __init__(self, ode, selector: Selector):
         super().__init__()
         self.ode = ode
@@ -110,7 +112,15 @@ class RoutedModel(nn.Module):
                             f"where it takes one; got {1 + len(more)} arguments")
         if join is not None:
             x = join.pack((x, *more[:k - 1]))
-        return self.run_packed(x, more[k - 1] if len(more) == k else None, return_stats=return_stats)
+        t = more[k - 1] if len(more) == k else None
+        if self.per_sample_grid:
+            if t is None or t.ndim not in (1, 2) or len(t) != len(x):
+                raise TypeError(f"this model was made for a time grid per sample: call it with its grids [N, T] or "
+                                f"end times [N] after the input{'s' if k > 1 else ''}"
+                                + ("" if t is None else f" (got a time of shape {tuple(t.shape)} for {len(x)} rows)"))
+            if t.ndim == 1:                      # end times: each sample's grid runs from 0 to its own
+                t = torch.stack([torch.zeros_like(t), t], dim=1)
+        return self.run_packed(x, t, return_stats=return_stats)
 
     @torch.no_grad()
     def run_packed(self, x: torch.Tensor, t: torch.Tensor | None = None, return_stats: bool = False):

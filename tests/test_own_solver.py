@@ -22,6 +22,8 @@ TESTS = str(Path(__file__).resolve().parent)
     ("torchdiffeq", "dopri5", {"max_num_steps": 50, "first_step": 0.1},
      "dopri5:rtol=1e-07,atol=1e-09,max_steps=50,first_step=0.1", True),
     ("torchdiffeq", "dopri5", {"safety": 0.8}, "dopri5:rtol=1e-07,atol=1e-09", False),
+    ("torchdiffeq", "dopri5", {"dtype": torch.float64}, "dopri5:rtol=1e-07,atol=1e-09", True),
+    ("torchdiffeq", "dopri5", {"dtype": torch.float32}, "dopri5:rtol=1e-07,atol=1e-09", False),   # float32 times
     ("torchdiffeq", "bosh3", {}, "bosh3:rtol=1e-07,atol=1e-09", True),
     ("torchdiffeq", "dopri8", {"max_num_steps": 50}, "dopri8:rtol=1e-07,atol=1e-09,max_steps=50", True),
     ("torchdiffeq", "adaptive_heun", {}, "adaptive_heun:rtol=1e-07,atol=1e-09", True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torchdiffeq import odeint
@@ -78,6 +79,14 @@ def test_the_pipeline_carries_the_grids_through(tmp_path):
             ref = odeint(tiny_models.build_bare(), x[i:i + 1], t[i], method="rk4")
             if stats.integrator[i] == 1:
                 torch.testing.assert_close(out[i], ref[:, 0], rtol=1e-5, atol=1e-6)
+    # without the grids, every sample ran over the first training sample's grid, exit 0: now refused
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    for command in (["run", tmp_path / "b.dise", "--data", tmp_path / "x.safetensors", "--out", tmp_path / "q.st"],
+                    ["evaluate", tmp_path / "b.dise", "--data", tmp_path / "x.safetensors"]):
+        res = invoke(*command)
+        assert res.exit_code == 2 and "no time grid per sample" in res.stderr and not (tmp_path / "q.st").exists()
+    with pytest.raises(TypeError, match="time grid per sample"):
+        bundle(x)
 
 
 def test_end_times_per_sample(tmp_path):
@@ -97,6 +106,15 @@ def test_end_times_per_sample(tmp_path):
     with torch.no_grad():
         odeint(counted, x[5:6], torch.tensor([0.0, float(t[5, -1])]), rtol=1e-6, atol=1e-6)
     assert nfe[5, 1].item() == calls[0]
+    data = ["--data", tmp_path / "e.safetensors"]
+    res = invoke("train-selector", tmp_path / "f.pt", *ARGS, *data, "--profile", tmp_path / "p.safetensors",
+                 "--epochs", 2, "--out", tmp_path / "s.safetensors")
+    assert res.exit_code == 0, res.stderr
+    res = invoke("export", tmp_path / "f.pt", *ARGS, "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 0, res.stderr
+    bundle = dise_cli.load(tmp_path / "b.dise")
+    ends = bundle(x[:5], t[:5, -1])                 # end times [N], as the data gave them: grids from 0 to each
+    assert torch.equal(ends, bundle(x[:5], torch.stack([torch.zeros(5), t[:5, -1]], 1)))
 
 
 def test_a_grid_per_sample_for_a_model_with_its_own_grid_is_left_out(tmp_path, tiny):

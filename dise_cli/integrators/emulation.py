@@ -71,6 +71,9 @@ def _tolerance(name: str, value: Any) -> tuple[Tolerance, str]:
 def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
     options = dict(options)
     ignored = sorted(k for k in options if k not in HONOURED)
+    if options.get("dtype") not in (None, torch.float64):
+        # torchdiffeq's step-size arithmetic in that dtype (with a float32 state, float32): dise's is float64
+        ignored = sorted([*ignored, f"dtype={str(options['dtype']).replace('torch.', '')}"])
     if method in TORCHDIFFEQ_FIXED:
         if "grid_constructor" in options:
             return Emulation(method, None, False, "it builds its own time grid (grid_constructor)")
