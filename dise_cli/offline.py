@@ -1,6 +1,8 @@
 """``dise run``: offline inference that groups samples by chosen integrator across the whole
 dataset, so that each integrator runs in full batches (per-batch routing leaves DOPRI5 a handful
-of samples per batch, and a launch-bound solve costs as much for five samples as for five hundred)."""
+of samples per batch, and a launch-bound solve costs as much for five samples as for five hundred).
+A model's random draws (a sampler's own noise, a sampled latent) are seeded batch by batch, so two
+runs give the same outputs, and a random encoder draws what evaluate's batches of the same size draw."""
 from __future__ import annotations
 
 import json
@@ -16,6 +18,7 @@ from dise_cli.files import atomic_path
 from dise_cli.odemodel import Problem
 from dise_cli.profiling import grids_of
 from dise_cli.routing import RoutedModel
+from dise_cli.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
     if not ode.splittable:       # the decoder cannot run alone: route per batch
         outs, stats = [], []
         for i in range(0, n, batch_size):
-            out, st = routed.run_packed(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device),
-                                        return_stats=True)
+            with seeded(i, device):
+                out, st = routed.run_packed(data.x[i:i + batch_size].to(device),
+                                            grids_of(data, rows[i:i + batch_size], device), return_stats=True)
             outs.append(out.cpu())
             stats.append(st)
             if progress:
@@ -66,7 +70,8 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
                              time.perf_counter() - began, list(routed.selector.candidates))
     problems, k1, choice = [], [], []
     for i in range(0, n, batch_size):               # pass 1: encode and choose
-        problem = ode.encode(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device))
+        with seeded(i, device):         # a random encoder draws as evaluate's batches draw
+            problem = ode.encode(data.x[i:i + batch_size].to(device), grids_of(data, rows[i:i + batch_size], device))
         first, chosen = routed.choose(problem)
         problems.append(problem)
         k1.append(first)
@@ -85,8 +90,9 @@ def run_offline(routed: RoutedModel, data: Dataset, batch_size: int, device: tor
         for part in rows.split(batch_size):
             stats: list = []
             sub = Problem(field=merged.field, h0=merged.h0[part], t=merged.grid_of(part), call=merged.call)
-            ys = routed.solve_chosen(sub, k1_all[part], choice_all[part], stats)
-            out = ode.decode(sub, ys).cpu()
+            with seeded(n + int(part[0]), device):    # f or the decoder drawing: the same draws every run
+                ys = routed.solve_chosen(sub, k1_all[part], choice_all[part], stats)
+                out = ode.decode(sub, ys).cpu()
             if outputs is None:
                 outputs = torch.empty(n, *out.shape[1:], dtype=out.dtype)
             outputs[part.cpu()] = out
@@ -112,10 +118,13 @@ def _merged(problems: list[Problem]) -> Problem | None:
 
 def _per_batch(routed: RoutedModel, problems: list[Problem], k1: list, choice: list, began: float) -> OfflineResult:
     outs, nfe, fallback = [], [], []
+    start = sum(len(p.h0) for p in problems)
     for problem, first, chosen in zip(problems, k1, choice):
         stats: list = []
-        ys = routed.solve_chosen(problem, first, chosen, stats)
-        outs.append(routed.ode.decode(problem, ys).cpu())
+        with seeded(start, device=problem.h0.device):
+            ys = routed.solve_chosen(problem, first, chosen, stats)
+            outs.append(routed.ode.decode(problem, ys).cpu())
+        start += len(problem.h0)
         nfe.append(stats[0].nfe.cpu())
         fallback.append(stats[0].fallback.cpu())
     return OfflineResult(torch.cat(outs), torch.cat(choice).cpu(), torch.cat(nfe), torch.cat(fallback),

@@ -703,6 +703,18 @@ def build_fm_sampler() -> FMSampler:
     return FMSampler(build_fm_field()).eval()
 
 
+class SelfNoisingSampler(FMSampler):
+    """A conditional sampler whose only input is the condition: it draws its own noise,
+    ``torch.randn(len(c), 2) + c``, then integrates it."""
+
+    def forward(self, c):
+        return super().forward(torch.randn(len(c), 2) + c)
+
+
+def build_self_noising_sampler() -> SelfNoisingSampler:
+    return SelfNoisingSampler(build_fm_field()).eval()
+
+
 class ImageBytesSampler(FMSampler):
     """A sampler that returns what it shows: ``((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)``."""
 
