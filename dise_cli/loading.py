@@ -117,9 +117,23 @@ def _read_torch(path: Path, spec: ModelSpec):
                 f"or pass --trust-pickle if you trust this file") from None
         return _read_pickle(path, spec), "pickle"
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on damaged files (struct, zip, ...)
+        if _is_torchscript(path):
+            raise InputError(f"model '{path}' is a TorchScript archive (torch.jit.save), which keeps compiled code, "
+                             f"not the Python module dise reads; save torch.jit.load('{path.name}').state_dict() "
+                             f"with torch.save and pass --arch package.module:factory that builds the module") from None
         raise InputError(f"model '{path}' is not a readable PyTorch file ({type(exc).__name__}: "
                          f"{first_line(exc)})") from None
     return obj, "state_dict"
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip whose members hold TorchScript's compiled code (``code/`` beside ``data.pkl``)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name or name.startswith("code/") for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 PLAIN_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray",

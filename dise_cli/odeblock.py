@@ -152,6 +152,10 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
                              f"is not f(t, h) itself; name the block with --ode-block")
         path, attr = blocks[0]
     block = module.get_submodule(path) if path else module
+    if isinstance(block, torch.jit.ScriptModule):
+        raise InputError(f"the ODE block '{path or '(the model itself)'}' of {model_name} is a TorchScript module "
+                         f"(torch.jit.script), whose forward dise can neither watch nor replace; let --arch build the "
+                         f"model without scripting the block (its weights load the same)")
     grid, grid_source = _grid(block, t_span, data_t)
     kind = "root" if not path else ("sequential" if sequential_kind(module, path) else "nested")
     seen: dict[str, Any] = {}

@@ -52,6 +52,14 @@ def _bytes(t, name, content):
     return t["dir"] / name
 
 
+def _scripted(t):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # torch.jit.script is deprecated in 2.13
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), t["dir"] / "ts.pt")
+    return t["dir"] / "ts.pt"
+
+
 def _evil(t):
     _RunsCode.marker = t["dir"] / "code-ran"
     with open(t["dir"] / "evil.pt", "wb") as fh:
@@ -99,6 +107,11 @@ CASES = {
     "no ODE block": (lambda t: (torch.save(tiny_models.build_no_block().state_dict(), t["dir"] / "nb.pt"),
                                 ["profile", t["dir"] / "nb.pt", "--data", t["data"], "--arch", "tiny_models:build_no_block",
                                  "--code-path", TESTS])[1], "no ODE block found", 2),
+    "TorchScript archive": (lambda t: _profile(t, _scripted(t)), "TorchScript archive (torch.jit.save)", 2),
+    "scripted ODE block": (lambda t: (torch.save(tiny_models.build_scripted_block().state_dict(), t["dir"] / "sb.pt"),
+                                      ["profile", t["dir"] / "sb.pt", "--data", t["data"], "--arch",
+                                       "tiny_models:build_scripted_block", "--code-path", TESTS])[1],
+                           "is a TorchScript module (torch.jit.script)", 2),
     "--solve beyond the model's solves": (lambda t: (torch.save(tiny_models.build_two_blocks().state_dict(), t["dir"] / "tb.pt"),
                                                      ["profile", t["dir"] / "tb.pt", "--data", t["data"], "--arch",
                                                       "tiny_models:build_two_blocks", "--code-path", TESTS, "--solve", 5])[1],

@@ -364,3 +364,35 @@ def irregular_series(n: int, steps: int = 6, channels: int = 2, seed: int = 0) -
     observed[:, 0] = 1.0
     times = torch.linspace(0, 1, steps).expand(n, steps).unsqueeze(-1)
     return torch.cat([values * observed, observed.expand(-1, -1, channels), times], -1)
+
+
+class _ScriptableFunc(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(h)) * t
+
+
+class _ScriptableEulerBlock(nn.Module):
+    """An ODE block with its own Euler loop, written to be scripted."""
+
+    def __init__(self):
+        super().__init__()
+        self.odefunc = _ScriptableFunc()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i in range(4):
+            h = h + 0.25 * self.odefunc(torch.tensor(i * 0.25), h)
+        return h
+
+
+def build_scripted_block() -> nn.Module:
+    """A classifier whose hand-written ODE block is ``torch.jit.script``-ed."""
+    import warnings
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)      # torch.jit.script is deprecated in 2.13
+        block = torch.jit.script(_ScriptableEulerBlock())
+    return nn.Sequential(nn.Linear(2, 4), block, nn.Linear(4, 3))
