@@ -276,7 +276,7 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
     from dise_cli.errors import UsageError
     from dise_cli.files import writable_target
     from dise_cli.imports import import_object
-    from dise_cli.model_files import output_for, save_model
+    from dise_cli.model_files import layout_note, output_for, save_model
     from dise_cli.judging import class_labels
     from dise_cli.pipeline import choose_task, open_inputs
 
@@ -301,8 +301,9 @@ def finetune(model: str | Path | ModelOptions, *, out: str | Path | None = None,
         result = finetuning.finetune(opened.model, train_data, val, settings, opened.device, chosen,
                                      progress=lambda s: advance(s["advance"]), solver=_adaptive_baseline(opened))
     save_model(opened, result.state, out_path)
-    if format_note:
-        (note or _ignore)(format_note)
+    for text in (format_note, layout_note(opened.loaded, out_path)):
+        if text:
+            (note or _ignore)(f"note: {text}" if not text.startswith("note:") else text)
     result.settings, result.path, result.validation_size = settings, out_path, len(val)
     return result
 

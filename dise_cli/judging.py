@@ -16,7 +16,7 @@ METRICS = ("mse", "mae", "l2")     # l2: the Euclidean distance per sample (a sa
 PROBABILITY_THRESHOLD = 0.5    # a binary classifier's probability output decides class 1 above this
 
 def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = None, has_decoder: bool = False, *,
-                input_shape: tuple[int, ...] | None = None, returns_state: bool = False) -> str:
+                input_shape: tuple[int, ...] | list | None = None, returns_state: bool = False) -> str:
     """classification for integer labels; regression for float targets. Without labels, classification
     only where the outputs can only be class scores: a decoder's ``[N, C]`` that is not the ODE state
     (``returns_state``: a sampler's or a flow's output) and not shaped like the input (a map from noise
@@ -32,7 +32,9 @@ def detect_task(y: torch.Tensor | None, sample_output: torch.Tensor | None = Non
         return "regression"
     if sample_output.ndim != 2 or sample_output.shape[1] < 2:
         return "regression"
-    if input_shape is not None and tuple(sample_output.shape[1:]) == tuple(input_shape):
+    # a map from noise to samples; with several inputs (noise and labels), shaped like any of them
+    shapes = input_shape if isinstance(input_shape, list) else [input_shape]
+    if any(s is not None and tuple(sample_output.shape[1:]) == tuple(s) for s in shapes):
         return "regression"
     return "classification"
 

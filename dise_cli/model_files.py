@@ -20,6 +20,16 @@ def output_for(spec: ModelSpec, out: str | None) -> tuple[Path, str | None]:
     return path, note
 
 
+def layout_note(loaded, path: Path) -> str | None:
+    """What a person must know where the written state dict is not laid out as the file read was: a
+    checkpoint of several entries (a state dict under a key, or ``build(checkpoint)``'s own layout)."""
+    if loaded.format != "checkpoint" and not loaded.note:
+        return None
+    return (f"'{path}' holds the fine-tuned model's state dict alone (model.state_dict()), not the layout of "
+            f"'{loaded.spec.path}' (its other entries and keys are not copied); load it with "
+            f"model.load_state_dict(...), or give it to dise as it is")
+
+
 def storable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict safetensors can write: detached, on the CPU, contiguous, and no two entries sharing
     memory (a module registered twice, or tied weights, gives one tensor two keys; safetensors refuses

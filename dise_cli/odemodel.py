@@ -265,7 +265,7 @@ def pack_call(layout: StateLayout, context: RowContext | None, call: SolveCall) 
     if context is None:
         return layout.pack(call.y0)
     state = call.y0[0] if isinstance(call.y0, (tuple, list)) else call.y0
-    n = state.shape[0 if isinstance(call.y0, (tuple, list)) else layout.batch_axis]
+    n = layout.samples(call.y0)
     # f makes some of its per-sample tensors when first called (FFJORD's noise)
     return layout.pack(call.y0, context.gather(call.func, n, state.dtype, state.device, lambda: call_once(call)))
 
@@ -320,7 +320,8 @@ class TracedModel(OdeModel):
         self.decoder = decoder
 
     def problem_of(self, call: SolveCall) -> Problem:
-        layout = StateLayout.of(call.y0, "the solve's initial state", batch_axis=self.layout.batch_axis)
+        layout = StateLayout.of(call.y0, "the solve's initial state", batch_axis=self.layout.batch_axis,
+                                blocks=self.layout.blocks)
         if layout.with_context(self.layout.context) != self.layout:
             raise InputError(f"the model's solve got a state of shape {layout.describe()} where the probe saw "
                              f"{self.layout.describe()}; dise reads one state structure per model")

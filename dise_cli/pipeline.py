@@ -233,6 +233,8 @@ def override_hint(model: OdeModel, chosen: Candidates) -> str:
     hints = []
     if len(model.solves) > 1:
         hints.append("route another of its solves with --solve N (dise inspect lists them)")
+    if chosen.own is not None and chosen.own.note:
+        hints.append(f"dise runs the model's {chosen.own.method} as near as it can ({chosen.own.note})")
     if chosen.own is None or not chosen.own.exact:
         hints.append("give the model's own solver in --candidates")
     return "; ".join(hints) or "run dise inspect for what dise found"
@@ -245,7 +247,10 @@ def _returns_state(sample: Any, solved: list[torch.Tensor], ode: OdeModel) -> bo
         return False
     parts = ode.layout.unpack_trajectory(solved[-1])
     for part in parts if isinstance(parts, tuple) else (parts,):
-        for state in (part[-1], part.transpose(0, 1)):
+        states = [part[-1], part.transpose(0, 1)]
+        if ode.layout.blocks > 1:        # a state in blocks (CFG by batch doubling): one block of it
+            states += list(part[-1].chunk(ode.layout.blocks))
+        for state in states:
             if state.shape == sample.shape and torch.equal(state.to(sample.dtype), sample):
                 return True
     return False
@@ -265,7 +270,8 @@ def choose_task(opened: Opened, task: str | None, note: Callable[[str], None] | 
         sample = ode.forward_with(data.x[:TASK_PROBE_ROWS].to(opened.device), solve)
     if task is None:
         task = detect_task(data.y, sample, has_decoder=ode.kind in ("sequential", "nested", "whole"),
-                           input_shape=tuple(data.x.shape[1:]), returns_state=_returns_state(sample, solved, ode))
+                           input_shape=[tuple(s) for s in data.join.shapes] if data.join is not None
+                           else tuple(data.x.shape[1:]), returns_state=_returns_state(sample, solved, ode))
         if task == "classification" and data.y is not None and data.y.is_floating_point() and note is not None:
             note(f"labels in '{data.name}' are floats holding class indices (as BCE training keeps them): judged as "
                  f"a classifier ({'logit > 0' if is_single_logit(sample) else 'argmax'}); --task regression judges "

@@ -154,7 +154,9 @@ def _quiet_torch_logs():
     stderr when a data-dependent guard stops it; dise says why in one line instead."""
     logger = logging.getLogger("torch")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    # CRITICAL: fake tensors log a failed meta kernel at ERROR, with its whole traceback, through a
+    # handler that holds the real stderr
+    logger.setLevel(logging.CRITICAL)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield

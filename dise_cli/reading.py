@@ -156,7 +156,14 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
         raise InputError(f"{model_name} takes {len(join)} inputs ({', '.join(join.names)}) and makes no torchdiffeq "
                          f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver call")
     if is_vector_field(module):
-        model = _bare(module, rows, grid)
+        try:
+            model = _bare(module, rows, grid)
+        except InputError as exc:
+            # a forward of two arguments that is no ODE function: a model of several inputs, named by --x-key
+            names = required_args(module)
+            raise InputError(f"{exc}; dise read {model_name} as an ODE function f({', '.join(names)}) (it calls no "
+                             f"solver dise can see with one input): if those are inputs, name their data keys, "
+                             f"--x-key {','.join(names)}") from None
         model.t_span_source = grid_source
         return model
     if failure is not None:
@@ -255,13 +262,15 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     n = len(x)
     StateLayout.of(call.y0, what)                 # a tensor or a tuple of tensors, else a clear line
     axes = _batch_axes(call.y0, n)
-    if not axes:
+    blocks = _blocks(call.y0, n) if not axes else 1
+    if not axes and blocks == 1:
         hint = "; route another solve with --solve (dise inspect lists them)" if len(recorder.seen) > 1 else ""
         raise InputError(f"the model's solve ({call.where}) integrates a state of shape {_shape(call.y0)} for {n} "
                          f"inputs: dise routes solves with one state per input, its samples on one axis{hint}")
     # several axes of the batch's size only with data too small to read again with more rows: the
     # samples first, as nearly every model keeps them
-    layout = StateLayout.of(call.y0, what, batch_axis=0 if 0 in axes else axes[0])
+    layout = (StateLayout.of(call.y0, what, blocks=blocks) if blocks > 1 else
+              StateLayout.of(call.y0, what, batch_axis=0 if 0 in axes else axes[0]))
     if context is not None:
         context = context.read_by(call.func, lambda: call_once(call))
     if context is not None:
@@ -326,6 +335,19 @@ def _batch_axes(y0: Any, n: int) -> list[int]:
     if not isinstance(y0, torch.Tensor):
         return []
     return [axis for axis, size in enumerate(y0.shape) if size == n]
+
+
+MAX_BLOCKS = 4      # CFG by batch doubling doubles the state; a few more copies are allowed, no more
+
+
+def _blocks(y0: Any, n: int) -> int:
+    """For a tensor state of ``b * n`` rows (``1 < b <= MAX_BLOCKS``): ``b``, its samples in ``b`` blocks
+    of ``n`` (``torch.cat([z, z])`` for classifier-free guidance). 1 otherwise. The fidelity check
+    compares the model with dise's reading of it, so another arrangement of the rows is refused there."""
+    if not isinstance(y0, torch.Tensor) or y0.ndim < 1 or n < 1 or y0.shape[0] % n:
+        return 1
+    b = y0.shape[0] // n
+    return b if 1 < b <= MAX_BLOCKS else 1
 
 
 def _shape(y0: Any) -> str:

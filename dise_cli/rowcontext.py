@@ -139,26 +139,33 @@ def describe(path: Path) -> str:
 
 @dataclass(frozen=True)
 class RowContext:
-    """The per-sample tensors of f: their paths, per-row shapes and dtypes."""
+    """The per-sample tensors of f: their paths, per-row shapes and dtypes, and how many rows each
+    sample has in each (``blocks``: 2 for classifier-free guidance's ``torch.cat([labels, null])``, its
+    rows in blocks of N)."""
 
     paths: tuple[Path, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[torch.dtype, ...]
+    blocks: tuple[int, ...] = ()
+
+    def _blocks(self) -> tuple[int, ...]:
+        return self.blocks or (1,) * len(self.paths)
 
     @property
     def width(self) -> int:
-        return sum(math.prod(s) for s in self.shapes)
+        return sum(b * math.prod(s) for b, s in zip(self._blocks(), self.shapes))
 
     @classmethod
     def find(cls, func: Callable, n: int, exclude: tuple = ()) -> "RowContext | None":
-        """The tensors with ``n`` rows f can reach (not those in ``exclude``, such as the grid), or None."""
+        """The tensors with ``n`` rows (or a few blocks of ``n``) f can reach (not those in ``exclude``,
+        such as the grid), or None."""
         mine = {id(t) for t in exclude}
-        found = {p: t for p, t in reachable_tensors(func).items() if _rows(t, n) and id(t) not in mine}
+        found = {p: t for p, t in reachable_tensors(func).items() if _blocks_of(t, n) and id(t) not in mine}
         if not found:
             return None
         paths = tuple(sorted(found, key=describe))
         return cls(paths=paths, shapes=tuple(tuple(found[p].shape[1:]) for p in paths),
-                   dtypes=tuple(found[p].dtype for p in paths))
+                   dtypes=tuple(found[p].dtype for p in paths), blocks=tuple(_blocks_of(found[p], n) for p in paths))
 
     def only(self, paths: frozenset) -> "RowContext | None":
         """The part of this context at ``paths`` (None if nothing is left)."""
@@ -166,7 +173,8 @@ class RowContext:
         if not keep:
             return None
         return RowContext(paths=tuple(self.paths[i] for i in keep), shapes=tuple(self.shapes[i] for i in keep),
-                          dtypes=tuple(self.dtypes[i] for i in keep))
+                          dtypes=tuple(self.dtypes[i] for i in keep),
+                          blocks=tuple(self._blocks()[i] for i in keep))
 
     def read_by(self, func: Callable, call: Callable[[], Any]) -> "RowContext | None":
         """The part of this context f reads when ``call()`` runs it (a per-batch cache the model keeps
@@ -193,13 +201,14 @@ class RowContext:
         if not all(isinstance(_resolve_or_none(func, p), torch.Tensor) for p in self.paths):
             first_call()
         columns = []
-        for path, shape in zip(self.paths, self.shapes):
+        for path, shape, blocks in zip(self.paths, self.shapes, self._blocks()):
             value = _resolve_or_none(func, path)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (n, *shape):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (blocks * n, *shape):
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise InputError(f"the ODE function's per-sample tensor {describe(path)} is {got} for a batch of {n} "
-                                 f"(the reading found {(n, *shape)}); dise reads one structure per model")
-            value = value.detach().reshape(n, -1).to(device)
+                                 f"(the reading found {(blocks * n, *shape)}); dise reads one structure per model")
+            # a sample's rows side by side: block b's row i is sample i's
+            value = value.detach().reshape(blocks, n, -1).movedim(1, 0).reshape(n, -1).to(device)
             column = value.to(dtype)
             if not torch.equal(column.to(value.dtype), value):
                 raise InputError(f"the ODE function's per-sample tensor {describe(path)} ({value.dtype}) does not fit "
@@ -214,9 +223,10 @@ class RowContext:
         saved = [resolve(func, path) for path in self.paths]
         start = 0
         try:
-            for path, shape, dtype in zip(self.paths, self.shapes, self.dtypes):
-                size = math.prod(shape)
-                part = columns[:, start:start + size].reshape(columns.shape[0], *shape)
+            for path, shape, dtype, blocks in zip(self.paths, self.shapes, self.dtypes, self._blocks()):
+                size = blocks * math.prod(shape)
+                part = columns[:, start:start + size].reshape(columns.shape[0], blocks, *shape)
+                part = part.movedim(1, 0).reshape(blocks * columns.shape[0], *shape)    # back in blocks of N
                 _assign(func, path, part.to(dtype))
                 start += size
             yield
@@ -225,7 +235,8 @@ class RowContext:
                 _assign(func, path, value)
 
     def describe(self) -> str:
-        return ", ".join(f"{describe(p)} {list(s)}" for p, s in zip(self.paths, self.shapes))
+        return ", ".join(f"{describe(p)} {list(s)}" + (f" ({b} rows per sample, in blocks of N)" if b > 1 else "")
+                         for p, s, b in zip(self.paths, self.shapes, self._blocks()))
 
 
 def _resolve_or_none(func: Callable, path: Path) -> Any:
@@ -235,5 +246,13 @@ def _resolve_or_none(func: Callable, path: Path) -> Any:
         return None
 
 
-def _rows(t: torch.Tensor, n: int) -> bool:
-    return t.ndim >= 1 and t.shape[0] == n and n > 1
+MAX_BLOCKS = 4
+
+
+def _blocks_of(t: torch.Tensor, n: int) -> int:
+    """How many rows per sample ``t`` has: 1 for ``n`` rows, ``b`` for ``b`` blocks of ``n`` (up to
+    ``MAX_BLOCKS``); 0 for a tensor that is not per sample."""
+    if t.ndim < 1 or n < 2 or t.shape[0] % n:
+        return 0
+    b = t.shape[0] // n
+    return b if b <= MAX_BLOCKS else 0

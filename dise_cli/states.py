@@ -47,6 +47,11 @@ class StateLayout:
     ``context``: the number of columns of per-sample tensors f reads from outside its state
     (``dise_cli.rowcontext``). They travel after the state's own columns in a packed ``[N, F + C]``
     state, with derivative 0; the norm and the trajectories leave them out.
+
+    ``blocks``: a state whose ``blocks * N`` rows hold each sample ``blocks`` times, in blocks of N
+    (classifier-free guidance by batch doubling, as SiT and DiT sample: ``z = torch.cat([z, z])``,
+    f runs the conditional and unconditional halves in one batch). The model's state ``[b N, ...]`` is
+    seen as ``[b, N, ...]`` with the samples on axis 1: a sample's state is its ``b`` rows.
     """
 
     shapes: tuple[tuple[int, ...], ...]
@@ -54,13 +59,18 @@ class StateLayout:
     packed: bool = False
     batch_axis: int = 0
     context: int = 0
+    blocks: int = 1
 
     @classmethod
-    def of(cls, state: Any, what: str = "the initial state", batch_axis: int = 0) -> "StateLayout":
-        """The layout of ``state`` (a tensor with its samples on ``batch_axis``, or a tuple/list of
-        tensors, all ``[N, ...]``)."""
+    def of(cls, state: Any, what: str = "the initial state", batch_axis: int = 0, blocks: int = 1) -> "StateLayout":
+        """The layout of ``state`` (a tensor with its samples on ``batch_axis``, or in ``blocks`` blocks
+        along axis 0; or a tuple/list of tensors, all ``[N, ...]``)."""
         if isinstance(state, torch.Tensor):
             _check_component(state, what)
+            if blocks > 1:
+                if state.shape[0] % blocks:
+                    raise InputError(f"{what} has {state.shape[0]} rows, not {blocks} blocks of its samples")
+                return cls(shapes=((blocks, *state.shape[1:]),), batch_axis=1, blocks=blocks)
             if batch_axis:
                 return cls(shapes=(tuple(state.movedim(batch_axis, 0).shape[1:]),), batch_axis=batch_axis)
             return cls(shapes=(tuple(state.shape[1:]),))
@@ -89,7 +99,25 @@ class StateLayout:
         return (sum(self.sizes),) if self.is_tuple or self.packed else self.shapes[0]
 
     def with_context(self, width: int) -> "StateLayout":
-        return StateLayout(self.shapes, self.is_tuple, self.packed, self.batch_axis, width)
+        return StateLayout(self.shapes, self.is_tuple, self.packed, self.batch_axis, width, self.blocks)
+
+    def samples(self, state: Any) -> int:
+        """How many samples the model's ``state`` holds."""
+        if self.is_tuple:
+            return state[0].shape[0]
+        if self.blocks > 1:
+            return state.shape[0] // self.blocks
+        return state.shape[self.batch_axis]
+
+    def _viewed(self, state: torch.Tensor) -> torch.Tensor:
+        """A state in blocks ``[b N, ...]`` as ``[b, N, ...]`` (others as they are)."""
+        return state.reshape(self.blocks, -1, *state.shape[1:]) if self.blocks > 1 else state
+
+    def _merged(self, state: torch.Tensor, axis: int = 0) -> torch.Tensor:
+        """``[..., b, N, ...]`` (``b`` at ``axis``) back to the model's ``[..., b N, ...]``."""
+        if self.blocks == 1:
+            return state
+        return state.reshape(*state.shape[:axis], -1, *state.shape[axis + 2:])
 
     def own_part(self, h: torch.Tensor) -> torch.Tensor:
         """Packed rows ``[N, ...]`` without the context columns: a tensor state in its per-sample shape
@@ -106,7 +134,7 @@ class StateLayout:
     def as_packed(self) -> "StateLayout":
         """The layout of this state once packed: f takes ``[N, F]`` (samples first), the norm keeps the groups."""
         if not self.is_tuple:
-            return StateLayout(shapes=self.shapes) if self.batch_axis else self
+            return StateLayout(shapes=self.shapes) if self.batch_axis or self.blocks > 1 else self
         return StateLayout(shapes=self.shapes, is_tuple=False, packed=True)
 
     def pack(self, state: Any, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,11 +144,13 @@ class StateLayout:
             own = self._flat(state)
             return torch.cat([own, context.to(own.dtype)], dim=1)
         if not self.is_tuple:
+            state = self._viewed(state)
             return state.movedim(self.batch_axis, 0) if self.batch_axis else state
         return self._flat(state)
 
     def _flat(self, state: Any) -> torch.Tensor:
         if not self.is_tuple:
+            state = self._viewed(state)
             state = state.movedim(self.batch_axis, 0) if self.batch_axis else state
             return state.reshape(state.shape[0], -1)
         n = state[0].shape[0]          # not len(): it would fix the batch size in an exported program
@@ -131,7 +161,7 @@ class StateLayout:
         if not self.is_tuple:
             if self.context:
                 h = h[:, :self.sizes[0]].reshape(h.shape[0], *self.shapes[0])
-            return h.movedim(0, self.batch_axis) if self.batch_axis else h
+            return self._merged(h.movedim(0, self.batch_axis)) if self.batch_axis else h
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
             parts.append(h[:, start:start + size].view(h.shape[0], *shape))
@@ -143,7 +173,7 @@ class StateLayout:
         if not self.is_tuple:
             if self.context:
                 ys = ys[:, :, :self.sizes[0]].reshape(ys.shape[0], ys.shape[1], *self.shapes[0])
-            return ys.movedim(1, 1 + self.batch_axis) if self.batch_axis else ys
+            return self._merged(ys.movedim(1, 1 + self.batch_axis), 1) if self.batch_axis else ys
         parts, start = [], 0
         for shape, size in zip(self.shapes, self.sizes):
             parts.append(ys[:, :, start:start + size].reshape(ys.shape[0], ys.shape[1], *shape))
@@ -154,6 +184,8 @@ class StateLayout:
         """f's output for ``n`` rows, packed; ``StateShapeError`` when it does not fit the state.
         Context columns get derivative 0."""
         if not self.is_tuple:
+            if self.blocks > 1 and isinstance(out, torch.Tensor) and out.ndim and out.shape[0] == self.blocks * n:
+                out = self._viewed(out)
             if self.batch_axis and isinstance(out, torch.Tensor) and out.ndim > self.batch_axis:
                 out = out.movedim(self.batch_axis, 0)
             own = (sum(self.sizes),) if self.packed else self.shapes[0]
@@ -187,7 +219,9 @@ class StateLayout:
         return torch.stack(parts).amax(0)
 
     def describe(self, n: int | str = "N") -> str:
-        if not self.is_tuple and not self.packed:
+        if not self.is_tuple and not self.packed and self.blocks > 1:
+            text = str((f"{self.blocks}x{n}", *self.shapes[0][1:])).replace("'", "")
+        elif not self.is_tuple and not self.packed:
             shape = list(self.shapes[0])
             shape.insert(self.batch_axis, n)
             text = str(tuple(shape)).replace("'", "")
@@ -197,13 +231,13 @@ class StateLayout:
 
     def to_dict(self) -> dict:
         return {"shapes": [list(s) for s in self.shapes], "is_tuple": self.is_tuple, "packed": self.packed,
-                "batch_axis": self.batch_axis, "context": self.context}
+                "batch_axis": self.batch_axis, "context": self.context, "blocks": self.blocks}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StateLayout":
         return cls(shapes=tuple(tuple(int(v) for v in s) for s in data["shapes"]), is_tuple=bool(data["is_tuple"]),
                    packed=bool(data.get("packed", False)), batch_axis=int(data.get("batch_axis", 0)),
-                   context=int(data.get("context", 0)))
+                   context=int(data.get("context", 0)), blocks=int(data.get("blocks", 1)))
 
 
 _MIXING_HINT = ("f must return one row per state row, shaped like its state (a function that keeps per-sample data "

@@ -1224,6 +1224,81 @@ def build_label_shifted_start() -> LabelShiftedStart:
     return LabelShiftedStart().eval()
 
 
+class DiTStyleNet(nn.Module):
+    """DiT's and SiT's ``forward_with_cfg``: the batch's first half run twice, with the labels and with
+    the null label (the last class), guided, and returned twice."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.v = LabelField(num_classes=num_classes + 1)
+        self.num_classes = num_classes
+
+    def forward(self, x, t, y):
+        return self.v(x, t, y)
+
+    def forward_with_cfg(self, x, t, y, cfg_scale):
+        half = x[: len(x) // 2]
+        combined = torch.cat([half, half], dim=0)
+        model_out = self.forward(combined, t, y)
+        cond_eps, uncond_eps = torch.split(model_out, len(model_out) // 2, dim=0)
+        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        return torch.cat([half_eps, half_eps], dim=0)
+
+
+class SiTStyleSampler(nn.Module):
+    """SiT's sample.py (flow matching on torchdiffeq): ``z = cat([z, z])``, ``y = cat([y, y_null])``,
+    ``odeint`` of ``forward_with_cfg`` with ``t = ones(x.size(0)) * t``, then ``samples.chunk(2)[0]``:
+    a state of 2N rows for N inputs, and labels of 2N rows that f reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = DiTStyleNet()
+        self.cfg_scale = 4.0
+
+    def forward(self, z, y):
+        n = z.shape[0]
+        z = torch.cat([z, z], 0)
+        y = torch.cat([y, torch.full((n,), self.net.num_classes, dtype=y.dtype)], 0)
+
+        def _fn(t, x):
+            t = torch.ones(x.size(0)).to(x) * t
+            return self.net.forward_with_cfg(x, t, y, self.cfg_scale)
+        samples = odeint(_fn, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=1e-6, rtol=1e-6)[-1]
+        samples, _ = samples.chunk(2, dim=0)
+        return samples
+
+
+def build_sit_style_sampler() -> SiTStyleSampler:
+    torch.manual_seed(0)
+    return SiTStyleSampler().eval()
+
+
+class DoubledLabelsSampler(SiTStyleSampler):
+    """Guidance with the labels doubled before the solve (``y_in = cat([y, y_null])``, 2N rows) and the
+    state doubled inside f only."""
+
+    def forward(self, z, y):
+        y_in = torch.cat([y, torch.full_like(y, self.net.num_classes)], 0)
+
+        def f(t, x):
+            cond, uncond = self.net(torch.cat([x, x]), t, y_in).chunk(2)
+            return uncond + self.cfg_scale * (cond - uncond)
+        return odeint(f, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=1e-6, rtol=1e-6)[-1]
+
+
+def build_doubled_labels_sampler() -> DoubledLabelsSampler:
+    torch.manual_seed(0)
+    return DoubledLabelsSampler().eval()
+
+
+def build_sit_style_sampler_f64() -> SiTStyleSampler:
+    return build_sit_style_sampler().double()
+
+
+def build_doubled_labels_sampler_f64() -> DoubledLabelsSampler:
+    return build_doubled_labels_sampler().double()
+
+
 def make_noise_and_labels(n: int = 24, seed: int = 0, classes: int = 4) -> dict:
     gen = torch.Generator().manual_seed(seed)
     return {"noise": torch.randn(n, 2, generator=gen), "labels": torch.randint(0, classes, (n,), generator=gen)}

@@ -123,6 +123,24 @@ def test_a_learned_integration_time_is_held_and_said_so(tmp_path):
     assert torch.equal(tuned["end"], model.end.detach()) and not torch.equal(tuned["head.weight"], model.head.weight)
 
 
+def test_a_checkpoint_of_several_entries_is_written_as_one_state_dict_and_said_so(tmp_path):
+    """torchcfm's checkpoint of ``net_model`` and ``ema_model`` read with --state-key: the fine-tuned file
+    is the model's state dict alone; a user loading ``ckpt['ema_model']`` from it would fail, so the
+    output says what it holds (it was silent)."""
+    model = tiny_models.build_classifier()
+    torch.save({"net_model": model.state_dict(), "ema_model": model.state_dict(), "step": 10}, tmp_path / "c.pt")
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        y = model(x).argmax(-1)
+    save_file({"x": x, "y": y}, str(tmp_path / "d.safetensors"))
+    res = invoke("finetune", tmp_path / "c.pt", "--arch", "tiny_models:build_classifier", "--code-path", TESTS,
+                 "--state-key", "ema_model", "--data", tmp_path / "d.safetensors", "--epochs", 1, "--batch-size", 16,
+                 "--out", tmp_path / "t.pt")
+    assert res.exit_code == 0, res.stderr
+    assert "holds the fine-tuned model's state dict alone" in res.stderr
+    assert set(torch.load(tmp_path / "t.pt")) == set(model.state_dict())
+
+
 @pytest.mark.parametrize("reg", [r for r in REGULARISERS if r != "none"])
 def test_each_regulariser_decreases_when_minimised(reg):
     module = tiny_models.build_classifier()

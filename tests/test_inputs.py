@@ -16,6 +16,7 @@ import families
 from dise_cli.cli import app
 from dise_cli.errors import InputError
 from dise_cli.inputs import InputJoin, key_names
+from dise_cli.profiles import read_profile
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -219,3 +220,40 @@ def test_python_callers_pass_tensors_as_data(tmp_path):
     assert run.profile.n_samples == 12
     with pytest.raises(dise_cli.errors.UsageError, match="data: Python callers pass a int"):
         dise_cli.profile(str(common[0]), arch="families:build_label_shifted_start", code_path=[TESTS], data=3)
+
+
+@pytest.mark.parametrize("build", ["build_sit_style_sampler_f64", "build_doubled_labels_sampler_f64"])
+def test_guidance_by_batch_doubling(tmp_path, build):
+    """Classifier-free guidance as DiT and SiT sample: the state ``cat([z, z])`` (2N rows for N inputs)
+    and labels ``cat([y, y_null])`` that f reads; or the labels alone doubled. Both were exit 2
+    ("a state of shape (6, 2) for 3 inputs", "fails on one sample of its batch"). A sample's rows are
+    its state and its labels, so each sample solved alone is the model run on that sample alone, bit
+    for bit in float64, with its NFE; and the whole pipeline runs."""
+    from dise_cli.fidelity import check_fidelity
+    from dise_cli.integrators import Dopri5
+    from dise_cli.reading import read_model
+    model = getattr(families, build)()
+    data = families.make_noise_and_labels(24)
+    data["noise"] = data["noise"].double()
+    join, x = InputJoin.join([data["noise"], data["labels"]], ["noise", "labels"], "d.pt")
+    ode = read_model(model, x, join=join)
+    for i in range(3):
+        with torch.no_grad():
+            check = check_fidelity(ode, x[i:i + 1], Dopri5(rtol=1e-6, atol=1e-6))
+        assert check.passed and check.difference == 0.0
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    torch.save(data, tmp_path / "d.pt")
+    common = ["--data", str(tmp_path / "d.pt"), "--x-key", "noise,labels", "--code-path", TESTS]
+    arch = ["--arch", f"families:{build}"]
+    res = CliRunner().invoke(app, ["profile", str(tmp_path / "m.pt"), *arch, *common, "--out", str(tmp_path / "p.st"),
+                                   "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["task"] == "regression"          # samples, not class scores
+    nfe = read_profile(tmp_path / "p.st").nfe[:, 2]
+    calls = [0]
+    model.net.v.inp.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    for i in range(4):
+        calls[0] = 0
+        with torch.no_grad():
+            model(data["noise"][i:i + 1], data["labels"][i:i + 1])
+        assert nfe[i].item() == calls[0]

@@ -115,6 +115,14 @@ class VectorField:
         mode = self.mode
         if mode is TimeMode.AUTONOMOUS:
             return self._eval(t[0], h)
+        blocks = self.layout.blocks if self.layout is not None else 1
+        if blocks > 1 and mode in (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.ROWS):
+            # f sees each sample's rows in blocks of N (classifier-free guidance by batch doubling): a time
+            # for every row it sees
+            rows = t.repeat(blocks)
+            if mode is TimeMode.BROADCAST:
+                rows = rows.view(-1, *([1] * (len(self.layout.shapes[0]) - 1)))
+            return self._eval(rows, h)
         if mode is TimeMode.BROADCAST:
             return self._eval(t.view(self._time_shape(h)), h)
         if mode is TimeMode.VECTOR or mode is TimeMode.ROWS:
