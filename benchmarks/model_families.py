@@ -23,6 +23,7 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 import families  # noqa: E402
+import tiny_models  # noqa: E402
 from dise_cli.cli import app  # noqa: E402
 
 
@@ -69,7 +70,27 @@ FAMILIES = [
     ("FFJORD-style density, noise drawn by f", "build_ffjord_style_density",
      lambda: (families.build_ffjord_style_density(), {"x": families.make_noise(32, 3)}), []),
     ("Rubanova latent ODE, inputs on axis 1", "rubanova_latent_ode:classifier_last", lambda: rubanova(), []),
+    ("SiT-style CFG, state cat([z, z]) (2xN rows)", "build_sit_style_sampler",
+     lambda: (families.build_sit_style_sampler(), families.make_noise_and_labels(64)), ["--x-key", "noise,labels"]),
+    ("CFG, labels cat([y, y_null]) read by f", "build_doubled_labels_sampler",
+     lambda: (families.build_doubled_labels_sampler(), families.make_noise_and_labels(64)),
+     ["--x-key", "noise,labels"]),
+    ("sampler, f under bfloat16 autocast", "build_autocast_sampler",
+     lambda: (families.build_autocast_sampler(), {"x": families.make_noise(64)}), []),
+    ("rectified flow's Euler loop (no solver call)", "build_rectified_flow_sampler",
+     lambda: (families.build_rectified_flow_sampler(), {"x": families.make_noise(64)}), []),
+    ("ODE-Net block, its own classic RK4 loop", "build_classic_rk4_classifier",
+     lambda: labelled(families.build_classic_rk4_classifier()), []),
+    ("tolerances per tuple component (FFJORD's 1e20)", "tiny_models:build_per_component_tolerances",
+     lambda: labelled(tiny_models.build_per_component_tolerances()), []),
 ]
+
+
+def labelled(model, n=64):
+    """A classifier with its own predictions as labels, on 2-D inputs."""
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(0)) * 2
+    with torch.no_grad():
+        return model, {"x": x, "y": model(x).argmax(-1)}
 
 
 def rubanova():

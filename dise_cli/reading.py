@@ -248,8 +248,9 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     if call.library == "scipy":
         raise InputError(f"the model's solve ({call.where}) is scipy.integrate.solve_ivp ({call.method}) on a numpy "
                          f"state, which dise cannot answer sample by sample; write it with torchdiffeq's odeint(f, x, "
-                         f"t, method='dopri5', rtol=..., atol=...) on the batch (RK45 is the same Dormand-Prince pair), "
-                         f"and dise routes it")
+                         f"t, method='dopri5', rtol=..., atol=...) on the batch tensor (RK45's Dormand-Prince pair; "
+                         f"torchdiffeq's steps may pass the end time before interpolating back, so f must be finite a "
+                         f"little beyond it), and dise routes it")
     if call.unsupported:
         names = ", ".join(call.unsupported)
         why = (" (the solve ends where the event fires, which it finds as it goes; dise routes solves over a "

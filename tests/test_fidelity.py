@@ -196,35 +196,18 @@ def test_round_off_of_a_batch_is_not_taken_for_rows_reading_each_other():
     assert rows_agree(a * (1 + 50 * torch.finfo(a.dtype).eps), a) and not rows_agree(a + 0.1, a)
 
 
-class AutocastSampler(nn.Module):
-    """A sampler whose velocity net runs under bfloat16 autocast inside f, so f returns bfloat16 for a
-    float32 state (as image samplers are run on GPUs)."""
-
-    def __init__(self, method: str, **options):
-        super().__init__()
-        self.v = families.build_fm_field()
-        self.method, self.options = method, options
-
-    def forward(self, x0):
-        def f(t, x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return self.v(x, t)
-        return odeint(f, x0, torch.tensor([0.0, 1.0]), method=self.method, rtol=1e-3, atol=1e-3,
-                      options=self.options)[-1]
-
-
 def test_a_bfloat16_f_is_summed_in_the_states_dtype_as_torchdiffeq_does():
     """torchdiffeq writes f's bfloat16 values into float32 stages: dise's dopri5 does too, so a sample
     takes torchdiffeq's result bit for bit (summed at bfloat16's precision it was 1e-2 off). A fixed
     grid, whose steps torchdiffeq adds up in f's bfloat16, is allowed that dtype's round-off."""
     x = families.make_noise(8)
-    exact = AutocastSampler("dopri5").eval()
+    exact = families.AutocastSampler("dopri5").eval()
     ode = read_model(exact, x)
     with torch.no_grad():
         for i in range(3):          # a sample alone: torchdiffeq's result, bit for bit
             check = check_fidelity(ode, x[i:i + 1], Dopri5(rtol=1e-3, atol=1e-3))
             assert check.passed and check.difference == 0.0
-    fixed = AutocastSampler("rk4", step_size=0.25).eval()
+    fixed = families.AutocastSampler("rk4", step_size=0.25).eval()
     from dise_cli.integrators import RK4
     with torch.no_grad():
         check = check_fidelity(read_model(fixed, x), x, RK4(step_size=0.25))
