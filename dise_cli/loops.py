@@ -19,6 +19,7 @@ from torch import nn
 from dise_cli.fidelity import max_abs
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.vector_field import TIME_NAMES
 from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
 
@@ -87,7 +88,8 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> l
     time_index = 0 if ode.field.order == "t,x" else 1
 
     def record(_module, args, kwargs):
-        value = args[time_index] if len(args) > time_index else None
+        value = args[time_index] if len(args) > time_index else next(
+            (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
         times.append(_one_time(value))
     handle = func.register_forward_pre_hook(record, with_kwargs=True)
     try:
