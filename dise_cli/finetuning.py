@@ -87,6 +87,7 @@ class FinetuneResult:
     path: Path | None = None                   # where the kept checkpoint was written (ditto)
     validation_size: int = 0                   # samples in the validation data (ditto)
     made_with: dict[str, str] | None = None    # versions and device it ran with (provenance.made_with)
+    task: str = "classification"               # what "accuracy" counts: right answers, or Γ ≤ β (regression)
 
 
 NLL = "nll"      # the model's output is log p(x): minimise its negative mean (maximum likelihood; no labels)
@@ -272,4 +273,4 @@ def finetune(ode: OdeModel, train: Dataset, val: Dataset, settings: FinetuneSett
             best_state, best_epoch, best_nfe = copy.deepcopy(module.state_dict()), epoch, val_metrics["nfe_mean"]
     module.eval()
     return FinetuneResult(state={k: v.detach().cpu() for k, v in best_state.items()}, kept_epoch=best_epoch,
-                          history=history, made_with=made_with(device))
+                          history=history, made_with=made_with(device), task=task.name)

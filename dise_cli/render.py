@@ -344,12 +344,14 @@ def render_finetune(ui: Output, result, settings) -> dict:
                      f"{val['state_rms']:.3g}", "kept" if h["epoch"] == result.kept_epoch else ""))
     ui.table(f"dise finetune: {settings.reg}, λ = {settings.lam:g}, {settings.epochs} epochs",
              ["epoch", "loss", "task loss", "R", "train NFE",
-              "val accuracy" if "accuracy" in result.history[0]["validation"] else "val NLP", "val NFE", "h(0) RMS", ""],
+              ("val NLP" if "accuracy" not in result.history[0]["validation"] else
+               "val Γ ≤ β" if result.task == "regression" else "val accuracy"), "val NFE", "h(0) RMS", ""],
              rows)
     start, kept = result.history[0]["validation"], result.history[result.kept_epoch]["validation"]
     density = "nlp" in start
+    share = "Γ ≤ β" if result.task == "regression" else "accuracy"
     figure = (f"NLP {start['nlp']:.4f} -> {kept['nlp']:.4f} nats" if density
-              else f"accuracy {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}")
+              else f"{share} {_pct(start['accuracy'])} -> {_pct(kept['accuracy'])}")
     budget = f"{settings.max_nlp_increase} nats" if density else f"{settings.max_accuracy_drop} pp"
     ui.line(f"kept epoch {result.kept_epoch}: validation NFE {start['nfe_mean']:.2f} -> {kept['nfe_mean']:.2f} "
             f"(x{kept['nfe_mean'] / start['nfe_mean']:.3f}), {figure}"
