@@ -80,7 +80,8 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
                                                 "options": {k: plain(v) for k, v in own.options.items()}},
         "baseline": cands.integrators[cands.baseline].spec,
         "baseline_exact": bool(cands.own is not None and cands.own.exact
-                               and cands.own.integrator.spec == cands.integrators[cands.baseline].spec),
+                               and cands.own.integrator.spec == cands.integrators[cands.baseline].spec
+                               and own.options.get("reproduced", True)),   # a loop: only where it was reproduced
         "candidates": cands.specs,
         "notes": opened.notes,
         "fidelity": None if fidelity is None else fidelity.to_dict(),

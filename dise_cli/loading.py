@@ -231,10 +231,12 @@ def _factory_params(spec: ModelSpec) -> tuple[list[str], list[str]]:
 
 
 def _takes_checkpoint(spec: ModelSpec) -> bool:
-    """The --arch factory takes an argument: it receives the checkpoint and loads it itself (with a default,
-    ``build(checkpoint=None)``, it also builds the model alone, as a bundle needs)."""
-    required, optional = _factory_params(spec)
-    return bool(required or optional)
+    """The --arch factory takes the checkpoint and loads it itself: its first parameter names it
+    (``build(checkpoint=None)`` also builds the model alone, as a bundle needs), or it requires an
+    argument. A factory whose parameters are all settings with defaults (``build(n_steps=8)``) is not
+    given a checkpoint in place of one."""
+    required, _ = _factory_params(spec)
+    return bool(required) or _names_checkpoint(spec)
 
 
 def _names_checkpoint(spec: ModelSpec) -> bool:

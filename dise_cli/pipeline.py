@@ -119,7 +119,7 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
         found = find_loop_solver(model, x)       # a fixed-step loop: its method, or the closest (then refused)
         if found is not None and found.integrator is not None:
             model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
-                                  note=found.note)
+                                  options={"reproduced": found.exact}, note=found.note)
         elif found is not None:
             raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it "
                              f"starts from): {LOOP_HINT}")
@@ -221,7 +221,8 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else "1e-3"
 
 
-LOOP_HINT = "give --t-span for the span the loop covers, or --ode-block"
+LOOP_HINT = ("give --t-span for the span the loop covers; a step before the loop that changes its state (a scale, "
+             "added noise) is one dise cannot see: name the block that takes the loop's own start with --ode-block")
 
 
 def override_hint(model: OdeModel, chosen: Candidates) -> str:
@@ -234,8 +235,9 @@ def override_hint(model: OdeModel, chosen: Candidates) -> str:
     if len(model.solves) > 1:
         hints.append("route another of its solves with --solve N (dise inspect lists them)")
     if chosen.own is not None and chosen.own.note:
-        hints.append(f"dise runs the model's {chosen.own.method} as near as it can ({chosen.own.note})")
-    if chosen.own is None or not chosen.own.exact:
+        hints.append(f"dise runs the model's {chosen.own.method} as near as it can ({chosen.own.note}), and "
+                     f"the difference may be what that leaves out")
+    if chosen.own is None or chosen.own.integrator is None:       # else the check runs the model's own anyway
         hints.append("give the model's own solver in --candidates")
     return "; ".join(hints) or "run dise inspect for what dise found"
 

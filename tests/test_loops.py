@@ -53,6 +53,9 @@ def test_a_loop_dise_misreads_is_refused_however_loose_its_guess(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert res.exit_code == 2 and len(lines) == 1, res.stderr
     assert "calls f 20 times" in lines[0] and "--t-span" in lines[0] and not (tmp_path / "p.safetensors").exists()
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    info = json.loads(res.stdout)
+    assert res.exit_code == 2 and info["baseline_exact"] is False and not info["fidelity"]["passed"]
 
 
 def test_a_loop_over_another_span_names_it_and_reads_with_t_span(tmp_path):
