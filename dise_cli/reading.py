@@ -42,9 +42,15 @@ class _Counting(nn.Module):
         self.count = 0
 
     def forward(self, *args, **kwargs):
-        self.count += 1
+        self._tick()
         fn = self.inner if "inner" in self._modules else self.__dict__["_fn"]
         return fn(*args, **kwargs)
+
+    @torch.compiler.disable
+    def _tick(self) -> None:
+        # outside torch.compile: a solve the model compiled would otherwise guard on the count and
+        # recompile at every call, warning on stderr once it gives up
+        self.count += 1
 
 
 @dataclass
