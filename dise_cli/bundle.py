@@ -184,7 +184,7 @@ def _safetensors_metadata(data: bytes) -> dict:
     return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
 
 
-def example_input(spec: dict, device: torch.device, n: int = 4, rows: bool = False) -> torch.Tensor:
+def example_input(spec: dict, device: torch.device, n: int = 5, rows: bool = False) -> torch.Tensor:
     """A batch like the data a selector was trained on, what export traces with and a rebuilt model is
     read on: seeded noise shaped like it (normal for float inputs, zeros for integer ones), or with
     ``rows`` the data rows the spec keeps (for a model that rejects noise: integer codes, a valid range)."""

@@ -140,7 +140,11 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
                              f"(t = {_short(recorder.seen[0].call.t)}); dise solves on that grid")
         chosen = _choose(recorder.seen, solve, ode_block, model_name)
         n_t = len(chosen.call.t)
-        ambiguous = n_t == len(rows) or len(_batch_axes(chosen.call.y0, len(rows))) > 1
+        axes = _batch_axes(chosen.call.y0, len(rows))
+        # another batch size tells apart: several axes of its size, and a state whose first axis holds
+        # blocks of it (CFG's cat([z, z])) beside another axis of its size (4 latent channels, 4 rows)
+        ambiguous = n_t == len(rows) or len(axes) > 1 or (0 not in axes and axes and
+                                                          _blocks(chosen.call.y0, len(rows)) > 1)
         candidates = _context_candidates(chosen.call, len(rows))
         unconfirmed = _context is None and candidates is not None
         if (ambiguous or unconfirmed) and len(x) > len(rows):
@@ -160,7 +164,10 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
         if failure is not None:
             raise _rejects(data_name, rows, failure, join)
         raise InputError(f"{model_name} takes {len(join)} inputs ({', '.join(join.names)}) and makes no torchdiffeq "
-                         f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver call")
+                         f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver "
+                         f"call (a hand-written loop only with one input): write the loop as torchdiffeq's odeint "
+                         f"(method='euler' with options=dict(step_size=...) takes the same Euler steps), and dise "
+                         f"routes it")
     if is_vector_field(module):
         try:
             model = _bare(module, rows, grid)
@@ -269,7 +276,9 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     n = len(x)
     StateLayout.of(call.y0, what)                 # a tensor or a tuple of tensors, else a clear line
     axes = _batch_axes(call.y0, n)
-    blocks = _blocks(call.y0, n) if not axes else 1
+    blocks = _blocks(call.y0, n) if 0 not in axes else 1
+    if blocks > 1 and axes:
+        blocks = 1          # still both with no more rows to read: the axis of the batch's size, as before
     if not axes and blocks == 1:
         hint = "; route another solve with --solve (dise inspect lists them)" if len(recorder.seen) > 1 else ""
         raise InputError(f"the model's solve ({call.where}) integrates a state of shape {_shape(call.y0)} for {n} "
@@ -297,8 +306,8 @@ def _traced(module: nn.Module, x: torch.Tensor, recorder: _Recorder, chosen: _Se
     model.block_path = chosen.block_path
     model.own = OwnSolver(library=call.library, method=call.method, rtol=_number(call.rtol), atol=_number(call.atol),
                           options=dict(call.options),
-                          sample_rtol=per_sample_tolerance(call.rtol, call.y0, layout.batch_axis),
-                          sample_atol=per_sample_tolerance(call.atol, call.y0, layout.batch_axis))
+                          sample_rtol=per_sample_tolerance(call.rtol, call.y0, layout),
+                          sample_atol=per_sample_tolerance(call.atol, call.y0, layout))
     model.func_description, model.func_modules = _describe_func(chosen, h0, grid, layout)
     model.func_class = _describe_func_short(call.func)
     model.solves = [_info(s, recorder) for s in recorder.seen]

@@ -25,7 +25,8 @@ from dise_cli.reports import auc_of, estimated_seconds, figure_of, summarize
 from dise_cli.routing import first_stage, resolve_inputs, selector_inputs
 from dise_cli.selector import Selector, SelectorNet, SelectorSpec
 
-EXAMPLE_ROWS = 4          # data rows a selector keeps, for export to read a model that rejects noise
+EXAMPLE_ROWS = 5          # data rows a selector keeps, for export to read a model that rejects noise (5: a
+                          # batch size less often some axis's size too, such as 4 latent channels)
 
 
 @dataclass(frozen=True)

@@ -1249,9 +1249,9 @@ class DiTStyleNet(nn.Module):
     """DiT's and SiT's ``forward_with_cfg``: the batch's first half run twice, with the labels and with
     the null label (the last class), guided, and returned twice."""
 
-    def __init__(self, num_classes: int = 4):
+    def __init__(self, num_classes: int = 4, input_dim: int = 2):
         super().__init__()
-        self.v = LabelField(num_classes=num_classes + 1)
+        self.v = LabelField(input_dim=input_dim, num_classes=num_classes + 1)
         self.num_classes = num_classes
 
     def forward(self, x, t, y):
@@ -1310,6 +1310,58 @@ class DoubledLabelsSampler(SiTStyleSampler):
 def build_doubled_labels_sampler() -> DoubledLabelsSampler:
     torch.manual_seed(0)
     return DoubledLabelsSampler().eval()
+
+
+class LatentSiTSampler(nn.Module):
+    """SiT's ``sample_ode`` on 4-channel latents ``[N, 4, 2, 2]`` (an SD-VAE's channels), CFG by batch
+    doubling, and the tolerances as SiT passes them, one-element lists (``atol=[atol]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = DiTStyleNet(input_dim=16)
+        self.cfg_scale = 3.0
+
+    def forward(self, z, y):
+        n = z.shape[0]
+        z = torch.cat([z, z], 0)
+        y = torch.cat([y, torch.full((n,), self.net.num_classes, dtype=y.dtype)], 0)
+
+        def _fn(t, x):
+            t = torch.ones(x.size(0)).to(x) * t
+            flat = self.net.forward_with_cfg(x.reshape(len(x), -1), t, y, self.cfg_scale)
+            return flat.reshape(x.shape)
+        samples = odeint(_fn, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1]
+        return samples.chunk(2, dim=0)[0]
+
+
+def build_latent_sit_sampler() -> LatentSiTSampler:
+    torch.manual_seed(0)
+    return LatentSiTSampler().eval()
+
+
+class GuidanceIntervalSampler(nn.Module):
+    """LightningDiT's guidance interval: f guides only where ``t[0]`` (the batch's first row's time) is
+    past ``cfg_interval_start``, with t made per row as SiT makes it, ``ones(x.size(0)) * t``."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = build_fm_field()
+        self.g = nn.Linear(2, 2)
+        self.cfg_interval_start = 0.11          # LightningDiT samples with an interval from 0.11
+
+    def forward(self, x0):
+        def f(t, x):
+            t = torch.ones(x.size(0)).to(x) * t
+            v = self.v(x, t)
+            if t[0] > self.cfg_interval_start:
+                v = v + 2.0 * torch.tanh(self.g(x))
+            return v
+        return odeint(f, x0, torch.tensor([0.0, 1.0]), rtol=1e-7, atol=1e-7)[-1]
+
+
+def build_guidance_interval_sampler() -> GuidanceIntervalSampler:
+    torch.manual_seed(0)
+    return GuidanceIntervalSampler().eval()
 
 
 def build_sit_style_sampler_f64() -> SiTStyleSampler:

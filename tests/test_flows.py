@@ -234,3 +234,20 @@ def test_a_sampler_returning_a_dict_is_judged_by_the_output_named(tmp_path):
         pick_output((pair.samples, {"fevals": 3}))           # k-diffusion's log_likelihood returns (ll, info)
     with pytest.raises(InputError, match="index from 0 to 1 or a field"):
         pick_output(pair, "path")
+
+
+def test_a_branch_on_the_first_rows_time_is_not_given_a_time_per_row():
+    """LightningDiT's guidance interval decides for the batch by ``t[0]``: given a time per row, every row
+    was guided by the first row's time (NFE and samples unlike the model's, exit 0). The probe's rows now
+    span the grid's two ends, which a branch anywhere between them parts, so f gets each row's time
+    alone: each sample takes what the model gives it alone."""
+    from dise_cli.integrators import Dopri5, TimeMode
+    from dise_cli.reading import read_model
+    model = families.build_guidance_interval_sampler().double()
+    x = families.make_noise(6).double()
+    ode = read_model(model, x)
+    assert ode.field.mode not in (TimeMode.VECTOR, TimeMode.BROADCAST)
+    with torch.no_grad():
+        out = ode.forward_with(x, lambda p: Dopri5(rtol=1e-7, atol=1e-7).solve(p.field, p.h0, p.t).ys)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(out, alone, rtol=0, atol=1e-10)

@@ -203,9 +203,9 @@ def test_a_model_that_rejects_noise_exports_with_data_rows(tmp_path):
     assert res.exit_code == 0, res.stderr
     res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
     assert res.exit_code == 0, res.stderr
-    assert "keeps 4 rows of the selector's training data" in res.stderr
+    assert "keeps 5 rows of the selector's training data" in res.stderr
     bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
-    assert torch.equal(torch.tensor(bundle.manifest["input"]["rows"]), x[:4].double())
+    assert torch.equal(torch.tensor(bundle.manifest["input"]["rows"]), x[:5].double())
     with torch.no_grad():
         out, stats = bundle(x, return_stats=True)
         own = model(x)

@@ -116,9 +116,10 @@ def tolerance_tensor(tol: Tolerance, h0: torch.Tensor, context: int, what: str) 
     return values.reshape(h0.shape[1:])
 
 
-def per_sample_tolerance(value: Any, state: Any, batch_axis: int = 0) -> Tolerance | None:
+def per_sample_tolerance(value: Any, state: Any, layout=None) -> Tolerance | None:
     """A tolerance as torchdiffeq would apply it to ``state`` (the batch's state, as the model passed
-    it), for one sample: a float, ``PerElement``, or None where it differs from sample to sample."""
+    it, laid out by ``layout``, a ``StateLayout``: samples first by default), for one sample: a float,
+    ``PerElement``, or None where it differs from sample to sample."""
     if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1 and value.ndim == 0):
         return float(value)
     if isinstance(state, torch.Tensor):
@@ -126,7 +127,9 @@ def per_sample_tolerance(value: Any, state: Any, batch_axis: int = 0) -> Toleran
             full = torch.as_tensor(value, dtype=torch.float64).expand(state.shape)
         except (RuntimeError, TypeError, ValueError):
             return None
-        rows = full.movedim(batch_axis, 0).reshape(state.shape[batch_axis], -1)
+        # each sample's elements as dise packs its state (its rows in blocks of N, or on another axis)
+        packed = full if layout is None else layout.with_context(0).pack(full)
+        rows = packed.reshape(packed.shape[0], -1)
     else:
         try:
             parts = tuple(value)

@@ -235,7 +235,10 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
     fb = field(tb, rows)
     if torch.equal(fa, fb) and scalar:
         return TimeMode.AUTONOMOUS, True
-    times = torch.linspace(t0, t1, n + 2, dtype=rows.dtype, device=rows.device)[1:-1]
+    # the grid's two ends among the rows' times: a branch on the time anywhere between them (a guidance
+    # interval, ``t[0] < 0.11``) then parts rows, and f that decides it for the batch by one row's time
+    # (LightningDiT's ``t[0]``) gives the others another answer than alone
+    times = torch.linspace(t0, t1, n, dtype=rows.dtype, device=rows.device)
     expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
     modes = (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP) if scalar else (field.mode,)
     for mode in modes:
