@@ -68,6 +68,7 @@ class Reference:
             tol = min(tol, smallest(baseline.rtol) / 100, smallest(baseline.atol) / 100)
         self.integrator = Dopri5(rtol=max(tol, 1e-12), atol=max(tol, 1e-12))
         self._copies: dict[int, tuple[nn.Module, nn.Module]] = {}    # id(f) -> (f, its float64 copy)
+        self.dtypes: set[str] = set()          # the dtypes it solved in (float64, or a closure f's own)
 
     @property
     def spec(self) -> str:
@@ -83,10 +84,18 @@ class Reference:
             if copy64 is not None:
                 try:
                     field64 = problem.field.with_func(copy64)
-                    return self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
+                    ys = self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
+                    self.dtypes.add("float64")
+                    return ys
                 except Exception:  # noqa: BLE001 - f does not run in float64 (an exported program): its own dtype
                     self._copies[id(func)] = (func, None)
+        self.dtypes.add(str(problem.h0.dtype).replace("torch.", ""))
         return self.integrator.solve(problem.field, problem.h0, problem.t).ys
+
+    @property
+    def dtype(self) -> str:
+        """The dtype it solved in, ``"mixed"`` for several."""
+        return next(iter(self.dtypes)) if len(self.dtypes) == 1 else "mixed" if self.dtypes else ""
 
 
 def select_rows(n: int, limit: int | None, seed: int) -> torch.Tensor:

@@ -58,7 +58,8 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
                _num(r.get("seconds_per_sample"), 1e3), _num(r.get("seconds_per_nfe"), 1e6),
                _num(r.get("seconds_per_step"), 1e6), *([_num(r.get("peak_memory_mb"), 1, 4)] if cuda else [])]
         rows.append(row)
-    labels = "labels" if report["labels"] == "data" else "a float64 reference solve"
+    labels = ("labels" if report["labels"] == "data" else
+              f"a {report.get('reference_dtype') or 'float64'} reference solve ({report['labels'].split(':', 1)[1]})")
     ui.table(f"dise profile: {report['n_samples']} samples, t = {short_grid(report['t_span'])}, judged against {labels}",
              columns, rows)
     orc = report["oracle"]

@@ -150,6 +150,7 @@ def summarize(profile: Profile, timing: Timing | None = None, beta: float | None
         "baseline": profile.candidates[base],
         "notes": json.loads(profile.meta.get("notes") or "[]"),
         "labels": profile.meta.get("labels", "data"),
+        "reference_dtype": profile.meta.get("reference_dtype") or None,     # None: judged against labels
         "candidates": rows,
         "oracle": orc,
         "best_single": {"candidate": best["candidate"], "accuracy": best["accuracy"], "nfe_mean": best["nfe"]["mean"],

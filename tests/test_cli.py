@@ -19,8 +19,8 @@ TESTS = str(Path(__file__).resolve().parent)
 REPO = Path(TESTS).parent
 runner = CliRunner()
 
-PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "notes", "labels", "candidates", "oracle",
-                "best_single", "made_with", "world_size"}
+PROFILE_KEYS = {"schema_version", "task", "n_samples", "t_span", "baseline", "notes", "labels", "reference_dtype",
+                "candidates", "oracle", "best_single", "made_with", "world_size"}
 CANDIDATE_KEYS = {"candidate", "accuracy", "auc", "nfe", "status", "failed_samples", "agreement_with_baseline",
                   "seconds_per_sample", "seconds_per_nfe", "seconds_per_step", "peak_memory_mb"}
 
@@ -79,6 +79,21 @@ def test_profile_without_labels_uses_a_reference_solve(tiny):
     assert res.exit_code == 0, res.stderr
     report = json.loads(js.read_text())
     assert report["labels"].startswith("reference:dopri5") and report["candidates"][2]["accuracy"] == 1.0
+    assert report["reference_dtype"] == "float64" and "a float64 reference solve (dopri5" in res.stdout
+
+
+def test_a_closure_f_is_judged_against_a_reference_in_its_own_dtype_and_says_so(tmp_path):
+    """A sampler whose f is a lambda cannot be copied to float64: the reference runs in float32, and the
+    table said "float64" all the same."""
+    import families
+    model = families.build_fm_sampler()
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(16)}, str(tmp_path / "d.safetensors"))
+    res = invoke("profile", tmp_path / "m.pt", "--arch", "families:build_fm_sampler", "--code-path", TESTS, "--data",
+                 tmp_path / "d.safetensors", "--out", tmp_path / "p.safetensors", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["reference_dtype"] == "float32"
+    assert "a float32 reference solve" in res.stdout
 
 
 def test_profile_regression_with_trajectory_targets(tmp_path):
