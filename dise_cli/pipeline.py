@@ -182,6 +182,9 @@ def probe_rows(x: torch.Tensor, n: int = FIDELITY_SAMPLES, scan: int = 4096) -> 
     return head[rows] if len(rows) else head[:n]
 
 
+MANY_INTERVALS = 8      # a grid of more intervals than this makes fixed-step defaults costly: said so
+
+
 def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
     """``text`` parsed (the baseline: the model's own solver if listed, else the first adaptive
     candidate, else the last), or by default Euler and RK4 with one step and the model's own solver."""
@@ -198,6 +201,15 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
                              f"name the integrators to compare, e.g. --candidates "
                              f"'{CHEAP_CANDIDATES},dopri5:rtol={_num(model.own.rtol)},atol={_num(model.own.atol)}'")
         text = DEFAULT_CANDIDATES if own is None else f"{CHEAP_CANDIDATES},{own.integrator.spec}"
+        intervals = len(model.t_span) - 1
+        if intervals >= MANY_INTERVALS:
+            # SiT's sample_ode solves on linspace(0, 1, 50) and keeps the last point: a step per interval
+            # is the least a fixed-step candidate costs, so the cheap defaults are not cheap
+            span = float(model.t_span[-1] - model.t_span[0])
+            notes.append(f"the model's grid has {intervals + 1} points, and fixed-step candidates step every "
+                         f"interval ({intervals} NFE at least); for fewer, name step_size candidates, e.g. "
+                         f"--candidates 'euler:step_size={abs(span) / 4:g},rk4:step_size={abs(span) / 2:g},"
+                         f"{own.integrator.spec if own is not None else 'dopri5:rtol=1e-3,atol=1e-3'}'")
     integrators = _unique(parse_candidates(text))
     specs = [c.spec for c in integrators]
     if own is not None and own.integrator is not None and own.integrator.spec in specs:

@@ -251,3 +251,17 @@ def test_a_branch_on_the_first_rows_time_is_not_given_a_time_per_row():
         out = ode.forward_with(x, lambda p: Dopri5(rtol=1e-7, atol=1e-7).solve(p.field, p.h0, p.t).ys)
         alone = torch.cat([model(x[i:i + 1]) for i in range(len(x))])
     torch.testing.assert_close(out, alone, rtol=0, atol=1e-10)
+
+
+def test_a_many_point_grid_says_how_to_name_cheap_candidates():
+    """SiT's sample_ode solves on linspace(0, 1, 50) and keeps the last point: Euler with a step per
+    interval already costs 49 NFE, so the cheap defaults are not cheap; the notes say what to name."""
+    from dise_cli.pipeline import choose_candidates
+    from dise_cli.reading import read_model
+    model = families.build_fm_sampler()
+    model.t = torch.linspace(0, 1, 50)
+    chosen = choose_candidates(read_model(model, families.make_noise(8)), None)
+    assert chosen.integrators[0].spec == "euler:steps=1"
+    assert any("49 NFE at least" in n and "euler:step_size=0.25" in n for n in chosen.notes)
+    assert not any("step_size candidates" in n for n in
+                   choose_candidates(read_model(families.build_fm_sampler(), families.make_noise(8)), None).notes)
