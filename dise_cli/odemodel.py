@@ -112,6 +112,17 @@ class OdeModel:
         self.output_key: str | None = None   # which of several outputs dise judges (see pick_output)
         self.output_note: str | None = None  # how it chose one where the forward returns several
         self._call_grid: torch.Tensor | None = None   # the grid one call was given (see _grid_argument)
+        self.grid_sizes: set[int] = set()    # the routed solve's grid lengths seen, where it changes by batch
+
+    @property
+    def grid_note(self) -> str | None:
+        """Said where the routed solve's grid changed from batch to batch (a model that solves on the union
+        of its batch's times): then every sample's NFE and outputs depend on the samples beside it."""
+        if len(self.grid_sizes) < 2:
+            return None
+        return (f"the model's solve takes another time grid for another batch ({min(self.grid_sizes)} to "
+                f"{max(self.grid_sizes)} points seen; the union of the batch's times?): a sample's NFE and output "
+                f"depend on the samples it is batched with, so the figures hold for this --batch-size")
 
     @property
     def h0_shape(self) -> tuple[int, ...]:
@@ -326,6 +337,8 @@ class TracedModel(OdeModel):
             raise InputError(f"the model's solve got a state of shape {layout.describe()} where the probe saw "
                              f"{self.layout.describe()}; dise reads one state structure per model")
         h0 = pack_call(self.layout, self.field.context, call)
+        if len(call.t) != len(self.t_span) or self.grid_sizes:
+            self.grid_sizes.update((len(call.t), len(self.t_span)))
         return Problem(field=self.field.with_func(call.func), h0=h0,
                        t=call.t.detach().to(h0.device, torch.float64), call=call)
 

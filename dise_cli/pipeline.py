@@ -99,7 +99,8 @@ class Opened:
     @property
     def notes(self) -> list[str]:
         """What a person should know about how dise read the file, the model and the data."""
-        return [n for n in (self.loaded.note, *self.candidates.notes, self.model.output_note, self.data_note) if n]
+        return [n for n in (self.loaded.note, *self.candidates.notes, self.model.output_note, self.data_note,
+                            self.model.grid_note) if n]
 
 
 def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = True) -> Opened:

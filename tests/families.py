@@ -1364,6 +1364,28 @@ def build_guidance_interval_sampler() -> GuidanceIntervalSampler:
     return GuidanceIntervalSampler().eval()
 
 
+class UnionTimesRegressor(nn.Module):
+    """Irregular series' end times as latent-ODE codes batch them: one solve on the union of the batch's
+    times (``torch.unique(t, return_inverse=True)``), each sample's state gathered at its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(2, 4)
+        self.func = MLPODEFunc(4, 16)
+        self.dec = nn.Linear(4, 2)
+
+    def forward(self, x, t):
+        t_union, inv = torch.unique(t, sorted=True, return_inverse=True)
+        grid = torch.cat([torch.zeros(1, dtype=t.dtype), t_union])
+        zs = odeint(self.func, self.enc(x), grid, rtol=1e-4, atol=1e-4)
+        return self.dec(zs[inv + 1, torch.arange(x.shape[0])])
+
+
+def build_union_times_regressor() -> UnionTimesRegressor:
+    torch.manual_seed(0)
+    return UnionTimesRegressor().eval()
+
+
 def build_sit_style_sampler_f64() -> SiTStyleSampler:
     return build_sit_style_sampler().double()
 
