@@ -265,3 +265,16 @@ def test_a_many_point_grid_says_how_to_name_cheap_candidates():
     assert any("49 NFE at least" in n and "euler:step_size=0.25" in n for n in chosen.notes)
     assert not any("step_size candidates" in n for n in
                    choose_candidates(read_model(families.build_fm_sampler(), families.make_noise(8)), None).notes)
+
+
+def test_a_field_singular_at_the_grids_end_keeps_a_time_per_row():
+    """A velocity with ``(1 - t) / (1 - t)`` in it is NaN at t = 1, the grid's end: the time-mode probe,
+    which puts the grid's ends among its rows, then probes inside the grid, and f keeps its fast time
+    per row (it fell to one call per distinct time, about 100 times slower)."""
+    from dise_cli.integrators import TimeMode, VectorField
+
+    def f(t, x):
+        s = 1 - t.reshape(-1, 1)
+        return (torch.tanh(x) - x) * s / s
+    field = VectorField.detect(f, families.make_noise(4), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert field.mode in (TimeMode.BROADCAST, TimeMode.VECTOR)

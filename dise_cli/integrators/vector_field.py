@@ -240,6 +240,10 @@ def detect_time_mode(field: VectorField, h: torch.Tensor, t_span: torch.Tensor) 
     # (LightningDiT's ``t[0]``) gives the others another answer than alone
     times = torch.linspace(t0, t1, n, dtype=rows.dtype, device=rows.device)
     expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
+    if not bool(torch.isfinite(expected).all()):
+        # f singular at an end (a velocity (x1 - x) / (1 - t) at t = 1): times inside the grid instead
+        times = torch.linspace(t0, t1, n + 2, dtype=rows.dtype, device=rows.device)[1:-1]
+        expected = torch.cat([field(times[i], rows[i:i + 1]) for i in range(n)])
     modes = (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.VMAP) if scalar else (field.mode,)
     for mode in modes:
         trial = VectorField(field.func, mode, field.layout, 1.0, field.order, scalar, field.context)
