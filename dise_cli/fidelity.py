@@ -73,6 +73,14 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b)[fa].abs().max()) if bool(fa.any()) else 0.0
 
 
+def output_scale(out) -> float:
+    """1 + the largest finite |output|: what round-off allowances (``FLOOR``) are fractions of."""
+    if not isinstance(out, torch.Tensor):
+        return 1.0
+    finite = out.detach()[torch.isfinite(out.detach())]
+    return 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
+
+
 @torch.no_grad()
 def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> bool | None:
     """f gives each sample of a batch what it gives the sample alone, at the solve's first time.
@@ -138,11 +146,9 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     tolerance = MARGIN * max_abs(dise_out, _seeded(lambda: reproduce(loose), seed, device)) if loose else 0.0
     closest = 0.0 if exact else CLOSEST_SHARE * max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
                                                                            seed, device))
-    finite = model_out[torch.isfinite(model_out)] if isinstance(model_out, torch.Tensor) else torch.zeros(1)
     # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
     coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
-    scale = 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
-    floor = max([FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * scale
+    floor = max([FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * output_scale(model_out)
     difference = float("inf") if failed else max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dise_cli.fidelity import max_abs
+from dise_cli.fidelity import FLOOR, max_abs, output_scale
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
@@ -24,7 +24,6 @@ from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
 
 LOOP_METHODS = (Euler, Midpoint, Heun2, Heun3, RK4, RK4Classic)
-ROUND_OFF = 1e-4        # of the outputs' scale: what a reproduction of the very same steps may differ by
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,6 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0) -> LoopFindi
     intervals = len(ode.t_span) - 1
     with torch.no_grad(), seeded(seed, x.device):
         model_out = ode.run(x)
-    finite = model_out.detach()[torch.isfinite(model_out.detach())]
-    scale = 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
     tried = []
     for cls in LOOP_METHODS:
         stages = cls.tableau.stages
@@ -78,7 +75,8 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0) -> LoopFindi
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
-    return LoopFinding(tuple(first), best, difference, difference <= ROUND_OFF * scale)
+    # the very same steps: the fidelity check's round-off allowance for a fixed grid
+    return LoopFinding(tuple(first), best, difference, difference <= FLOOR * output_scale(model_out))
 
 
 def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> list[float] | None:

@@ -1269,12 +1269,13 @@ class DiTStyleNet(nn.Module):
 class SiTStyleSampler(nn.Module):
     """SiT's sample.py (flow matching on torchdiffeq): ``z = cat([z, z])``, ``y = cat([y, y_null])``,
     ``odeint`` of ``forward_with_cfg`` with ``t = ones(x.size(0)) * t``, then ``samples.chunk(2)[0]``:
-    a state of 2N rows for N inputs, and labels of 2N rows that f reads."""
+    a state of 2N rows for N inputs, and labels of 2N rows that f reads. ``input_dim``: the latent's
+    elements (the net sees it flat); ``atol``/``rtol`` as SiT's sampler passes them (it passes lists)."""
 
-    def __init__(self):
+    def __init__(self, input_dim: int = 2, cfg_scale: float = 4.0, atol=1e-6, rtol=1e-6):
         super().__init__()
-        self.net = DiTStyleNet()
-        self.cfg_scale = 4.0
+        self.net = DiTStyleNet(input_dim=input_dim)
+        self.cfg_scale, self.atol, self.rtol = cfg_scale, atol, rtol
 
     def forward(self, z, y):
         n = z.shape[0]
@@ -1283,8 +1284,9 @@ class SiTStyleSampler(nn.Module):
 
         def _fn(t, x):
             t = torch.ones(x.size(0)).to(x) * t
-            return self.net.forward_with_cfg(x, t, y, self.cfg_scale)
-        samples = odeint(_fn, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=1e-6, rtol=1e-6)[-1]
+            flat = self.net.forward_with_cfg(x.reshape(len(x), -1), t, y, self.cfg_scale)
+            return flat.reshape(x.shape)
+        samples = odeint(_fn, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=self.atol, rtol=self.rtol)[-1]
         samples, _ = samples.chunk(2, dim=0)
         return samples
 
@@ -1312,31 +1314,11 @@ def build_doubled_labels_sampler() -> DoubledLabelsSampler:
     return DoubledLabelsSampler().eval()
 
 
-class LatentSiTSampler(nn.Module):
-    """SiT's ``sample_ode`` on 4-channel latents ``[N, 4, 2, 2]`` (an SD-VAE's channels), CFG by batch
-    doubling, and the tolerances as SiT passes them, one-element lists (``atol=[atol]``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = DiTStyleNet(input_dim=16)
-        self.cfg_scale = 3.0
-
-    def forward(self, z, y):
-        n = z.shape[0]
-        z = torch.cat([z, z], 0)
-        y = torch.cat([y, torch.full((n,), self.net.num_classes, dtype=y.dtype)], 0)
-
-        def _fn(t, x):
-            t = torch.ones(x.size(0)).to(x) * t
-            flat = self.net.forward_with_cfg(x.reshape(len(x), -1), t, y, self.cfg_scale)
-            return flat.reshape(x.shape)
-        samples = odeint(_fn, z, torch.tensor([0.0, 1.0]), method="dopri5", atol=[1e-6], rtol=[1e-3])[-1]
-        return samples.chunk(2, dim=0)[0]
-
-
-def build_latent_sit_sampler() -> LatentSiTSampler:
+def build_latent_sit_sampler() -> SiTStyleSampler:
+    """SiT on 4-channel latents ``[N, 4, 2, 2]`` (an SD-VAE's channels), the tolerances as SiT passes
+    them, one-element lists (``atol=[atol]``)."""
     torch.manual_seed(0)
-    return LatentSiTSampler().eval()
+    return SiTStyleSampler(input_dim=16, cfg_scale=3.0, atol=[1e-6], rtol=[1e-3]).eval()
 
 
 class GuidanceIntervalSampler(nn.Module):

@@ -102,31 +102,32 @@ class VectorField:
             out = out.to(h.dtype)
         return out
 
-    def _time_shape(self, h: torch.Tensor) -> list[int]:
-        """The shape a broadcast time takes: the state's rank (its first component's for a tuple), the
-        samples where the state keeps them, ones elsewhere."""
+    def _row_times(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``[N]`` times as f takes one per row of the state it sees: repeated for a state in blocks
+        (classifier-free guidance by batch doubling: each sample's rows in blocks of N), and shaped to
+        broadcast (BROADCAST: the state's rank, its first component's for a tuple; the samples where
+        the state keeps them, ones elsewhere)."""
         layout = self.layout
-        rank = 1 + len(layout.shapes[0]) if layout is not None and layout.is_tuple else h.ndim
+        blocks = layout.blocks if layout is not None else 1
+        if blocks > 1:
+            t = t.repeat(blocks)
+        if self.mode is not TimeMode.BROADCAST:
+            return t
+        if blocks > 1:
+            rank, axis = len(layout.shapes[0]), 0       # f's state [b N, ...]
+        else:
+            rank = 1 + len(layout.shapes[0]) if layout is not None and layout.is_tuple else h.ndim
+            axis = layout.batch_axis if layout is not None else 0
         shape = [1] * rank
-        shape[layout.batch_axis if layout is not None else 0] = -1
-        return shape
+        shape[axis] = -1
+        return t.view(shape)
 
     def _at_times(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode is TimeMode.AUTONOMOUS:
             return self._eval(t[0], h)
-        blocks = self.layout.blocks if self.layout is not None else 1
-        if blocks > 1 and mode in (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.ROWS):
-            # f sees each sample's rows in blocks of N (classifier-free guidance by batch doubling): a time
-            # for every row it sees
-            rows = t.repeat(blocks)
-            if mode is TimeMode.BROADCAST:
-                rows = rows.view(-1, *([1] * (len(self.layout.shapes[0]) - 1)))
-            return self._eval(rows, h)
-        if mode is TimeMode.BROADCAST:
-            return self._eval(t.view(self._time_shape(h)), h)
-        if mode is TimeMode.VECTOR or mode is TimeMode.ROWS:
-            return self._eval(t, h)
+        if mode in (TimeMode.BROADCAST, TimeMode.VECTOR, TimeMode.ROWS):
+            return self._eval(self._row_times(t, h), h)
         if mode is TimeMode.VMAP:
             if t.shape[0] == 1:                # one row: f as the model calls it, not vmap's other kernels
                 return self._eval(t[0], h)
