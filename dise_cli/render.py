@@ -18,6 +18,14 @@ _DRAWS = {"same": " (the model is random; compared with the same draws)",
           "spread": " and the model's own spread over seeds (its random draws are not dise's to repeat)"}
 
 
+def _alone_text(fid: dict) -> str:
+    """The fidelity check's comparison of samples solved one at a time, where it ran."""
+    if fid.get("alone_allowed") is None:
+        return ""
+    return (f"; solved one at a time, {fid['alone_difference']:.3g} where round-off and the solve's own error "
+            f"allow {fid['alone_allowed']:.3g}")
+
+
 def _pct(v: float | None) -> str:
     return "" if v is None else f"{100 * v:.2f}%"
 
@@ -191,7 +199,7 @@ def render_inspect(ui: Output, info: dict) -> None:
         verdict = "passed" if fid["passed"] else "FAILED"
         rows.append(("fidelity", f"{verdict}: the model's own outputs and dise's differ by {fid['difference']:.3g} "
                                  f"on {fid['samples']} samples; its tolerance explains {fid['allowed']:.3g}"
-                                 + _DRAWS.get(fid.get("draws", "none"), "")))
+                                 + _DRAWS.get(fid.get("draws", "none"), "") + _alone_text(fid)))
     export = info["export"]
     rows.append(("export", export["note"] or "torch.export programs where they export, else the --arch factory"))
     rows += [
@@ -370,3 +378,4 @@ def render_finetune(ui: Output, result, settings) -> dict:
         report[PROVENANCE_KEY] = result.made_with
     ui.json(report)
     return report
+

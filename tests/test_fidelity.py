@@ -16,7 +16,7 @@ import families
 import tiny_models
 from dise_cli.cli import app
 from dise_cli.errors import InputError
-from dise_cli.fidelity import check_fidelity
+from dise_cli.fidelity import check_fidelity, fidelity_error
 from dise_cli.integrators import Dopri5
 from dise_cli.odeblock import read_by_attributes
 from dise_cli.reading import read_model
@@ -63,6 +63,47 @@ def test_the_check_accepts_a_batch_coupled_solve_within_its_tolerance():
     with torch.no_grad():
         check = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-2, atol=1e-2))
     assert check.passed and check.difference > 1e-5 and check.tolerance_part > check.difference
+
+
+class LateEnd(nn.Module):
+    """A solve to 1.02 at a loose tolerance: read as ending at 1, it is within what the batch's
+    allowance explains, but a sample solved alone shows the misreading."""
+
+    def __init__(self, end: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.func = tiny_models.MLPFunc(2)
+        self.t = torch.tensor([0.0, end])
+
+    def forward(self, x):
+        return odeint(self.func, x, self.t, rtol=1e-2, atol=1e-2)[-1]
+
+
+def test_a_misreading_within_the_batchs_allowance_is_caught_one_sample_at_a_time():
+    model = LateEnd(1.02).eval()
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        misread = read_by_attributes(model, x, torch.tensor([0.0, 1.0]), None, None, "model", (x,))
+        check = check_fidelity(misread, x, Dopri5(rtol=1e-2, atol=1e-2))
+        right = check_fidelity(read_model(model, x), x, Dopri5(rtol=1e-2, atol=1e-2))
+    assert check.difference <= check.allowed          # the batch's comparison alone would pass it
+    assert not check.passed and check.alone_difference > check.alone_allowed
+    message = str(fidelity_error(check, misread, "late.pt", "give --t-span"))
+    assert "one sample at a time" in message and "late.pt" in message and "\n" not in message
+    # dise's copy of the solver takes the model's steps on a sample alone: the difference is round-off
+    assert right.passed and right.alone_difference <= 1e-6 < right.alone_allowed
+
+
+def test_a_model_that_squeezes_its_batch_is_compared_in_the_batch_only():
+    """On one sample ``squeeze()`` drops the batch axis: the outputs cannot be set side by side."""
+    class Squeezed(LateEnd):
+        def forward(self, x):
+            return super().forward(x).sum(-1).squeeze()
+
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        check = check_fidelity(read_model(Squeezed(1.0).eval(), x), x, Dopri5(rtol=1e-2, atol=1e-2))
+    assert check.passed and check.alone_allowed is None
 
 
 def test_a_random_encoder_is_compared_with_the_same_draws():
