@@ -21,11 +21,11 @@ argument order) changes the outputs by far more.
 
 The batch's allowance is generous (about thirty times a solve's own error), so a small misreading (an
 end time of 1.03 read as 1, a guidance branch given the wrong time) could hide in it. A sample solved
-alone takes the same steps in the model's solver and in dise's copy of it, so where dise copies the
-solver exactly and the model repeats itself, ``ALONE_SAMPLES`` samples are also run one at a time and
-held to round-off, or to ``MARGIN`` times the solve's own error at its tolerance (its difference from
-the same method at a tenth of it), which covers a step accepted on one side of round-off and rejected
-on the other.
+alone takes the same steps in the model's solver and in dise's copy of it, so where dise saw the
+model's solver and copies it exactly, and the model repeats itself, ``ALONE_SAMPLES`` samples are also
+run one at a time and held to round-off, or to ``MARGIN`` times the solve's own error at its tolerance
+(its difference from the same method at a tenth of it), which covers a step accepted on one side of
+round-off and rejected on the other.
 """
 from __future__ import annotations
 
@@ -179,7 +179,9 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     parts = [v if v != float("inf") else 0.0 for v in (tolerance, spread, closest)]
     allowed = max(*parts, floor)
     alone = None
-    if loose is not None and exact and draws != "spread" and len(x) > 1 and difference <= allowed:
+    # only a solver dise saw and copies exactly takes the model's steps (a guessed one is judged in the batch)
+    if loose is not None and exact and ode.own is not None and draws != "spread" and len(x) > 1 \
+            and difference <= allowed:
         alone = _compare_alone(ode, x, model_out, baseline, reproduce, floor, seed)
     alone_difference, alone_allowed = alone or (None, None)
     return Fidelity(samples=len(x), baseline=baseline.spec, difference=difference, allowed=allowed,
