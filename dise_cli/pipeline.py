@@ -192,7 +192,8 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
     own = None if model.own is None else emulate(
         model.own.library, model.own.method,
         model.own.rtol if model.own.sample_rtol is None else model.own.sample_rtol,
-        model.own.atol if model.own.sample_atol is None else model.own.sample_atol, model.own.options)
+        model.own.atol if model.own.sample_atol is None else model.own.sample_atol, model.own.options,
+        decreasing=bool(model.t_span[0] > model.t_span[-1]))
     notes = [model.own.note] if model.own is not None and model.own.note else []
     if own is not None and own.note:
         notes.append(f"the model's own solver is {model.own.library}'s {own.method}: {own.note}")

@@ -28,6 +28,10 @@ TESTS = str(Path(__file__).resolve().parent)
     ("torchdiffeq", "dopri8", {"max_num_steps": 50}, "dopri8:rtol=1e-07,atol=1e-09,max_steps=50", True),
     ("torchdiffeq", "adaptive_heun", {}, "adaptive_heun:rtol=1e-07,atol=1e-09", True),
     ("torchdiffeq", "fehlberg2", {}, "fehlberg2:rtol=1e-07,atol=1e-09", True),
+    ("torchdiffeq", "dopri5", {"step_t": torch.tensor([0.5, 0.25]), "jump_t": [0.75]},
+     "dopri5:rtol=1e-07,atol=1e-09,step_t=0.25/0.5,jump_t=0.75", True),
+    ("torchdiffeq", "dopri8", {"jump_t": torch.tensor([0.5, 0.5])}, "dopri8:rtol=1e-07,atol=1e-09", False),
+    ("torchdiffeq", "rk4", {"step_size": 0.1, "jump_t": torch.tensor([0.5])}, "rk4:step_size=0.1", True),
     ("torchdiffeq", "rk4", {"step_size": 0.1}, "rk4:step_size=0.1", True),
     ("torchdiffeq", "euler", {}, "euler:steps=1", True),
     ("torchdiffeq", "midpoint", {"step_size": 0.05, "perturb": True}, "midpoint:step_size=0.05", False),
@@ -121,11 +125,14 @@ def test_tolerances_dise_cannot_run_per_sample_take_the_smallest(tmp_path):
     ("build_per_component_tolerances", "dopri5:rtol=1e-05fx4/1e+20f,atol=1e-05fx4/1e+20f"),
     ("build_tolerance_per_element", "dopri5:rtol=1e-05,atol=1e-07fx2/0.001fx2"),
     ("build_third_steps", "rk4:step_size=0.3333333333333333"),
+    ("build_jump_at_half", "dopri5:rtol=1e-05,atol=1e-05,step_t=0.25,jump_t=0.5"),
+    ("build_jump_at_half_backwards", "dopri5:rtol=1e-05,atol=1e-05,step_t=0.25,jump_t=0.5"),
 ])
 def test_the_models_own_tolerances_and_steps_are_run_exactly(tmp_path, build, baseline):
     """Tolerances per tuple component (FFJORD's 1e20 for its regularisation states), a tolerance tensor
-    over the state's elements and a step of 1/3 are the model's own solver exactly: the baseline takes,
-    sample by sample, the NFE torchdiffeq takes for that sample alone (through the profile file's text)."""
+    over the state's elements, a step of 1/3, and step_t and jump_t times (forwards, and backwards on a
+    tuple state) are the model's own solver exactly: the baseline takes, sample by sample, the NFE
+    torchdiffeq takes for that sample alone (through the profile file's text)."""
     from dise_cli.profiles import read_profile
     args = _files(tmp_path, build)
     res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])

@@ -307,6 +307,42 @@ def build_third_steps() -> nn.Module:
     return SolverChoice("rk4", step_size=1 / 3)
 
 
+class SwitchedFunc(MLPFunc):
+    """MLPFunc whose sign flips at t = 0.5: discontinuous in time, what torchdiffeq's jump_t is for."""
+
+    def forward(self, t, h):
+        return torch.where(t < 0.5, 1.0, -1.5).to(h.dtype) * super().forward(t, h)
+
+
+class JumpAtHalf(SolverChoice):
+    """dopri5 told where f jumps (``options=dict(jump_t=...)``), with a step_t time too; ``backwards``:
+    a tuple state solved from t = 1 to 0."""
+
+    def __init__(self, backwards: bool = False):
+        super().__init__("dopri5", float64=True, jump_t=torch.tensor([0.5]), step_t=torch.tensor([0.25]))
+        self.func = SwitchedFunc(4).to(torch.float64)
+        self.backwards = backwards
+
+    def forward(self, x):
+        h = self.encode(x)
+        if not self.backwards:
+            return super().forward(x)
+
+        def f(t, s):
+            return self.func(t, s[0]), -s[1]
+        zs = odeint(f, (h, torch.ones(len(h), 1, dtype=h.dtype)), torch.tensor([1.0, 0.0]), rtol=1e-5, atol=1e-5,
+                    options=self.options)
+        return self.head(zs[0][-1].float())
+
+
+def build_jump_at_half() -> nn.Module:
+    return JumpAtHalf()
+
+
+def build_jump_at_half_backwards() -> nn.Module:
+    return JumpAtHalf(backwards=True)
+
+
 class IrregularLatentODE(nn.Module):
     """A latent ODE classifier for irregularly sampled series in a few units, shaped like Rubanova et
     al.'s: x [N, T, 2C + 1] packs values, an observation mask and the time stamp per step; a GRU reads

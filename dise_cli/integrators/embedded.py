@@ -10,18 +10,21 @@ spends fewer syncs and evaluates finished rows, masked, until the next compactio
 torchdiffeq controller, initial step selection, norm, step-size control, mixed precision (times in
 float64, stages in the state's dtype) and dense output copy torchdiffeq 0.2.5 operation for
 operation, down to its rounding (``rounding``), so a sample solved here gives what it gives alone
-in torchdiffeq (bit for bit for dopri5, tested), whichever samples share its batch.
+in torchdiffeq (bit for bit for dopri5, tested), whichever samples share its batch. torchdiffeq's
+``step_t`` and ``jump_t`` options (times a step must stop at; ``marks``) are kept per sample too.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field as dc_field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from dise_cli.integrators.base import Integrator, Solution, Status, StepErrors
 from dise_cli.integrators.control import CONTROLS, SAFETY, StepControl
+from dise_cli.integrators.marks import (advance_pointer, first_pointer, just_after, mark_tensor, mark_times,
+                                        marks_text, stop_at_mark)
 from dise_cli.integrators.rounding import combine, per_row
 from dise_cli.integrators.tableaus import EmbeddedTableau
 from dise_cli.integrators.tolerances import (PerElement, Tolerance, number_text, positive, scaled, tolerance_tensor,
@@ -54,7 +57,8 @@ class _Results:
 
 class EmbeddedRK(Integrator):
     """An adaptive embedded Runge-Kutta method. NFE = 2 (the first stage and the initial step
-    selection; 1 with ``first_step``) + the tableau's evaluations per attempted step."""
+    selection; 1 with ``first_step``) + the tableau's evaluations per attempted step + 1 per
+    accepted step onto a ``jump_t`` time (f again just after it)."""
 
     adaptive = True
     tableau: ClassVar[EmbeddedTableau]
@@ -62,7 +66,8 @@ class EmbeddedRK(Integrator):
     compact_every: int = 1        # steps between compactions of the active set (results do not depend on it)
 
     def __init__(self, rtol: Tolerance = 1e-3, atol: Tolerance = 1e-3, max_steps: int = DEFAULT_MAX_STEPS,
-                 first_step: float | None = None, control: str | None = None):
+                 first_step: float | None = None, control: str | None = None, step_t: Any = None,
+                 jump_t: Any = None):
         if not positive(rtol) or not positive(atol):
             raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
         if max_steps < 1:
@@ -78,6 +83,14 @@ class EmbeddedRK(Integrator):
         self.max_steps = int(max_steps)
         self.first_step = None if first_step is None else float(first_step)   # as torchdiffeq's option
         self.control: StepControl = CONTROLS[control]
+        # times in the model's time that steps stop at (torchdiffeq's options; ``marks``), sorted
+        self.step_t = mark_times(step_t, "step_t")
+        self.jump_t = mark_times(jump_t, "jump_t")
+        shared = sorted(set(self.step_t) & set(self.jump_t))
+        if shared:
+            raise ValueError(f"step_t and jump_t must not share a time, got {', '.join(map(number_text, shared))}")
+        if (self.step_t or self.jump_t) and self.control.lands_on_outputs:
+            raise ValueError("step_t and jump_t are torchdiffeq's options: they need control=torchdiffeq")
 
     @property
     def spec(self) -> str:
@@ -86,13 +99,18 @@ class EmbeddedRK(Integrator):
             spec += f",max_steps={self.max_steps}"
         if self.first_step is not None:
             spec += f",first_step={number_text(self.first_step)}"
+        if self.step_t:
+            spec += f",step_t={marks_text(self.step_t)}"
+        if self.jump_t:
+            spec += f",jump_t={marks_text(self.jump_t)}"
         if self.control.name != self.default_control:
             spec += f",control={self.control.name}"
         return spec
 
     def loosened(self, factor: float = 10.0) -> "EmbeddedRK":
         return type(self)(rtol=scaled(self.rtol, factor), atol=scaled(self.atol, factor), max_steps=self.max_steps,
-                          first_step=self.first_step, control=self.control.name)
+                          first_step=self.first_step, control=self.control.name, step_t=self.step_t,
+                          jump_t=self.jump_t)
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
                f0: torch.Tensor | None) -> Solution:
@@ -110,6 +128,9 @@ class EmbeddedRK(Integrator):
         rtol = tolerance_tensor(self.rtol, h0, context, f"{self.spec}: rtol")
         atol = tolerance_tensor(self.atol, h0, context, f"{self.spec}: atol")
         safety = torch.tensor(SAFETY, dtype=torch.float64, device=device)
+        # the stops in the solver's time (a backward solve's field has sign -1: its time is -t)
+        step_marks = mark_tensor(self.step_t, field.sign, device)
+        jump_marks = mark_tensor(self.jump_t, field.sign, device)
 
         res = _Results(nfe=torch.zeros(n, dtype=torch.int64, device=device),
                        status=torch.zeros(n, dtype=torch.uint8, device=device),
@@ -132,18 +153,24 @@ class EmbeddedRK(Integrator):
             "accepted": torch.zeros(n, dtype=torch.int64, device=device),
             "live": torch.ones(n, dtype=torch.bool, device=device),  # not finished: a finished row is frozen
             "code": torch.zeros(n, dtype=torch.uint8, device=device),  # its status, once finished
+            "jumps": torch.zeros(n, dtype=torch.int64, device=device),  # accepted steps onto a jump_t time
+            # each row's next step_t and jump_t time (an index into the marks)
+            **({"step_ptr": first_pointer(step_marks, t0)} if step_marks is not None else {}),
+            **({"jump_ptr": first_pointer(jump_marks, t0)} if jump_marks is not None else {}),
         }
         n_fixed = 2 if self.first_step is None else 1
 
         def planned(rows: dict):
-            """This step's size and end for every row, torchdyn's landing on outputs included."""
+            """This step's size and end for every row: torchdyn's landing on outputs (whether a step was
+            cut, and what was left), or torchdiffeq's stops at step_t and jump_t times (which rows stop
+            at one of each)."""
             if control.lands_on_outputs:
-                return _land(rows, t, rows["dt"], n_t)
-            return rows["dt"], rows["t_now"] + rows["dt"], None, None
+                return (*_land(rows, t, rows["dt"], n_t), None, None)
+            return _stop_at_marks(rows, step_marks, jump_marks)
 
         for iteration in itertools.count():
             t_now = rows["t_now"]
-            dt, t_next, cut, rest = planned(rows)
+            dt, t_next, cut, rest, on_step, on_jump = planned(rows)
             forward = t_next > t_now                                  # False for a NaN dt too
             cannot = (rows["attempts"] >= self.max_steps) | ~forward
             code = torch.where(forward, int(Status.MAX_STEPS), int(Status.UNDERFLOW))
@@ -160,7 +187,7 @@ class EmbeddedRK(Integrator):
                     if control.lands_on_outputs:      # the plan of the rows kept (cheaper than landing again)
                         dt, t_next, cut, rest = (v.index_select(0, keep) for v in (dt, t_next, cut, rest))
                     else:
-                        dt, t_next, cut, rest = planned(rows)
+                        dt, t_next, cut, rest, on_step, on_jump = planned(rows)
             live = rows["live"]
             y, f = rows["y"], rows["f"]
 
@@ -190,14 +217,23 @@ class EmbeddedRK(Integrator):
                 self._record(res, rows, accept, ratio, dt, dty, k, grid_end=_grid(rows, t)[..., -1], t_now=t_now)
             rows["attempts"] = rows["attempts"] + live.long()
             rows["accepted"] = rows["accepted"] + accept.long()
+            any_jump = False
             if control.lands_on_outputs:
                 all_accepted = bool(accept.all())
                 _emit_landed(res, rows, t, accept, t_next, y1, n_t)
             else:
+                if step_marks is not None:
+                    rows["step_ptr"] = advance_pointer(rows["step_ptr"], accept & on_step, len(step_marks))
+                jumped = accept & on_jump if jump_marks is not None else torch.zeros_like(accept)
+                if jump_marks is not None:
+                    rows["jump_ptr"] = advance_pointer(rows["jump_ptr"], jumped, len(jump_marks))
+                    rows["jumps"] = rows["jumps"] + jumped.long()
                 due = _due(rows, t, accept, t_next, n_t)
-                all_accepted, any_due = torch.stack([accept.all(), due.any()]).tolist()   # one sync for both
+                all_accepted, any_due, any_jump = torch.stack([accept.all(), due.any(), jumped.any()]).tolist()
                 if any_due:
                     _dense_output(res, rows, t, due, t_now, t_next, y, y1, k, dty, mid, tab.mid, n_t)
+            if any_jump:
+                f1 = _f_past_jumps(field, f1, jumped, t_next, y1)
 
             if all_accepted:
                 rows["y"], rows["f"] = y1, f1
@@ -229,7 +265,7 @@ class EmbeddedRK(Integrator):
         its counts are frozen; a live row's are written again at the next compaction)."""
         idx = rows["idx"]
         res.status[idx] = rows["code"]
-        res.nfe[idx] = n_fixed + self.tableau.evaluations * rows["attempts"]
+        res.nfe[idx] = n_fixed + self.tableau.evaluations * rows["attempts"] + rows["jumps"]
         res.n_steps[idx] = rows["accepted"]
 
     @staticmethod
@@ -254,6 +290,34 @@ def _finish(rows: dict, stopping: torch.Tensor, code: torch.Tensor) -> None:
     ending = rows["live"] & stopping
     rows["code"] = torch.where(ending, code.to(torch.uint8), rows["code"])
     rows["live"] = rows["live"] & ~stopping
+
+
+def _stop_at_marks(rows: dict, step_marks: torch.Tensor | None, jump_marks: torch.Tensor | None):
+    """torchdiffeq's step for every row, shortened to end on the row's next step_t time, then on its
+    next jump_t time, where it would pass them (``marks``; a jump_t stop overrides a step_t one).
+    Returns the step, its end, two Nones (no landing on outputs) and which rows stop at a step_t
+    time and at a jump_t time (None where there are no such times)."""
+    t_now, dt = rows["t_now"], rows["dt"]
+    t_next = t_now + dt
+    on_step = on_jump = None
+    if step_marks is not None:
+        dt, t_next, on_step = stop_at_mark(step_marks, rows["step_ptr"], t_now, dt, t_next)
+    if jump_marks is not None:
+        dt, t_next, on_jump = stop_at_mark(jump_marks, rows["jump_ptr"], t_now, dt, t_next)
+        if on_step is not None:
+            on_step = on_step & ~on_jump
+    return dt, t_next, None, None, on_step, on_jump
+
+
+def _f_past_jumps(field: VectorField, f1: torch.Tensor, jumped: torch.Tensor, t_next: torch.Tensor,
+                  y1: torch.Tensor) -> torch.Tensor:
+    """The rows' f at the end of their step, evaluated again just after the end where an accepted
+    step ended on a jump_t time (torchdiffeq's ``Perturb.NEXT``), so that the next step starts from
+    f on the far side of the discontinuity. The step's own stages (its dense output) keep the f
+    evaluated just before it."""
+    sel = torch.nonzero(jumped).flatten()
+    after = just_after(t_next.index_select(0, sel).to(y1.dtype))
+    return f1.index_copy(0, sel, field.at_times(after, y1.index_select(0, sel)))
 
 
 def _grid(rows: dict, t: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from dise_cli.integrators.adaptive import DEFAULT_MAX_STEPS, AdaptiveHeun, Bosh3, Dopri5, Dopri8, Fehlberg2, Tsit5
 from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.marks import KINDS
 from dise_cli.integrators.specs import parse_candidates
 from dise_cli.integrators.tolerances import PerElement, Tolerance
 
@@ -22,8 +23,9 @@ TORCHDYN_NAMES = {"Euler": "euler", "Midpoint": "midpoint", "RungeKutta4": "rk4"
                   "Tsitouras5": "tsit5", "AsynchronousLeapfrog": "alf", "ImplicitEuler": "ieuler",
                   "implicit_euler": "ieuler"}
 TORCHDYN_FIXED = {"euler": Euler, "midpoint": Midpoint, "rk4": RK4Classic}
-# torchdiffeq options dise honours; any other changes the solve in a way dise does not copy.
-HONOURED = {"first_step", "max_num_steps", "dtype", "step_size"}
+# torchdiffeq options dise honours; any other changes the solve in a way dise does not copy. (Its
+# fixed-grid solvers ignore the adaptive ones, step_t and jump_t among them, with a warning; so does dise.)
+HONOURED = {"first_step", "max_num_steps", "dtype", "step_size", "step_t", "jump_t"}
 
 
 @dataclass(frozen=True)
@@ -37,15 +39,17 @@ class Emulation:
     note: str = ""
 
 
-def emulate(library: str, method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
+def emulate(library: str, method: str, rtol: Any, atol: Any, options: dict, decreasing: bool = False) -> Emulation:
     """dise's integrator for a solve of ``library`` with these settings (library ``loop``: a hand-written
-    loop that ``dise_cli.loops`` identified; ``method`` is the spec of the fixed-step method it is)."""
+    loop that ``dise_cli.loops`` identified; ``method`` is the spec of the fixed-step method it is).
+    ``decreasing``: the solve's time runs backwards (it matters to torchdiffeq's ``step_t`` and ``jump_t``
+    given as lists, which it does not negate with the time)."""
     if library == "loop":
         integrator = parse_candidates(method)[0]
         return Emulation(method, integrator, True)
     if library == "torchdyn":
         return _torchdyn(TORCHDYN_NAMES.get(method, method), rtol, atol)
-    return _torchdiffeq(method, rtol, atol, options)
+    return _torchdiffeq(method, rtol, atol, options, decreasing)
 
 
 def _scalar(name: str, value: Any) -> tuple[float, str]:
@@ -68,7 +72,22 @@ def _tolerance(name: str, value: Any) -> tuple[Tolerance, str]:
     return _scalar(name, value)
 
 
-def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
+def _marks(options: dict, decreasing: bool) -> dict[str, Any]:
+    """torchdiffeq's ``step_t`` and ``jump_t`` as times in the model's time, where given. A backward
+    solve runs in time -t and torchdiffeq negates a tensor option with it, but not a list: a list's
+    times are then times of -t, so in the model's time they are the negated values."""
+    found = {}
+    for kind in KINDS:
+        value = options.get(kind)
+        if value is None:
+            continue
+        if decreasing and not isinstance(value, torch.Tensor):
+            value = -torch.as_tensor(value, dtype=torch.float64)
+        found[kind] = value
+    return found
+
+
+def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict, decreasing: bool = False) -> Emulation:
     options = dict(options)
     ignored = sorted(k for k in options if k not in HONOURED)
     if options.get("dtype") not in (None, torch.float64):
@@ -87,9 +106,14 @@ def _torchdiffeq(method: str, rtol: Any, atol: Any, options: dict) -> Emulation:
         a, note_a = _tolerance("atol", atol)
         max_steps = int(options.get("max_num_steps", DEFAULT_MAX_STEPS))
         first = options.get("first_step")
-        integrator = TORCHDIFFEQ_ADAPTIVE[method](rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
-                                                  first_step=None if first is None else float(first))
+        settings = dict(rtol=r, atol=a, max_steps=min(max_steps, 2**31 - 1),
+                        first_step=None if first is None else float(first))
         notes = [n for n in (note_r, note_a) if n]
+        try:
+            integrator = TORCHDIFFEQ_ADAPTIVE[method](**settings, **_marks(options, decreasing))
+        except ValueError as exc:      # times dise does not take (e.g. repeated): the solve without them
+            integrator = TORCHDIFFEQ_ADAPTIVE[method](**settings)
+            notes.append(f"{exc}: step_t and jump_t not copied")
         if ignored:
             notes.append(f"option(s) {', '.join(ignored)} not copied")
         return Emulation(method, integrator, not notes, "; ".join(notes))

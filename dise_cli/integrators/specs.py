@@ -2,7 +2,9 @@
 
 A token ``method[:opt=value]`` starts a candidate; a following ``opt=value`` token adds an option
 to it. ``;`` may also separate candidates. Unknown methods and options are errors that list the
-valid ones (torchdiffeq only warns about a misspelt option, then runs with defaults).
+valid ones (torchdiffeq only warns about a misspelt option, then runs with defaults). Times an
+adaptive step stops at (torchdiffeq's ``step_t`` and ``jump_t``) have ``/`` between them:
+``dopri5:rtol=1e-5,atol=1e-5,step_t=0.25/0.75,jump_t=0.5``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.adaptive import ADAPTIVE
 from dise_cli.integrators.control import CONTROLS
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.marks import marks
 from dise_cli.integrators.tolerances import number, tolerance
 
 # The candidates beside the model's own solver (its baseline), and the list used where no solve of
@@ -32,8 +35,10 @@ def _control(text: str) -> str:
 
 FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": number}
 ADAPTIVE_OPTIONS: dict[str, Callable[[str], object]] = {"rtol": tolerance, "atol": tolerance, "max_steps": int,
-                                                        "first_step": number, "control": _control}
+                                                        "first_step": number, "control": _control,
+                                                        "step_t": marks, "jump_t": marks}
 TOLERANCE_HINT = " (a number, or one per element of a sample's state, e.g. 1e-5x2/1e20: 1e-5 twice, then 1e20)"
+MARKS_HINT = " (distinct finite times with / between them, e.g. 0.25/0.5)"
 # Option name -> parser, per method.
 OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
     **{cls.name: FIXED_GRID_OPTIONS for cls in FIXED},
@@ -77,8 +82,10 @@ def _build(method: str, options: dict[str, str], flag: str) -> Integrator:
         try:
             kwargs[key] = valid[key](value)
         except ValueError as exc:
-            kind = "control" if key == "control" else valid[key].__name__
-            hint = {"control": f" {exc}", "rtol": TOLERANCE_HINT, "atol": TOLERANCE_HINT}.get(key, "")
+            kind = {"control": "control", "step_t": "list of times", "jump_t": "list of times"}.get(
+                key, valid[key].__name__)
+            hint = {"control": f" {exc}", "rtol": TOLERANCE_HINT, "atol": TOLERANCE_HINT, "step_t": MARKS_HINT,
+                    "jump_t": MARKS_HINT}.get(key, "")
             raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid {kind}{hint}") from None
     try:
         return METHODS[method](**kwargs)
