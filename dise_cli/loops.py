@@ -4,10 +4,14 @@ found by watching the loop call f.
 A fixed-step loop (rectified flow's Euler ``sample_ode``, an ODE block's own RK4) calls f the same
 number of times at the same times whatever the input. Where it does, dise runs the fixed-step methods
 that make that many calls over its grid, and the one that reproduces the model to round-off is the
-model's own solver: the baseline, run exactly. Where none does, the closest stands as the model's
-solver, and the fidelity check, which holds a fixed grid to round-off, refuses the reading: dise has
-misread something (the initial state, the grid) that no tolerance may hide. A loop whose times
-follow the input (an adaptive one) is left to the fidelity check's tolerance for dise's guess.
+model's own solver: the baseline, run exactly. A loop over a schedule of its own (Flux's shifted
+timesteps, a grid from 1 down to 0) steps where f's calls say it does: each method's nodes give the
+grid its steps start from (a step's end is the next one's start; the last one's, for Euler, whose one
+call tells nothing of its end, is the grid's end, 0 or 1), and where that grid reproduces the model,
+it is the grid dise solves on (``LoopFinding.grid``). Where none does, the closest stands as the
+model's solver, and the fidelity check, which holds a fixed grid to round-off, refuses the reading:
+dise has misread something (the initial state, the grid) that no tolerance may hide. A loop whose
+times follow the input (an adaptive one) is left to the fidelity check's tolerance for dise's guess.
 """
 from __future__ import annotations
 
@@ -37,22 +41,29 @@ class LoopFinding:
     integrator: Integrator | None  # None: no fixed-step method makes that many calls over the grid
     difference: float
     exact: bool
+    span: tuple[float, float] | None = None   # where the loop runs, where dise's grid is not that
 
     @property
     def note(self) -> str:
         calls = f"the model's loop calls f {len(self.times)} times, at t = {_times_text(self.times)} whatever the input"
         if self.exact:
             how = "exactly" if self.difference == 0 else f"to {self.difference:.2g}"
-            return (f"dise saw no solver call: {calls}, and {self.integrator.spec} over the grid reproduces it "
-                    f"({how}): that is its own solver, the baseline")
+            own = getattr(self.integrator, "grid", None)
+            method = self.integrator.spec if own is None else \
+                f"{self.integrator.name} from each time of its own grid to the next, t = {_grid_text(own)},"
+            return (f"dise saw no solver call: {calls}, and {method} reproduces it ({how}): that is its own "
+                    f"solver, the baseline")
+        calls = f"{calls} (all {len(self.times)}: {', '.join(f'{t:.6g}' for t in self.times)})" \
+            if len(self.times) <= MAX_LISTED else calls
         if self.integrator is None:
             return f"{calls}: no fixed-step method makes that many calls over dise's grid"
         return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}"
 
 
-def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0) -> LoopFinding | None:
+def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bool = True) -> LoopFinding | None:
     """What the model's own loop is, from its calls of f; None where they follow the input (an adaptive
-    loop) or cannot be watched."""
+    loop) or cannot be watched. ``own_grid``: where no method reproduces the loop over dise's grid,
+    look for the loop's own (not where the user gave the grid)."""
     func = getattr(ode.block, ode.func_attr, None)
     if not isinstance(func, nn.Module) or isinstance(func, torch.jit.ScriptModule) or len(x) < 2:
         return None
@@ -72,11 +83,77 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0) -> LoopFindi
         with torch.no_grad(), seeded(seed, x.device):
             out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, p.t).ys)
         tried.append((max_abs(out, model_out), integrator))
+    # the very same steps: the fidelity check's round-off allowance for a fixed grid
+    floor = FLOOR * output_scale(model_out)
+    if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
+        for cls, grid in _grids_of_calls(first, float(ode.t_span[-1])):
+            integrator = cls(grid=grid)
+            span = (grid[0], grid[-1])
+            ends = torch.tensor(span, dtype=torch.float64, device=x.device)
+            with torch.no_grad(), seeded(seed, x.device):
+                out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, ends).ys)
+            difference = max_abs(out, model_out)
+            if difference <= floor:
+                same = span == tuple(ode.t_span.tolist())
+                return LoopFinding(tuple(first), integrator, difference, True, None if same else span)
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
-    # the very same steps: the fidelity check's round-off allowance for a fixed grid
-    return LoopFinding(tuple(first), best, difference, difference <= FLOOR * output_scale(model_out))
+    return LoopFinding(tuple(first), best, difference, difference <= floor)
+
+
+MAX_LISTED = 64            # a loop refused lists f's call times up to this many (to build --t-span from)
+GRID_ENDS = (0.0, 1.0)      # where a loop's last Euler step may end: a flow's two ends (or dise's grid's end)
+NODE_TOLERANCE = 1e-3       # a call off its node by more than this share of the step: not that method (nodes differ by 1/6)
+
+
+def _grids_of_calls(times: list[float], span_end: float) -> list[tuple[type, tuple[float, ...]]]:
+    """Each fixed-step method whose nodes f's calls fall on, one step per interval, with the grid those
+    steps make: a step starts at its first call and ends where its nodes put it (the next step's start
+    where there is one). Euler's one call a step leaves the last step's end open: the span's end, or 0
+    or 1, whichever lies beyond the last call."""
+    found = []
+    for cls in LOOP_METHODS:
+        nodes = cls.tableau.c
+        stages = len(nodes)
+        if len(times) % stages or len(times) < stages:
+            continue
+        steps = [times[i:i + stages] for i in range(0, len(times), stages)]
+        starts = [step[0] for step in steps]
+        widest = max(range(stages), key=lambda j: nodes[j])
+        if nodes[widest] > 0:
+            ends = [step[0] + (step[widest] - step[0]) / nodes[widest] for step in steps]
+            grid = (*starts, ends[-1])
+        else:
+            ends = [*starts[1:], None]
+            grid = None
+        if not _on_nodes(steps, nodes, starts[1:] + [ends[-1]]):
+            continue
+        if grid is not None:
+            found.append((cls, grid))
+            continue
+        direction = starts[1] - starts[0] if len(starts) > 1 else None
+        for end in dict.fromkeys((span_end, *GRID_ENDS)):
+            last = starts[-1]
+            if end != last and (direction is None or (end - last) * direction > 0):
+                found.append((cls, (*starts, end)))
+    return found
+
+
+def _on_nodes(steps: list[list[float]], nodes: tuple[float, ...], ends: list[float | None]) -> bool:
+    """Every call of every step at its start plus its node's share of the step (steps whose end is not
+    known are only checked to move one way)."""
+    starts = [step[0] for step in steps]
+    moves = [b - a for a, b in zip(starts, starts[1:])]
+    if moves and not (all(m > 0 for m in moves) or all(m < 0 for m in moves)):
+        return False
+    for step, start, end in zip(steps, starts, ends):
+        if end is None:
+            continue
+        width = end - start
+        if width == 0 or any(abs(t - (start + c * width)) > NODE_TOLERANCE * abs(width) for t, c in zip(step, nodes)):
+            return False
+    return True
 
 
 def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> list[float] | None:
@@ -106,6 +183,11 @@ def _one_time(value) -> float | None:
         if bool((flat == flat[0]).all()):
             return float(flat[0])
     return None
+
+
+def _grid_text(grid: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{t:.4g}" for t in grid) + "]" if len(grid) <= 12 else \
+        f"[{grid[0]:.4g}, {grid[1]:.4g}, ..., {grid[-1]:.4g}] ({len(grid)} points)"
 
 
 def _times_text(times: list[float]) -> str:

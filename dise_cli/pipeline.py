@@ -117,7 +117,15 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
                        data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
     if model.how == "attributes" and model.own is None:
-        found = find_loop_solver(model, x)       # a fixed-step loop: its method, or the closest (then refused)
+        # a fixed-step loop: its method (over its own grid unless --t-span gives one), or the closest (refused)
+        found = find_loop_solver(model, x, own_grid=grid is None)
+        if found is not None and found.span is not None:
+            # a loop over a span of its own (Flux's from 1 down to 0): read over it, as --t-span would
+            model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block,
+                               t_span=torch.tensor(found.span, dtype=torch.float64), data_t=data.t, model_name=name,
+                               join=data.join, output_key=inputs.output_key)
+            model.t_span_source = "the loop's calls of f"
+            found = find_loop_solver(model, x)
         if found is not None and found.integrator is not None:
             model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
                                   options={"reproduced": found.exact}, note=found.note)

@@ -1075,6 +1075,79 @@ def build_scipy_probability_flow() -> ScipyProbabilityFlow:
 # 7. A hand-written Euler loop (no odeint)
 # ----------------------------------------------------------------------------------------------------------------
 
+class VelocityMLP(nn.Module):
+    """A flow's velocity net called as Flux's is, ``model(img=..., timesteps=...)``: the time a
+    ``[B]`` tensor, the state first."""
+
+    def __init__(self, dim: int = 2, hidden: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, img, timesteps):
+        return self.net(torch.cat([img, timesteps[:, None].to(img.dtype)], dim=1))
+
+
+def shifted_schedule(num_steps: int, shift: float = 1.15) -> list[float]:
+    """Flux's ``get_schedule``: times from 1 down to 0, moved towards 1 by ``exp(shift)`` (its
+    ``time_shift(mu, 1, t)``), as Python floats."""
+    t = torch.linspace(1, 0, num_steps + 1, dtype=torch.float64)
+    shifted = math.exp(shift) / (math.exp(shift) + (1 / t - 1))
+    return shifted.tolist()
+
+
+class ShiftedScheduleSampler(nn.Module):
+    """Flux's ``denoise``: an Euler loop over the shifted schedule from noise at t = 1 to t = 0,
+    ``img = img + (t_prev - t_curr) * pred``, no solver call and no time attribute. ``method``
+    "midpoint" takes a midpoint step over the same schedule instead (a loop of one's own)."""
+
+    def __init__(self, num_steps: int = 8, method: str = "euler"):
+        super().__init__()
+        self.model = VelocityMLP()
+        self.timesteps = shifted_schedule(num_steps)
+        self.method = method
+
+    def forward(self, img):
+        for t_curr, t_prev in zip(self.timesteps[:-1], self.timesteps[1:]):
+            t_vec = torch.full((img.shape[0],), t_curr, dtype=img.dtype)
+            pred = self.model(img=img, timesteps=t_vec)
+            if self.method == "midpoint":
+                half = (t_prev - t_curr) / 2
+                t_mid = torch.full((img.shape[0],), t_curr + half, dtype=img.dtype)
+                pred = self.model(img=img + half * pred, timesteps=t_mid)
+            img = img + (t_prev - t_curr) * pred
+        return img
+
+
+def build_shifted_schedule_sampler() -> ShiftedScheduleSampler:
+    return ShiftedScheduleSampler().eval()
+
+
+def build_shifted_schedule_midpoint() -> ShiftedScheduleSampler:
+    return ShiftedScheduleSampler(num_steps=5, method="midpoint").eval()
+
+
+class NoiseToDataEuler(nn.Module):
+    """minRF's ``sample``: ``for i in range(steps, 0, -1): t = i / steps; z = z - dt * v(z, t)``, from
+    noise at t = 1 down to data at 0 (its velocity points from data to noise)."""
+
+    def __init__(self, steps: int = 10):
+        super().__init__()
+        self.model = VelocityMLP()
+        self.steps = steps
+
+    def forward(self, z):
+        dt = 1.0 / self.steps
+        for i in range(self.steps, 0, -1):
+            t = torch.tensor([i / self.steps] * z.shape[0])
+            z = z - dt * self.model(z, t)
+        return z
+
+
+def build_noise_to_data_euler() -> NoiseToDataEuler:
+    return NoiseToDataEuler().eval()
+
+
 class HandWrittenEuler(nn.Module):
     def __init__(self, n_steps: int = 10):
         super().__init__()

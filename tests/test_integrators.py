@@ -420,3 +420,33 @@ def test_tolerance_and_step_size_specs_round_trip_exactly():
     for bad in ("dopri5:atol=1e-5x0", "dopri5:atol=1e-5/-1", "dopri5:atol=1e-5xx2", "dopri5:atol="):
         with pytest.raises(UsageError, match="atol"):
             parse_candidates(bad)
+
+
+def test_a_grid_of_ones_own_matches_torchdiffeqs_grid_constructor():
+    """``grid=``: a fixed-step method from each time of a schedule to the next (a loop's own, Flux's
+    shifted timesteps), as torchdiffeq steps on a ``grid_constructor``'s grid: the same outputs at
+    ``t`` (interpolated between steps), forwards and backwards, and the same NFE; the spec round-trips."""
+    from dise_cli.integrators import Heun2, Heun3
+    torch.manual_seed(0)
+    a = torch.randn(3, 3, dtype=torch.float64) * 0.5
+
+    def f(t, y):
+        return y @ a.T + torch.sin(3 * t)
+
+    y0 = torch.randn(5, 3, dtype=torch.float64)
+    steps = (0.0, 0.05, 0.2, 0.45, 0.5, 0.8, 1.0)
+    for method, cls in (("euler", Euler), ("midpoint", Midpoint), ("heun2", Heun2), ("heun3", Heun3), ("rk4", RK4)):
+        for grid, t in ((steps, [0.0, 0.3, 1.0]), (steps[::-1], [1.0, 0.5, 0.0])):
+            t = torch.tensor(t, dtype=torch.float64)
+            ours = cls(grid=grid)
+            sol = ours.solve(VectorField(f), y0, t)
+            theirs = odeint(f, y0, t, method=method,
+                            options={"grid_constructor": lambda *_, g=grid: torch.tensor(g, dtype=torch.float64)})
+            torch.testing.assert_close(sol.ys, theirs, rtol=1e-13, atol=1e-13)
+            assert sol.nfe.tolist() == [6 * cls.tableau.stages] * 5
+            assert vars(parse_candidates(ours.spec)[0]) == vars(ours)
+    with pytest.raises(ValueError, match="runs from 0 to 1"):
+        Euler(grid=steps).solve(VectorField(f), y0, torch.tensor([0.0, 2.0], dtype=torch.float64))
+    for bad in ("euler:grid=0/0.5/0.2/1", "euler:grid=1", "euler:grid=0/nan", "euler:steps=2,grid=0/1"):
+        with pytest.raises(UsageError, match="grid"):
+            parse_candidates(bad)

@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+import dise_cli
 import families
 from dise_cli.cli import app
+from dise_cli.integrators.tolerances import number_text
 from dise_cli.profiles import read_profile
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -138,3 +140,47 @@ def test_a_solve_that_ends_at_an_event_is_refused_in_one_line(tmp_path):
                                    "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "odeint_event" in res.stderr and "event fires" in res.stderr
+
+
+def test_a_loop_over_its_own_shifted_schedule_is_its_own_baseline(tmp_path):
+    """Flux's ``denoise``: Euler over a shifted schedule from 1 down to 0 (no time attribute; dise's
+    grid is [0, 1]). The steps start where f is called, the last one ends at 0: the baseline is euler
+    on that grid, exactly, over [1, 0], beside cheap candidates over the same span; the whole pipeline
+    runs and the bundle gives what the model gives where it routes to the baseline."""
+    from test_families import run_pipeline
+    model = families.build_shifted_schedule_sampler()
+    x = families.make_noise(24)
+    args = _files(tmp_path, "build_shifted_schedule_sampler", {"x": x})
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    schedule = "/".join(number_text(float(torch.tensor(t, dtype=torch.float32))) for t in model.timesteps[:-1])
+    assert info["baseline"] == f"euler:grid={schedule}/0" and info["baseline_exact"] is True
+    assert info["t_span"] == [1.0, 0.0] and info["t_span_source"] == "the loop's calls of f"
+    assert info["fidelity"]["difference"] == 0 and info["candidates"][:2] == ["euler:steps=1", "rk4:steps=1"]
+    reports = run_pipeline(tmp_path, model, {"x": x}, "families:build_shifted_schedule_sampler", [])
+    base = next(c for c in reports["profile"]["candidates"] if c["candidate"] == info["baseline"])
+    assert base["nfe"]["max"] == base["nfe"]["p50"] == 8 and base["status"]["ok"] == len(x)
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    with torch.no_grad():
+        out, stats = bundle(x, return_stats=True)
+        own = model(x)
+    routed = stats.integrator == stats.candidates.index(info["baseline"])      # the rows sent to the loop's Euler
+    assert torch.equal(out[routed], own[routed]) and torch.equal(stats.nfe[routed], torch.full_like(stats.nfe, 8)[routed])
+
+
+def test_a_midpoint_loop_and_a_loop_from_noise_to_data_are_read_over_their_own_span(tmp_path):
+    """A midpoint loop over a shifted schedule: its grid from its calls' nodes (a step's middle call
+    puts its end); minRF's uniform loop from 1 down to 0 (``z = z - dt * v``) is euler:steps=10 over
+    [1, 0]. A loop refused lists every time it calls f, for --t-span."""
+    for build, baseline in (("build_shifted_schedule_midpoint", "midpoint:grid=1/"),
+                            ("build_noise_to_data_euler", "euler:steps=10")):
+        args = _files(tmp_path, build, {"x": families.make_noise(24)})
+        res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+        assert res.exit_code == 0, res.stderr
+        info = json.loads(res.stdout)
+        assert info["baseline"].startswith(baseline) and info["baseline_exact"] and info["fidelity"]["passed"]
+        assert info["t_span"] == [1.0, 0.0]
+    args = _files(tmp_path, "build_noise_to_data_euler", {"x": families.make_noise(24)})
+    res = CliRunner().invoke(app, ["inspect", *args, "--t-span", "0,1"])        # the user's grid is not the loop's
+    assert res.exit_code == 2 and "(all 10: 1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)" in res.stderr

@@ -1,44 +1,52 @@
 """Fixed-step explicit Runge-Kutta methods: every sample takes ``steps`` steps per grid interval, or
-steps of ``step_size`` on torchdiffeq's grid (outputs linearly interpolated, as torchdiffeq does)."""
+steps of ``step_size`` on torchdiffeq's grid, or steps between the times of ``grid`` (a loop's own
+schedule, such as Flux's shifted timesteps); outputs between those steps' ends are linearly
+interpolated, as torchdiffeq does."""
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 
 from dise_cli.integrators.base import Integrator, Solution, Status
 from dise_cli.integrators.tableaus import EULER, HEUN2, HEUN3, MIDPOINT, RK4_38, RK4_CLASSIC, ButcherTableau
-from dise_cli.integrators.tolerances import number_text
+from dise_cli.integrators.tolerances import number, number_text
 from dise_cli.integrators.vector_field import VectorField
 
 
 class FixedGridRK(Integrator):
-    """An explicit RK method on a uniform sub-grid of each interval (``steps``), or on torchdiffeq's
-    ``step_size`` grid. NFE = steps taken x stages."""
+    """An explicit RK method on a uniform sub-grid of each interval (``steps``), on torchdiffeq's
+    ``step_size`` grid, or from each time of ``grid`` to the next (from the solve's first time to its
+    last). NFE = steps taken x stages."""
 
     tableau: ClassVar[ButcherTableau]
 
-    def __init__(self, steps: int | None = None, step_size: float | None = None):
-        if steps is not None and step_size is not None:
-            raise ValueError("steps and step_size exclude each other; give one")
+    def __init__(self, steps: int | None = None, step_size: float | None = None,
+                 grid: "tuple[float, ...] | None" = None):
+        if sum(option is not None for option in (steps, step_size, grid)) > 1:
+            raise ValueError("steps, step_size and grid exclude each other; give one")
         if step_size is not None and not step_size > 0:
             raise ValueError(f"step_size must be > 0, got {step_size}")
         if steps is not None and steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.step_size = None if step_size is None else float(step_size)
-        self.steps = None if step_size is not None else int(steps or 1)
+        self.grid = None if grid is None else step_times(grid)
+        self.steps = None if step_size is not None or grid is not None else int(steps or 1)
 
     @property
     def spec(self) -> str:
         if self.step_size is not None:
             return f"{self.name}:step_size={number_text(self.step_size)}"
+        if self.grid is not None:
+            return f"{self.name}:grid={'/'.join(number_text(v) for v in self.grid)}"
         return f"{self.name}:steps={self.steps}"
 
     def _solve(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor, record_errors: bool,
                f0: torch.Tensor | None) -> Solution:
         if t.ndim == 2:
             return self._solve_rows(field, h0, t, f0)
-        if self.step_size is not None:
+        if self.step_size is not None or self.grid is not None:
             return self._solve_on_grid(field, h0, t, f0)
         tab = self.tableau
         ys = [h0]
@@ -56,8 +64,9 @@ class FixedGridRK(Integrator):
                     f0: torch.Tensor | None) -> Solution:
         """Every sample on its own grid ``[N, T]``: ``steps`` steps per interval of its grid, f called with
         a time per row."""
-        if self.step_size is not None:
-            raise ValueError("step_size builds one grid for the whole batch; with a grid per sample use steps")
+        if self.step_size is not None or self.grid is not None:
+            raise ValueError(f"{'step_size builds' if self.grid is None else 'grid is'} one grid for the whole "
+                             f"batch; with a grid per sample use steps")
         ys, h = [h0], h0
         for i in range(grid.shape[1] - 1):
             dt = (grid[:, i + 1] - grid[:, i]) / self.steps
@@ -86,9 +95,10 @@ class FixedGridRK(Integrator):
 
     def _solve_on_grid(self, field: VectorField, h0: torch.Tensor, t: torch.Tensor,
                        f0: torch.Tensor | None) -> Solution:
-        """torchdiffeq's fixed-grid solve with ``step_size``: steps on its grid, outputs at ``t`` by
-        linear interpolation between the grid points around them."""
-        grid = step_size_grid(t, self.step_size, h0.dtype).tolist()
+        """torchdiffeq's fixed-grid solve with ``step_size`` (or on ``grid``): steps on its grid,
+        outputs at ``t`` by linear interpolation between the grid points around them."""
+        grid = step_size_grid(t, self.step_size, h0.dtype).tolist() if self.grid is None else \
+            self._own_grid(t, field.sign)
         times = t.tolist()
         ys, j, h = [h0], 1, h0
         for i, (ta, tb) in enumerate(zip(grid[:-1], grid[1:])):
@@ -123,6 +133,31 @@ class FixedGridRK(Integrator):
             if b_i != 0.0:
                 out = out + (dt * b_i) * k_i
         return out
+
+
+    def _own_grid(self, t: torch.Tensor, sign: float) -> list[float]:
+        """``grid`` in the solver's time (a backward solve runs in -t), checked to span ``t``."""
+        grid = [sign * v for v in self.grid]
+        if grid[0] != float(t[0]) or grid[-1] != float(t[-1]):
+            raise ValueError(f"{self.spec}: the grid runs from {self.grid[0]:g} to {self.grid[-1]:g}, the solve "
+                             f"from {sign * float(t[0]):g} to {sign * float(t[-1]):g}")
+        return grid
+
+
+def step_times(grid) -> tuple[float, ...]:
+    """A fixed-step grid as floats, in its order: at least two finite times, strictly monotonic."""
+    times = tuple(float(v) for v in grid)
+    moves = [b - a for a, b in zip(times, times[1:])]
+    if len(times) < 2 or not all(math.isfinite(v) for v in times) or \
+            not (all(m > 0 for m in moves) or all(m < 0 for m in moves)):
+        raise ValueError(f"grid must be two or more finite times, strictly increasing or decreasing, got "
+                         f"{'/'.join(f'{v:g}' for v in times)}")
+    return times
+
+
+def grid_times(text: str) -> tuple[float, ...]:
+    """The grid a spec wrote (``1/0.9/0.5/0``)."""
+    return step_times(number(part) for part in text.split("/"))
 
 
 def step_size_grid(t: torch.Tensor, step_size: float, dtype: torch.dtype) -> torch.Tensor:

@@ -4,7 +4,8 @@ A token ``method[:opt=value]`` starts a candidate; a following ``opt=value`` tok
 to it. ``;`` may also separate candidates. Unknown methods and options are errors that list the
 valid ones (torchdiffeq only warns about a misspelt option, then runs with defaults). Times an
 adaptive step stops at (torchdiffeq's ``step_t`` and ``jump_t``) have ``/`` between them:
-``dopri5:rtol=1e-5,atol=1e-5,step_t=0.25/0.75,jump_t=0.5``.
+``dopri5:rtol=1e-5,atol=1e-5,step_t=0.25/0.75,jump_t=0.5``; so have a fixed-step method's own step
+times (a loop's schedule), in their order: ``euler:grid=1/0.9/0.6/0``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dise_cli.errors import UsageError
 from dise_cli.integrators.base import Integrator
 from dise_cli.integrators.adaptive import ADAPTIVE
 from dise_cli.integrators.control import CONTROLS
-from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
+from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic, grid_times
 from dise_cli.integrators.marks import marks
 from dise_cli.integrators.tolerances import number, tolerance
 
@@ -33,12 +34,13 @@ def _control(text: str) -> str:
     return text
 
 
-FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": number}
+FIXED_GRID_OPTIONS: dict[str, Callable[[str], object]] = {"steps": int, "step_size": number, "grid": grid_times}
 ADAPTIVE_OPTIONS: dict[str, Callable[[str], object]] = {"rtol": tolerance, "atol": tolerance, "max_steps": int,
                                                         "first_step": number, "control": _control,
                                                         "step_t": marks, "jump_t": marks}
 TOLERANCE_HINT = " (a number, or one per element of a sample's state, e.g. 1e-5x2/1e20: 1e-5 twice, then 1e20)"
 MARKS_HINT = " (distinct finite times with / between them, e.g. 0.25/0.5)"
+GRID_HINT = " (two or more times in order, / between them, e.g. 1/0.8/0.5/0)"
 # Option name -> parser, per method.
 OPTIONS: dict[str, dict[str, Callable[[str], object]]] = {
     **{cls.name: FIXED_GRID_OPTIONS for cls in FIXED},
@@ -82,10 +84,10 @@ def _build(method: str, options: dict[str, str], flag: str) -> Integrator:
         try:
             kwargs[key] = valid[key](value)
         except ValueError as exc:
-            kind = {"control": "control", "step_t": "list of times", "jump_t": "list of times"}.get(
-                key, valid[key].__name__)
+            kind = {"control": "control", "step_t": "list of times", "jump_t": "list of times",
+                    "grid": "grid"}.get(key, valid[key].__name__)
             hint = {"control": f" {exc}", "rtol": TOLERANCE_HINT, "atol": TOLERANCE_HINT, "step_t": MARKS_HINT,
-                    "jump_t": MARKS_HINT}.get(key, "")
+                    "jump_t": MARKS_HINT, "grid": GRID_HINT}.get(key, "")
             raise UsageError(f"{flag}: {method} option {key}='{value}' is not a valid {kind}{hint}") from None
     try:
         return METHODS[method](**kwargs)
