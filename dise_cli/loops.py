@@ -42,6 +42,7 @@ class LoopFinding:
     difference: float
     exact: bool
     span: tuple[float, float] | None = None   # where the loop runs, where dise's grid is not that
+    scaled: bool = False      # refused, with f called far outside dise's grid: its time perhaps on another scale
 
     @property
     def note(self) -> str:
@@ -57,7 +58,10 @@ class LoopFinding:
             if len(self.times) <= MAX_LISTED else calls
         if self.integrator is None:
             return f"{calls}: no fixed-step method makes that many calls over dise's grid"
-        return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}"
+        scale = (" (f is called far outside the grid: where f takes its time on another scale than the loop "
+                 "steps, as a scheduler stepping sigmas calls f at sigma * 1000, no grid reproduces it; give f "
+                 "the loop's own time, e.g. a wrapper that scales it)") if self.scaled else ""
+        return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{scale}"
 
 
 def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bool = True) -> LoopFinding | None:
@@ -99,9 +103,12 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
-    return LoopFinding(tuple(first), best, difference, difference <= floor)
+    reach = max(1.0, float(ode.t_span.abs().max()))
+    return LoopFinding(tuple(first), best, difference, difference <= floor,
+                       scaled=max(abs(t) for t in first) > OUTSIDE * reach)
 
 
+OUTSIDE = 10.0             # f called beyond this many times the grid's reach: its time perhaps on another scale
 MAX_LISTED = 64            # a loop refused lists f's call times up to this many (to build --t-span from)
 GRID_ENDS = (0.0, 1.0)      # where a loop's last Euler step may end: a flow's two ends (or dise's grid's end)
 NODE_TOLERANCE = 1e-3       # a call off its node by more than this share of the step: not that method (nodes differ by 1/6)

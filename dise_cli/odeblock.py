@@ -171,7 +171,11 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     finally:
         handle.remove()
     if "h0" not in seen:
-        raise InputError(f"the model's forward never called its ODE block '{path}'")
+        raise InputError(f"the model's forward never called its ODE block '{path or '(the model itself)'}' "
+                         f"({type(block).__name__}) through the block's forward: where its loop runs in another method "
+                         f"(a sample() the model calls), dise cannot take the loop's start; run the loop in the "
+                         f"block's forward, name another block with --ode-block, or write the loop with "
+                         f"torchdiffeq's odeint")
     h0 = seen["h0"]
     n = len(x)
     if not isinstance(h0, torch.Tensor) or h0.ndim < 1 or len(h0) != n:
@@ -181,6 +185,13 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     what = (f"dise sees no solver call in {model_name} (a hand-written solver loop, or a solver other than "
             f"torchdiffeq's and torchdyn's) and read block '{path or '(the model itself)'}' by its attributes, but")
     hint = "name the block with --ode-block, or its solver with --candidates and its grid with --t-span"
+    needs = required_args(func) if isinstance(func, nn.Module) else []
+    if len(needs) > 2:
+        # Flux's transformer(img, img_ids, txt, txt_ids, timesteps, y, guidance): the loop hands f its conditioning
+        raise InputError(f"{what} its ODE function '{attr}' ({type(func).__name__}) needs {len(needs)} arguments "
+                         f"({', '.join(needs)}) where dise passes a time and a state; the others (the conditioning "
+                         f"the loop hands it: text embeddings, labels, guidance) dise cannot pass. Wrap f as "
+                         f"f(t, x) holding the rest as attributes, or write the loop with torchdiffeq's odeint") from None
     try:
         order = detect_arg_order(func, h0, float(grid[0]), layout)
         field = VectorField.detect(func, h0, grid, layout, order=order)

@@ -184,3 +184,75 @@ def test_a_midpoint_loop_and_a_loop_from_noise_to_data_are_read_over_their_own_s
     args = _files(tmp_path, "build_noise_to_data_euler", {"x": families.make_noise(24)})
     res = CliRunner().invoke(app, ["inspect", *args, "--t-span", "0,1"])        # the user's grid is not the loop's
     assert res.exit_code == 2 and "(all 10: 1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)" in res.stderr
+
+
+class _ConditionedNet(torch.nn.Module):
+    """Flux's transformer as its loop calls it: ``model(img, txt, timesteps)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = families.VelocityMLP()
+
+    def forward(self, img, txt, timesteps):
+        return self.inner(img + txt.mean(), timesteps)
+
+
+class _Loops(torch.nn.Module):
+    """Three loops dise refuses, each with what to do: f that needs the loop's conditioning, a loop in
+    the block's ``sample()`` (minRF's), f called at ``sigma * 1000`` while the loop steps sigmas."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.model = _ConditionedNet() if kind == "conditioned" else families.VelocityMLP()
+        self.txt = torch.nn.Parameter(torch.zeros(3))
+        self.sigmas = families.shifted_schedule(6)
+
+    def sample(self, z):
+        for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+            z = z + (s_next - s) * self.model(z, torch.full((len(z),), s))
+        return z
+
+    def forward(self, z):
+        if self.kind == "in sample()":
+            return self.sample(z)
+        for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+            t = torch.full((len(z),), s * (1000 if self.kind == "scaled time" else 1))
+            v = self.model(z, self.txt, t) if self.kind == "conditioned" else self.model(z, t)
+            z = z + (s_next - s) * v
+        return z
+
+
+class _Sampler(torch.nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.rf = _Loops(kind)
+
+    def forward(self, z):
+        return self.rf.sample(z)
+
+
+def build_conditioned_loop():
+    return _Loops("conditioned")
+
+
+def build_scaled_time_loop():
+    return _Loops("scaled time")
+
+
+def build_loop_in_sample():
+    return _Sampler("in sample()")
+
+
+def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
+    x = families.make_noise(16)
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
+                "build_loop_in_sample": "in another method (a sample() the model calls)",
+                "build_scaled_time_loop": "f is called far outside the grid"}
+    for build, words in expected.items():
+        torch.save(globals()[build]().state_dict(), tmp_path / "m.pt")
+        res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", f"test_loops:{build}",
+                                       "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, (build, res.stderr)
+        assert words in res.stderr, (build, res.stderr)
