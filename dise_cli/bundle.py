@@ -270,7 +270,7 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
                      solve=reading.get("solve"), join=InputJoin.from_dict(reading.get("inputs")),
                      output_key=reading.get("output_key"),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
-                     data_t=given, model_name=f"bundle '{bundle}' model")
+                     data_t=given, model_name=f"bundle '{bundle}' model", time_scale=reading.get("time_scale"))
     check_reading(ode.record(), reading, f"bundle '{bundle}'")
     return ode
 
@@ -287,7 +287,8 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
     return grid, given
 
 
-READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs", "output_key")
+READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs", "output_key",
+                "time_scale")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

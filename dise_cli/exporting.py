@@ -65,7 +65,8 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
         return read_model(model, x, data_name=name, solve=solve, ode_block=inputs.ode_block, t_span=grid,
                           data_t=given, model_name=f"model '{inputs.model.path}'",
                           join=InputJoin.from_dict(recorded.get("inputs")),
-                          output_key=inputs.output_key if inputs.output_key is not None else recorded.get("output_key"))
+                          output_key=inputs.output_key if inputs.output_key is not None else recorded.get("output_key"),
+                          time_scale=recorded.get("time_scale"))
     keep_rows = False
     x = example_input(spec, inputs.device)
     try:

@@ -24,6 +24,7 @@ from dise_cli.fidelity import FLOOR, max_abs, output_scale
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
+from dise_cli.odeblock import TimeScaled
 from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
 
@@ -43,16 +44,24 @@ class LoopFinding:
     exact: bool
     span: tuple[float, float] | None = None   # where the loop runs, where dise's grid is not that
     scaled: bool = False      # refused, with f called far outside dise's grid: its time perhaps on another scale
+    time_scale: float | None = None   # f called at this many times the loop's own time (``TimeScaled``)
+    extra: tuple[str, ...] = ()       # what the loop passes f beyond a time and a state: dise cannot pass it
 
     @property
     def note(self) -> str:
+        if self.extra:
+            return (f"the model's loop calls f with more than a time and a state ({', '.join(self.extra)}: the "
+                    f"conditioning it hands f), which dise cannot pass; wrap f as f(t, x) holding the rest as "
+                    f"attributes, or write the loop with torchdiffeq's odeint")
         calls = f"the model's loop calls f {len(self.times)} times, at t = {_times_text(self.times)} whatever the input"
         if self.exact:
             how = "exactly" if self.difference == 0 else f"to {self.difference:.2g}"
             own = getattr(self.integrator, "grid", None)
             method = self.integrator.spec if own is None else \
                 f"{self.integrator.name} from each time of its own grid to the next, t = {_grid_text(own)},"
-            return (f"dise saw no solver call: {calls}, and {method} reproduces it ({how}): that is its own "
+            scale = "" if self.time_scale is None else \
+                f" (f called at {self.time_scale:g} times the time the loop steps on, t = its calls / {self.time_scale:g})"
+            return (f"dise saw no solver call: {calls}, and {method} reproduces it ({how}){scale}: that is its own "
                     f"solver, the baseline")
         calls = f"{calls} (all {len(self.times)}: {', '.join(f'{t:.6g}' for t in self.times)})" \
             if len(self.times) <= MAX_LISTED else calls
@@ -72,7 +81,9 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     if not isinstance(func, nn.Module) or isinstance(func, torch.jit.ScriptModule) or len(x) < 2:
         return None
     half = len(x) // 2
-    first, second = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
+    (first, extra), (second, _) = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
+    if extra:
+        return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=extra)
     if first is None or first != second or not first:
         return None                                   # times that follow the input: an adaptive loop
     intervals = len(ode.t_span) - 1
@@ -89,23 +100,38 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         tried.append((max_abs(out, model_out), integrator))
     # the very same steps: the fidelity check's round-off allowance for a fixed grid
     floor = FLOOR * output_scale(model_out)
+    reach = max(1.0, float(ode.t_span.abs().max()))
+    outside = max(abs(t) for t in first) > OUTSIDE * reach
     if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
-        for cls, grid in _grids_of_calls(first, float(ode.t_span[-1])):
-            integrator = cls(grid=grid)
-            span = (grid[0], grid[-1])
-            ends = torch.tensor(span, dtype=torch.float64, device=x.device)
-            with torch.no_grad(), seeded(seed, x.device):
-                out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, ends).ys)
-            difference = max_abs(out, model_out)
-            if difference <= floor:
-                same = span == tuple(ode.t_span.tolist())
-                return LoopFinding(tuple(first), integrator, difference, True, None if same else span)
+        # the loop's own grid; f called far outside it: at the largest call's multiple of the loop's time
+        for scale in (None, max(abs(t) for t in first)) if outside else (None,):
+            times = first if scale is None else [t / scale for t in first]
+            for cls, grid in _grids_of_calls(times, float(ode.t_span[-1])):
+                integrator = cls(grid=grid)
+                span = (grid[0], grid[-1])
+                difference = _difference(ode, x, integrator, span, scale, model_out, seed)
+                if difference <= floor:
+                    same = span == tuple(ode.t_span.tolist()) and scale is None
+                    return LoopFinding(tuple(first), integrator, difference, True, None if same else span,
+                                       time_scale=scale or ode.time_scale)
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
-    reach = max(1.0, float(ode.t_span.abs().max()))
-    return LoopFinding(tuple(first), best, difference, difference <= floor,
-                       scaled=max(abs(t) for t in first) > OUTSIDE * reach)
+    return LoopFinding(tuple(first), best, difference, difference <= floor, scaled=outside,
+                       time_scale=ode.time_scale)
+
+
+def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tuple[float, float],
+                 scale: float | None, model_out: torch.Tensor, seed: int) -> float:
+    """|model - integrator over ``span``|, f's time scaled by ``scale`` (``TimeScaled``) where given."""
+    ends = torch.tensor(span, dtype=torch.float64, device=x.device)
+
+    def solve(p):
+        field = p.field if scale is None else \
+            p.field.with_func(TimeScaled(p.field.func, scale, 0 if p.field.order == "t,x" else 1))
+        return integrator.solve(field, p.h0, ends).ys
+    with torch.no_grad(), seeded(seed, x.device):
+        return max_abs(ode.forward_with(x, solve), model_out)
 
 
 OUTSIDE = 10.0             # f called beyond this many times the grid's reach: its time perhaps on another scale
@@ -163,23 +189,31 @@ def _on_nodes(steps: list[list[float]], nodes: tuple[float, ...], ends: list[flo
     return True
 
 
-def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> list[float] | None:
+def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> tuple[list[float] | None, tuple[str, ...]]:
     """The time of each call of ``func`` in one forward of the model on ``x`` (None where a call's
-    time differs between rows, or where the time cannot be read)."""
+    time differs between rows, or where the time cannot be read), in the loop's own time, and the
+    arguments beyond a time and a state that the loop passes f (its conditioning)."""
     times: list[float | None] = []
+    extra: dict[str, None] = {}
     time_index = 0 if ode.field.order == "t,x" else 1
 
     def record(_module, args, kwargs):
         value = args[time_index] if len(args) > time_index else next(
             (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
         times.append(_one_time(value))
+        given = [k for k, v in kwargs.items() if v is not None]
+        if len(args) + len(given) > 2:
+            others = [k for k in given if k not in TIME_NAMES][max(0, 1 - len(args)):] if len(args) < 2 else given
+            extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in range(2, len(args))), *others]))
     handle = func.register_forward_pre_hook(record, with_kwargs=True)
     try:
         with torch.no_grad(), seeded(seed, x.device):
             ode.run(x)
     finally:
         handle.remove()
-    return None if any(t is None for t in times) else times
+    if any(t is None for t in times):
+        return None, tuple(extra)
+    return (times if ode.time_scale is None else [t / ode.time_scale for t in times]), tuple(extra)
 
 
 def _one_time(value) -> float | None:

@@ -134,11 +134,27 @@ def sequential_split(module: nn.Module, path: str) -> tuple[nn.Sequential, nn.Se
     return nn.Sequential(*before), nn.Sequential(*after)
 
 
+class TimeScaled(nn.Module):
+    """f as a hand-written loop calls it: at ``scale`` times the time its steps move on (a scheduler that
+    steps sigmas from 1 to 0 and calls the network at ``sigma * 1000``). Its time argument (position
+    ``time_index``) is scaled before ``func`` sees it; dise solves in the loop's own time."""
+
+    def __init__(self, func: nn.Module, scale: float, time_index: int):
+        super().__init__()
+        self.func, self.scale, self.time_index = func, float(scale), time_index
+
+    def forward(self, a, b):
+        args = [a, b]
+        args[self.time_index] = args[self.time_index] * self.scale
+        return self.func(*args)
+
+
 def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor | None, data_t: torch.Tensor | None,
                        ode_block: str | None, model_name: str, model_args: tuple,
-                       output_key: str | None = None) -> AttributeModel:
+                       output_key: str | None = None, time_scale: float | None = None) -> AttributeModel:
     """Locate the block by its attributes (``ode_block`` overrides), run the model once to learn its
-    input and output, and choose how to pass per-row times to f."""
+    input and output, and choose how to pass per-row times to f (``time_scale``: f called at that many
+    times the time the block's loop steps on, ``TimeScaled``)."""
     if ode_block is not None:
         path, attr = named_block(module, ode_block)
     else:
@@ -193,7 +209,9 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
                          f"the loop hands it: text embeddings, labels, guidance) dise cannot pass. Wrap f as "
                          f"f(t, x) holding the rest as attributes, or write the loop with torchdiffeq's odeint") from None
     try:
-        order = detect_arg_order(func, h0, float(grid[0]), layout)
+        order = detect_arg_order(func, h0, float(grid[0]) * (time_scale or 1.0), layout)
+        if time_scale is not None:
+            func = TimeScaled(func, time_scale, 0 if order == "t,x" else 1)
         field = VectorField.detect(func, h0, grid, layout, order=order)
     except InputError as exc:
         raise InputError(f"{what} {exc}; {hint}") from None
@@ -208,7 +226,8 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
     model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source
-    model.func_description = f"{path}.{attr}".lstrip(".")
+    model.time_scale = time_scale
+    model.func_description = f"{path}.{attr}".lstrip(".") + (f" at {time_scale:g} x t" if time_scale else "")
     model.func_class = type(func).__name__
     model.func_modules = [func]
     return model

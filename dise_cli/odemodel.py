@@ -100,6 +100,7 @@ class OdeModel:
         self.layout = layout
         self.output_time_major = False       # the model's own output puts time first
         self.own: OwnSolver | None = None
+        self.time_scale: float | None = None  # a loop calls f at this many times the time it steps on
         self.block_path = ""
         self.func_description = ""           # where f is: its module path, or the function that is f
         self.func_class = ""
@@ -167,7 +168,7 @@ class OdeModel:
                 "t_span": [float(v) for v in self.t_span],
                 "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],
                 "inputs": None if self.join is None else self.join.to_dict(),
-                "output_key": self.output_key,
+                "output_key": self.output_key, "time_scale": self.time_scale,
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:

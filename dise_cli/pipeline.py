@@ -120,15 +120,18 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
         # a fixed-step loop: its method (over its own grid unless --t-span gives one), or the closest (refused)
         found = find_loop_solver(model, x, own_grid=grid is None)
         if found is not None and found.span is not None:
-            # a loop over a span of its own (Flux's from 1 down to 0): read over it, as --t-span would
+            # a loop over a span of its own (Flux's from 1 down to 0; a scheduler's sigmas, f called at
+            # sigma * 1000): read over it, as --t-span would, with f's time on the loop's scale
             model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block,
                                t_span=torch.tensor(found.span, dtype=torch.float64), data_t=data.t, model_name=name,
-                               join=data.join, output_key=inputs.output_key)
+                               join=data.join, output_key=inputs.output_key, time_scale=found.time_scale)
             model.t_span_source = "the loop's calls of f"
             found = find_loop_solver(model, x)
         if found is not None and found.integrator is not None:
             model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
                                   options={"reproduced": found.exact}, note=found.note)
+        elif found is not None and found.extra:
+            raise InputError(f"{name}: {found.note}")
         elif found is not None:
             raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it "
                              f"starts from): {LOOP_HINT}")

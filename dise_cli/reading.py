@@ -116,11 +116,13 @@ class _Recorder:
 def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
                ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
                model_name: str = "model", batch: int = 3, join: InputJoin | None = None,
-               output_key: str | None = None, _context: frozenset | None = None) -> OdeModel:
+               output_key: str | None = None, time_scale: float | None = None,
+               _context: frozenset | None = None) -> OdeModel:
     """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it.
-    (``join``: ``x`` packs the several inputs the forward takes; ``_context``: the paths of f's
-    per-sample tensors seen with fewer rows, for the re-read that keeps only those that grew with the
-    batch.)"""
+    (``join``: ``x`` packs the several inputs the forward takes; ``time_scale``: a hand-written loop
+    calls f at this many times the time it steps on (``dise_cli.loops``); ``_context``: the paths of
+    f's per-sample tensors seen with fewer rows, for the re-read that keeps only those that grew with
+    the batch.)"""
     grid, grid_source = _grid(t_span, data_t)
     takes_grid = len(required_args(module)) >= (len(join) if join is not None else 1) + 1
     rows = x[:batch]
@@ -152,7 +154,7 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             # grows with the batch is per sample (a fixed one that happened to match does not)
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
                               data_t=data_t, model_name=model_name, batch=len(rows) + 1, join=join,
-                              output_key=output_key,
+                              output_key=output_key, time_scale=time_scale,
                               _context=frozenset(candidates.paths) if candidates is not None else _context)
         context = candidates if _context is None or candidates is None else candidates.only(_context)
         model = _traced(module, rows, recorder, chosen, out, takes_grid, context, join, output_key)
@@ -182,7 +184,7 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
     if failure is not None:
         raise _rejects(data_name, rows, failure)
     with torch.no_grad():
-        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key)
+        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key, time_scale)
 
 
 def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:

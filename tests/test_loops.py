@@ -197,14 +197,27 @@ class _ConditionedNet(torch.nn.Module):
         return self.inner(img + txt.mean(), timesteps)
 
 
+class _PooledNet(torch.nn.Module):
+    """SD3's transformer: ``transformer(hidden_states, timestep, pooled_projections=None)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = families.VelocityMLP()
+
+    def forward(self, hidden_states, timestep, pooled_projections=None):
+        shift = 0 if pooled_projections is None else pooled_projections.mean()
+        return self.inner(hidden_states + shift, timestep)
+
+
 class _Loops(torch.nn.Module):
-    """Three loops dise refuses, each with what to do: f that needs the loop's conditioning, a loop in
-    the block's ``sample()`` (minRF's), f called at ``sigma * 1000`` while the loop steps sigmas."""
+    """Loops of a scheduler's kind: f that needs the loop's conditioning (as an argument, or a keyword
+    it may go without), a loop in the block's ``sample()`` (minRF's), and f called at ``sigma * 1000``
+    while the loop steps sigmas (diffusers' flow-matching scheduler), which dise reads."""
 
     def __init__(self, kind: str):
         super().__init__()
         self.kind = kind
-        self.model = _ConditionedNet() if kind == "conditioned" else families.VelocityMLP()
+        self.model = {"conditioned": _ConditionedNet, "keyword": _PooledNet}.get(kind, families.VelocityMLP)()
         self.txt = torch.nn.Parameter(torch.zeros(3))
         self.sigmas = families.shifted_schedule(6)
 
@@ -218,7 +231,10 @@ class _Loops(torch.nn.Module):
             return self.sample(z)
         for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
             t = torch.full((len(z),), s * (1000 if self.kind == "scaled time" else 1))
-            v = self.model(z, self.txt, t) if self.kind == "conditioned" else self.model(z, t)
+            if self.kind == "keyword":
+                t = t * 1000
+            v = self.model(z, self.txt, t) if self.kind == "conditioned" else \
+                self.model(z, t, pooled_projections=self.txt[None]) if self.kind == "keyword" else self.model(z, t)
             z = z + (s_next - s) * v
         return z
 
@@ -240,6 +256,10 @@ def build_scaled_time_loop():
     return _Loops("scaled time")
 
 
+def build_keyword_conditioned_loop():
+    return _Loops("keyword")
+
+
 def build_loop_in_sample():
     return _Sampler("in sample()")
 
@@ -249,10 +269,39 @@ def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
     save_file({"x": x}, str(tmp_path / "d.safetensors"))
     expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
                 "build_loop_in_sample": "in another method (a sample() the model calls)",
-                "build_scaled_time_loop": "f is called far outside the grid"}
+                "build_keyword_conditioned_loop": "more than a time and a state (pooled_projections"}
     for build, words in expected.items():
         torch.save(globals()[build]().state_dict(), tmp_path / "m.pt")
         res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", f"test_loops:{build}",
                                        "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, (build, res.stderr)
         assert words in res.stderr, (build, res.stderr)
+
+
+def test_a_scheduler_stepping_sigmas_with_f_at_sigma_times_1000_is_read_in_the_loops_time(tmp_path):
+    """diffusers' flow-matching scheduler: ``latents + (sigma_next - sigma) * f(latents, sigma * 1000)``.
+    f's calls at 1000, 918, ... lie far outside any grid; read at 1000 times the loop's time, the
+    loop's Euler over its sigmas reproduces the model exactly, and the scale is recorded, so the
+    bundle the factory rebuilds calls f as the model does."""
+    from test_families import run_pipeline
+    model = build_scaled_time_loop()
+    x = families.make_noise(24)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_scaled_time_loop", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"].startswith("euler:grid=1/") and info["baseline_exact"] and info["t_span"] == [1.0, 0.0]
+    assert any("f called at 1000 times the time the loop steps on" in n for n in info["notes"])
+    assert info["fidelity"]["difference"] <= 1e-5         # float32 times, scaled: round-off
+    run_pipeline(tmp_path, model, {"x": x}, "test_loops:build_scaled_time_loop", [])
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    assert bundle.manifest["reading"]["time_scale"] == 1000
+    with torch.no_grad():
+        out, stats = bundle(x, return_stats=True)
+        own = model(x)
+    routed = stats.integrator == stats.candidates.index(info["baseline"])
+    assert routed.any() or (stats.nfe < 6).all()
+    torch.testing.assert_close(out[routed], own[routed], rtol=0, atol=1e-5)
