@@ -24,6 +24,7 @@ sys.path.insert(0, str(TESTS))
 
 import families  # noqa: E402
 import tiny_models  # noqa: E402
+import test_loops  # noqa: E402
 from dise_cli.cli import app  # noqa: E402
 
 
@@ -83,6 +84,14 @@ FAMILIES = [
      lambda: labelled(families.build_classic_rk4_classifier()), []),
     ("tolerances per tuple component (FFJORD's 1e20)", "tiny_models:build_per_component_tolerances",
      lambda: labelled(tiny_models.build_per_component_tolerances()), []),
+    ("dopri5 with jump_t and step_t (f switches at 0.5)", "tiny_models:build_jump_at_half",
+     lambda: labelled(tiny_models.build_jump_at_half()), []),
+    ("Flux-style Euler loop, shifted schedule 1 -> 0", "build_shifted_schedule_sampler",
+     lambda: (families.build_shifted_schedule_sampler(), {"x": families.make_noise(64)}), []),
+    ("minRF-style loop z - dt*v, 1 -> 0", "build_noise_to_data_euler",
+     lambda: (families.build_noise_to_data_euler(), {"x": families.make_noise(64)}), []),
+    ("scheduler stepping sigmas, f at sigma*1000", "test_loops:build_scaled_time_loop",
+     lambda: (test_loops.build_scaled_time_loop(), {"x": families.make_noise(64)}), []),
 ]
 
 
