@@ -6,8 +6,9 @@ tolerance differ: dise's solve steps per sample while a library steps the whole 
 lands on output times its own way. That part is measured, not assumed: the difference between
 dise's solve and the same method at ``LOOSER`` times the tolerance bounds it (times ``MARGIN``).
 A fixed-grid baseline reproduces the model's own steps, so only round-off (``FLOOR`` of the
-outputs' scale, or ``COARSE_ULPS`` units of f's own dtype where f computes in a coarser one, as
-under bfloat16 autocast) is allowed. Where dise runs only the closest it has to the model's solver (the
+outputs' scale, ``LOOP_FLOOR`` for a hand-written loop dise identified by its calls of f, or
+``COARSE_ULPS`` units of f's own dtype where f computes in a coarser one, as under bfloat16 autocast)
+is allowed. Where dise runs only the closest it has to the model's solver (the
 method without an option it does not copy, such as ``safety`` or ``perturb``), the model's error at
 the same tolerance is not dise's: then the yardstick is the solve's own effect, and up to
 ``CLOSEST_SHARE`` of what one Euler step gets wrong is allowed (a misreading changes more than a
@@ -44,6 +45,7 @@ LOOSER = 10.0
 CLOSEST_SHARE = 0.5
 MARGIN = 3.0
 FLOOR = 1e-4
+LOOP_FLOOR = 1e-5      # a hand-written loop dise identified takes its very steps: round-off of float32 times only
 COARSE_ULPS = 2        # f of a coarser dtype than its state: round-off of this many of its units is allowed
 NOISE_SHARE = 0.5       # a spread dise cannot repeat beyond this share of one Euler step's effect: refused
 ALONE_SAMPLES = 2       # samples also compared one at a time, where dise's copy of the solver is exact
@@ -163,7 +165,8 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
                                                                            seed, device))
     # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
     coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
-    floor = max([FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * output_scale(model_out)
+    loop = ode.own is not None and ode.own.library == "loop"
+    floor = max([LOOP_FLOOR if loop else FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * output_scale(model_out)
     difference = float("inf") if failed else max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":

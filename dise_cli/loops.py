@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dise_cli.fidelity import FLOOR, max_abs, output_scale
+from dise_cli.fidelity import COARSE_ULPS, LOOP_FLOOR, max_abs, output_scale
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
@@ -81,7 +81,7 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     if not isinstance(func, nn.Module) or isinstance(func, torch.jit.ScriptModule) or len(x) < 2:
         return None
     half = len(x) // 2
-    (first, extra), (second, _) = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
+    (first, extra, f_dtype), (second, _, _) = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
     if extra:
         return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=extra)
     if first is None or first != second or not first:
@@ -98,8 +98,9 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         with torch.no_grad(), seeded(seed, x.device):
             out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, p.t).ys)
         tried.append((max_abs(out, model_out), integrator))
-    # the very same steps: the fidelity check's round-off allowance for a fixed grid
-    floor = FLOOR * output_scale(model_out)
+    # the very same steps: the fidelity check's round-off for a loop, or of f's own coarser dtype
+    coarse = COARSE_ULPS * torch.finfo(f_dtype).eps if f_dtype is not None else 0.0
+    floor = max(LOOP_FLOOR, coarse) * output_scale(model_out)
     reach = max(1.0, float(ode.t_span.abs().max()))
     outside = max(abs(t) for t in first) > OUTSIDE * reach
     if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
@@ -189,12 +190,14 @@ def _on_nodes(steps: list[list[float]], nodes: tuple[float, ...], ends: list[flo
     return True
 
 
-def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> tuple[list[float] | None, tuple[str, ...]]:
+def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor,
+                seed: int) -> tuple[list[float] | None, tuple[str, ...], torch.dtype | None]:
     """The time of each call of ``func`` in one forward of the model on ``x`` (None where a call's
-    time differs between rows, or where the time cannot be read), in the loop's own time, and the
-    arguments beyond a time and a state that the loop passes f (its conditioning)."""
+    time differs between rows, or where the time cannot be read), in the loop's own time; the
+    arguments beyond a time and a state that the loop passes f (its conditioning); f's output dtype."""
     times: list[float | None] = []
     extra: dict[str, None] = {}
+    dtypes: set[torch.dtype] = set()
     time_index = 0 if ode.field.order == "t,x" else 1
 
     def record(_module, args, kwargs):
@@ -205,15 +208,20 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> t
         if len(args) + len(given) > 2:
             others = [k for k in given if k not in TIME_NAMES][max(0, 1 - len(args)):] if len(args) < 2 else given
             extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in range(2, len(args))), *others]))
-    handle = func.register_forward_pre_hook(record, with_kwargs=True)
+    def output(_module, _args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            dtypes.add(out.dtype)
+    handles = [func.register_forward_pre_hook(record, with_kwargs=True), func.register_forward_hook(output)]
     try:
         with torch.no_grad(), seeded(seed, x.device):
             ode.run(x)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+    coarsest = max(dtypes, key=lambda d: torch.finfo(d).eps, default=None)
     if any(t is None for t in times):
-        return None, tuple(extra)
-    return (times if ode.time_scale is None else [t / ode.time_scale for t in times]), tuple(extra)
+        return None, tuple(extra), coarsest
+    return (times if ode.time_scale is None else [t / ode.time_scale for t in times]), tuple(extra), coarsest
 
 
 def _one_time(value) -> float | None:
