@@ -220,6 +220,25 @@ def _compare_alone(ode: OdeModel, x: torch.Tensor, model_out: torch.Tensor, base
     return difference, allowed
 
 
+@torch.no_grad()
+def confirm_loop(ode: OdeModel, x: torch.Tensor, dise_out: torch.Tensor, seed: int, rows: str) -> None:
+    """A hand-written loop is identified on the few samples dise reads the model on; each batch the
+    profile runs confirms it: the model as it is against dise's run of its loop (``dise_out``), held
+    to ``LOOP_FLOOR`` (or f's coarser dtype's round-off). ``InputError`` where they differ: the loop
+    does what those samples did not show (a clamp other inputs reach, steps that follow the batch's
+    size or values)."""
+    own = _seeded(lambda: ode.run(x), seed, x.device)
+    eps = [torch.finfo(ode.field.f_dtype).eps] if ode.field.f_dtype is not None else []
+    allowed = max([LOOP_FLOOR, *(COARSE_ULPS * e for e in eps)]) * output_scale(own)
+    difference = max_abs(own, dise_out)
+    if difference > allowed:
+        raise InputError(f"the model's hand-written loop and dise's {ode.own.method} differ by up to "
+                         f"{difference:.3g} on {rows}, beyond round-off ({allowed:.3g}), though they agree on the "
+                         f"{FIDELITY_SAMPLES} samples dise read the model on: the loop does what those did not show "
+                         f"(a clamp other inputs reach, steps that follow the batch's size or values), and dise "
+                         f"cannot route it; write the loop with torchdiffeq's odeint, or keep such steps out of it")
+
+
 def fidelity_error(check: Fidelity, ode: OdeModel, model_name: str, hint: str) -> InputError:
     """The one line for a reading that does not reproduce the model."""
     diff = "a failed or non-finite solve" if check.difference == float("inf") else f"up to {check.difference:.3g}"

@@ -11,6 +11,7 @@ from torch import nn
 
 from dise_cli.clock import sync
 from dise_cli.datasets import Dataset
+from dise_cli.fidelity import confirm_loop
 from dise_cli.integrators import Dopri5, Integrator, Solution
 from dise_cli.integrators.tolerances import smallest
 from dise_cli.judging import Judge, targets_batch_major
@@ -162,6 +163,8 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
             judged.append(target.cpu())
             outputs = [_profile_one(model, x, problem, cand, col, judge, target, device, seed=start)
                        for cand, col in zip(candidates, cols)]
+            if _runs_own_loop(model, candidates[base]) and not empty:
+                confirm_loop(model, x, outputs[base], start, f"a batch of {len(idx)} data rows (row {int(idx[0])} first)")
             if judge.task == "regression":
                 for out, col in zip(outputs, cols):
                     col.aux.append(judge.gamma(out, outputs[base]).cpu())
@@ -195,6 +198,12 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
                     steps_total=[c.steps for c in cols])
     profile.timing = timing.record(device)
     return ProfileRun(profile=profile, timing=timing)
+
+
+def _runs_own_loop(model: OdeModel, baseline: Integrator) -> bool:
+    """The baseline is a hand-written loop dise identified (``dise_cli.loops``), run as the loop."""
+    own = model.own
+    return own is not None and own.library == "loop" and own.method == baseline.spec
 
 
 def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand: Integrator, col: _Column,

@@ -305,3 +305,38 @@ def test_a_scheduler_stepping_sigmas_with_f_at_sigma_times_1000_is_read_in_the_l
     routed = stats.integrator == stats.candidates.index(info["baseline"])
     assert routed.any() or (stats.nfe < 6).all()
     torch.testing.assert_close(out[routed], own[routed], rtol=0, atol=1e-5)
+
+
+class _ClampedLoop(torch.nn.Module):
+    """minRF's loop, then ``clamp(-2, 2)`` (an image sampler's last step): inside the block dise runs
+    its own loop in place of, so the clamp is lost where it binds."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = families.VelocityMLP()
+
+    def forward(self, z):
+        for i in range(8, 0, -1):
+            z = z - 0.125 * self.model(z, torch.full((len(z),), i / 8))
+        return z.clamp(-2, 2)
+
+
+def build_clamped_loop():
+    return _ClampedLoop()
+
+
+def test_a_loop_doing_what_the_probe_samples_did_not_show_is_refused_by_the_profile(tmp_path):
+    """On the first 8 samples (small noise) the clamp never binds, and the loop reads as euler:steps=8,
+    exactly; the profile runs the model as it is on every batch beside dise's loop, and the rows
+    beyond, whose outputs the clamp cuts, show it: exit 2, no profile written."""
+    x = torch.cat([0.05 * families.make_noise(8), 3 * families.make_noise(24, seed=1)])
+    torch.save(build_clamped_loop().state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_clamped_loop", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["baseline"] == "euler:steps=8", res.stderr
+    res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.stderr
+    assert "though they agree on the 8 samples" in errors[0] and not (tmp_path / "p.safetensors").exists()
