@@ -73,10 +73,12 @@ class LoopFinding:
         return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{scale}"
 
 
-def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bool = True) -> LoopFinding | None:
+def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bool = True,
+                     given_span: bool = False) -> LoopFinding | None:
     """What the model's own loop is, from its calls of f; None where they follow the input (an adaptive
     loop) or cannot be watched. ``own_grid``: where no method reproduces the loop over dise's grid,
-    look for the loop's own (not where the user gave the grid)."""
+    look for the loop's own; ``given_span``: the user gave dise's grid's two ends (``--t-span 1,0.002``),
+    which the loop's own grid must then start and end at."""
     func = getattr(ode.block, ode.func_attr, None)
     if not isinstance(func, nn.Module) or isinstance(func, torch.jit.ScriptModule) or len(x) < 2:
         return None
@@ -107,7 +109,12 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         # the loop's own grid; f called far outside it: at the largest call's multiple of the loop's time
         for scale in (None, max(abs(t) for t in first)) if outside else (None,):
             times = first if scale is None else [t / scale for t in first]
-            for cls, grid in _grids_of_calls(times, float(ode.t_span[-1])):
+            span_end = float(ode.t_span[-1])
+            for cls, grid in _grids_of_calls(times, (span_end,) if given_span else (span_end, *GRID_ENDS)):
+                if given_span:
+                    grid = _on_span(grid, float(ode.t_span[0]), span_end)
+                    if grid is None:
+                        continue
                 integrator = cls(grid=grid)
                 span = (grid[0], grid[-1])
                 difference = _difference(ode, x, integrator, span, scale, model_out, seed)
@@ -141,11 +148,18 @@ GRID_ENDS = (0.0, 1.0)      # where a loop's last Euler step may end: a flow's t
 NODE_TOLERANCE = 1e-3       # a call off its node by more than this share of the step: not that method (nodes differ by 1/6)
 
 
-def _grids_of_calls(times: list[float], span_end: float) -> list[tuple[type, tuple[float, ...]]]:
+def _on_span(grid: tuple[float, ...], start: float, end: float) -> tuple[float, ...] | None:
+    """``grid`` with its ends set to the span the user gave, where they are those up to float32 round-off
+    of f's call times (None where they are not)."""
+    close = all(abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in ((grid[0], start), (grid[-1], end)))
+    return (start, *grid[1:-1], end) if close else None
+
+
+def _grids_of_calls(times: list[float], last_ends: tuple[float, ...]) -> list[tuple[type, tuple[float, ...]]]:
     """Each fixed-step method whose nodes f's calls fall on, one step per interval, with the grid those
     steps make: a step starts at its first call and ends where its nodes put it (the next step's start
-    where there is one). Euler's one call a step leaves the last step's end open: the span's end, or 0
-    or 1, whichever lies beyond the last call."""
+    where there is one). Euler's one call a step leaves the last step's end open: one of ``last_ends`` (the
+    span's end, or 0 or 1), whichever lies beyond the last call."""
     found = []
     for cls in LOOP_METHODS:
         nodes = cls.tableau.c
@@ -167,7 +181,7 @@ def _grids_of_calls(times: list[float], span_end: float) -> list[tuple[type, tup
             found.append((cls, grid))
             continue
         direction = starts[1] - starts[0] if len(starts) > 1 else None
-        for end in dict.fromkeys((span_end, *GRID_ENDS)):
+        for end in dict.fromkeys(last_ends):
             last = starts[-1]
             if end != last and (direction is None or (end - last) * direction > 0):
                 found.append((cls, (*starts, end)))

@@ -117,8 +117,9 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
                        data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
     if model.how == "attributes" and model.own is None:
-        # a fixed-step loop: its method (over its own grid unless --t-span gives one), or the closest (refused)
-        found = find_loop_solver(model, x, own_grid=grid is None)
+        # a fixed-step loop: its method (over its own grid, between the ends --t-span gives), or the closest
+        # (refused)
+        found = find_loop_solver(model, x, own_grid=grid is None or len(grid) == 2, given_span=grid is not None)
         if found is not None and found.span is not None:
             # a loop over a span of its own (Flux's from 1 down to 0; a scheduler's sigmas, f called at
             # sigma * 1000): read over it, as --t-span would, with f's time on the loop's scale

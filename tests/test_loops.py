@@ -340,3 +340,33 @@ def test_a_loop_doing_what_the_probe_samples_did_not_show_is_refused_by_the_prof
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1, res.stderr
     assert "though they agree on the 8 samples" in errors[0] and not (tmp_path / "p.safetensors").exists()
+
+
+class _EndsAtSigmaMin(families.ShiftedScheduleSampler):
+    """Flux's loop whose schedule stops at sigma_min = 0.002, not 0: Euler's last call says nothing of
+    where its step ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.timesteps[-1] = 0.002
+
+
+def build_ends_at_sigma_min():
+    return _EndsAtSigmaMin().eval()
+
+
+def test_a_loop_ending_where_its_calls_cannot_say_is_read_with_the_ends_given(tmp_path):
+    """No end dise tries (0, 1) reproduces the loop: refused with every call time; --t-span 1,0.002
+    gives the ends, and the loop's own grid between them is its solver, exactly."""
+    x = families.make_noise(24)
+    torch.save(build_ends_at_sigma_min().state_dict(), tmp_path / "m.pt")
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_ends_at_sigma_min", "--code-path", TESTS,
+            "--data", str(tmp_path / "d.safetensors")]
+    res = CliRunner().invoke(app, ["inspect", *args])
+    assert res.exit_code == 2 and "(all 8: 1, 0.956724" in res.stderr, res.stderr
+    res = CliRunner().invoke(app, ["inspect", *args, "--t-span", "1,0.002", "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"].startswith("euler:grid=1/") and info["baseline"].endswith("/0.002")
+    assert info["baseline_exact"] and info["fidelity"]["difference"] == 0 and info["t_span"] == [1.0, 0.002]
