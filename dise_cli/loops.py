@@ -46,6 +46,7 @@ class LoopFinding:
     scaled: bool = False      # refused, with f called far outside dise's grid: its time perhaps on another scale
     time_scale: float | None = None   # f called at this many times the loop's own time (``TimeScaled``)
     extra: tuple[str, ...] = ()       # what the loop passes f beyond a time and a state: dise cannot pass it
+    heun_last_euler: bool = False     # refused, with calls that pair up as Heun steps but for an Euler last one
 
     @property
     def note(self) -> str:
@@ -70,6 +71,9 @@ class LoopFinding:
         scale = (" (f is called far outside the grid: where f takes its time on another scale than the loop "
                  "steps, as a scheduler stepping sigmas calls f at sigma * 1000, no grid reproduces it; give f "
                  "the loop's own time, e.g. a wrapper that scales it)") if self.scaled else ""
+        if self.heun_last_euler:
+            scale += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
+                      "REPA's samplers step: a method dise does not have)")
         return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{scale}"
 
 
@@ -125,8 +129,10 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
+    # Heun's two calls a step at its ends (the second the next step's first), then one Euler call
+    heun_last_euler = len(first) % 2 == 1 and len(first) > 2 and first[1::2] == first[2::2]
     return LoopFinding(tuple(first), best, difference, difference <= floor, scaled=outside,
-                       time_scale=ode.time_scale)
+                       time_scale=ode.time_scale, heun_last_euler=heun_last_euler)
 
 
 def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tuple[float, float],

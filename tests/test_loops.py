@@ -370,3 +370,34 @@ def test_a_loop_ending_where_its_calls_cannot_say_is_read_with_the_ends_given(tm
     info = json.loads(res.stdout)
     assert info["baseline"].startswith("euler:grid=1/") and info["baseline"].endswith("/0.002")
     assert info["baseline_exact"] and info["fidelity"]["difference"] == 0 and info["t_span"] == [1.0, 0.002]
+
+
+class _HeunLastEuler(torch.nn.Module):
+    """REPA's ODE sampler with ``heun=True``: Heun steps, but for the last, an Euler step."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = families.VelocityMLP()
+
+    def forward(self, x):
+        t = torch.linspace(1, 0, 7).tolist()
+        for i, (t_cur, t_next) in enumerate(zip(t[:-1], t[1:])):
+            d = self.model(x, torch.full((len(x),), t_cur))
+            x_next = x + (t_next - t_cur) * d
+            if i < len(t) - 2:
+                d2 = self.model(x_next, torch.full((len(x),), t_next))
+                x_next = x + (t_next - t_cur) * (d + d2) / 2
+            x = x_next
+        return x
+
+
+def build_heun_last_euler():
+    return _HeunLastEuler()
+
+
+def test_heun_steps_with_an_euler_last_step_are_named_in_the_refusal(tmp_path):
+    torch.save(build_heun_last_euler().state_dict(), tmp_path / "m.pt")
+    save_file({"x": families.make_noise(16)}, str(tmp_path / "d.safetensors"))
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", "test_loops:build_heun_last_euler",
+                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+    assert res.exit_code == 2 and "pair up as Heun steps whose last step is Euler" in res.stderr, res.stderr
