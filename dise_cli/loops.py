@@ -51,9 +51,9 @@ class LoopFinding:
     @property
     def note(self) -> str:
         if self.extra:
-            return (f"the model's loop calls f with more than a time and a state ({', '.join(self.extra)}: the "
-                    f"conditioning it hands f), which dise cannot pass; wrap f as f(t, x) holding the rest as "
-                    f"attributes, or write the loop with torchdiffeq's odeint")
+            return (f"the model's loop calls f with more than a time and a state of its samples "
+                    f"({'; '.join(self.extra)}), which dise cannot pass; wrap f as f(t, x) holding the rest (the "
+                    f"conditioning, the guidance) inside it, or write the loop with torchdiffeq's odeint")
         calls = f"the model's loop calls f {len(self.times)} times, at t = {_times_text(self.times)} whatever the input"
         if self.exact:
             how = "exactly" if self.difference == 0 else f"to {self.difference:.2g}"
@@ -87,9 +87,13 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     if not isinstance(func, nn.Module) or isinstance(func, torch.jit.ScriptModule) or len(x) < 2:
         return None
     half = len(x) // 2
-    (first, extra, f_dtype), (second, _, _) = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
-    if extra:
-        return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=extra)
+    watched, again = (_call_times(ode, func, rows, seed) for rows in (x[:half], x[half:]))
+    first, second, f_dtype = watched.times, again.times, watched.f_dtype
+    if watched.extra or watched.rows > half:
+        # f given the loop's conditioning, or more rows than samples (guidance by batch doubling around f)
+        doubled = (f"a state of {watched.rows} rows for {half} samples: guidance by batch doubling around f",) \
+            if watched.rows > half else ()
+        return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=(*doubled, *watched.extra))
     if first is None or first != second or not first:
         return None                                   # times that follow the input: an adaptive loop
     intervals = len(ode.t_span) - 1
@@ -210,17 +214,31 @@ def _on_nodes(steps: list[list[float]], nodes: tuple[float, ...], ends: list[flo
     return True
 
 
-def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor,
-                seed: int) -> tuple[list[float] | None, tuple[str, ...], torch.dtype | None]:
-    """The time of each call of ``func`` in one forward of the model on ``x`` (None where a call's
-    time differs between rows, or where the time cannot be read), in the loop's own time; the
-    arguments beyond a time and a state that the loop passes f (its conditioning); f's output dtype."""
+@dataclass
+class _Watched:
+    """What one forward showed of the loop's calls of f."""
+
+    times: list[float] | None = None      # each call's time in the loop's own time (None: not one per call)
+    extra: tuple[str, ...] = ()           # arguments beyond a time and a state (the loop's conditioning)
+    f_dtype: torch.dtype | None = None    # the coarsest dtype f returned
+    rows: int = 0                         # the most rows f was given
+
+
+def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _Watched:
+    """The calls of ``func`` in one forward of the model on ``x``: their times (None where a call's
+    time differs between rows, or cannot be read), the arguments beyond a time and a state the loop
+    passes f, f's output dtype and the most rows it was given."""
     times: list[float | None] = []
     extra: dict[str, None] = {}
     dtypes: set[torch.dtype] = set()
+    rows = [0]
     time_index = 0 if ode.field.order == "t,x" else 1
 
     def record(_module, args, kwargs):
+        state = args[1 - time_index] if len(args) > 1 else next(
+            (v for k, v in kwargs.items() if k not in TIME_NAMES and isinstance(v, torch.Tensor)), None)
+        if isinstance(state, torch.Tensor) and state.ndim:
+            rows[0] = max(rows[0], len(state))
         value = args[time_index] if len(args) > time_index else next(
             (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
         times.append(_one_time(value))
@@ -228,6 +246,7 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor,
         if len(args) + len(given) > 2:
             others = [k for k in given if k not in TIME_NAMES][max(0, 1 - len(args)):] if len(args) < 2 else given
             extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in range(2, len(args))), *others]))
+
     def output(_module, _args, out):
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             dtypes.add(out.dtype)
@@ -238,10 +257,11 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor,
     finally:
         for handle in handles:
             handle.remove()
-    coarsest = max(dtypes, key=lambda d: torch.finfo(d).eps, default=None)
-    if any(t is None for t in times):
-        return None, tuple(extra), coarsest
-    return (times if ode.time_scale is None else [t / ode.time_scale for t in times]), tuple(extra), coarsest
+    watched = _Watched(extra=tuple(extra), f_dtype=max(dtypes, key=lambda d: torch.finfo(d).eps, default=None),
+                       rows=rows[0])
+    if not any(t is None for t in times):
+        watched.times = times if ode.time_scale is None else [t / ode.time_scale for t in times]
+    return watched
 
 
 def _one_time(value) -> float | None:

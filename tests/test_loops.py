@@ -221,6 +221,11 @@ class _Loops(torch.nn.Module):
         self.txt = torch.nn.Parameter(torch.zeros(3))
         self.sigmas = families.shifted_schedule(6)
 
+    def guided(self, z, t):
+        """The loop doubles the batch around f, as SD3's pipeline does: cat([z, z]), then mixes."""
+        uncond, cond = self.model(torch.cat([z, z]), torch.cat([t, t])).chunk(2)
+        return uncond + 2.0 * (cond - uncond)
+
     def sample(self, z):
         for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
             z = z + (s_next - s) * self.model(z, torch.full((len(z),), s))
@@ -234,7 +239,8 @@ class _Loops(torch.nn.Module):
             if self.kind == "keyword":
                 t = t * 1000
             v = self.model(z, self.txt, t) if self.kind == "conditioned" else \
-                self.model(z, t, pooled_projections=self.txt[None]) if self.kind == "keyword" else self.model(z, t)
+                self.model(z, t, pooled_projections=self.txt[None]) if self.kind == "keyword" else \
+                self.guided(z, t) if self.kind == "doubled" else self.model(z, t)
             z = z + (s_next - s) * v
         return z
 
@@ -260,6 +266,10 @@ def build_keyword_conditioned_loop():
     return _Loops("keyword")
 
 
+def build_doubled_around_f_loop():
+    return _Loops("doubled")
+
+
 def build_loop_in_sample():
     return _Sampler("in sample()")
 
@@ -269,7 +279,8 @@ def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
     save_file({"x": x}, str(tmp_path / "d.safetensors"))
     expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
                 "build_loop_in_sample": "in another method (a sample() the model calls)",
-                "build_keyword_conditioned_loop": "more than a time and a state (pooled_projections"}
+                "build_keyword_conditioned_loop": "more than a time and a state of its samples (pooled_projections",
+                "build_doubled_around_f_loop": "samples: guidance by batch doubling around f"}
     for build, words in expected.items():
         torch.save(globals()[build]().state_dict(), tmp_path / "m.pt")
         res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", f"test_loops:{build}",
