@@ -20,10 +20,13 @@ TESTS = str(Path(__file__).resolve().parent)
 
 
 def _files(tmp_path, build: str, data: dict) -> list[str]:
-    model = getattr(families, build)()
+    """Save the model ``build`` makes (a builder in tests/families.py, or ``test_loops:name`` here) as a
+    state dict, and ``data``, as a user would; the arguments that name them."""
+    module, _, name = build.rpartition(":")
+    model = globals()[name]() if module == "test_loops" else getattr(families, name)()
     torch.save(model.state_dict(), tmp_path / "m.pt")
     save_file(data, str(tmp_path / "d.safetensors"))
-    return [str(tmp_path / "m.pt"), "--arch", f"families:{build}", "--code-path", TESTS,
+    return [str(tmp_path / "m.pt"), "--arch", build if module else f"families:{build}", "--code-path", TESTS,
             "--data", str(tmp_path / "d.safetensors")]
 
 
@@ -119,10 +122,7 @@ def test_a_solver_kept_as_an_attribute_is_seen(tmp_path):
     """``self.odeint = odeint`` binds the function where dise's module-level watch did not reach: dise
     saw no call and guessed dopri5 for what is rk4 with steps of 0.5. Now the call is seen."""
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    torch.save(build_keeps_its_solver().state_dict(), tmp_path / "m.pt")
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
-    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_keeps_its_solver", "--code-path", TESTS,
-            "--data", str(tmp_path / "d.safetensors")]
+    args = _files(tmp_path, "test_loops:build_keeps_its_solver", {"x": x})
     res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
@@ -134,10 +134,7 @@ def test_a_solve_that_ends_at_an_event_is_refused_in_one_line(tmp_path):
     """odeint_event calls odeint through a default argument dise cannot wrap: it was not seen, and the
     model read by its attributes over [0, 1]. Now the event solve itself is seen, and refused."""
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    torch.save(build_solves_to_an_event().state_dict(), tmp_path / "m.pt")
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
-    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", "test_loops:build_solves_to_an_event",
-                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+    res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "test_loops:build_solves_to_an_event", {"x": x})])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "odeint_event" in res.stderr and "event fires" in res.stderr
 
@@ -276,15 +273,12 @@ def build_loop_in_sample():
 
 def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
     x = families.make_noise(16)
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
     expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
                 "build_loop_in_sample": "in another method (a sample() the model calls)",
                 "build_keyword_conditioned_loop": "more than a time and a state of its samples (pooled_projections",
                 "build_doubled_around_f_loop": "samples: guidance by batch doubling around f"}
     for build, words in expected.items():
-        torch.save(globals()[build]().state_dict(), tmp_path / "m.pt")
-        res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", f"test_loops:{build}",
-                                       "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+        res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, f"test_loops:{build}", {"x": x})])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, (build, res.stderr)
         assert words in res.stderr, (build, res.stderr)
 
@@ -297,10 +291,7 @@ def test_a_scheduler_stepping_sigmas_with_f_at_sigma_times_1000_is_read_in_the_l
     from test_families import run_pipeline
     model = build_scaled_time_loop()
     x = families.make_noise(24)
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
-    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_scaled_time_loop", "--code-path", TESTS,
-            "--data", str(tmp_path / "d.safetensors")]
+    args = _files(tmp_path, "test_loops:build_scaled_time_loop", {"x": x})
     res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
@@ -341,10 +332,7 @@ def test_a_loop_doing_what_the_probe_samples_did_not_show_is_refused_by_the_prof
     exactly; the profile runs the model as it is on every batch beside dise's loop, and the rows
     beyond, whose outputs the clamp cuts, show it: exit 2, no profile written."""
     x = torch.cat([0.05 * families.make_noise(8), 3 * families.make_noise(24, seed=1)])
-    torch.save(build_clamped_loop().state_dict(), tmp_path / "m.pt")
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
-    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_clamped_loop", "--code-path", TESTS,
-            "--data", str(tmp_path / "d.safetensors")]
+    args = _files(tmp_path, "test_loops:build_clamped_loop", {"x": x})
     res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
     assert res.exit_code == 0 and json.loads(res.stdout)["baseline"] == "euler:steps=8", res.stderr
     res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
@@ -369,11 +357,7 @@ def build_ends_at_sigma_min():
 def test_a_loop_ending_where_its_calls_cannot_say_is_read_with_the_ends_given(tmp_path):
     """No end dise tries (0, 1) reproduces the loop: refused with every call time; --t-span 1,0.002
     gives the ends, and the loop's own grid between them is its solver, exactly."""
-    x = families.make_noise(24)
-    torch.save(build_ends_at_sigma_min().state_dict(), tmp_path / "m.pt")
-    save_file({"x": x}, str(tmp_path / "d.safetensors"))
-    args = [str(tmp_path / "m.pt"), "--arch", "test_loops:build_ends_at_sigma_min", "--code-path", TESTS,
-            "--data", str(tmp_path / "d.safetensors")]
+    args = _files(tmp_path, "test_loops:build_ends_at_sigma_min", {"x": families.make_noise(24)})
     res = CliRunner().invoke(app, ["inspect", *args])
     assert res.exit_code == 2 and "(all 8: 1, 0.956724" in res.stderr, res.stderr
     res = CliRunner().invoke(app, ["inspect", *args, "--t-span", "1,0.002", "--json", "-"])
@@ -407,8 +391,6 @@ def build_heun_last_euler():
 
 
 def test_heun_steps_with_an_euler_last_step_are_named_in_the_refusal(tmp_path):
-    torch.save(build_heun_last_euler().state_dict(), tmp_path / "m.pt")
-    save_file({"x": families.make_noise(16)}, str(tmp_path / "d.safetensors"))
-    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.pt"), "--arch", "test_loops:build_heun_last_euler",
-                                   "--code-path", TESTS, "--data", str(tmp_path / "d.safetensors")])
+    res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "test_loops:build_heun_last_euler",
+                                                      {"x": families.make_noise(16)})])
     assert res.exit_code == 2 and "pair up as Heun steps whose last step is Euler" in res.stderr, res.stderr
