@@ -15,6 +15,7 @@ times follow the input (an adaptive one) is left to the fidelity check's toleran
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -114,8 +115,11 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     reach = max(1.0, float(ode.t_span.abs().max()))
     outside = max(abs(t) for t in first) > OUTSIDE * reach
     if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
-        # the loop's own grid; f called far outside it: at the largest call's multiple of the loop's time
-        for scale in (None, max(abs(t) for t in first)) if outside else (None,):
+        # the loop's own grid; f called far outside it: at a multiple of the loop's time, the largest
+        # call's (a loop from 1) or the power of ten above it (a loop begun part way, as img2img's from 0.79)
+        largest = max(abs(t) for t in first)
+        scales = dict.fromkeys((largest, 10.0 ** math.ceil(math.log10(largest)))) if outside else {}
+        for scale in (None, *scales):
             times = first if scale is None else [t / scale for t in first]
             span_end = float(ode.t_span[-1])
             for cls, grid in _grids_of_calls(times, (span_end,) if given_span else (span_end, *GRID_ENDS)):

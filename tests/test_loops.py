@@ -259,6 +259,13 @@ def build_scaled_time_loop():
     return _Loops("scaled time")
 
 
+def build_scaled_time_loop_part_way():
+    """img2img's loop: the scheduler's sigmas from part way (0.90 here), f still at sigma * 1000."""
+    model = _Loops("scaled time")
+    model.sigmas = model.sigmas[2:]
+    return model
+
+
 def build_keyword_conditioned_loop():
     return _Loops("keyword")
 
@@ -394,3 +401,13 @@ def test_heun_steps_with_an_euler_last_step_are_named_in_the_refusal(tmp_path):
     res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "test_loops:build_heun_last_euler",
                                                       {"x": families.make_noise(16)})])
     assert res.exit_code == 2 and "pair up as Heun steps whose last step is Euler" in res.stderr, res.stderr
+
+
+def test_a_scheduler_begun_part_way_is_read_at_its_power_of_ten(tmp_path):
+    """f's largest call is 1000 * 0.90, not 1000: the scale tried next is the power of ten above it."""
+    args = _files(tmp_path, "test_loops:build_scaled_time_loop_part_way", {"x": families.make_noise(16)})
+    res = CliRunner().invoke(app, ["inspect", *args, "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["t_span"][0] < 0.95 and info["baseline_exact"] and info["fidelity"]["passed"]
+    assert any("f called at 1000 times" in n for n in info["notes"])
