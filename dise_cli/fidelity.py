@@ -98,6 +98,14 @@ def output_scale(out) -> float:
     return 1.0 + (float(finite.abs().max()) if finite.numel() else 0.0)
 
 
+def round_off(out, f_dtypes, loop: bool = False) -> float:
+    """What round-off may change in outputs ``out`` of a fixed-step solve that takes the model's own
+    steps: ``FLOOR`` of their scale (``LOOP_FLOOR`` for a hand-written loop dise identified), or
+    ``COARSE_ULPS`` units of f's dtype where f computes in a coarser one (``f_dtypes``: those f returned)."""
+    coarse = [COARSE_ULPS * torch.finfo(d).eps for d in f_dtypes if d is not None and d.is_floating_point]
+    return max([LOOP_FLOOR if loop else FLOOR, *coarse]) * output_scale(out)
+
+
 @torch.no_grad()
 def check_rows_alone(ode: OdeModel, x: torch.Tensor) -> bool | None:
     """f gives each sample of a batch what it gives the sample alone, at the solve's first time.
@@ -164,9 +172,7 @@ def check_fidelity(ode: OdeModel, x: torch.Tensor, baseline: Integrator, exact: 
     closest = 0.0 if exact else CLOSEST_SHARE * max_abs(dise_out, _seeded(lambda: reproduce(Euler(steps=1)),
                                                                            seed, device))
     # f computed in a coarser dtype (bfloat16 under autocast) rounds the model's own steps at its precision
-    coarse = [torch.finfo(f.f_dtype).eps for f in fields if f.f_dtype is not None and f.f_dtype.is_floating_point]
-    loop = ode.own is not None and ode.own.library == "loop"
-    floor = max([LOOP_FLOOR if loop else FLOOR, *(COARSE_ULPS * eps for eps in coarse)]) * output_scale(model_out)
+    floor = round_off(model_out, [f.f_dtype for f in fields], loop=ode.own is not None and ode.own.is_loop)
     difference = float("inf") if failed else max_abs(model_out, dise_out)
     spread = MARGIN * randomness if draws == "spread" else 0.0
     if draws == "spread":
@@ -228,8 +234,7 @@ def confirm_loop(ode: OdeModel, x: torch.Tensor, dise_out: torch.Tensor, seed: i
     does what those samples did not show (a clamp other inputs reach, steps that follow the batch's
     size or values)."""
     own = _seeded(lambda: ode.run(x), seed, x.device)
-    eps = [torch.finfo(ode.field.f_dtype).eps] if ode.field.f_dtype is not None else []
-    allowed = max([LOOP_FLOOR, *(COARSE_ULPS * e for e in eps)]) * output_scale(own)
+    allowed = round_off(own, [ode.field.f_dtype], loop=True)
     difference = max_abs(own, dise_out)
     if difference > allowed:
         raise InputError(f"the model's hand-written loop and dise's {ode.own.method} differ by up to "

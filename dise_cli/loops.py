@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dise_cli.fidelity import COARSE_ULPS, LOOP_FLOOR, max_abs, output_scale
+from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
@@ -69,13 +69,13 @@ class LoopFinding:
             if len(self.times) <= MAX_LISTED else calls
         if self.integrator is None:
             return f"{calls}: no fixed-step method makes that many calls over dise's grid"
-        scale = (" (f is called far outside the grid: where f takes its time on another scale than the loop "
-                 "steps, as a scheduler stepping sigmas calls f at sigma * 1000, no grid reproduces it; give f "
-                 "the loop's own time, e.g. a wrapper that scales it)") if self.scaled else ""
+        why = (" (f is called far outside the grid, and f's time at the scales dise tries, the largest call's "
+               "and the power of ten above it, reproduces no loop: give f the loop's own time, e.g. a wrapper "
+               "that scales it)") if self.scaled else ""
         if self.heun_last_euler:
-            scale += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
-                      "REPA's samplers step: a method dise does not have)")
-        return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{scale}"
+            why += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
+                    "REPA's samplers step: a method dise does not have)")
+        return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{why}"
 
 
 def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bool = True,
@@ -109,9 +109,7 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         with torch.no_grad(), seeded(seed, x.device):
             out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, p.t).ys)
         tried.append((max_abs(out, model_out), integrator))
-    # the very same steps: the fidelity check's round-off for a loop, or of f's own coarser dtype
-    coarse = COARSE_ULPS * torch.finfo(f_dtype).eps if f_dtype is not None else 0.0
-    floor = max(LOOP_FLOOR, coarse) * output_scale(model_out)
+    floor = round_off(model_out, [f_dtype], loop=True)     # the very same steps: round-off only
     reach = max(1.0, float(ode.t_span.abs().max()))
     outside = max(abs(t) for t in first) > OUTSIDE * reach
     if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
@@ -150,7 +148,7 @@ def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tu
 
     def solve(p):
         field = p.field if scale is None else \
-            p.field.with_func(TimeScaled(p.field.func, scale, 0 if p.field.order == "t,x" else 1))
+            p.field.with_func(TimeScaled(p.field.func, scale, p.field.order))
         return integrator.solve(field, p.h0, ends).ys
     with torch.no_grad(), seeded(seed, x.device):
         return max_abs(ode.forward_with(x, solve), model_out)
@@ -182,22 +180,19 @@ def _grids_of_calls(times: list[float], last_ends: tuple[float, ...]) -> list[tu
             continue
         steps = [times[i:i + stages] for i in range(0, len(times), stages)]
         starts = [step[0] for step in steps]
+        # a step ends at the next one's start; the last where its widest node puts it (Euler's: unknown)
         widest = max(range(stages), key=lambda j: nodes[j])
+        last, final = steps[-1], None
         if nodes[widest] > 0:
-            ends = [step[0] + (step[widest] - step[0]) / nodes[widest] for step in steps]
-            grid = (*starts, ends[-1])
-        else:
-            ends = [*starts[1:], None]
-            grid = None
-        if not _on_nodes(steps, nodes, starts[1:] + [ends[-1]]):
+            final = last[0] + (last[widest] - last[0]) / nodes[widest]
+        if not _on_nodes(steps, nodes, [*starts[1:], final]):
             continue
-        if grid is not None:
-            found.append((cls, grid))
+        if final is not None:
+            found.append((cls, (*starts, final)))
             continue
         direction = starts[1] - starts[0] if len(starts) > 1 else None
         for end in dict.fromkeys(last_ends):
-            last = starts[-1]
-            if end != last and (direction is None or (end - last) * direction > 0):
+            if end != last[0] and (direction is None or (end - last[0]) * direction > 0):
                 found.append((cls, (*starts, end)))
     return found
 

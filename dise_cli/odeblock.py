@@ -136,12 +136,12 @@ def sequential_split(module: nn.Module, path: str) -> tuple[nn.Sequential, nn.Se
 
 class TimeScaled(nn.Module):
     """f as a hand-written loop calls it: at ``scale`` times the time its steps move on (a scheduler that
-    steps sigmas from 1 to 0 and calls the network at ``sigma * 1000``). Its time argument (position
-    ``time_index``) is scaled before ``func`` sees it; dise solves in the loop's own time."""
+    steps sigmas from 1 to 0 and calls the network at ``sigma * 1000``). Its time argument (first for
+    ``order`` "t,x", else second) is scaled before ``func`` sees it; dise solves in the loop's own time."""
 
-    def __init__(self, func: nn.Module, scale: float, time_index: int):
+    def __init__(self, func: nn.Module, scale: float, order: str):
         super().__init__()
-        self.func, self.scale, self.time_index = func, float(scale), time_index
+        self.func, self.scale, self.time_index = func, float(scale), 0 if order == "t,x" else 1
 
     def forward(self, a, b):
         args = [a, b]
@@ -211,7 +211,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     try:
         order = detect_arg_order(func, h0, float(grid[0]) * (time_scale or 1.0), layout)
         if time_scale is not None:
-            func = TimeScaled(func, time_scale, 0 if order == "t,x" else 1)
+            func = TimeScaled(func, time_scale, order)
         field = VectorField.detect(func, h0, grid, layout, order=order)
     except InputError as exc:
         raise InputError(f"{what} {exc}; {hint}") from None

@@ -85,6 +85,11 @@ class OwnSolver:
     sample_atol: Any = None
     note: str = ""             # how dise knows it, where it did not see the call (a loop it identified)
 
+    @property
+    def is_loop(self) -> bool:
+        """A hand-written loop dise identified by its calls of f (``dise_cli.loops``), not a library call."""
+        return self.library == "loop"
+
 
 class OdeModel:
     """Common state of every reading. Subclasses implement encode / decode / forward_with."""

@@ -117,25 +117,9 @@ def open_inputs(inputs: Inputs, *, candidates: str | None = None, check: bool = 
     model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, t_span=grid,
                        data_t=data.t, model_name=name, join=data.join, output_key=inputs.output_key)
     if model.how == "attributes" and model.own is None:
-        # a fixed-step loop: its method (over its own grid, between the ends --t-span gives), or the closest
-        # (refused)
-        found = find_loop_solver(model, x, own_grid=grid is None or len(grid) == 2, given_span=grid is not None)
-        if found is not None and found.span is not None:
-            # a loop over a span of its own (Flux's from 1 down to 0; a scheduler's sigmas, f called at
-            # sigma * 1000): read over it, as --t-span would, with f's time on the loop's scale
-            model = read_model(module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block,
-                               t_span=torch.tensor(found.span, dtype=torch.float64), data_t=data.t, model_name=name,
-                               join=data.join, output_key=inputs.output_key, time_scale=found.time_scale)
-            model.t_span_source = "the loop's calls of f"
-            found = find_loop_solver(model, x)
-        if found is not None and found.integrator is not None:
-            model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
-                                  options={"reproduced": found.exact}, note=found.note)
-        elif found is not None and found.extra:
-            raise InputError(f"{name}: {found.note}")
-        elif found is not None:
-            raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it "
-                             f"starts from): {LOOP_HINT}")
+        model = _read_loop(model, x, grid, lambda **again: read_model(
+            module, x, data_name=data.name, solve=inputs.solve, ode_block=inputs.ode_block, data_t=data.t,
+            model_name=name, join=data.join, output_key=inputs.output_key, **again), name)
     data_note = ""
     if data.per_sample_grid and model.how != "bare":
         if model.model_takes_grid:
@@ -182,6 +166,30 @@ def reading_notes(opened: Opened) -> list[str]:
         if plan["needs_arch"]:
             notes.append(f"note: {plan['note']}")
     return notes
+
+
+def _read_loop(model: OdeModel, x: torch.Tensor, grid: torch.Tensor | None, read: Callable[..., OdeModel],
+               name: str) -> OdeModel:
+    """A model read by its attributes, whose loop dise identifies by its calls of f: its fixed-step
+    method becomes its own solver (over the loop's own grid, between the ends ``--t-span`` gives); a loop
+    over a span or time scale of its own is read again over it (``read(t_span=, time_scale=)``).
+    ``InputError`` where no method reproduces the loop."""
+    found = find_loop_solver(model, x, own_grid=grid is None or len(grid) == 2, given_span=grid is not None)
+    if found is not None and found.span is not None:
+        # Flux's loop from 1 down to 0, a scheduler's sigmas with f called at sigma * 1000: as --t-span would
+        model = read(t_span=torch.tensor(found.span, dtype=torch.float64), time_scale=found.time_scale)
+        model.t_span_source = "the loop's calls of f"
+        found = find_loop_solver(model, x)
+    if found is None:
+        return model                               # not a fixed-step loop: dise's guess, with a note
+    if found.extra:
+        raise InputError(f"{name}: {found.note}")
+    if found.integrator is None:
+        raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it starts "
+                         f"from): {LOOP_HINT}")
+    model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
+                          options={"reproduced": found.exact}, note=found.note)
+    return model
 
 
 def probe_rows(x: torch.Tensor, n: int = FIDELITY_SAMPLES, scan: int = 4096) -> torch.Tensor:
@@ -252,7 +260,7 @@ LOOP_HINT = ("give --t-span for the span the loop covers; a step before the loop
 
 
 def override_hint(model: OdeModel, chosen: Candidates) -> str:
-    if model.own is not None and model.own.library == "loop":
+    if model.own is not None and model.own.is_loop:
         return f"{model.own.note}: {LOOP_HINT}"
     if model.how == "attributes":
         return ("dise cannot see this model's solve; name the block with --ode-block, or put the model's own solver "

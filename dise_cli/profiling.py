@@ -203,7 +203,7 @@ def profile_candidates(model: OdeModel, data: Dataset, candidates: list[Integrat
 def _runs_own_loop(model: OdeModel, baseline: Integrator) -> bool:
     """The baseline is a hand-written loop dise identified (``dise_cli.loops``), run as the loop."""
     own = model.own
-    return own is not None and own.library == "loop" and own.method == baseline.spec
+    return own is not None and own.is_loop and own.method == baseline.spec
 
 
 def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand: Integrator, col: _Column,

@@ -217,6 +217,7 @@ class _Loops(torch.nn.Module):
         self.model = {"conditioned": _ConditionedNet, "keyword": _PooledNet}.get(kind, families.VelocityMLP)()
         self.txt = torch.nn.Parameter(torch.zeros(3))
         self.sigmas = families.shifted_schedule(6)
+        self.time_factor = 1000          # f's time per unit of the loop's ("scaled time")
 
     def guided(self, z, t):
         """The loop doubles the batch around f, as SD3's pipeline does: cat([z, z]), then mixes."""
@@ -232,7 +233,7 @@ class _Loops(torch.nn.Module):
         if self.kind == "in sample()":
             return self.sample(z)
         for s, s_next in zip(self.sigmas[:-1], self.sigmas[1:]):
-            t = torch.full((len(z),), s * (1000 if self.kind == "scaled time" else 1))
+            t = torch.full((len(z),), s * (self.time_factor if self.kind == "scaled time" else 1))
             if self.kind == "keyword":
                 t = t * 1000
             v = self.model(z, self.txt, t) if self.kind == "conditioned" else \
@@ -266,6 +267,13 @@ def build_scaled_time_loop_part_way():
     return model
 
 
+def build_odd_scale_loop():
+    """f at sigma * 700 from sigma 0.90: neither scale dise tries (630, 1000) is it."""
+    model = build_scaled_time_loop_part_way()
+    model.time_factor = 700
+    return model
+
+
 def build_keyword_conditioned_loop():
     return _Loops("keyword")
 
@@ -283,7 +291,8 @@ def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
     expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
                 "build_loop_in_sample": "in another method (a sample() the model calls)",
                 "build_keyword_conditioned_loop": "more than a time and a state of its samples (pooled_projections",
-                "build_doubled_around_f_loop": "samples: guidance by batch doubling around f"}
+                "build_doubled_around_f_loop": "samples: guidance by batch doubling around f",
+                "build_odd_scale_loop": "f is called far outside the grid, and f's time at the scales dise tries"}
     for build, words in expected.items():
         res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, f"test_loops:{build}", {"x": x})])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, (build, res.stderr)

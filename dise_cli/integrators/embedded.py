@@ -224,12 +224,14 @@ class EmbeddedRK(Integrator):
             else:
                 if step_marks is not None:
                     rows["step_ptr"] = advance_pointer(rows["step_ptr"], accept & on_step, len(step_marks))
-                jumped = accept & on_jump if jump_marks is not None else torch.zeros_like(accept)
-                if jump_marks is not None:
+                jumped = None if jump_marks is None else accept & on_jump
+                if jumped is not None:
                     rows["jump_ptr"] = advance_pointer(rows["jump_ptr"], jumped, len(jump_marks))
                     rows["jumps"] = rows["jumps"] + jumped.long()
                 due = _due(rows, t, accept, t_next, n_t)
-                all_accepted, any_due, any_jump = torch.stack([accept.all(), due.any(), jumped.any()]).tolist()
+                flags = [accept.all(), due.any(), *([] if jumped is None else [jumped.any()])]
+                all_accepted, any_due, *jumps = torch.stack(flags).tolist()          # one sync for them all
+                any_jump = any(jumps)
                 if any_due:
                     _dense_output(res, rows, t, due, t_now, t_next, y, y1, k, dty, mid, tab.mid, n_t)
             if any_jump:
