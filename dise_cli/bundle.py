@@ -26,6 +26,7 @@ from dise_cli import __version__
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.files import atomic_path, existing_file
 from dise_cli.inputs import InputJoin
+from dise_cli.loopform import LoopForm
 from dise_cli.integrators import Euler
 from dise_cli.model_files import storable
 from dise_cli.odemodel import OdeModel
@@ -270,7 +271,8 @@ def _ode_from_arch(members: dict[str, bytes], manifest: dict, code_path: tuple[s
                      solve=reading.get("solve"), join=InputJoin.from_dict(reading.get("inputs")),
                      output_key=reading.get("output_key"),
                      ode_block=reading.get("block") if reading["how"] == "attributes" else None, t_span=grid,
-                     data_t=given, model_name=f"bundle '{bundle}' model", time_scale=reading.get("time_scale"))
+                     data_t=given, model_name=f"bundle '{bundle}' model", time_scale=reading.get("time_scale"),
+                     loop_form=LoopForm.from_dict(reading.get("loop_form")))
     check_reading(ode.record(), reading, f"bundle '{bundle}'")
     return ode
 
@@ -288,7 +290,7 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
 
 
 READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs", "output_key",
-                "time_scale")
+                "time_scale", "loop_form")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

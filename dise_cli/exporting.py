@@ -10,6 +10,7 @@ from dise_cli.bundle import ExportInfo, check_reading, example_input, recorded_g
 from dise_cli.errors import InputError
 from dise_cli.inputs import InputJoin
 from dise_cli.loading import LoadedModel, load_model
+from dise_cli.loopform import LoopForm
 from dise_cli.odemodel import OdeModel
 from dise_cli.pipeline import Inputs
 from dise_cli.reading import read_model
@@ -66,7 +67,8 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
                           data_t=given, model_name=f"model '{inputs.model.path}'",
                           join=InputJoin.from_dict(recorded.get("inputs")),
                           output_key=inputs.output_key if inputs.output_key is not None else recorded.get("output_key"),
-                          time_scale=recorded.get("time_scale"))
+                          time_scale=recorded.get("time_scale"),
+                          loop_form=LoopForm.from_dict(recorded.get("loop_form")))
     keep_rows = False
     x = example_input(spec, inputs.device)
     try:

@@ -269,6 +269,12 @@ def reading_line(ode: OdeModel) -> str:
         return (f"the {info.library} {info.entry} call at {info.where} (solve {info.index} of {len(ode.solves)}), "
                 f"f = {ode.func_description} ({ode.func_class}), state {ode.layout.describe()}, t = {grid}")
     if ode.how == "attributes":
+        form = ode.loop_form
+        start = "" if form is None or (form.start_scale is None and form.start_dtype is None) else \
+            "".join([f" x {form.start_scale:g}" if form.start_scale is not None else "",
+                     f" in {form.start_dtype}" if form.start_dtype else ""])
+        last = "" if form is None or form.end_at is None else f", then one Euler step to {form.end_at:g}"
         return (f"block '{ode.block_path or '(the model itself)'}' by its attributes (no solver call seen), "
-                f"f = {ode.func_description} ({ode.func_class}), h(0) = the block's input {ode.layout.describe()}, t = {grid}")
+                f"f = {ode.func_description} ({ode.func_class}), h(0) = the block's input {ode.layout.describe()}"
+                f"{start}, t = {grid}{last}")
     return f"the model as f itself, state {ode.layout.describe()}, t = {grid}"

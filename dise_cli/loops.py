@@ -25,6 +25,7 @@ from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
+from dise_cli.loopform import LoopForm
 from dise_cli.odeblock import TimeScaled
 from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
@@ -48,6 +49,7 @@ class LoopFinding:
     time_scale: float | None = None   # f called at this many times the loop's own time (``TimeScaled``)
     extra: tuple[str, ...] = ()       # what the loop passes f beyond a time and a state: dise cannot pass it
     heun_last_euler: bool = False     # refused, with calls that pair up as Heun steps but for an Euler last one
+    form: LoopForm | None = None      # the loop's f is a denoiser, its start, its last step (``dise_cli.loopform``)
 
     @property
     def note(self) -> str:
@@ -63,8 +65,9 @@ class LoopFinding:
                 f"{self.integrator.name} from each time of its own grid to the next, t = {_grid_text(own)},"
             scale = "" if self.time_scale is None else \
                 f" (f called at {self.time_scale:g} times the time the loop steps on, t = its calls / {self.time_scale:g})"
-            return (f"dise saw no solver call: {calls}, and {method} reproduces it ({how}){scale}: that is its own "
-                    f"solver, the baseline")
+            form = "" if self.form is None else f" ({self.form.describe()})"
+            return (f"dise saw no solver call: {calls}, and {method} reproduces it ({how}){scale}{form}: that is its "
+                    f"own solver, the baseline")
         calls = f"{calls} (all {len(self.times)}: {', '.join(f'{t:.6g}' for t in self.times)})" \
             if len(self.times) <= MAX_LISTED else calls
         if self.integrator is None:
@@ -74,7 +77,8 @@ class LoopFinding:
                "that scales it)") if self.scaled else ""
         if self.heun_last_euler:
             why += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
-                    "REPA's samplers step: a method dise does not have)")
+                    "REPA's samplers step, but no reading of f dise tries, as a velocity or as a denoiser D(x, σ) "
+                    "from the input or the input times the first σ, reproduces it)")
         return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{why}"
 
 
@@ -97,28 +101,32 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=(*doubled, *watched.extra))
     if first is None or first != second or not first:
         return None                                   # times that follow the input: an adaptive loop
+    form = ode.loop_form
+    # a loop read with its last Euler step outside the solve: the solve's calls are the others
+    calls = first[:-1] if form is not None and form.end_at is not None else first
     intervals = len(ode.t_span) - 1
     with torch.no_grad(), seeded(seed, x.device):
         model_out = ode.run(x)
     tried = []
     for cls in LOOP_METHODS:
         stages = cls.tableau.stages
-        if len(first) % (stages * intervals):
+        if not calls or len(calls) % (stages * intervals):
             continue
-        integrator = cls(steps=len(first) // (stages * intervals))
+        integrator = cls(steps=len(calls) // (stages * intervals))
         with torch.no_grad(), seeded(seed, x.device):
             out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, p.t).ys)
         tried.append((max_abs(out, model_out), integrator))
     floor = round_off(model_out, [f_dtype], loop=True)     # the very same steps: round-off only
     reach = max(1.0, float(ode.t_span.abs().max()))
     outside = max(abs(t) for t in first) > OUTSIDE * reach
-    if own_grid and not any(difference <= floor for difference, _ in tried) and len(ode.t_span) == 2:
+    reproduced = any(difference <= floor for difference, _ in tried)
+    if own_grid and not reproduced and len(ode.t_span) == 2:
         # the loop's own grid; f called far outside it: at a multiple of the loop's time, the largest
         # call's (a loop from 1) or the power of ten above it (a loop begun part way, as img2img's from 0.79)
         largest = max(abs(t) for t in first)
-        scales = dict.fromkeys((largest, 10.0 ** math.ceil(math.log10(largest)))) if outside else {}
+        scales = dict.fromkeys((largest, 10.0 ** math.ceil(math.log10(largest)))) if outside and form is None else {}
         for scale in (None, *scales):
-            times = first if scale is None else [t / scale for t in first]
+            times = calls if scale is None else [t / scale for t in calls]
             span_end = float(ode.t_span[-1])
             for cls, grid in _grids_of_calls(times, (span_end,) if given_span else (span_end, *GRID_ENDS)):
                 if given_span:
@@ -131,25 +139,67 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
                 if difference <= floor:
                     same = span == tuple(ode.t_span.tolist()) and scale is None
                     return LoopFinding(tuple(first), integrator, difference, True, None if same else span,
-                                       time_scale=scale or ode.time_scale)
+                                       time_scale=scale or ode.time_scale, form=form)
+    if own_grid and not reproduced and form is None and len(ode.t_span) == 2 and \
+            getattr(ode, "output_format", None) == "final":
+        found = _find_form(ode, x, first, model_out, floor, given_span, seed)
+        if found is not None:
+            return found
     if not tried:
         return LoopFinding(tuple(first), None, float("inf"), False)
     difference, best = min(tried, key=lambda pair: pair[0])
     # Heun's two calls a step at its ends (the second the next step's first), then one Euler call
     heun_last_euler = len(first) % 2 == 1 and len(first) > 2 and first[1::2] == first[2::2]
     return LoopFinding(tuple(first), best, difference, difference <= floor, scaled=outside,
-                       time_scale=ode.time_scale, heun_last_euler=heun_last_euler)
+                       time_scale=ode.time_scale, heun_last_euler=heun_last_euler, form=form)
+
+
+def _find_form(ode: OdeModel, x: torch.Tensor, first: list[float], model_out: torch.Tensor, floor: float,
+               given_span: bool, seed: int) -> LoopFinding | None:
+    """A loop whose last call is one Euler step after a method's steps over a grid ending there (EDM's,
+    k-diffusion's and REPA's Heun samplers; k-diffusion's Euler), its f a velocity or a denoiser D(x, σ)
+    (every call at σ > 0, the last step to σ = 0, the start perhaps the input times σ_max, in the output's
+    dtype where that is wider): the first such reading that reproduces the model, over its solve's span."""
+    if len(first) < 2:
+        return None
+    calls, last = first[:-1], first[-1]
+    span_end = float(ode.t_span[-1])
+    wide = model_out.dtype == torch.float64 and x.dtype != torch.float64
+    readings = [LoopForm(end_at=end) for end in dict.fromkeys((span_end,) if given_span else (span_end, *GRID_ENDS))]
+    if all(t > 0 for t in first):
+        readings += [LoopForm(denoiser=True, start_scale=scale, start_dtype="float64" if wide else None, end_at=0.0)
+                     for scale in (None, first[0])]
+    for cls, grid in _grids_of_calls(calls, (last,)):
+        if abs(grid[-1] - last) > 1e-9 * max(1.0, abs(last)):
+            continue                         # the last call is not at the end of the method's steps
+        direction = grid[-1] - grid[0]
+        for form in readings:
+            if form.end_at == last or (form.end_at - last) * direction <= 0:
+                continue
+            integrator = cls(grid=grid)
+            span = (grid[0], grid[-1])
+            difference = _difference(ode, x, integrator, span, None, model_out, seed, form)
+            if difference <= floor:
+                return LoopFinding(tuple(first), integrator, difference, True, span, time_scale=ode.time_scale,
+                                   form=form)
+    return None
 
 
 def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tuple[float, float],
-                 scale: float | None, model_out: torch.Tensor, seed: int) -> float:
-    """|model - integrator over ``span``|, f's time scaled by ``scale`` (``TimeScaled``) where given."""
+                 scale: float | None, model_out: torch.Tensor, seed: int, form: LoopForm | None = None) -> float:
+    """|model - integrator over ``span``|, f's time scaled by ``scale`` (``TimeScaled``) where given, the
+    loop read in ``form`` where given (the model not yet read so)."""
     ends = torch.tensor(span, dtype=torch.float64, device=x.device)
 
     def solve(p):
-        field = p.field if scale is None else \
-            p.field.with_func(TimeScaled(p.field.func, scale, p.field.order))
-        return integrator.solve(field, p.h0, ends).ys
+        field, h0 = p.field, p.h0
+        if scale is not None:
+            field = field.with_func(TimeScaled(field.func, scale, field.order))
+        if form is None:
+            return integrator.solve(field, h0, ends).ys
+        field = field.with_func(form.wrap(field.func, field.order))
+        ys = integrator.solve(field, form.start(h0), ends).ys
+        return form.finish(field, ends[-1], ys[-1]).unsqueeze(0)
     with torch.no_grad(), seeded(seed, x.device):
         return max_abs(ode.forward_with(x, solve), model_out)
 
@@ -183,7 +233,9 @@ def _grids_of_calls(times: list[float], last_ends: tuple[float, ...]) -> list[tu
         # a step ends at the next one's start; the last where its widest node puts it (Euler's: unknown)
         widest = max(range(stages), key=lambda j: nodes[j])
         last, final = steps[-1], None
-        if nodes[widest] > 0:
+        if nodes[widest] == 1:
+            final = last[widest]                   # a call at the step's end (Heun's, RK4's): its time exactly
+        elif nodes[widest] > 0:
             final = last[0] + (last[widest] - last[0]) / nodes[widest]
         if not _on_nodes(steps, nodes, [*starts[1:], final]):
             continue
@@ -242,9 +294,11 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
             (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
         times.append(_one_time(value))
         given = [k for k, v in kwargs.items() if v is not None]
-        if len(args) + len(given) > 2:
+        # a None beyond the two (EDM's class_labels=None) is what f's default gives it when dise calls it
+        passed = [i for i in range(2, len(args)) if args[i] is not None]
+        if min(len(args), 2) + len(passed) + len(given) > 2:
             others = [k for k in given if k not in TIME_NAMES][max(0, 1 - len(args)):] if len(args) < 2 else given
-            extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in range(2, len(args))), *others]))
+            extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in passed), *others]))
 
     def output(_module, _args, out):
         if isinstance(out, torch.Tensor) and out.is_floating_point():

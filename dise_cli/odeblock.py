@@ -16,6 +16,7 @@ from torch import nn
 
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
+from dise_cli.loopform import LoopForm
 from dise_cli.odemodel import AttributeModel, output_note, pick_output
 from dise_cli.states import StateLayout
 
@@ -151,10 +152,12 @@ class TimeScaled(nn.Module):
 
 def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor | None, data_t: torch.Tensor | None,
                        ode_block: str | None, model_name: str, model_args: tuple,
-                       output_key: str | None = None, time_scale: float | None = None) -> AttributeModel:
+                       output_key: str | None = None, time_scale: float | None = None,
+                       loop_form: LoopForm | None = None) -> AttributeModel:
     """Locate the block by its attributes (``ode_block`` overrides), run the model once to learn its
     input and output, and choose how to pass per-row times to f (``time_scale``: f called at that many
-    times the time the block's loop steps on, ``TimeScaled``)."""
+    times the time the block's loop steps on, ``TimeScaled``; ``loop_form``: the loop's f is a denoiser,
+    its start and last step, ``dise_cli.loopform``)."""
     if ode_block is not None:
         path, attr = named_block(module, ode_block)
     else:
@@ -212,7 +215,10 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         order = detect_arg_order(func, h0, float(grid[0]) * (time_scale or 1.0), layout)
         if time_scale is not None:
             func = TimeScaled(func, time_scale, order)
-        field = VectorField.detect(func, h0, grid, layout, order=order)
+        start = h0
+        if loop_form is not None:
+            func, start = loop_form.wrap(func, order), loop_form.start(h0)
+        field = VectorField.detect(func, start, grid, layout, order=order)
     except InputError as exc:
         raise InputError(f"{what} {exc}; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - the user's f rejecting what dise took as its state
@@ -226,8 +232,9 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
     model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source
-    model.time_scale = time_scale
-    model.func_description = f"{path}.{attr}".lstrip(".") + (f" at {time_scale:g} x t" if time_scale else "")
+    model.time_scale, model.loop_form = time_scale, loop_form
+    model.func_description = (f"{path}.{attr}".lstrip(".") + (f" at {time_scale:g} x t" if time_scale else "") +
+                              (" as a denoiser D(x, σ): f = (x - D) / σ" if loop_form and loop_form.denoiser else ""))
     model.func_class = type(func).__name__
     model.func_modules = [func]
     return model

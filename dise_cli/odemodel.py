@@ -23,6 +23,7 @@ from torch import nn
 
 from dise_cli.errors import InputError
 from dise_cli.inputs import InputJoin
+from dise_cli.loopform import LoopForm
 from dise_cli.integrators.vector_field import VectorField
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
@@ -106,6 +107,7 @@ class OdeModel:
         self.output_time_major = False       # the model's own output puts time first
         self.own: OwnSolver | None = None
         self.time_scale: float | None = None  # a loop calls f at this many times the time it steps on
+        self.loop_form: LoopForm | None = None   # a loop's denoiser f, start and last step (dise_cli.loopform)
         self.block_path = ""
         self.func_description = ""           # where f is: its module path, or the function that is f
         self.func_class = ""
@@ -174,6 +176,7 @@ class OdeModel:
                 "input_grid": None if self.input_grid is None else [float(v) for v in self.input_grid],
                 "inputs": None if self.join is None else self.join.to_dict(),
                 "output_key": self.output_key, "time_scale": self.time_scale,
+                "loop_form": None if self.loop_form is None else self.loop_form.to_dict(),
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -441,6 +444,8 @@ class AttributeModel(OdeModel):
         return self.module.get_submodule(self.block_path) if self.block_path else self.module
 
     def _problem(self, h0: torch.Tensor) -> Problem:
+        if self.loop_form is not None:
+            h0 = self.loop_form.start(h0)
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -460,6 +465,8 @@ class AttributeModel(OdeModel):
         raise InputError(f"the model's forward never called its ODE block '{self.block_path}'")
 
     def block_output(self, ys: torch.Tensor) -> Any:
+        if self.loop_form is not None:          # a loop's last step (only final outputs are read with one)
+            return self.loop_form.finish(self.field, self.t_span[-1], ys[-1])
         if self.output_format == "final":
             return ys[-1]
         if self.output_format == "torchdyn":

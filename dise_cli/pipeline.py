@@ -172,12 +172,14 @@ def _read_loop(model: OdeModel, x: torch.Tensor, grid: torch.Tensor | None, read
                name: str) -> OdeModel:
     """A model read by its attributes, whose loop dise identifies by its calls of f: its fixed-step
     method becomes its own solver (over the loop's own grid, between the ends ``--t-span`` gives); a loop
-    over a span or time scale of its own is read again over it (``read(t_span=, time_scale=)``).
+    over a span, time scale or form of its own (a denoiser's, ``dise_cli.loopform``) is read again over it
+    (``read(t_span=, time_scale=, loop_form=)``).
     ``InputError`` where no method reproduces the loop."""
     found = find_loop_solver(model, x, own_grid=grid is None or len(grid) == 2, given_span=grid is not None)
     if found is not None and found.span is not None:
         # Flux's loop from 1 down to 0, a scheduler's sigmas with f called at sigma * 1000: as --t-span would
-        model = read(t_span=torch.tensor(found.span, dtype=torch.float64), time_scale=found.time_scale)
+        model = read(t_span=torch.tensor(found.span, dtype=torch.float64), time_scale=found.time_scale,
+                     loop_form=found.form)
         model.t_span_source = "the loop's calls of f"
         found = find_loop_solver(model, x)
     if found is None:

@@ -85,13 +85,23 @@ class Reference:
             if copy64 is not None:
                 try:
                     field64 = problem.field.with_func(copy64)
-                    ys = self.integrator.solve(field64, problem.h0.double(), problem.t).ys.to(problem.h0.dtype)
+                    ys = self._solve(field64, problem.h0.double(), problem.t).to(problem.h0.dtype)
                     self.dtypes.add("float64")
                     return ys
                 except Exception:  # noqa: BLE001 - f does not run in float64 (an exported program): its own dtype
                     self._copies[id(func)] = (func, None)
         self.dtypes.add(str(problem.h0.dtype).replace("torch.", ""))
-        return self.integrator.solve(problem.field, problem.h0, problem.t).ys
+        return self._solve(problem.field, problem.h0, problem.t)
+
+    def _solve(self, field, h0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """torchdiffeq's steps pass the grid's end and interpolate back; rows that f fails beyond it (a
+        denoiser's velocity below σ = 0) are solved again with steps that stop at the end (``step_t``)."""
+        ys = self.integrator.solve(field, h0, t).ys
+        failed = ~torch.isfinite(ys.reshape(ys.shape[0], ys.shape[1], -1)).all(2).all(0)
+        if t.ndim == 1 and bool(failed.any()) and bool(torch.isfinite(h0.reshape(len(h0), -1)).all(1)[failed].any()):
+            stopping = Dopri5(rtol=self.integrator.rtol, atol=self.integrator.atol, step_t=(float(t[-1]),))
+            ys = torch.where(failed.reshape(1, -1, *[1] * (ys.ndim - 2)), stopping.solve(field, h0, t).ys, ys)
+        return ys
 
     @property
     def dtype(self) -> str:

@@ -28,6 +28,7 @@ from torch import nn
 from dise_cli.errors import InputError, first_line
 from dise_cli.integrators.vector_field import PER_ROW_MODES, TimeMode, VectorField
 from dise_cli.inputs import InputJoin
+from dise_cli.loopform import LoopForm
 from dise_cli.odemodel import OdeModel, Problem, Solve, TracedModel, _Dispatch, extract
 from dise_cli.solvecalls import intercept
 from dise_cli.states import StateLayout
@@ -280,12 +281,15 @@ class ProgramModel(OdeModel):
         if reading.get("input_grid") is not None:
             self.input_grid = torch.tensor(reading["input_grid"], dtype=torch.float64)
         self.block_path = reading.get("block", "")
+        self.loop_form = LoopForm.from_dict(reading.get("loop_form"))
 
     def _problem(self, y0: Any, t: torch.Tensor | None = None) -> Problem:
         """The problem for the state's components ``y0`` (a list from ``dise::solve``, or a tensor / tuple)."""
         if isinstance(y0, list):
             y0 = tuple(y0) if self.layout.is_tuple else y0[0]
         h0 = self.layout.pack(y0)
+        if self.loop_form is not None:
+            h0 = self.loop_form.start(h0)
         grid = self.t_span if t is None else t.detach()
         return Problem(field=self.field, h0=h0, t=grid.to(h0.device, torch.float64))
 
@@ -303,6 +307,8 @@ class ProgramModel(OdeModel):
         raise InputError("the exported model finished without its solve")
 
     def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
+        if self.loop_form is not None:
+            ys = self.loop_form.finish_trajectory(self.field, self.t_span[-1], ys)
         return self.batch_major(self.programs["decoder"](self.layout.unpack_trajectory(ys)))
 
     def forward_with(self, x: torch.Tensor, solve: Solve, t: torch.Tensor | None = None) -> torch.Tensor:

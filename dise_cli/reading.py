@@ -23,6 +23,7 @@ from dise_cli.integrators.vector_field import VectorField, detect_arg_order
 from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
 from dise_cli.inputs import InputJoin
+from dise_cli.loopform import LoopForm
 from dise_cli.odemodel import (EXTRACTIONS, BareField, OdeModel, OwnSolver, SolveInfo, TracedModel, call_once,
                                extract, model_call_args, output_note, pack_call)
 from dise_cli.rowcontext import RowContext
@@ -116,11 +117,12 @@ class _Recorder:
 def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", solve: int | None = None,
                ode_block: str | None = None, t_span: torch.Tensor | None = None, data_t: torch.Tensor | None = None,
                model_name: str = "model", batch: int = 3, join: InputJoin | None = None,
-               output_key: str | None = None, time_scale: float | None = None,
+               output_key: str | None = None, time_scale: float | None = None, loop_form: LoopForm | None = None,
                _context: frozenset | None = None) -> OdeModel:
     """Read ``module`` on a few rows of ``x``: which solve it runs, and how to split it around it.
     (``join``: ``x`` packs the several inputs the forward takes; ``time_scale``: a hand-written loop
-    calls f at this many times the time it steps on (``dise_cli.loops``); ``_context``: the paths of
+    calls f at this many times the time it steps on (``dise_cli.loops``); ``loop_form``: its f is a denoiser,
+    its start and last step (``dise_cli.loopform``); ``_context``: the paths of
     f's per-sample tensors seen with fewer rows, for the re-read that keeps only those that grew with
     the batch.)"""
     grid, grid_source = _grid(t_span, data_t)
@@ -154,7 +156,7 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             # grows with the batch is per sample (a fixed one that happened to match does not)
             return read_model(module, x, data_name=data_name, solve=solve, ode_block=ode_block, t_span=t_span,
                               data_t=data_t, model_name=model_name, batch=len(rows) + 1, join=join,
-                              output_key=output_key, time_scale=time_scale,
+                              output_key=output_key, time_scale=time_scale, loop_form=loop_form,
                               _context=frozenset(candidates.paths) if candidates is not None else _context)
         context = candidates if _context is None or candidates is None else candidates.only(_context)
         model = _traced(module, rows, recorder, chosen, out, takes_grid, context, join, output_key)
@@ -184,7 +186,8 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
     if failure is not None:
         raise _rejects(data_name, rows, failure)
     with torch.no_grad():
-        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key, time_scale)
+        return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key, time_scale,
+                                  loop_form)
 
 
 def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:

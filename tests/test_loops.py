@@ -406,10 +406,18 @@ def build_heun_last_euler():
     return _HeunLastEuler()
 
 
-def test_heun_steps_with_an_euler_last_step_are_named_in_the_refusal(tmp_path):
+def test_heun_steps_with_an_euler_last_step_are_read_with_that_step_after_the_solve(tmp_path):
+    """REPA's sampler: Heun steps from 1 to 1/6, then Euler to 0 (one call at 1/6). dise solves over
+    [1, 1/6] and takes the last step after the solve, for every integrator."""
     res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "test_loops:build_heun_last_euler",
-                                                      {"x": families.make_noise(16)})])
-    assert res.exit_code == 2 and "pair up as Heun steps whose last step is Euler" in res.stderr, res.stderr
+                                                      {"x": families.make_noise(16)}), "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == "heun2:steps=5" and info["t_span"] == [1.0, float(torch.tensor(1 / 6))]
+    assert info["loop_form"] == {"denoiser": False, "start_scale": None, "start_dtype": None,
+                                            "end_at": 0.0}
+    assert info["fidelity"]["passed"] and info["fidelity"]["difference"] <= 1e-6
+    assert any("its last step, to 0, is one Euler step" in n for n in info["notes"])
 
 
 def test_a_scheduler_begun_part_way_is_read_at_its_power_of_ten(tmp_path):
