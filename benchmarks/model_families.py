@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
+import denoisers  # noqa: E402
 import families  # noqa: E402
 import tiny_models  # noqa: E402
 import test_loops  # noqa: E402
@@ -92,6 +93,14 @@ FAMILIES = [
      lambda: (families.build_noise_to_data_euler(), {"x": families.make_noise(64)}), []),
     ("scheduler stepping sigmas, f at sigma*1000", "test_loops:build_scaled_time_loop",
      lambda: (test_loops.build_scaled_time_loop(), {"x": families.make_noise(64)}), []),
+    ("REPA-style Heun, last step Euler, 1 -> 0", "test_loops:build_heun_last_euler",
+     lambda: (test_loops.build_heun_last_euler(), {"x": families.make_noise(64)}), []),
+    ("EDM edm_sampler (denoiser, 18 steps, float64)", "denoisers:build_edm_sampler_18",
+     lambda: (denoisers.build_edm_sampler_18(), {"x": families.make_noise(64)}), []),
+    ("k-diffusion sample_heun (denoiser, 5 sigmas)", "denoisers:build_k_heun",
+     lambda: (denoisers.build_k_heun(), {"x": families.make_noise(64)}), []),
+    ("k-diffusion sample_euler (denoiser, 8 sigmas)", "denoisers:build_k_euler",
+     lambda: (denoisers.build_k_euler(), {"x": families.make_noise(64)}), []),
 ]
 
 

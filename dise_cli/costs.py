@@ -11,6 +11,13 @@ overhead per evaluation (step control, dense output on a long grid).
 A failed solve (max_steps, non-finite, underflow) is never right. A wrong answer must cost more
 than any right one, so M is raised to ten times the largest right-answer base (NFE, or NFE·Γ)
 when the given M is not at least that; the result says so.
+
+Where no candidate is right for a sample (Γ > β for all: a sample even the baseline solves worse than
+its mean), the paper's labels are all M^α and teach the selector nothing, so it may send the sample
+to the cheapest, farthest-off candidate (an EDM sampler's one-step RK4, 250 times the baseline's mean
+error). There each wrong candidate costs (M · Γ / Γ_least)^α instead: the least wrong costs M^α, the
+others more, a failed solve M_HEADROOM times more: the selector learns to keep such samples on the
+most accurate candidate.
 """
 from __future__ import annotations
 
@@ -65,8 +72,24 @@ def cost_labels(profile: Profile, alpha: float = DEFAULT_ALPHA, M: float = DEFAU
         M_used = M_HEADROOM * largest
     wrong_cost = M_used ** alpha
     costs = torch.where(right, base.clamp(min=0) ** alpha, torch.full_like(base, wrong_cost))
+    if regression:
+        costs = _rank_hopeless(costs, right, profile.gamma.to(torch.float64), profile.status != 0, M_used, alpha)
     return CostLabels(costs=costs, right=right, alpha=float(alpha), M=M_used, M_raised=M_used != float(M),
                       beta=beta if regression else None, delta=delta, cost=cost)
+
+
+def _rank_hopeless(costs: torch.Tensor, right: torch.Tensor, gamma: torch.Tensor, failed: torch.Tensor,
+                   M: float, alpha: float) -> torch.Tensor:
+    """Rows where no candidate is right: (M · Γ / Γ_least)^α, failed solves M_HEADROOM · M (see above)."""
+    hopeless = ~right.any(1)
+    if not bool(hopeless.any()):
+        return costs
+    g = torch.where(failed | ~torch.isfinite(gamma), torch.full_like(gamma, float("inf")), gamma.clamp(min=0))
+    least = g.min(1, keepdim=True).values
+    ratio = torch.where(least > 0, g / least, torch.where(g > 0, torch.full_like(g, M_HEADROOM), torch.ones_like(g)))
+    ratio = torch.nan_to_num(ratio, nan=M_HEADROOM, posinf=M_HEADROOM).clamp(min=1.0, max=M_HEADROOM)
+    ranked = (M * ratio) ** alpha
+    return torch.where(hopeless[:, None], ranked, costs)
 
 
 def solve_cost(profile: Profile, cost: str = "nfe") -> torch.Tensor:

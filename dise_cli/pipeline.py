@@ -224,7 +224,8 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
             raise UsageError(f"--candidates: the model solves with {model.own.library}'s '{own.method}' ({own.note}); "
                              f"name the integrators to compare, e.g. --candidates "
                              f"'{CHEAP_CANDIDATES},dopri5:rtol={_num(model.own.rtol)},atol={_num(model.own.atol)}'")
-        text = DEFAULT_CANDIDATES if own is None else f"{CHEAP_CANDIDATES},{own.integrator.spec}"
+        text = DEFAULT_CANDIDATES if own is None else \
+            ",".join([CHEAP_CANDIDATES, *_fewer_steps(own.integrator), own.integrator.spec])
         intervals = len(model.t_span) - 1
         if intervals >= MANY_INTERVALS:
             # SiT's sample_ode solves on linspace(0, 1, 50) and keeps the last point: a step per interval
@@ -245,7 +246,33 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
             notes.append(f"the model's own solver is not among the candidates; {specs[baseline]} is the baseline")
     if own is None:
         notes.append(f"dise saw no solver call, so the baseline {specs[baseline]} is its choice, not the model's")
+    notes += _past_the_end(model, integrators)
     return Candidates(integrators=integrators, baseline=baseline, own=own, notes=notes)
+
+
+def _fewer_steps(integrator: Integrator) -> list[str]:
+    """A loop over a schedule of its own (EDM's σ's, Flux's shifted timesteps): the same method on every
+    second point of it, and on every fourth where it has 16 steps or more, its ends kept: the fewer
+    steps a user of that sampler would try first."""
+    grid = getattr(integrator, "grid", None)
+    if grid is None or len(grid) < 5:
+        return []
+    return [type(integrator)(grid=(*grid[:-1:every], grid[-1])).spec
+            for every in (2, 4) if every == 2 or len(grid) > 16]
+
+
+def _past_the_end(model: OdeModel, integrators: list[Integrator]) -> list[str]:
+    """A denoiser's velocity (x - D) / σ is not finite below σ = 0, and torchdiffeq's adaptive steps
+    pass the solve's end (σ_min) before interpolating back: said for each candidate that does."""
+    form = model.loop_form
+    if form is None or not form.denoiser:
+        return []
+    end = float(model.t_span[-1])
+    passing = [c.spec for c in integrators if c.adaptive and not getattr(c.control, "lands_on_outputs", True)
+               and not any(abs(m - end) <= 1e-9 * max(1.0, abs(end)) for m in getattr(c, "step_t", ()))]
+    return [f"{spec} steps past the solve's end, σ = {end:g}, before interpolating back (torchdiffeq's way) and may "
+            f"call the denoiser below σ = 0, where (x - D) / σ is not finite; add step_t={end:g} to stop its steps "
+            f"there" for spec in passing]
 
 
 def _unique(integrators: list[Integrator]) -> list[Integrator]:

@@ -169,9 +169,9 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             raise _rejects(data_name, rows, failure, join)
         raise InputError(f"{model_name} takes {len(join)} inputs ({', '.join(join.names)}) and makes no torchdiffeq "
                          f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver "
-                         f"call (a hand-written loop only with one input): write the loop as torchdiffeq's odeint "
-                         f"(method='euler' with options=dict(step_size=...) takes the same Euler steps), and dise "
-                         f"routes it")
+                         f"call (a hand-written loop only with one input): write the loop as torchdiffeq's odeint, "
+                         f"f(t, x) holding the other inputs (its fixed-step methods with a grid_constructor that "
+                         f"returns the loop's schedule take the loop's steps), and dise routes it")
     if is_vector_field(module):
         try:
             model = _bare(module, rows, grid)

@@ -52,9 +52,24 @@ def test_eq5_regression_with_default_beta():
                 status=torch.zeros(2, 3, dtype=torch.uint8), gamma=gamma, deviation=torch.zeros(2, 3))
     labels = cost_labels(p, alpha=1.0, M=10.0)                         # beta = mean(0.02, 0.04) = 0.03
     assert labels.beta == pytest.approx(0.03)
-    expected = torch.tensor([[10.0, 4 * 0.01, 20 * 0.02], [10.0, 10.0, 10.0]], dtype=torch.float64)
+    # row 2: no candidate within β; each costs M times its Γ over the least one's (0.04, capped at 10)
+    expected = torch.tensor([[10.0, 4 * 0.01, 20 * 0.02], [10.0 * 0.3 / 0.04, 10.0 * 10, 10.0]],
+                            dtype=torch.float64)
     torch.testing.assert_close(labels.costs, expected)
     assert cost_labels(p, alpha=1.0, M=10.0, beta=0.05).costs[1, 2].item() == pytest.approx(30 * 0.04)
+
+
+def test_a_sample_no_candidate_gets_right_is_labelled_for_its_least_wrong_one():
+    """All Γ > β: the paper's labels would all be M^α; ranked, the least wrong costs M^α, a failed solve
+    ten times M, others M times their Γ over the least one's (capped at ten times)."""
+    gamma = torch.tensor([[0.01, 0.01, 0.01], [9.0, float("nan"), 0.05]], dtype=torch.float64)
+    p = Profile(candidates=CANDS, baseline=2, task="regression", t_span=[0.0, 1.0], index=torch.arange(2),
+                nfe=torch.tensor([[1, 4, 20], [1, 4, 20]], dtype=torch.int32),
+                status=torch.tensor([[0, 0, 0], [0, 2, 0]], dtype=torch.uint8), gamma=gamma,
+                deviation=torch.zeros(2, 3))
+    labels = cost_labels(p, alpha=1.0, M=100.0, beta=0.02)
+    assert labels.costs[1].tolist() == [1000.0, 1000.0, 100.0] and labels.costs[1].argmin() == 2
+    assert labels.costs[0].tolist() == [0.01, 0.04, pytest.approx(0.2)]     # rows with a right one: the paper's
 
 
 def test_any_number_of_candidates():
