@@ -53,6 +53,22 @@ def test_edm_sampler_is_read_as_heun_on_its_schedule_from_noise_times_sigma_max(
     assert f"calls f {2 * (steps - 1) + 1} times" in note and "dx/dσ = (x - D(x, σ)) / σ" in note
     assert "its last step, to 0, is one Euler step" in note
     assert model.net.model[0].weight.dtype == torch.float32          # the net is the user's, untouched
+    # the default candidates: one step, the loop's Heun on every second (and from 16 steps every fourth) σ
+    thinned = [Heun2(grid=(*grid[:-1:k], grid[-1])).spec for k in ((2, 4) if steps > 16 else (2,))]
+    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", *thinned, info["baseline"]]
+
+
+def test_an_adaptive_candidate_stepping_past_sigma_min_is_named_with_the_step_t_to_add(tmp_path):
+    args = _files(tmp_path, "build_k_heun", {"x": families.make_noise(16)})
+    res = CliRunner().invoke(app, ["inspect", *args, "--candidates", "euler:steps=1,dopri5:rtol=1e-3,atol=1e-3",
+                                   "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    notes = json.loads(res.stdout)["notes"]
+    assert any("dopri5:rtol=0.001,atol=0.001 steps past the solve's end" in n and "add step_t=0.03" in n
+               for n in notes), notes
+    res = CliRunner().invoke(app, ["inspect", *args, "--candidates",
+                                   "euler:steps=1,dopri5:rtol=1e-3,atol=1e-3,step_t=0.029999997", "--json", "-"])
+    assert res.exit_code == 0 and not any("steps past" in n for n in json.loads(res.stdout)["notes"])
 
 
 def test_k_diffusion_heun_through_the_pipeline_routes_to_the_loop_exactly(tmp_path):
