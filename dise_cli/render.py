@@ -222,6 +222,21 @@ def _count(v: int | None) -> str:
     return "n/a (not separable)" if v is None else f"{v:,}"
 
 
+def error_note(report: dict) -> str | None:
+    """A training report's routed mean Γ far above the baseline's where no error budget was given: the
+    Γ ≤ β share calibration keeps does not see how wrong a wrong sample is."""
+    if report["task"] == "classification" or any(v is not None for v in (report.get("budgets") or {}).values()):
+        return None
+    dise, base = report["dise"], report["baseline_only"]
+    routed, baseline = dise.get("mean_error"), base.get("mean_error")
+    if routed is None or not baseline or routed <= ERROR_NOTE_FACTOR * baseline:
+        return None
+    return (f"note: DISE's mean Γ on the validation split is {routed / baseline:.3g} times {base['candidate']}'s "
+            f"({routed:.4g} against {baseline:.4g}) within {report['max_accuracy_drop_pp']} pp of its Γ ≤ β share: a "
+            f"sample no candidate gets within β counts as wrong whichever solves it, so calibration may send it to "
+            f"a cheap, far-off one; bound the error with --max-error-increase PCT")
+
+
 def render_training(ui: Output, report: dict) -> None:
     """The validation-split comparison and the chosen point of the trade-off."""
     right = "accuracy" if report["task"] == "classification" else "Γ ≤ β"
@@ -257,6 +272,9 @@ def render_training(ui: Output, report: dict) -> None:
         ui.note(f"note: on the validation split hardly any routing cheaper than {base['candidate']} alone stayed within "
                 f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends nearly everything there; a larger "
                 f"--val-split, another --seed or a larger --max-accuracy-drop may find one")
+    note = error_note(report)
+    if note:
+        ui.note(note)
     curve = report["tradeoff"]
     ui.line("trade-off (" + right + " @ mean NFE): "
             + ", ".join(f"{_pct(p['accuracy'])} @ {p['nfe_mean']:.2f}" for p in curve[-8:]))
@@ -339,6 +357,7 @@ def render_demo(ui: Output, report: dict) -> None:
     ui.json(report)
 
 
+ERROR_NOTE_FACTOR = 2.0   # render_training notes a routed mean Γ beyond this many times the baseline's, without a budget
 SCALE_NOTE_FACTOR = 3.0   # render_finetune notes a change of h(0)'s scale beyond this factor
 
 

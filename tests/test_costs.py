@@ -81,3 +81,15 @@ def test_any_number_of_candidates():
 def test_bad_settings(kw, flag):
     with pytest.raises(UsageError, match=flag):
         cost_labels(classification([[1, 26]], [[1, 1]]), **kw)
+
+
+def test_training_notes_a_routed_error_far_above_the_baselines_without_a_budget():
+    from dise_cli.render import error_note
+    report = {"task": "regression", "budgets": {"max_error_increase_pct": None, "max_deviation": None},
+              "max_accuracy_drop_pp": 0.3, "dise": {"mean_error": 0.11},
+              "baseline_only": {"candidate": "heun2:steps=9", "mean_error": 0.0164}}
+    note = error_note(report)
+    assert note is not None and "6.71 times heun2:steps=9's" in note and "--max-error-increase" in note
+    assert error_note({**report, "dise": {"mean_error": 0.02}}) is None                 # within 2x
+    assert error_note({**report, "budgets": {"max_error_increase_pct": 50.0}}) is None  # a budget was given
+    assert error_note({**report, "task": "classification"}) is None
