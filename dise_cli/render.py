@@ -5,6 +5,8 @@ A list in a table or line shows its first few items, '...', its last and how man
 """
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable, Sequence
 
 from dise_cli.finetuning import scale_change
@@ -60,7 +62,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     rows = []
     for r in report["candidates"]:
         failed = sum(v for k, v in r["status"].items() if k != "ok")
-        row = [r["candidate"], _pct(r["accuracy"]), _num(r.get("auc"), digits=4) if classification else _num(r["mean_error"]),
+        row = [shown(r["candidate"]), _pct(r["accuracy"]), _num(r.get("auc"), digits=4) if classification else _num(r["mean_error"]),
                f"{r['nfe']['mean']:.2f}", f"{r['nfe']['p50']:g}", f"{r['nfe']['p95']:g}", str(r["nfe"]["max"]), str(failed),
                _pct(r["agreement_with_baseline"]) if classification else _num(r["deviation_from_baseline"]),
                _num(r.get("seconds_per_sample"), 1e3), _num(r.get("seconds_per_nfe"), 1e6),
@@ -79,7 +81,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
             f"mean NFE {orc['nfe_mean']:.2f}; {shares}")
     best = report["best_single"]
     ui.line(f"best single candidate within {best['match_tolerance_pp']} pp of {report['baseline']}: "
-            f"{best['candidate']} ({right} {_pct(best['accuracy'])}{auc(best)}, mean NFE {best['nfe_mean']:.2f})")
+            f"{shown(best['candidate'])} ({right} {_pct(best['accuracy'])}{auc(best)}, mean NFE {best['nfe_mean']:.2f})")
     if not classification:
         ui.line(f"β (mean Γ of {report['baseline']}) = {report['beta']:.4g}")
         if report.get("figure"):
@@ -89,7 +91,7 @@ def render_profile(ui: Output, run: ProfileRun) -> dict:
     for r in report["candidates"]:
         if r["failed_samples"]:
             failed = sum(v for k, v in r["status"].items() if k != "ok")
-            ui.line(f"{r['candidate']}: {failed} failed solves ("
+            ui.line(f"{shown(r['candidate'])}: {failed} failed solves ("
                     + ", ".join(f"{k} {v}" for k, v in r["status"].items() if k != "ok" and v)
                     + f"), data rows {short_list(r['failed_samples'], 'rows', total=failed)}; they count as wrong")
     ui.json(report)
@@ -231,7 +233,7 @@ def error_note(report: dict) -> str | None:
     routed, baseline = dise.get("mean_error"), base.get("mean_error")
     if routed is None or not baseline or routed <= ERROR_NOTE_FACTOR * baseline:
         return None
-    return (f"note: DISE's mean Γ on the validation split is {routed / baseline:.3g} times {base['candidate']}'s "
+    return (f"note: DISE's mean Γ on the validation split is {routed / baseline:.3g} times {shown(base['candidate'])}'s "
             f"({routed:.4g} against {baseline:.4g}) within {report['max_accuracy_drop_pp']} pp of its Γ ≤ β share: a "
             f"sample no candidate gets within β counts as wrong whichever solves it, so calibration may send it to "
             f"a cheap, far-off one; bound the error with --max-error-increase PCT")
@@ -244,7 +246,7 @@ def render_training(ui: Output, report: dict) -> None:
     dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
     named = [(f"DISE (selector {report['selector_nfe']:.2f} NFE incl.)", dise, _shares(dise["share"])),
              ("DISE before calibration", report["uncalibrated"], _shares(report["uncalibrated"]["share"])),
-             (f"{base['candidate']} only", base, ""), (f"best single: {best['candidate']}", best, ""),
+             (f"{shown(base['candidate'])} only", base, ""), (f"best single: {shown(best['candidate'])}", best, ""),
              ("oracle", orc, _shares(orc["share"]))]
     errors = not auc
     figure = errors and any(r.get("figure") for _, r, _ in named)
@@ -266,10 +268,10 @@ def render_training(ui: Output, report: dict) -> None:
                            f"a mean deviation of at most {v:g} from" for k, v in budgets.items())
               if budgets else f"{report['max_accuracy_drop_pp']} pp of")
     ui.line(f"selector: {sel['kind']} on {sel['inputs']} {tuple(sel['in_shape'])}, {sel['parameters']:,} parameters; "
-            f"calibrated within {within} {base['candidate']}")
+            f"calibrated within {within} {shown(base['candidate'])}")
     baseline_share = dise["share"].get(base["candidate"], 0.0)
     if baseline_share >= 0.99 and not budgets:
-        ui.note(f"note: on the validation split hardly any routing cheaper than {base['candidate']} alone stayed within "
+        ui.note(f"note: on the validation split hardly any routing cheaper than {shown(base['candidate'])} alone stayed within "
                 f"{report['max_accuracy_drop_pp']} pp of it, so the selector sends nearly everything there; a larger "
                 f"--val-split, another --seed or a larger --max-accuracy-drop may find one")
     note = error_note(report)
@@ -283,9 +285,24 @@ def render_training(ui: Output, report: dict) -> None:
 
 def short_name(spec: str, specs) -> str:
     """A candidate's method alone where no other candidate of ``specs`` shares it (``rk4``), else its
-    whole spec (``rk4:steps=2`` beside ``rk4:steps=8``)."""
+    spec as ``shown`` (``rk4:steps=2`` beside ``rk4:steps=8``)."""
     method = spec.split(":")[0]
-    return method if [s.split(":")[0] for s in specs].count(method) == 1 else spec
+    return method if [s.split(":")[0] for s in specs].count(method) == 1 else shown(spec)
+
+
+SHOWN_POINTS = 4     # a grid option of more points than this is shown by its ends and its length
+
+
+def shown(spec: str) -> str:
+    """A spec as tables and lines show it: a long ``grid=`` (a loop's own schedule, 18 σ's of EDM's) by its
+    first two points, its last and its length; the JSON keeps every spec whole."""
+    def short(match: re.Match) -> str:
+        points = match.group(1).split("/")
+        if len(points) <= SHOWN_POINTS:
+            return match.group(0)
+        first, second, last = (f"{float(v.rstrip('f')):.4g}" for v in (points[0], points[1], points[-1]))
+        return f"grid={first}/{second}/.../{last} ({len(points)} points)"
+    return re.sub(r"grid=([^,]+)", short, spec)
 
 
 def _shares(share: dict) -> str:
@@ -297,7 +314,7 @@ def render_evaluation(ui: Output, report: dict) -> None:
     auc = report["task"] == "classification"
     dise, base, best, orc = report["dise"], report["baseline_only"], report["best_single"], report["oracle"]
     named = [(f"DISE (selector {dise['selector_nfe']:.2f} NFE incl.)", dise, _shares(dise["share"]))]
-    named += [(f"{c['candidate']} only", c, "") for c in report["candidates"]]
+    named += [(f"{shown(c['candidate'])} only", c, "") for c in report["candidates"]]
     named.append(("oracle", orc, _shares(orc["share"])))
     figure = not auc and any(r.get("figure") for _, r, _ in named)
     rows = [(name, _pct(r["accuracy"]), *([_num(r.get("auc"), digits=4)] if auc else []),
@@ -309,7 +326,7 @@ def render_evaluation(ui: Output, report: dict) -> None:
     if not auc and dise.get("mean_deviation") is not None:
         ui.line(f"DISE: mean Γ {_num(dise.get('mean_error'), digits=4)} (baseline {_num(base.get('mean_error'), digits=4)}), "
                 f"mean deviation from the baseline's outputs {_num(dise['mean_deviation'], digits=4)}")
-    ui.line(f"best single candidate: {best['candidate']}; DISE vs {base['candidate']}: "
+    ui.line(f"best single candidate: {shown(best['candidate'])}; DISE vs {shown(base['candidate'])}: "
             f"{100 * (dise['accuracy'] - base['accuracy']):+.2f} pp, NFE x{dise['nfe_mean'] / max(base['nfe_mean'], 1e-12):.3f}"
             + (f"; {dise['fallbacks']} fallbacks to the baseline" if dise["fallbacks"] else ""))
     if report.get("single_instead"):

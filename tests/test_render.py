@@ -90,3 +90,14 @@ def test_candidates_sharing_a_method_are_named_in_full():
     from dise_cli.render import short_name
     specs = ["euler:steps=1", "rk4:steps=2", "rk4:steps=8", "dopri5:rtol=1e-05,atol=1e-05"]
     assert [short_name(s, specs) for s in specs] == ["euler", "rk4:steps=2", "rk4:steps=8", "dopri5"]
+
+
+def test_a_long_grid_is_shown_by_its_ends_and_length_and_kept_whole_where_short():
+    from dise_cli.render import short_name, shown
+    edm = "heun2:grid=80/57.58598472124816/40.78557379650796/0.29644228447915727/0.002000000000000003"
+    assert shown(edm) == "heun2:grid=80/57.59/.../0.002 (5 points)"
+    assert shown("euler:grid=14.600001f/9.106813f/5.489746f/3.1812425f/0.029999997f") == \
+        "euler:grid=14.6/9.107/.../0.03 (5 points)"
+    assert shown("euler:grid=1/0.5/0") == "euler:grid=1/0.5/0" and shown("rk4:steps=2") == "rk4:steps=2"
+    half = "heun2:grid=80/40.78557379650796/0.29644228447915727/0.002000000000000003"
+    assert short_name(edm, [edm, half]) == shown(edm) and short_name(edm, [edm, "euler:steps=1"]) == "heun2"
