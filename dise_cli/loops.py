@@ -50,9 +50,21 @@ class LoopFinding:
     extra: tuple[str, ...] = ()       # what the loop passes f beyond a time and a state: dise cannot pass it
     heun_last_euler: bool = False     # refused, with calls that pair up as Heun steps but for an Euler last one
     form: LoopForm | None = None      # the loop's f is a denoiser, its start, its last step (``dise_cli.loopform``)
+    integer_times: tuple[int, ...] = ()   # refused: f given integer timesteps (a DDPM/DDIM-style discrete loop)
+
+    @property
+    def refused(self) -> bool:
+        """A loop dise cannot run, whatever its grid: f given more than a time and a state, or integer times."""
+        return bool(self.extra or self.integer_times)
 
     @property
     def note(self) -> str:
+        if self.integer_times:
+            shown = _times_text([float(t) for t in self.integer_times])
+            return (f"the model's loop calls f with integer timesteps (t = {shown}, as a DDPM or DDIM sampler's "
+                    f"discrete steps, or a network fed (sigma * 1000).long()), which no ODE integrator dise runs can "
+                    f"pass; give f a float time (the integer steps' schedule as floats), or write the sampler as "
+                    f"its probability-flow ODE with torchdiffeq's odeint, and dise routes it")
         if self.extra:
             return (f"the model's loop calls f with more than a time and a state of its samples "
                     f"({'; '.join(self.extra)}), which dise cannot pass; wrap f as f(t, x) holding the rest (the "
@@ -99,6 +111,8 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         doubled = (f"a state of {watched.rows} rows for {half} samples: guidance by batch doubling around f",) \
             if watched.rows > half else ()
         return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=(*doubled, *watched.extra))
+    if watched.integer_times:
+        return LoopFinding((), None, float("inf"), False, integer_times=tuple(watched.integer_times))
     if first is None or first != second or not first:
         return None                                   # times that follow the input: an adaptive loop
     form = ode.loop_form
@@ -273,6 +287,7 @@ class _Watched:
     extra: tuple[str, ...] = ()           # arguments beyond a time and a state (the loop's conditioning)
     f_dtype: torch.dtype | None = None    # the coarsest dtype f returned
     rows: int = 0                         # the most rows f was given
+    integer_times: list[int] | None = None   # the calls' times where f was given them as an integer tensor
 
 
 def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _Watched:
@@ -280,6 +295,7 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
     time differs between rows, or cannot be read), the arguments beyond a time and a state the loop
     passes f, f's output dtype and the most rows it was given."""
     times: list[float | None] = []
+    integers: list[int] = []
     extra: dict[str, None] = {}
     dtypes: set[torch.dtype] = set()
     rows = [0]
@@ -293,6 +309,9 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
         value = args[time_index] if len(args) > time_index else next(
             (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
         times.append(_one_time(value))
+        if isinstance(value, torch.Tensor) and value.numel() and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            integers.append(int(value.reshape(-1)[0]))
         given = [k for k, v in kwargs.items() if v is not None]
         # a None beyond the two (EDM's class_labels=None) is what f's default gives it when dise calls it
         passed = [i for i in range(2, len(args)) if args[i] is not None]
@@ -311,7 +330,7 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
         for handle in handles:
             handle.remove()
     watched = _Watched(extra=tuple(extra), f_dtype=max(dtypes, key=lambda d: torch.finfo(d).eps, default=None),
-                       rows=rows[0])
+                       rows=rows[0], integer_times=integers or None)
     if not any(t is None for t in times):
         watched.times = times if ode.time_scale is None else [t / ode.time_scale for t in times]
     return watched

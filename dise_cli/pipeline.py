@@ -184,7 +184,7 @@ def _read_loop(model: OdeModel, x: torch.Tensor, grid: torch.Tensor | None, read
         found = find_loop_solver(model, x)
     if found is None:
         return model                               # not a fixed-step loop: dise's guess, with a note
-    if found.extra:
+    if found.refused:
         raise InputError(f"{name}: {found.note}")
     if found.integrator is None:
         raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it starts "

@@ -420,6 +420,31 @@ def test_heun_steps_with_an_euler_last_step_are_read_with_that_step_after_the_so
     assert any("its last step, to 0, is one Euler step" in n for n in info["notes"])
 
 
+class _IntegerTimeLoop(torch.nn.Module):
+    """A flow loop whose network embeds integer steps, ``(sigma * 1000).long()`` (DDPM-style nets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = families.VelocityMLP()
+
+    def forward(self, x):
+        sigmas = torch.linspace(1, 0, 9)
+        for a, b in zip(sigmas[:-1], sigmas[1:]):
+            x = x + (b - a) * self.model(x, (a * 1000).long().expand(len(x))) / 1000
+        return x
+
+
+def build_integer_time_loop():
+    return _IntegerTimeLoop()
+
+
+def test_a_loop_giving_f_integer_timesteps_is_refused_saying_so(tmp_path):
+    res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "test_loops:build_integer_time_loop",
+                                                      {"x": families.make_noise(16)})])
+    assert res.exit_code == 2 and "calls f with integer timesteps (t = 1000, 875, ..., 125" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_a_scheduler_begun_part_way_is_read_at_its_power_of_ten(tmp_path):
     """f's largest call is 1000 * 0.90, not 1000: the scale tried next is the power of ten above it."""
     args = _files(tmp_path, "test_loops:build_scaled_time_loop_part_way", {"x": families.make_noise(16)})
