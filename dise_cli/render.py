@@ -290,7 +290,8 @@ def short_name(spec: str, specs) -> str:
     return method if [s.split(":")[0] for s in specs].count(method) == 1 else shown(spec)
 
 
-SHOWN_POINTS = 4     # a grid option of more points than this is shown by its ends and its length
+SHOWN_POINTS = 4     # a grid option of more points (or characters) than this is shown by its ends and its length
+SHOWN_CHARACTERS = 40
 
 
 def shown(spec: str) -> str:
@@ -298,7 +299,7 @@ def shown(spec: str) -> str:
     first two points, its last and its length; the JSON keeps every spec whole."""
     def short(match: re.Match) -> str:
         points = match.group(1).split("/")
-        if len(points) <= SHOWN_POINTS:
+        if len(points) <= SHOWN_POINTS and len(match.group(0)) <= SHOWN_CHARACTERS:
             return match.group(0)
         first, second, last = (f"{float(v.rstrip('f')):.4g}" for v in (points[0], points[1], points[-1]))
         return f"grid={first}/{second}/.../{last} ({len(points)} points)"

@@ -99,5 +99,7 @@ def test_a_long_grid_is_shown_by_its_ends_and_length_and_kept_whole_where_short(
     assert shown("euler:grid=14.600001f/9.106813f/5.489746f/3.1812425f/0.029999997f") == \
         "euler:grid=14.6/9.107/.../0.03 (5 points)"
     assert shown("euler:grid=1/0.5/0") == "euler:grid=1/0.5/0" and shown("rk4:steps=2") == "rk4:steps=2"
+    assert shown("heun2:grid=80/5.838947631011886/0.08508720268939021/0.002000000000000003") == \
+        "heun2:grid=80/5.839/.../0.002 (4 points)"
     half = "heun2:grid=80/40.78557379650796/0.29644228447915727/0.002000000000000003"
     assert short_name(edm, [edm, half]) == shown(edm) and short_name(edm, [edm, "euler:steps=1"]) == "heun2"
