@@ -27,8 +27,8 @@ class Denoised(nn.Module):
     def forward(self, a, b):
         sigma, x = (a, b) if self.time_index == 0 else (b, a)
         denoised = self.denoiser(a, b).to(x.dtype)
-        if isinstance(sigma, torch.Tensor) and sigma.ndim == 1 and x.ndim > 1:
-            sigma = sigma.reshape(-1, *[1] * (x.ndim - 1))         # a σ per row
+        if isinstance(sigma, torch.Tensor) and sigma.ndim and x.ndim > 1 and sigma.numel() == x.shape[0]:
+            sigma = sigma.reshape(-1, *[1] * (x.ndim - 1))         # a σ per row, [N] or [N, 1]
         return (x - denoised) / sigma
 
 

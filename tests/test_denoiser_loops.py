@@ -113,6 +113,10 @@ def test_denoised_is_the_velocity_of_the_probability_flow_with_a_sigma_per_row_o
     want = (x - net(x, sigma)) / 3.0
     torch.testing.assert_close(Denoised(net, "x,t")(x, sigma), want)
     torch.testing.assert_close(Denoised(net, "x,t")(x, torch.tensor(3.0)), want)
+    torch.testing.assert_close(Denoised(net, "x,t")(x, sigma[:, None]), want)            # [N, 1]
+    images = torch.randn(5, 1, 2, 2)
+    flat = lambda x, s: x * s.reshape(-1, 1, 1, 1)                                 # noqa: E731 - D = x σ
+    torch.testing.assert_close(Denoised(flat, "x,t")(images, torch.full((5, 1), 3.0)), (images - 3 * images) / 3)
     form = LoopForm(denoiser=True, start_scale=80.0, start_dtype="float64", end_at=0.0)
     assert LoopForm.from_dict(form.to_dict()) == form and LoopForm.from_dict(None) is None
     assert form.start(torch.ones(2, 2)).dtype == torch.float64 and float(form.start(torch.ones(1))[0]) == 80.0
