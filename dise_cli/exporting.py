@@ -73,12 +73,15 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
     x = example_input(spec, inputs.device)
     try:
         ode = read(x, "noise shaped like the selector's training data")
+        check_reading(ode.record(), recorded, f"selector '{selector_name}'")
     except InputError:
+        # a model that rejects noise (integer codes, a valid range), or reads it otherwise than its data
+        # (a time mode that held on the data's rows): the data rows the selector keeps
         if "rows" not in spec:       # a selector from an older dise keeps no data rows
             raise
-        x, keep_rows = example_input(spec, inputs.device, rows=True), True     # integer codes, a valid range
+        x, keep_rows = example_input(spec, inputs.device, rows=True), True
         ode = read(x, "the data rows the selector keeps")
-    check_reading(ode.record(), recorded, f"selector '{selector_name}'")
+        check_reading(ode.record(), recorded, f"selector '{selector_name}'")
 
     def rebuilt() -> OdeModel:
         """The model as the bundle will rebuild it: the factory, then the file's weights."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dise_cli.errors import InputError
 from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
@@ -91,6 +92,11 @@ class LoopFinding:
             why += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
                     "REPA's samplers step, but no reading of f dise tries, as a velocity or as a denoiser D(x, σ) "
                     "from the input or the input times the first σ, reproduces it)")
+        if not self.heun_last_euler and self.times and all(t > 0 for t in self.times) and \
+                self.times[0] > max(1.0, self.times[-1]):
+            why += (" (if f is a denoiser D(x, σ), as EDM's and k-diffusion's are: dise reads Euler, Heun, midpoint "
+                    "and RK4 steps over the loop's σ's, the last perhaps one Euler step to 0; DPM-Solver, LMS and "
+                    "samplers that add noise it cannot run)")
         return f"{calls}: closest over dise's grid is {self.integrator.spec}, off by {self.difference:.3g}{why}"
 
 
@@ -127,9 +133,7 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
         if not calls or len(calls) % (stages * intervals):
             continue
         integrator = cls(steps=len(calls) // (stages * intervals))
-        with torch.no_grad(), seeded(seed, x.device):
-            out = ode.forward_with(x, lambda p: integrator.solve(p.field, p.h0, p.t).ys)
-        tried.append((max_abs(out, model_out), integrator))
+        tried.append((_off_by(ode, x, lambda p: integrator.solve(p.field, p.h0, p.t).ys, model_out, seed), integrator))
     floor = round_off(model_out, [f_dtype], loop=True)     # the very same steps: round-off only
     reach = max(1.0, float(ode.t_span.abs().max()))
     outside = max(abs(t) for t in first) > OUTSIDE * reach
@@ -180,22 +184,30 @@ def _find_form(ode: OdeModel, x: torch.Tensor, first: list[float], model_out: to
     span_end = float(ode.t_span[-1])
     wide = model_out.dtype == torch.float64 and x.dtype != torch.float64
     readings = [LoopForm(end_at=end) for end in dict.fromkeys((span_end,) if given_span else (span_end, *GRID_ENDS))]
+    # the state in float64 where the loop's output is and its input is not (EDM's), else (or where D takes
+    # only float32, cast by the loop) in the input's dtype
+    dtypes = ("float64", None) if wide else (None,)
     if all(t > 0 for t in first):
-        readings += [LoopForm(denoiser=True, start_scale=scale, start_dtype="float64" if wide else None, end_at=0.0)
-                     for scale in (None, first[0])]
+        readings += [LoopForm(denoiser=True, start_scale=scale, start_dtype=dtype, end_at=0.0)
+                     for scale in (None, first[0]) for dtype in dtypes]
+    tries = []
     for cls, grid in _grids_of_calls(calls, (last,)):
         if abs(grid[-1] - last) > 1e-9 * max(1.0, abs(last)):
             continue                         # the last call is not at the end of the method's steps
         direction = grid[-1] - grid[0]
-        for form in readings:
-            if form.end_at == last or (form.end_at - last) * direction <= 0:
-                continue
-            integrator = cls(grid=grid)
-            span = (grid[0], grid[-1])
-            difference = _difference(ode, x, integrator, span, None, model_out, seed, form)
-            if difference <= floor:
-                return LoopFinding(tuple(first), integrator, difference, True, span, time_scale=ode.time_scale,
-                                   form=form)
+        tries += [(cls, grid, form) for form in readings
+                  if form.end_at != last and (form.end_at - last) * direction > 0]
+    if all(t > 0 for t in first):
+        # a denoiser loop that stops at σ_min, every call a step's (k-diffusion's sigmas without the 0)
+        tries += [(cls, grid, LoopForm(denoiser=True, start_scale=scale, start_dtype=dtype))
+                  for cls, grid in _grids_of_calls(first, ()) for scale in (None, first[0]) for dtype in dtypes]
+    for cls, grid, form in tries:
+        integrator = cls(grid=grid)
+        span = (grid[0], grid[-1])
+        difference = _difference(ode, x, integrator, span, None, model_out, seed, form)
+        if difference <= floor:
+            return LoopFinding(tuple(first), integrator, difference, True, span, time_scale=ode.time_scale,
+                               form=form)
     return None
 
 
@@ -214,8 +226,19 @@ def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tu
         field = field.with_func(form.wrap(field.func, field.order))
         ys = integrator.solve(field, form.start(h0), ends).ys
         return form.finish(field, ends[-1], ys[-1]).unsqueeze(0)
+    return _off_by(ode, x, solve, model_out, seed)
+
+
+def _off_by(ode: OdeModel, x: torch.Tensor, solve, model_out: torch.Tensor, seed: int) -> float:
+    """|model - dise's run with ``solve``|; inf where f refuses what a reading gives it (a time the loop
+    never calls it at, σ = 0 of a denoiser; a float64 state where the loop casts to float32)."""
     with torch.no_grad(), seeded(seed, x.device):
-        return max_abs(ode.forward_with(x, solve), model_out)
+        try:
+            return max_abs(ode.forward_with(x, solve), model_out)
+        except InputError:
+            raise
+        except Exception:  # noqa: BLE001 - not that reading
+            return float("inf")
 
 
 OUTSIDE = 10.0             # f called beyond this many times the grid's reach: its time perhaps on another scale

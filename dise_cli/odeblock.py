@@ -24,6 +24,7 @@ FUNC_ATTRS = ("odefunc", "func", "f", "vf")
 TIME_ATTRS = ("integration_time", "t_span", "t", "ts", "times", "t_eval")
 TIME_ARG_NAMES = ("t", "time", "s", "tau")
 DEFAULT_T_SPAN = (0.0, 1.0)
+DEFAULT_SOURCE = "default [0, 1]"
 
 
 def required_args(module: nn.Module) -> list[str]:
@@ -211,14 +212,17 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
                          f"({', '.join(needs)}) where dise passes a time and a state; the others (the conditioning "
                          f"the loop hands it: text embeddings, labels, guidance) dise cannot pass. Wrap f as "
                          f"f(t, x) holding the rest as attributes, or write the loop with torchdiffeq's odeint") from None
+    # f probed at the grid's start; on the default [0, 1], at 1: a loop's f may be undefined at 0 (a
+    # denoiser's log σ), and the default's direction says nothing of the loop's
+    probe = grid.flip(0) if grid_source == DEFAULT_SOURCE else grid
     try:
-        order = detect_arg_order(func, h0, float(grid[0]) * (time_scale or 1.0), layout)
+        order = detect_arg_order(func, h0, float(probe[0]) * (time_scale or 1.0), layout)
         if time_scale is not None:
             func = TimeScaled(func, time_scale, order)
         start = h0
         if loop_form is not None:
             func, start = loop_form.wrap(func, order), loop_form.start(h0)
-        field = VectorField.detect(func, start, grid, layout, order=order)
+        field = VectorField.detect(func, start, probe, layout, order=order)
     except InputError as exc:
         raise InputError(f"{what} {exc}; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - the user's f rejecting what dise took as its state
@@ -249,7 +253,7 @@ def _grid(block: nn.Module, t_span: torch.Tensor | None, data_t: torch.Tensor | 
         return found
     if data_t is not None and data_t.ndim == 1:
         return data_t.detach().to("cpu", torch.float64), "data 't'"
-    return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"
+    return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), DEFAULT_SOURCE
 
 
 def _output_format(out: Any, h0: torch.Tensor, n_t: int) -> str:

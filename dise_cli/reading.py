@@ -20,7 +20,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.tolerances import per_sample_tolerance
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
-from dise_cli.odeblock import (DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
+from dise_cli.odeblock import (DEFAULT_SOURCE, DEFAULT_T_SPAN, is_vector_field, read_by_attributes, required_args, sequential_kind,
                                sequential_split, time_major_output)
 from dise_cli.inputs import InputJoin
 from dise_cli.loopform import LoopForm
@@ -197,7 +197,7 @@ def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[tor
         return data_t[0].detach().to("cpu", torch.float64), "data 't', a grid per sample"
     if data_t is not None:
         return data_t.detach().to("cpu", torch.float64), "data 't'"
-    return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), "default [0, 1]"
+    return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), DEFAULT_SOURCE
 
 
 def _rejects(data_name: str, x: torch.Tensor, exc: Exception, join: InputJoin | None = None) -> InputError:

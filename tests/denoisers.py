@@ -127,3 +127,81 @@ def build_k_euler() -> KDiffusionSampler:
 def build_scaled_twice() -> ScaledTwiceSampler:
     torch.manual_seed(1)
     return ScaledTwiceSampler(n=5)
+
+
+class Float32Denoiser(Preconditioned):
+    """A denoiser that runs in float32 only (no cast of its own): the float64 loop casts for it."""
+
+    def forward(self, x, sigma, class_labels=None):
+        assert x.dtype == torch.float32, x.dtype
+        return super().forward(x, sigma, class_labels)
+
+
+class CastingEDMSampler(EDMSampler):
+    """EDM's float64 loop around a float32-only denoiser, cast at each call: ``D(x.float(), t.float()).double()``."""
+
+    def __init__(self, num_steps: int = 6):
+        super().__init__(num_steps)
+        self.net = Float32Denoiser()
+
+    def forward(self, latents):
+        t_steps = [float(t) for t in (self.sigma_max ** (1 / self.rho) + torch.arange(self.num_steps, dtype=torch.float64)
+                                      / (self.num_steps - 1) * (self.sigma_min ** (1 / self.rho)
+                                                                - self.sigma_max ** (1 / self.rho))) ** self.rho] + [0.0]
+        denoise = lambda x, t: self.net(x.float(), torch.tensor(t).float()).double()  # noqa: E731
+        x_next = latents.to(torch.float64) * t_steps[0]
+        for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+            x_hat = x_next
+            d_cur = (x_hat - denoise(x_hat, t_cur)) / t_cur
+            x_next = x_hat + (t_next - t_cur) * d_cur
+            if i < self.num_steps - 1:
+                d_prime = (x_next - denoise(x_next, t_next)) / t_next
+                x_next = x_hat + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+        return x_next
+
+
+class NoZeroHeun(KDiffusionSampler):
+    """``sample_heun`` over sigmas without the appended 0: Heun all the way to σ_min."""
+
+    def __init__(self, n: int = 5):
+        super().__init__(n=n, heun=True)
+        self.sigmas = self.sigmas[:-1].clone()
+
+
+class FloatSigmaDenoiser(Preconditioned):
+    """σ taken as a Python number (``math.log``), as hand-written toy code does; undefined at 0."""
+
+    def forward(self, x, sigma, class_labels=None):
+        import math
+        s = float(sigma)
+        return super().forward(x, torch.full((x.shape[0],), math.exp(math.log(s)), dtype=torch.float32))
+
+
+class FloatSigmaEuler(KDiffusionSampler):
+    """``sample_euler`` handing D σ as a Python float."""
+
+    def __init__(self):
+        super().__init__(n=6, heun=False)
+        self.model = FloatSigmaDenoiser()
+
+    def forward(self, noise):
+        sigmas = self.sigmas.tolist()
+        x = noise * sigmas[0]
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            x = x + (x - self.model(x, s)) / s * (s_next - s)
+        return x
+
+
+def build_casting_edm() -> CastingEDMSampler:
+    torch.manual_seed(0)
+    return CastingEDMSampler()
+
+
+def build_no_zero_heun() -> NoZeroHeun:
+    torch.manual_seed(1)
+    return NoZeroHeun()
+
+
+def build_float_sigma_euler() -> FloatSigmaEuler:
+    torch.manual_seed(2)
+    return FloatSigmaEuler()

@@ -101,6 +101,23 @@ def test_k_diffusion_euler_is_read_as_euler_on_its_sigmas(tmp_path):
     assert info["fidelity"]["difference"] == 0 and info["loop_form"]["start_scale"] == pytest.approx(14.6)
 
 
+@pytest.mark.parametrize("build, baseline, form", [
+    # a float32-only D the float64 loop casts for: the float64 reading fails in D, the input's dtype does
+    ("build_casting_edm", "heun2:grid=80/", {"denoiser": True, "start_scale": 80.0, "start_dtype": None,
+                                             "end_at": 0.0}),
+    # sigmas without the appended 0: Heun all the way to σ_min, no last step
+    ("build_no_zero_heun", "heun2:grid=14.6", {"denoiser": True, "start_scale": pytest.approx(14.6),
+                                               "start_dtype": None, "end_at": None}),
+    # σ handed to D as a Python float and taken by math.log: D is never probed at the default grid's 0
+    ("build_float_sigma_euler", "euler:grid=14.6", {"denoiser": True, "start_scale": pytest.approx(14.6),
+                                                    "start_dtype": None, "end_at": 0.0}),
+])
+def test_denoiser_loops_written_otherwise_are_read(tmp_path, build, baseline, form):
+    info = _inspect(tmp_path, build, families.make_noise(16))
+    assert info["baseline"].startswith(baseline) and info["baseline_exact"], info["notes"]
+    assert info["loop_form"] == form and info["fidelity"]["passed"] and info["fidelity"]["difference"] <= 1e-5
+
+
 def test_a_start_dise_does_not_guess_is_refused(tmp_path):
     res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, "build_scaled_twice", {"x": families.make_noise(16)})])
     assert res.exit_code == 2, res.stdout
