@@ -85,6 +85,7 @@ class LoopFinding:
             if len(self.times) <= MAX_LISTED else calls
         if self.integrator is None:
             return f"{calls}: no fixed-step method makes that many calls over dise's grid"
+        sigmas = bool(self.times) and all(t > 0 for t in self.times) and self.times[0] > max(1.0, self.times[-1])
         why = (" (f is called far outside the grid, and f's time at the scales dise tries, the largest call's "
                "and the power of ten above it, reproduces no loop: give f the loop's own time, e.g. a wrapper "
                "that scales it)") if self.scaled else ""
@@ -92,8 +93,7 @@ class LoopFinding:
             why += (" (its calls pair up as Heun steps whose last step is Euler, as EDM's, k-diffusion's and "
                     "REPA's samplers step, but no reading of f dise tries, as a velocity or as a denoiser D(x, σ) "
                     "from the input or the input times the first σ, reproduces it)")
-        if not self.heun_last_euler and self.times and all(t > 0 for t in self.times) and \
-                self.times[0] > max(1.0, self.times[-1]):
+        if sigmas and not self.heun_last_euler:
             why += (" (if f is a denoiser D(x, σ), as EDM's and k-diffusion's are: dise reads Euler, Heun, midpoint "
                     "and RK4 steps over the loop's σ's, the last perhaps one Euler step to 0; DPM-Solver, LMS and "
                     "samplers that add noise it cannot run)")
