@@ -152,3 +152,28 @@ def test_the_reference_stops_at_the_end_where_f_fails_beyond_it():
     assert torch.isfinite(ys).all()
     stopped = Dopri5(rtol=1e-7, atol=1e-7, step_t=(0.03,)).solve(field, h0, t)
     torch.testing.assert_close(ys[-1], stopped.ys[-1])
+
+
+def test_export_reads_the_selectors_data_rows_where_noise_reads_the_model_otherwise(tmp_path, monkeypatch):
+    """A time mode that held on the data's rows may not on noise (f's per-row answer equal to its batch
+    answer bit for bit for some inputs only): export then reads the model on the rows the selector keeps,
+    as it does for a model that rejects noise."""
+    from test_families import invoke, run_pipeline
+    import dise_cli.exporting as exporting
+    model, x = denoisers.build_k_euler(), families.make_noise(24)
+    run_pipeline(tmp_path, model, {"x": x}, "denoisers:build_k_euler", [])
+    real = exporting.read_model
+
+    def read_noise_otherwise(module, rows, **kwargs):
+        ode = real(module, rows, **kwargs)
+        if kwargs["data_name"].startswith("noise"):
+            record = ode.record()
+            ode.record = lambda: {**record, "time_mode": "vmap" if record["time_mode"] != "vmap" else "rows"}
+        return ode
+    monkeypatch.setattr(exporting, "read_model", read_noise_otherwise)
+    res = invoke("export", tmp_path / "m.pt", "--arch", "denoisers:build_k_euler", "--code-path", TESTS,
+                 "--selector", tmp_path / "s.safetensors", "--out", tmp_path / "again.dise")
+    assert res.exit_code == 0, res.stderr
+    bundle = dise_cli.load(tmp_path / "again.dise", code_path=[TESTS])
+    with torch.no_grad():
+        torch.testing.assert_close(bundle(x), dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])(x))
