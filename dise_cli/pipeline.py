@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -225,7 +226,7 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
                              f"name the integrators to compare, e.g. --candidates "
                              f"'{CHEAP_CANDIDATES},dopri5:rtol={_num(model.own.rtol)},atol={_num(model.own.atol)}'")
         text = DEFAULT_CANDIDATES if own is None else \
-            ",".join([CHEAP_CANDIDATES, *_fewer_steps(own.integrator), own.integrator.spec])
+            ",".join([CHEAP_CANDIDATES, *_fewer_steps(own.integrator, model.t_span), own.integrator.spec])
         intervals = len(model.t_span) - 1
         if intervals >= MANY_INTERVALS:
             # SiT's sample_ode solves on linspace(0, 1, 50) and keeps the last point: a step per interval
@@ -250,15 +251,25 @@ def choose_candidates(model: OdeModel, text: str | None) -> Candidates:
     return Candidates(integrators=integrators, baseline=baseline, own=own, notes=notes)
 
 
-def _fewer_steps(integrator: Integrator) -> list[str]:
-    """A loop over a schedule of its own (EDM's σ's, Flux's shifted timesteps): the same method on every
-    second point of it, and on every fourth where it has 16 steps or more, its ends kept: the fewer
-    steps a user of that sampler would try first."""
-    grid = getattr(integrator, "grid", None)
-    if grid is None or len(grid) < 5:
+def _fewer_steps(integrator: Integrator, t_span: torch.Tensor) -> list[str]:
+    """A fixed-step own solver of 4 steps or more (rectified flow's 100 Euler steps, flow_matching's
+    midpoint at step_size 0.05, EDM's σ's, Flux's shifted timesteps): the same method with half the steps,
+    and with a quarter from 16 steps: the fewer steps a user of that sampler would try first. A schedule
+    of its own keeps every second (fourth) point, its ends kept."""
+    cls = type(integrator)
+    grid, steps, size = (getattr(integrator, name, None) for name in ("grid", "steps", "step_size"))
+    if grid is not None:
+        count = len(grid) - 1
+        make = lambda every: cls(grid=(*grid[:-1:every], grid[-1]))                        # noqa: E731
+    elif size is not None:
+        count = math.ceil(float((t_span[-1] - t_span[0]).abs()) / size - 1e-9)
+        make = lambda every: cls(step_size=size * every)                                    # noqa: E731
+    elif steps is not None:
+        count = steps
+        make = lambda every: cls(steps=steps // every)                                      # noqa: E731
+    else:
         return []
-    return [type(integrator)(grid=(*grid[:-1:every], grid[-1])).spec
-            for every in (2, 4) if every == 2 or len(grid) > 16]
+    return [make(every).spec for every, least in ((2, 4), (4, 16)) if count >= least]
 
 
 def _past_the_end(model: OdeModel, integrators: list[Integrator]) -> list[str]:

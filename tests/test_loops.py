@@ -39,7 +39,7 @@ def test_a_rectified_flow_euler_loop_is_its_own_baseline(tmp_path):
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["baseline"] == "euler:steps=20" and info["baseline_exact"] is True
-    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "euler:steps=20"]
+    assert info["candidates"] == ["euler:steps=1", "rk4:steps=1", "euler:steps=10", "euler:steps=5", "euler:steps=20"]
     assert info["own_solver"]["library"] == "loop" and info["fidelity"]["difference"] == 0
     assert any("calls f 20 times" in n for n in info["notes"])
     res = CliRunner().invoke(app, ["profile", *args, "--out", str(tmp_path / "p.safetensors")])
