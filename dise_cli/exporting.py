@@ -69,19 +69,21 @@ def export_bundle(inputs: Inputs, selector: Selector, selector_name: str, out: s
                           output_key=inputs.output_key if inputs.output_key is not None else recorded.get("output_key"),
                           time_scale=recorded.get("time_scale"),
                           loop_form=LoopForm.from_dict(recorded.get("loop_form")))
+    def read_as_recorded(x: torch.Tensor, name: str) -> OdeModel:
+        ode = read(x, name)
+        check_reading(ode.record(), recorded, f"selector '{selector_name}'")
+        return ode
     keep_rows = False
     x = example_input(spec, inputs.device)
     try:
-        ode = read(x, "noise shaped like the selector's training data")
-        check_reading(ode.record(), recorded, f"selector '{selector_name}'")
+        ode = read_as_recorded(x, "noise shaped like the selector's training data")
     except InputError:
         # a model that rejects noise (integer codes, a valid range), or reads it otherwise than its data
         # (a time mode that held on the data's rows): the data rows the selector keeps
         if "rows" not in spec:       # a selector from an older dise keeps no data rows
             raise
         x, keep_rows = example_input(spec, inputs.device, rows=True), True
-        ode = read(x, "the data rows the selector keeps")
-        check_reading(ode.record(), recorded, f"selector '{selector_name}'")
+        ode = read_as_recorded(x, "the data rows the selector keeps")
 
     def rebuilt() -> OdeModel:
         """The model as the bundle will rebuild it: the factory, then the file's weights."""

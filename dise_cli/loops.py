@@ -186,10 +186,11 @@ def _find_form(ode: OdeModel, x: torch.Tensor, first: list[float], model_out: to
     readings = [LoopForm(end_at=end) for end in dict.fromkeys((span_end,) if given_span else (span_end, *GRID_ENDS))]
     # the state in float64 where the loop's output is and its input is not (EDM's), else (or where D takes
     # only float32, cast by the loop) in the input's dtype
-    dtypes = ("float64", None) if wide else (None,)
-    if all(t > 0 for t in first):
+    starts = [(scale, dtype) for scale in (None, first[0]) for dtype in (("float64", None) if wide else (None,))]
+    sigmas = all(t > 0 for t in first)
+    if sigmas:
         readings += [LoopForm(denoiser=True, start_scale=scale, start_dtype=dtype, end_at=0.0)
-                     for scale in (None, first[0]) for dtype in dtypes]
+                     for scale, dtype in starts]
     tries = []
     for cls, grid in _grids_of_calls(calls, (last,)):
         if abs(grid[-1] - last) > 1e-9 * max(1.0, abs(last)):
@@ -197,10 +198,10 @@ def _find_form(ode: OdeModel, x: torch.Tensor, first: list[float], model_out: to
         direction = grid[-1] - grid[0]
         tries += [(cls, grid, form) for form in readings
                   if form.end_at != last and (form.end_at - last) * direction > 0]
-    if all(t > 0 for t in first):
+    if sigmas:
         # a denoiser loop that stops at σ_min, every call a step's (k-diffusion's sigmas without the 0)
         tries += [(cls, grid, LoopForm(denoiser=True, start_scale=scale, start_dtype=dtype))
-                  for cls, grid in _grids_of_calls(first, ()) for scale in (None, first[0]) for dtype in dtypes]
+                  for cls, grid in _grids_of_calls(first, ()) for scale, dtype in starts]
     for cls, grid, form in tries:
         integrator = cls(grid=grid)
         span = (grid[0], grid[-1])

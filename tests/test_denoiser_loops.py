@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import denoisers
@@ -20,15 +19,13 @@ from dise_cli.integrators import Dopri5, Heun2
 from dise_cli.integrators.vector_field import VectorField
 from dise_cli.loopform import Denoised, LoopForm
 from dise_cli.profiling import Reference
+from test_loops import _files as loop_files
 
 TESTS = str(Path(__file__).resolve().parent)
 
 
 def _files(tmp_path, build: str, data: dict) -> list[str]:
-    torch.save(getattr(denoisers, build)().state_dict(), tmp_path / "m.pt")
-    save_file(data, str(tmp_path / "d.safetensors"))
-    return [str(tmp_path / "m.pt"), "--arch", f"denoisers:{build}", "--code-path", TESTS,
-            "--data", str(tmp_path / "d.safetensors")]
+    return loop_files(tmp_path, f"denoisers:{build}", data)
 
 
 def _inspect(tmp_path, build: str, x: torch.Tensor) -> dict:

@@ -3,6 +3,7 @@ calls of f and becomes the model's own solver, run exactly; a loop dise misreads
 loose the tolerance of dise's own guess would have been."""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -20,10 +21,11 @@ TESTS = str(Path(__file__).resolve().parent)
 
 
 def _files(tmp_path, build: str, data: dict) -> list[str]:
-    """Save the model ``build`` makes (a builder in tests/families.py, or ``test_loops:name`` here) as a
-    state dict, and ``data``, as a user would; the arguments that name them."""
+    """Save the model ``build`` makes (a builder in tests/families.py, or ``module:name`` of another tests
+    module, as ``test_loops:name`` here) as a state dict, and ``data``, as a user would; the arguments
+    that name them."""
     module, _, name = build.rpartition(":")
-    model = globals()[name]() if module == "test_loops" else getattr(families, name)()
+    model = getattr(importlib.import_module(module) if module else families, name)()
     torch.save(model.state_dict(), tmp_path / "m.pt")
     save_file(data, str(tmp_path / "d.safetensors"))
     return [str(tmp_path / "m.pt"), "--arch", build if module else f"families:{build}", "--code-path", TESTS,
