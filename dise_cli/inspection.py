@@ -74,6 +74,7 @@ def describe_model(opened, fidelity: Fidelity | None, export: dict, repeats: int
         "t_span_source": getattr(model, "t_span_source", ""),
         "time_scale": model.time_scale,
         "loop_form": None if model.loop_form is None else model.loop_form.to_dict(),
+        "conditioning": model.record()["conditioning"],
         "time_mode": model.field.mode.value,
         "scalar_time": model.field.scalar_time,
         "arg_order": model.field.order,

@@ -5,7 +5,8 @@ not a velocity: they step dx/dσ = (x - D(x, σ)) / σ. They start from the nois
 float64), and their last step, to σ = 0 where that velocity is undefined, is Euler (one call of D at
 the last σ). dise reads such a loop as: the state started (``start``), the ODE solved from σ_max to the
 last σ the loop calls D at, then that one Euler step (``finish``). Every integrator dise compares runs
-between the same two, so none calls D at σ = 0.
+between the same two, so none calls D at σ = 0. A loop that calls f at a multiple of the time it steps
+on (a scheduler's ``sigma * 1000``) is solved in its own time (``TimeScaled``).
 """
 from __future__ import annotations
 
@@ -16,17 +17,32 @@ import torch
 from torch import nn
 
 
+class TimeScaled(nn.Module):
+    """f as a hand-written loop calls it: at ``scale`` times the time its steps move on (a scheduler that
+    steps sigmas from 1 to 0 and calls the network at ``sigma * 1000``). Its time argument (first for
+    ``order`` "t,x", else second) is scaled before ``func`` sees it; dise solves in the loop's own time."""
+
+    def __init__(self, func: nn.Module, scale: float, order: str):
+        super().__init__()
+        self.func, self.scale, self.time_index = func, float(scale), 0 if order == "t,x" else 1
+
+    def forward(self, a, b):
+        args = [a, b]
+        args[self.time_index] = args[self.time_index] * self.scale
+        return self.func(*args)
+
+
 class Denoised(nn.Module):
     """The velocity of a denoiser's probability-flow ODE, (x - D(x, σ)) / σ, with D's arguments in the
     order D takes them (``order`` "t,x": time first)."""
 
     def __init__(self, denoiser: nn.Module, order: str):
         super().__init__()
-        self.denoiser, self.time_index = denoiser, 0 if order == "t,x" else 1
+        self.func, self.time_index = denoiser, 0 if order == "t,x" else 1
 
     def forward(self, a, b):
         sigma, x = (a, b) if self.time_index == 0 else (b, a)
-        denoised = self.denoiser(a, b).to(x.dtype)
+        denoised = self.func(a, b).to(x.dtype)
         if isinstance(sigma, torch.Tensor) and sigma.ndim and x.ndim > 1 and sigma.numel() == x.shape[0]:
             sigma = sigma.reshape(-1, *[1] * (x.ndim - 1))         # a σ per row, [N] or [N, 1]
         return (x - denoised) / sigma
@@ -85,3 +101,11 @@ class LoopForm:
             parts.append(f"its last step, to {self.end_at:g}, is one Euler step (one more call of f) after the "
                          f"solve, for every integrator")
         return "; ".join(parts)
+
+
+def loop_func(func: nn.Module, order: str, time_scale: float | None, form: "LoopForm | None") -> nn.Module:
+    """f as dise solves a loop's ODE with it: at the loop's time scale (``TimeScaled``), as the velocity of
+    a denoiser where the loop's is one (``Denoised``)."""
+    if time_scale is not None:
+        func = TimeScaled(func, time_scale, order)
+    return func if form is None else form.wrap(func, order)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dise_cli.conditioning import same_value, slot_value
 from dise_cli.errors import InputError
 from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
-from dise_cli.loopform import LoopForm
-from dise_cli.odeblock import TimeScaled
+from dise_cli.loopform import LoopForm, TimeScaled
 from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
 
@@ -182,7 +182,9 @@ def _find_form(ode: OdeModel, x: torch.Tensor, first: list[float], model_out: to
         return None
     calls, last = first[:-1], first[-1]
     span_end = float(ode.t_span[-1])
-    wide = model_out.dtype == torch.float64 and x.dtype != torch.float64
+    with torch.no_grad(), seeded(seed, x.device):
+        state_dtype = ode.encode(x[:2]).h0.dtype       # the loop's input as f gets it (x may pack several inputs)
+    wide = model_out.dtype == torch.float64 and state_dtype != torch.float64
     readings = [LoopForm(end_at=end) for end in dict.fromkeys((span_end,) if given_span else (span_end, *GRID_ENDS))]
     # the state in float64 where the loop's output is and its input is not (EDM's), else (or where D takes
     # only float32, cast by the loop) in the input's dtype
@@ -221,11 +223,15 @@ def _difference(ode: OdeModel, x: torch.Tensor, integrator: Integrator, span: tu
     def solve(p):
         field, h0 = p.field, p.h0
         if scale is not None:
-            field = field.with_func(TimeScaled(field.func, scale, field.order))
+            field = field.wrapped(lambda f: TimeScaled(f, scale, field.order))
         if form is None:
             return integrator.solve(field, h0, ends).ys
-        field = field.with_func(form.wrap(field.func, field.order))
-        ys = integrator.solve(field, form.start(h0), ends).ys
+        field = field.wrapped(lambda f: form.wrap(f, field.order))
+        layout = ode.layout
+        # the loop's start of the state, not of the per-sample columns that ride with it
+        start = form.start(h0) if not layout.context else \
+            layout.pack(form.start(layout.unpack(h0)), layout.context_of(h0))
+        ys = integrator.solve(field, start, ends).ys
         return form.finish(field, ends[-1], ys[-1]).unsqueeze(0)
     return _off_by(ode, x, solve, model_out, seed)
 
@@ -325,23 +331,43 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
     rows = [0]
     time_index = 0 if ode.field.order == "t,x" else 1
 
-    def record(_module, args, kwargs):
+    shape = getattr(ode, "call_shape", None)
+    held: list[dict] = []
+
+    def state_and_time(args, kwargs):
+        if shape is not None:           # the loop's conditioning read (dise_cli.conditioning): held the same
+            call = (tuple(args), dict(kwargs))
+            try:
+                values = shape.values(call)
+                state, value = slot_value(call, shape.state_at), slot_value(call, shape.time_at)
+            except (IndexError, KeyError):
+                extra["arguments other than its first call's"] = None
+                return None, None
+            if not held:
+                held.append(values)
+            extra.update(dict.fromkeys(f"'{name}' changes between calls" for name, v in values.items()
+                                       if not same_value(v, held[0][name])))
+            return state, value
         state = args[1 - time_index] if len(args) > 1 else next(
             (v for k, v in kwargs.items() if k not in TIME_NAMES and isinstance(v, torch.Tensor)), None)
-        if isinstance(state, torch.Tensor) and state.ndim:
-            rows[0] = max(rows[0], len(state))
         value = args[time_index] if len(args) > time_index else next(
             (kwargs[name] for name in TIME_NAMES if name in kwargs), None)
-        times.append(_one_time(value))
-        if isinstance(value, torch.Tensor) and value.numel() and not value.is_floating_point() \
-                and value.dtype != torch.bool:
-            integers.append(int(value.reshape(-1)[0]))
         given = [k for k, v in kwargs.items() if v is not None]
         # a None beyond the two (EDM's class_labels=None) is what f's default gives it when dise calls it
         passed = [i for i in range(2, len(args)) if args[i] is not None]
         if min(len(args), 2) + len(passed) + len(given) > 2:
             others = [k for k in given if k not in TIME_NAMES][max(0, 1 - len(args)):] if len(args) < 2 else given
             extra.update(dict.fromkeys([*(f"argument {i + 1}" for i in passed), *others]))
+        return state, value
+
+    def record(_module, args, kwargs):
+        state, value = state_and_time(args, kwargs)
+        if isinstance(state, torch.Tensor) and state.ndim:
+            rows[0] = max(rows[0], len(state))
+        times.append(_one_time(value))
+        if isinstance(value, torch.Tensor) and value.numel() and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            integers.append(int(value.reshape(-1)[0]))
 
     def output(_module, _args, out):
         if isinstance(out, torch.Tensor) and out.is_floating_point():

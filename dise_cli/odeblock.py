@@ -14,10 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls, passes_conditioning
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import VectorField, detect_arg_order
-from dise_cli.loopform import LoopForm
+from dise_cli.inputs import InputJoin
+from dise_cli.loopform import LoopForm, loop_func
 from dise_cli.odemodel import AttributeModel, output_note, pick_output
+from dise_cli.rowcontext import RowContext, resolve
 from dise_cli.states import StateLayout
 
 FUNC_ATTRS = ("odefunc", "func", "f", "vf")
@@ -136,29 +139,17 @@ def sequential_split(module: nn.Module, path: str) -> tuple[nn.Sequential, nn.Se
     return nn.Sequential(*before), nn.Sequential(*after)
 
 
-class TimeScaled(nn.Module):
-    """f as a hand-written loop calls it: at ``scale`` times the time its steps move on (a scheduler that
-    steps sigmas from 1 to 0 and calls the network at ``sigma * 1000``). Its time argument (first for
-    ``order`` "t,x", else second) is scaled before ``func`` sees it; dise solves in the loop's own time."""
-
-    def __init__(self, func: nn.Module, scale: float, order: str):
-        super().__init__()
-        self.func, self.scale, self.time_index = func, float(scale), 0 if order == "t,x" else 1
-
-    def forward(self, a, b):
-        args = [a, b]
-        args[self.time_index] = args[self.time_index] * self.scale
-        return self.func(*args)
-
-
 def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor | None, data_t: torch.Tensor | None,
                        ode_block: str | None, model_name: str, model_args: tuple,
                        output_key: str | None = None, time_scale: float | None = None,
-                       loop_form: LoopForm | None = None) -> AttributeModel:
+                       loop_form: LoopForm | None = None, join: InputJoin | None = None,
+                       more_args: tuple | None = None) -> AttributeModel:
     """Locate the block by its attributes (``ode_block`` overrides), run the model once to learn its
     input and output, and choose how to pass per-row times to f (``time_scale``: f called at that many
     times the time the block's loop steps on, ``TimeScaled``; ``loop_form``: the loop's f is a denoiser,
-    its start and last step, ``dise_cli.loopform``)."""
+    its start and last step, ``dise_cli.loopform``). Where the loop passes f conditioning beyond a time
+    and a state (class labels), f is read as ``Conditioned`` (``dise_cli.conditioning``); ``more_args``:
+    the model's arguments for one more row, which tell a per-sample argument from a fixed one."""
     if ode_block is not None:
         path, attr = named_block(module, ode_block)
     else:
@@ -178,51 +169,76 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
                          f"model without scripting the block (its weights load the same)")
     grid, grid_source = _grid(block, t_span, data_t)
     kind = "root" if not path else ("sequential" if sequential_kind(module, path) else "nested")
+    func = getattr(block, attr)
     seen: dict[str, Any] = {}
+    calls: list[Call] = []
 
     def hook(_mod, args, kwargs, output):
         if "h0" not in seen:
             seen["h0"] = args[0] if args else next(iter(kwargs.values()))
             seen["out"] = output
 
-    handle = block.register_forward_hook(hook, with_kwargs=True)
+    def watch(_mod, args, kwargs):
+        seen["calls"] = seen.get("calls", 0) + 1
+        if len(calls) < 2:
+            calls.append((tuple(args), dict(kwargs)))
+
+    handles = [block.register_forward_hook(hook, with_kwargs=True)]
+    if isinstance(func, nn.Module):
+        handles.append(func.register_forward_pre_hook(watch, with_kwargs=True))
     try:
         out = module(*model_args)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if "h0" not in seen:
         raise InputError(f"the model's forward never called its ODE block '{path or '(the model itself)'}' "
                          f"({type(block).__name__}) through the block's forward: where its loop runs in another method "
                          f"(a sample() the model calls), dise cannot take the loop's start; run the loop in the "
                          f"block's forward, name another block with --ode-block, or write the loop with "
                          f"torchdiffeq's odeint")
+    inner = find_blocks(func) if ode_block is None and seen.get("calls") == 1 else []
+    if len(inner) == 1:
+        # f called once is no loop's f but a block of its own (a sampler the model hands an embedding),
+        # whose loop calls its f
+        again = f"{path}.{attr}.{inner[0][0]}".strip(".")
+        return read_by_attributes(module, x, t_span, data_t, again, model_name, model_args, output_key, time_scale,
+                                  loop_form, join, more_args)
     h0 = seen["h0"]
     n = len(x)
     if not isinstance(h0, torch.Tensor) or h0.ndim < 1 or len(h0) != n:
         raise InputError(f"the ODE block's input is not a batch of states (got {type(h0).__name__})")
     layout = StateLayout.of(h0, "the ODE block's input")
-    func = getattr(block, attr)
     what = (f"dise sees no solver call in {model_name} (a hand-written solver loop, or a solver other than "
             f"torchdiffeq's and torchdyn's) and read block '{path or '(the model itself)'}' by its attributes, but")
     hint = "name the block with --ode-block, or its solver with --candidates and its grid with --t-span"
-    needs = required_args(func) if isinstance(func, nn.Module) else []
-    if len(needs) > 2:
-        # Flux's transformer(img, img_ids, txt, txt_ids, timesteps, y, guidance): the loop hands f its conditioning
-        raise InputError(f"{what} its ODE function '{attr}' ({type(func).__name__}) needs {len(needs)} arguments "
-                         f"({', '.join(needs)}) where dise passes a time and a state; the others (the conditioning "
-                         f"the loop hands it: text embeddings, labels, guidance) dise cannot pass. Wrap f as "
-                         f"f(t, x) holding the rest as attributes, or write the loop with torchdiffeq's odeint") from None
+    shape = None
+    if isinstance(func, nn.Module) and (len(required_args(func)) > 2 or (calls and passes_conditioning(calls[0]))):
+        # the loop hands f its conditioning (EDM's net(x, σ, class_labels), a flow's model(z, t, y))
+        try:
+            shape = CallShape.read(func, calls, h0, n)
+        except InputError as exc:
+            raise InputError(f"{what} {exc}") from None
+        if more_args is not None:
+            _, more = first_calls(module, func, block, more_args, 1)
+            shape = shape.confirm_rows(more[0], n + 1) if more else shape
     # f probed at the grid's start; on the default [0, 1], at 1: a loop's f may be undefined at 0 (a
     # denoiser's log σ), and the default's direction says nothing of the loop's
     probe = grid.flip(0) if grid_source == DEFAULT_SOURCE else grid
+    context = None
     try:
-        order = detect_arg_order(func, h0, float(probe[0]) * (time_scale or 1.0), layout)
-        if time_scale is not None:
-            func = TimeScaled(func, time_scale, order)
-        start = h0
-        if loop_form is not None:
-            func, start = loop_form.wrap(func, order), loop_form.start(h0)
-        field = VectorField.detect(func, start, probe, layout, order=order)
+        if shape is None:
+            order = detect_arg_order(func, h0, float(probe[0]) * (time_scale or 1.0), layout)
+            inner = func
+        else:
+            order, inner = "t,x", Conditioned(func, shape, shape.values(calls[0]))
+        chain = loop_func(inner, order, time_scale, loop_form)
+        start = h0 if loop_form is None else loop_form.start(h0)
+        if shape is not None and shape.per_row:
+            context = _conditioning_context(chain, inner, n)
+            layout = layout.with_context(context.width)
+            start = layout.pack(start, context.gather(chain, n, start.dtype, start.device, first_call=lambda: None))
+        field = VectorField.detect(chain, start, probe, layout, order=order, context=context)
     except InputError as exc:
         raise InputError(f"{what} {exc}; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - the user's f rejecting what dise took as its state
@@ -233,15 +249,29 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         encoder, decoder = sequential_split(module, path)
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
                            output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
+    model.join = join
+    model.call_shape, model.held = shape, (None if shape is None else shape.values(calls[0]))
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
     model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source
     model.time_scale, model.loop_form = time_scale, loop_form
     model.func_description = (f"{path}.{attr}".lstrip(".") + (f" at {time_scale:g} x t" if time_scale else "") +
-                              (" as a denoiser D(x, σ): f = (x - D) / σ" if loop_form and loop_form.denoiser else ""))
+                              (" as a denoiser D(x, σ): f = (x - D) / σ" if loop_form and loop_form.denoiser else "") +
+                              (f" ({shape.describe()})" if shape is not None else ""))
     model.func_class = type(func).__name__
-    model.func_modules = [func]
+    model.func_modules = [chain]
     return model
+
+
+def _conditioning_context(chain: nn.Module, inner: Conditioned, n: int) -> RowContext:
+    """The per-sample arguments ``inner`` holds, as ``chain`` (f as dise solves it) reaches them."""
+    mine = {id(inner.given[name]) for name in inner.shape.per_row}
+    found = RowContext.find(chain, n)
+    paths = frozenset(p for p in (found.paths if found is not None else ()) if id(resolve(chain, p)) in mine)
+    context = None if found is None else found.only(paths)
+    if context is None or len(context.paths) != len(mine):
+        raise InputError(f"dise cannot carry f's per-sample arguments ({', '.join(inner.shape.per_row)}) with its state")
+    return context
 
 
 def _grid(block: nn.Module, t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:

@@ -21,9 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls
 from dise_cli.errors import InputError
 from dise_cli.inputs import InputJoin
-from dise_cli.loopform import LoopForm
+from dise_cli.loopform import LoopForm, loop_func
 from dise_cli.integrators.vector_field import VectorField
 from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import CallNumbers, SolveCall, intercept
@@ -177,6 +178,7 @@ class OdeModel:
                 "inputs": None if self.join is None else self.join.to_dict(),
                 "output_key": self.output_key, "time_scale": self.time_scale,
                 "loop_form": None if self.loop_form is None else self.loop_form.to_dict(),
+                "conditioning": None if getattr(self, "call_shape", None) is None else self.call_shape.to_dict(),
                 "library": self.solves[self.target].library if self.how == "traced" else None}
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
@@ -438,19 +440,43 @@ class AttributeModel(OdeModel):
         self.output_format = output_format
         self.encoder = encoder
         self.decoder = decoder
+        self.call_shape: CallShape | None = None   # the loop passes f conditioning (dise_cli.conditioning)
+        self.held: dict[str, Any] | None = None    # what it passed on the reading's batch
 
     @property
     def block(self) -> nn.Module:
         return self.module.get_submodule(self.block_path) if self.block_path else self.module
 
-    def _problem(self, h0: torch.Tensor) -> Problem:
+    def _problem(self, h0: torch.Tensor, call: Call | None = None) -> Problem:
+        """The solve of the block's input ``h0``; ``call``: the loop's first call of f, where f is read with
+        its conditioning (its per-sample arguments go with the state as context columns)."""
         if self.loop_form is not None:
             h0 = self.loop_form.start(h0)
+        context = self.field.context
+        if context is not None:
+            # the batch's arguments, where the field's f holds the reading's: the same wrappers around them
+            func = getattr(self.block, self.func_attr)
+            chain = loop_func(Conditioned(func, self.call_shape, self.call_shape.values(call)), self.field.order,
+                              self.time_scale, self.loop_form)
+            h0 = self.layout.pack(h0, context.gather(chain, len(h0), h0.dtype, h0.device, first_call=lambda: None))
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
+
+    def _first_call(self, x: torch.Tensor) -> Problem:
+        """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
+        forward stopped there."""
+        func = getattr(self.block, self.func_attr)
+        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), 1)
+        if h0 is None or not calls:
+            raise InputError(f"the model's forward did not call its ODE function '{self.func_attr}' in its block "
+                             f"'{self.block_path or '(the model itself)'}' for this batch")
+        self.call_shape.check_held(self.held, calls[0], "the model's loop")
+        return self._problem(h0, calls[0])
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         self._grid_argument(t)
-        if self.kind == "root":
+        if self.call_shape is not None:
+            return self._first_call(x)
+        if self.kind == "root" and self.join is None:
             return self._problem(x)
         if self.kind == "sequential":
             return self._problem(self.encoder(x))
@@ -464,9 +490,11 @@ class AttributeModel(OdeModel):
                 return self._problem(cap.h0)
         raise InputError(f"the model's forward never called its ODE block '{self.block_path}'")
 
-    def block_output(self, ys: torch.Tensor) -> Any:
+    def block_output(self, problem: Problem, ys: torch.Tensor) -> Any:
+        """What the block returns for the solution ``ys`` (packed) of ``problem``."""
         if self.loop_form is not None:          # a loop's last step (only final outputs are read with one)
-            return self.loop_form.finish(self.field, self.t_span[-1], ys[-1])
+            return self.layout.unpack(self.loop_form.finish(problem.field, self.t_span[-1], ys[-1]))
+        ys = self.layout.unpack_trajectory(ys) if self.layout.context else ys
         if self.output_format == "final":
             return ys[-1]
         if self.output_format == "torchdyn":
@@ -474,7 +502,7 @@ class AttributeModel(OdeModel):
         return ys
 
     def decode(self, problem: Problem, ys: torch.Tensor) -> torch.Tensor:
-        out = self.block_output(ys)
+        out = self.block_output(problem, ys)
         if self.kind == "sequential":
             out = self.decoder(out)
         return self.batch_major(out)
@@ -484,7 +512,16 @@ class AttributeModel(OdeModel):
             problem = self.encode(x, t)
             return self.decode(problem, solve(problem))
         self._grid_argument(t)
-        with _SwapForward(self.block, lambda h, *a, **k: self.block_output(solve(self._problem(h)))):
+        if self.call_shape is not None:
+            problem = self._first_call(x)
+
+            def answer(h, *a, **k):
+                return self.block_output(problem, solve(problem))
+        else:
+            def answer(h, *a, **k):
+                problem = self._problem(h)
+                return self.block_output(problem, solve(problem))
+        with _SwapForward(self.block, answer):
             return self.batch_major(self.module(*self.model_args(x)))
 
 

@@ -190,8 +190,10 @@ def _read_loop(model: OdeModel, x: torch.Tensor, grid: torch.Tensor | None, read
     if found.integrator is None:
         raise InputError(f"{name}: {found.note}; dise misreads the model's loop (its grid, or the state it starts "
                          f"from): {LOOP_HINT}")
+    shape = getattr(model, "call_shape", None)
     model.own = OwnSolver(library="loop", method=found.integrator.spec, rtol=None, atol=None,
-                          options={"reproduced": found.exact}, note=found.note)
+                          options={"reproduced": found.exact},
+                          note=found.note if shape is None else f"{found.note}; {shape.note}")
     return model
 
 

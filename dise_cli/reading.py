@@ -164,15 +164,9 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
             model.input_grid = grid             # the model's time argument, which its solve may not integrate over
         model.t_span_source = f"the model's solver call{f', given it as {grid_source}' if takes_grid else ''}"
         return model
-    if join is not None:
-        if failure is not None:
-            raise _rejects(data_name, rows, failure, join)
-        raise InputError(f"{model_name} takes {len(join)} inputs ({', '.join(join.names)}) and makes no torchdiffeq "
-                         f"or torchdyn solver call dise can see; dise reads a model of several inputs by its solver "
-                         f"call (a hand-written loop only with one input): write the loop as torchdiffeq's odeint, "
-                         f"f(t, x) holding the other inputs (its fixed-step methods with a grid_constructor that "
-                         f"returns the loop's schedule take the loop's steps), and dise routes it")
-    if is_vector_field(module):
+    if join is not None and failure is not None:
+        raise _rejects(data_name, rows, failure, join)
+    if join is None and is_vector_field(module):
         try:
             model = _bare(module, rows, grid)
         except InputError as exc:
@@ -185,9 +179,11 @@ def read_model(module: nn.Module, x: torch.Tensor, *, data_name: str = "data", s
         return model
     if failure is not None:
         raise _rejects(data_name, rows, failure)
+    # one more row tells the loop's per-sample conditioning of f from a fixed argument of the probe's size
+    more = model_call_args(x[:len(rows) + 1], join, grid if takes_grid else None) if len(x) > len(rows) else None
     with torch.no_grad():
         return read_by_attributes(module, rows, t_span, data_t, ode_block, model_name, args, output_key, time_scale,
-                                  loop_form)
+                                  loop_form, join=join, more_args=more)
 
 
 def _grid(t_span: torch.Tensor | None, data_t: torch.Tensor | None) -> tuple[torch.Tensor, str]:

@@ -176,6 +176,11 @@ class RowContext:
                           dtypes=tuple(self.dtypes[i] for i in keep),
                           blocks=tuple(self._blocks()[i] for i in keep))
 
+    def under(self, step: Step) -> "RowContext":
+        """This context as a function that holds f at ``step`` reaches it (a wrapper's ``("attr", "func")``)."""
+        return RowContext(paths=tuple((step, *p) for p in self.paths), shapes=self.shapes, dtypes=self.dtypes,
+                          blocks=self.blocks)
+
     def read_by(self, func: Callable, call: Callable[[], Any]) -> "RowContext | None":
         """The part of this context f reads when ``call()`` runs it (a per-batch cache the model keeps
         where f can reach it, but f never reads, is not context)."""

@@ -7,6 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -290,15 +291,28 @@ def build_loop_in_sample():
 
 def test_loops_dise_cannot_run_are_refused_saying_what_to_do(tmp_path):
     x = families.make_noise(16)
-    expected = {"build_conditioned_loop": "needs 3 arguments (img, txt, timesteps)",
-                "build_loop_in_sample": "in another method (a sample() the model calls)",
-                "build_keyword_conditioned_loop": "more than a time and a state of its samples (pooled_projections",
+    expected = {"build_loop_in_sample": "in another method (a sample() the model calls)",
                 "build_doubled_around_f_loop": "samples: guidance by batch doubling around f",
                 "build_odd_scale_loop": "f is called far outside the grid, and f's time at the scales dise tries"}
     for build, words in expected.items():
         res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, f"test_loops:{build}", {"x": x})])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, (build, res.stderr)
         assert words in res.stderr, (build, res.stderr)
+
+
+@pytest.mark.parametrize("build, held", [("build_conditioned_loop", "txt"),
+                                         ("build_keyword_conditioned_loop", "pooled_projections")])
+def test_a_loop_handing_f_fixed_conditioning_is_read_with_it_held(tmp_path, build, held):
+    """Flux-like loops that hand f the text conditioning (a parameter, positional or by keyword, the same
+    object or value at every call): f is read with it held as the loop passes it, exactly."""
+    res = CliRunner().invoke(app, ["inspect", *_files(tmp_path, f"test_loops:{build}", {"x": families.make_noise(16)}),
+                                   "--json", "-"])
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"].startswith("euler:grid=1/") and info["baseline_exact"]
+    assert info["fidelity"]["difference"] <= 2e-6 and info["per_sample_tensors"] is None
+    assert info["conditioning"]["held"] == [held] and info["conditioning"]["per_row"] == []
+    assert any(f"the loop passes f {held} beside" in n for n in info["notes"])
 
 
 def test_a_scheduler_stepping_sigmas_with_f_at_sigma_times_1000_is_read_in_the_loops_time(tmp_path):

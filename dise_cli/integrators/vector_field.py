@@ -68,6 +68,16 @@ class VectorField:
         """The same conventions for another f (the function a later call of the model passes)."""
         return VectorField(func, self.mode, self.layout, self.sign, self.order, self.scalar_time, self.context)
 
+    def wrapped(self, wrap: Callable[[Func], Func]) -> "VectorField":
+        """This field with f wrapped (``wrap(f)`` holds f as its attribute ``func``, as ``TimeScaled`` and
+        ``Denoised`` do), its per-sample tensors reached through the wrapper."""
+        func, context = wrap(self.func), self.context
+        if context is not None and func is not self.func:
+            if getattr(func, "func", None) is not self.func:
+                raise TypeError(f"{type(func).__name__} does not hold f as its attribute 'func'")
+            context = context.under(("attr", "func"))
+        return VectorField(func, self.mode, self.layout, self.sign, self.order, self.scalar_time, context)
+
     def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """f at one time ``t`` (0-dim, the state's dtype) for the whole batch ``h``."""
         if self.mode is TimeMode.ROWS or not self.scalar_time:

@@ -1,0 +1,163 @@
+"""Class-conditional samplers written as loops, as their users write them: the loop hands f the labels
+at every call (EDM's ``net(x_hat, t_hat, class_labels)``, a rectified flow's ``model(z, t, y)``), the
+labels one of the model's inputs (``forward(noise, labels)``). Small nets whose output depends on the
+label strongly, so that a row given another row's label is far off."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from denoisers import EDMSampler, Preconditioned
+
+CLASSES = 4
+
+
+class LabelledDenoiser(Preconditioned):
+    """EDM's ``EDMPrecond`` with ``label_dim``: one-hot class labels mapped into F's input."""
+
+    def __init__(self, dim: int = 2):
+        super().__init__(dim)
+        self.map_label = nn.Linear(CLASSES, 1, bias=False)
+        nn.init.normal_(self.map_label.weight, std=2.0)
+
+    def forward(self, x, sigma, class_labels=None):
+        out = super().forward(x, sigma)
+        labels = torch.zeros(x.shape[0], CLASSES) if class_labels is None else class_labels.to(torch.float32)
+        return out + self.map_label(labels) * sigma.to(torch.float32).reshape(-1, 1) / (1 + sigma.reshape(-1, 1))
+
+
+class ConditionalEDM(EDMSampler):
+    """``edm_sampler(net, latents, class_labels)``: labels one-hot, a second input of the model."""
+
+    def __init__(self, num_steps: int = 6):
+        super().__init__(num_steps)
+        self.net = LabelledDenoiser()
+
+    def forward(self, latents, class_labels):
+        return super().forward(latents, class_labels)
+
+
+class LabelledVelocity(nn.Module):
+    """A class-conditional velocity v(x, t, y): y integer class indices, embedded."""
+
+    def __init__(self, dim: int = 2, hidden: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(CLASSES, hidden)
+        self.inp = nn.Linear(dim + 1, hidden)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        nn.init.normal_(self.embed.weight, std=1.0)
+
+    def forward(self, x, t, y):
+        t = t.reshape(-1, 1).expand(x.shape[0], 1).to(x.dtype)
+        return self.out(self.inp(torch.cat([x, t], 1)) + self.embed(y))
+
+
+class ConditionalRectifiedFlow(nn.Module):
+    """rectified flow's ``sample_ode`` with labels: Euler from noise at t = 0 to 1, ``model(z, t, y)``."""
+
+    def __init__(self, steps: int = 8):
+        super().__init__()
+        self.model = LabelledVelocity()
+        self.steps = steps
+
+    def forward(self, z, y):
+        dt = 1.0 / self.steps
+        for i in range(self.steps):
+            t = torch.ones(z.shape[0]) * i / self.steps
+            z = z + self.model(z, t, y) * dt
+        return z
+
+
+class EmbeddingFirst(nn.Module):
+    """The labels embedded before the loop, the embedding handed to f: a block of its own
+    (``self.sampler(noise, context)``), its f ``net(x, t, context)`` with a float context per row."""
+
+    class Net(nn.Module):
+        def __init__(self, dim: int = 2, hidden: int = 32):
+            super().__init__()
+            self.inp = nn.Linear(dim + 1, hidden)
+            self.out = nn.Sequential(nn.Tanh(), nn.Linear(hidden, dim))
+
+        def forward(self, x, t, context):
+            return self.out(self.inp(torch.cat([x, t.expand(x.shape[0], 1)], 1)) + context)
+
+    class Sampler(nn.Module):
+        def __init__(self, steps: int):
+            super().__init__()
+            self.net = EmbeddingFirst.Net()
+            self.steps = steps
+
+        def forward(self, x, context):
+            dt = 1.0 / self.steps
+            for i in range(self.steps):          # midpoint steps
+                t = torch.tensor([[i * dt]])
+                mid = x + 0.5 * dt * self.net(x, t, context)
+                x = x + dt * self.net(mid, t + 0.5 * dt, context)
+            return x
+
+    def __init__(self, steps: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(CLASSES, 32)
+        nn.init.normal_(self.embed.weight, std=1.0)
+        self.sampler = EmbeddingFirst.Sampler(steps)
+
+    def forward(self, noise, labels):
+        return self.sampler(noise, self.embed(labels))
+
+
+class GuidedByTwoCalls(ConditionalRectifiedFlow):
+    """Classifier-free guidance as two calls of f a step (with the labels and with a null class): the ODE's
+    f is the guided velocity, which no module of the model computes. Refused, never misread."""
+
+    def forward(self, z, y):
+        dt, null = 1.0 / self.steps, torch.zeros_like(y)
+        for i in range(self.steps):
+            t = torch.ones(z.shape[0]) * i / self.steps
+            v_cond, v_null = self.model(z, t, y), self.model(z, t, null)
+            z = z + (v_null + 2.0 * (v_cond - v_null)) * dt
+        return z
+
+
+class GuidedByDoubling(ConditionalRectifiedFlow):
+    """Classifier-free guidance by batch doubling around f (SiT's ``torch.cat([z, z])``). Refused."""
+
+    def forward(self, z, y):
+        dt, null = 1.0 / self.steps, torch.zeros_like(y)
+        for i in range(self.steps):
+            t = torch.ones(2 * z.shape[0]) * i / self.steps
+            cond, uncond = self.model(torch.cat([z, z]), t, torch.cat([y, null])).chunk(2)
+            z = z + (uncond + 2.0 * (cond - uncond)) * dt
+        return z
+
+
+def build_conditional_edm() -> ConditionalEDM:
+    torch.manual_seed(3)
+    return ConditionalEDM(num_steps=6)
+
+
+def build_conditional_rectified_flow() -> ConditionalRectifiedFlow:
+    torch.manual_seed(4)
+    return ConditionalRectifiedFlow()
+
+
+def build_embedding_first() -> EmbeddingFirst:
+    torch.manual_seed(5)
+    return EmbeddingFirst()
+
+
+def build_guided_by_two_calls() -> GuidedByTwoCalls:
+    torch.manual_seed(4)
+    return GuidedByTwoCalls()
+
+
+def build_guided_by_doubling() -> GuidedByDoubling:
+    torch.manual_seed(4)
+    return GuidedByDoubling()
+
+
+def labelled_noise(n: int, seed: int = 0, one_hot: bool = False) -> dict[str, torch.Tensor]:
+    """Data for these models: noise ``x`` [n, 2] and labels (class indices, or one-hot float32)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    return {"x": torch.randn(n, 2, generator=g),
+            "labels": nn.functional.one_hot(labels, CLASSES).to(torch.float32) if one_hot else labels}

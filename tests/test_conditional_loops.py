@@ -1,0 +1,172 @@
+"""Class-conditional samplers written as loops (dise_cli/conditioning.py): the loop hands f the labels
+at every call, the labels one of the model's inputs. dise reads which of f's arguments are the state
+and the time, holds the rest as the loop passes them, carries those with a row per sample with each
+sample's state, and runs the loop's own steps exactly; guidance it cannot route is refused in one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import conditional_loops as C
+import dise_cli
+from dise_cli.cli import app
+from dise_cli.conditioning import CallShape, Conditioned
+from dise_cli.errors import InputError
+from dise_cli.inputs import InputJoin
+from dise_cli.integrators import Dopri5, Euler
+from dise_cli.loopform import LoopForm
+from dise_cli.reading import read_model
+from dise_cli.routing import first_stage
+from test_loops import _files
+
+TESTS = str(Path(__file__).resolve().parent)
+KEYS = ["--x-key", "x,labels"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _inspect(tmp_path, build: str, data: dict) -> dict:
+    res = invoke("inspect", *_files(tmp_path, f"conditional_loops:{build}", data), *KEYS, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _joined(data: dict) -> torch.Tensor:
+    return InputJoin.join([data["x"], data["labels"]], ["x", "labels"], "d")
+
+
+def test_a_class_conditional_edm_loop_is_read_exactly_each_row_with_its_labels(tmp_path):
+    """EDM's ``edm_sampler(net, latents, class_labels)``: Heun over its σ's from the noise times 80, the
+    one-hot labels carried per sample; dise's per-sample dopri5 on the batch equals each sample solved
+    alone, and other labels give other samples."""
+    data = C.labelled_noise(16, one_hot=True)
+    info = _inspect(tmp_path, "build_conditional_edm", data)
+    assert info["baseline"].startswith("heun2:grid=80/") and info["baseline_exact"]
+    assert info["fidelity"]["difference"] == 0 and info["loop_form"]["denoiser"]
+    assert info["per_sample_tensors"] == "f.func.given['class_labels'] [4]"
+    assert info["conditioning"] == {"state_at": 0, "time_at": 1, "held": ["class_labels"], "per_row": ["class_labels"]}
+    assert any("the loop passes f class_labels beside its time and state" in n for n in info["notes"])
+    model = C.build_conditional_edm()
+    join, x = _joined(data)
+    ode = read_model(model, x, join=join, t_span=torch.tensor(info["t_span"], dtype=torch.float64),
+                     loop_form=LoopForm.from_dict(info["loop_form"]))
+    solver = Dopri5(rtol=1e-6, atol=1e-6, step_t=info["t_span"][-1])     # D is NaN below σ = 0
+    with torch.no_grad():
+        together = ode.encode(x)
+        ys = solver.solve(together.field, together.h0, together.t)
+        for i in (0, 5, 11):
+            alone = ode.encode(x[i:i + 1])
+            one = solver.solve(alone.field, alone.h0, alone.t)
+            torch.testing.assert_close(one.ys[:, 0], ys.ys[:, i], rtol=0, atol=1e-5)   # D in float32: round-off
+        relabelled = x.clone()
+        relabelled[:, 2:] = relabelled[:, 2:].roll(1, dims=1)
+        moved = ode.forward_with(relabelled, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+        kept = ode.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+    assert float((moved - kept).abs().max()) > 0.1
+
+
+def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_sample_with_its_label(tmp_path):
+    """``model(z, t, y)`` with integer labels, 8 Euler steps: profile, train-selector, export (the
+    factory), run; the bundle's rows routed to the loop equal the model, and equal each sample alone."""
+    data = C.labelled_noise(24, seed=1)
+    args = _files(tmp_path, "conditional_loops:build_conditional_rectified_flow", data)
+    res = invoke("inspect", *args, *KEYS, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"] == "euler:steps=8" and info["fidelity"]["difference"] == 0
+    assert info["per_sample_tensors"] == "f.given['y'] []"
+    for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *args, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", 2,
+                  "--out", tmp_path / "s.sft"),
+                 ("export", *args[:5], "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise"),
+                 ("evaluate", tmp_path / "b.dise", "--data", args[-1], *KEYS, "--code-path", TESTS,
+                  "--batch-sizes", 8, "--repeats", 1)):
+        res = invoke(*step)
+        assert res.exit_code == 0, res.stderr
+    model = C.build_conditional_rectified_flow()
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    noise, labels = data["x"], data["labels"]
+    with torch.no_grad():
+        out, stats = bundle(noise, labels, return_stats=True)
+        own = model(noise, labels)
+        alone = torch.cat([bundle(noise[i:i + 1], labels[i:i + 1]) for i in range(len(noise))])
+        # every sample routed to the loop's own Euler, through the bundle's encode and solve
+        loop = torch.full((len(noise),), stats.candidates.index("euler:steps=8"))
+        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
+                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+    torch.testing.assert_close(forced, own, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, alone, rtol=1e-6, atol=1e-6)
+
+
+def test_labels_embedded_before_a_samplers_loop_are_read_in_its_block(tmp_path):
+    """``self.sampler(noise, self.embed(labels))``: the block is the sampler, whose loop takes midpoint
+    steps with ``net(x, t, context)``, the float embedding per sample."""
+    info = _inspect(tmp_path, "build_embedding_first", C.labelled_noise(16, seed=2))
+    assert info["baseline"] == "midpoint:steps=4" and info["fidelity"]["difference"] == 0
+    assert info["per_sample_tensors"] == "f.given['context'] [32]"
+
+
+@pytest.mark.parametrize("build, words", [
+    ("build_guided_by_two_calls", "between its first two calls y change: the same state and time twice"),
+    ("build_guided_by_doubling", "a state of 6 rows for 3 samples (classifier-free guidance by batch doubling"),
+])
+def test_guidance_dise_cannot_route_is_refused_in_one_line(tmp_path, build, words):
+    res = invoke("inspect", *_files(tmp_path, f"conditional_loops:{build}", C.labelled_noise(16)), *KEYS)
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert words in res.stderr
+
+
+def test_the_call_shape_tells_state_time_and_conditioning_apart():
+    """State and time are what change between the first two calls; a tensor of the batch's rows is per
+    sample only where it has the rows of another batch size too; keywords keep their names."""
+    net = C.LabelledVelocity()
+    h0, y, fixed = torch.randn(3, 2), torch.tensor([0, 1, 2]), torch.zeros(3, 5)
+    calls = [((h0, torch.zeros(3), y), {"extra": fixed, "scale": 2.0}),
+             ((h0 + 1, torch.ones(3), y.clone()), {"extra": fixed, "scale": 2.0})]
+    shape = CallShape.read(net, calls, h0, 3)
+    assert (shape.state_at, shape.time_at) == (0, 1) and shape.per_row == ("y", "extra")
+    assert [name for _, name in shape.held] == ["y", "extra", "scale"]
+    assert shape.confirm_rows(((h0, 0, torch.zeros(4)), {"extra": fixed, "scale": 2.0}), 4).per_row == ("y",)
+    # f as dise calls it puts each argument back in its place
+    seen = []
+    net.forward = lambda *a, **k: seen.append((a, k)) or a[0]
+    Conditioned(net, shape, shape.values(calls[0]))(torch.tensor(0.5), h0)
+    (a, k), = seen
+    assert a[0] is h0 and float(a[1]) == 0.5 and a[2] is y and k == {"extra": fixed, "scale": 2.0}
+    with pytest.raises(InputError, match="argument 'scale' otherwise for this batch"):
+        shape.check_held(shape.values(calls[0]), ((h0, 0, y), {"extra": fixed, "scale": 3.0}), "the model's loop")
+
+
+def test_a_held_argument_that_differs_between_batches_is_refused(tmp_path):
+    """A loop that hands f a guidance scale drawn from its batch (not per sample) cannot be held fixed:
+    encoding another batch says so instead of solving with the reading's value."""
+    model = C.build_conditional_rectified_flow()
+    data = C.labelled_noise(8, seed=3)
+    join, x = _joined(data)
+    ode = read_model(model, x, join=join)
+    inner = model.model.forward
+
+    def scaled(z, t, y, scale=None):
+        return inner(z, t, y) * (1.0 if scale is None else scale)
+    model.model.forward = scaled
+    original = C.ConditionalRectifiedFlow.forward
+
+    def forward(self, z, y):
+        dt = 1.0 / self.steps
+        for i in range(self.steps):
+            z = z + self.model(z, torch.ones(len(z)) * i / self.steps, y, scale=float(len(z))) * dt
+        return z
+    C.ConditionalRectifiedFlow.forward = forward
+    try:
+        ode = read_model(model, x, join=join)
+        assert ode.held["scale"] == 3.0          # the probe's rows
+        with pytest.raises(InputError, match="'scale' otherwise for this batch"):
+            ode.forward_with(x[:5], lambda p: Euler(steps=8).solve(p.field, p.h0, p.t).ys)
+    finally:
+        C.ConditionalRectifiedFlow.forward = original
