@@ -70,73 +70,123 @@ def _names(func: nn.Module, call: Call) -> dict[Slot, str]:
 
 
 @dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance the loop applies around f. ``doubled``: one call on the batch twice over
+    (``torch.cat([x, x])``, the conditioning of each half in blocks of N), the output's halves A and B;
+    ``paired``: two calls a stage on the same state and time, A with the first call's conditioning, B
+    with the second's (``alternating``: the arguments that differ). The loop's velocity is
+    ``weight`` A + (1 - ``weight``) B, which the loop writes u + s (c - u)."""
+
+    kind: str
+    weight: float
+    alternating: tuple[str, ...] = ()
+
+    def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        # as the loop writes it, u + s (c - u), c the half the larger weight is on: the same rounding
+        w = self.weight
+        return b + w * (a - b) if w >= 0.5 else a + (1 - w) * (b - a)
+
+    def describe(self) -> str:
+        if self.kind == "doubled":
+            how, parts = ("by batch doubling (f on the batch twice over, the conditioning in blocks of N)",
+                          "f's output on the first and second half")
+        else:
+            how, parts = (f"by two calls of f a step ({_listed(self.alternating)} differing)",
+                          "the first and second call's output")
+        w = self.weight
+        velocity = f"B + {w:g} (A - B)" if w >= 0.5 else f"A + {1 - w:g} (B - A)"
+        return f"classifier-free guidance {how}, the velocity {velocity} (A and B {parts})"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "weight": self.weight, "alternating": list(self.alternating)}
+
+
+SECOND = " (2nd call)"       # the name of an alternating argument as the second call of a pair passes it
+
+
+@dataclass(frozen=True)
 class CallShape:
     """Where a loop puts the state and the time among f's arguments, and what else it passes: ``held``,
-    the other arguments by their names (``per_row``: those with a row per sample)."""
+    the other arguments by their names (``per_row``: those with a row per sample, or a block of N rows
+    for each half of a doubled batch); ``guidance``: the loop's classifier-free guidance around f."""
 
     state_at: Slot
     time_at: Slot
     held: tuple[tuple[Slot, str], ...]
     per_row: tuple[str, ...]
+    guidance: Guidance | None = None
+
+    @property
+    def calls_per_stage(self) -> int:
+        return 2 if self.guidance is not None and self.guidance.kind == "paired" else 1
 
     @classmethod
-    def read(cls, func: nn.Module, calls: list[Call], h0: torch.Tensor, n: int) -> "CallShape":
-        """The shape of the loop's calls of ``func`` from its first two (``InputError`` where they are not
-        a state and a time that change and conditioning that does not); ``h0``: the loop's input, ``n``
-        samples."""
+    def read(cls, func: nn.Module, calls: list[Call], outputs: list[Any], h0: torch.Tensor, n: int) -> "CallShape":
+        """The shape of the loop's calls of ``func`` from its first calls (two, or three where the first two
+        are a guided pair) and their ``outputs`` (``InputError`` where they are not a state and a time
+        that change and conditioning that does not); ``h0``: the loop's input, ``n`` samples."""
         if not calls:
             raise InputError(f"its ODE function ({type(func).__name__}) takes more than a time and a state, and the "
                              f"model's forward never calls it")
         first = calls[0]
         names = _names(func, first)
+        what = f"the model's loop calls f ({type(func).__name__})"
         if len(calls) < 2:
-            raise InputError(f"the model's loop calls f ({type(func).__name__}) once, with more than a time and a "
-                             f"state ({_listed(names.values())}): dise tells its time from its conditioning by "
-                             f"the calls that follow; write the loop with torchdiffeq's odeint, f(t, x) holding "
-                             f"the rest")
-        second = calls[1]
-        if set(_slots(first)) != set(_slots(second)):
-            raise InputError(f"the model's loop calls f ({type(func).__name__}) with other arguments at its "
-                             f"second call ({_listed(names[s] for s in _slots(first))}, then "
-                             f"{_listed(_names(func, second).values())}); dise holds f's conditioning fixed")
-        changed = [s for s in _slots(first) if not same_value(slot_value(first, s), slot_value(second, s))]
+            raise InputError(f"{what} once, with more than a time and a state ({_listed(names.values())}): dise "
+                             f"tells its time from its conditioning by the calls that follow; write the loop with "
+                             f"torchdiffeq's odeint, f(t, x) holding the rest")
+        if any(set(_slots(c)) != set(_slots(first)) for c in calls[1:]):
+            raise InputError(f"{what} with other arguments at its later calls ({_listed(names[s] for s in _slots(first))}"
+                             f", then {_listed(_names(func, calls[1]).values())}); dise holds f's conditioning fixed")
+        changed = _changed(first, calls[1])
         states = [s for s in changed if _like_state(slot_value(first, s), h0)]
-        doubled = [s for s in changed if isinstance(v := slot_value(first, s), torch.Tensor) and v.ndim
-                   and v.is_floating_point() and len(v) > n and len(v) % n == 0 and v.shape[1:] == h0.shape[1:]]
-        if not states and doubled:
-            rows = len(slot_value(first, doubled[0]))
-            raise InputError(f"the model's loop calls f with a state of {rows} rows for {n} samples (classifier-free "
-                             f"guidance by batch doubling around f), which dise cannot route row by row; wrap the "
-                             f"guided velocity as one module f(x, t, labels) that doubles the batch inside, or "
-                             f"write the loop with torchdiffeq's odeint")
-        if len(states) != 1 or len(changed) != 2:
-            moving = _listed(names[s] for s in changed) if changed else "none"
-            why = ("the same state and time twice, with other conditioning (guidance as two calls of f a step?)"
-                   if len(changed) < 2 or not states else "more than a state and a time change between calls")
-            raise InputError(f"the model's loop calls f ({type(func).__name__}) with {len(names)} arguments, and "
-                             f"between its first two calls {moving} change: {why}. dise solves f of one time and "
-                             f"one state, the rest held fixed; wrap what the loop computes each step (the guided "
-                             f"velocity) as one module f(x, t, ...), or write the loop with torchdiffeq's odeint")
-        state_at = states[0]
+        doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
+        guidance, step_from = None, calls[1]
+        if states or doubled:
+            if len(changed) != 2:
+                raise _unreadable(what, names, changed, "more than a state and a time change between calls")
+            state_at = (states or doubled)[0]
+            if doubled and not states:
+                guidance = _fit(Guidance("doubled", 0.0), outputs[0], n, first, calls[1], state_at, changed)
+        else:
+            # the same state and time twice, other conditioning: a guided pair, whose next call is the next stage's
+            if len(calls) < 3 or not changed:
+                raise _unreadable(what, names, changed, "the same state and time twice, with other conditioning")
+            alternating = tuple(names[s] for s in changed)
+            moved = _changed(first, calls[2])
+            states = [s for s in moved if _like_state(slot_value(first, s), h0)]
+            if len(moved) != 2 or len(states) != 1:
+                raise _unreadable(what, names, changed, "the same state and time twice, with other conditioning, "
+                                  "but no pair of calls like it after")
+            state_at, changed, step_from = states[0], moved, calls[2]
+            pair = outputs[0], outputs[1]
+            guidance = _fit(Guidance("paired", 0.0, alternating), pair, n, first, step_from, state_at, changed)
         time_at = next(s for s in changed if s != state_at)
         held = tuple((s, names[s]) for s in _slots(first) if s not in changed)
-        per_row = tuple(name for s, name in held if _per_row(slot_value(first, s), n))
-        return cls(state_at=state_at, time_at=time_at, held=held, per_row=per_row)
+        blocks = 2 if guidance is not None and guidance.kind == "doubled" else 1
+        shape = cls(state_at=state_at, time_at=time_at, held=held, per_row=(), guidance=guidance)
+        values = shape.values(calls[:shape.calls_per_stage])
+        return cls(state_at, time_at, held, tuple(k for k, v in values.items() if _per_row(v, n, blocks)), guidance)
 
-    def values(self, call: Call) -> dict[str, Any]:
-        """The held arguments of ``call``, by name."""
-        return {name: slot_value(call, s) for s, name in self.held}
+    def values(self, stage: list[Call]) -> dict[str, Any]:
+        """The held arguments of a stage's calls (one, or a guided pair), by name."""
+        values = {name: slot_value(stage[0], s) for s, name in self.held}
+        if self.calls_per_stage == 2:
+            values.update({name + SECOND: slot_value(stage[1], s) for s, name in self.held
+                           if name in self.guidance.alternating})
+        return values
 
-    def confirm_rows(self, call: Call, n: int) -> "CallShape":
-        """This shape with per-row arguments only those that have ``n`` rows in ``call`` too (a call for
+    def confirm_rows(self, stage: list[Call], n: int) -> "CallShape":
+        """This shape with per-row arguments only those that have ``n`` rows in ``stage`` too (the calls for
         another batch size): a fixed tensor that happened to match the first batch is not per sample."""
-        values = self.values(call)
+        values = self.values(stage)
+        blocks = 2 if self.guidance is not None and self.guidance.kind == "doubled" else 1
         return CallShape(self.state_at, self.time_at, self.held,
-                         tuple(name for name in self.per_row if _per_row(values.get(name), n)))
+                         tuple(name for name in self.per_row if _per_row(values.get(name), n, blocks)), self.guidance)
 
-    def check_held(self, reading: dict[str, Any], call: Call, what: str) -> None:
-        """The held arguments that are not per row are the same in ``call`` as when dise read the loop."""
-        now = self.values(call)
+    def check_held(self, reading: dict[str, Any], stage: list[Call], what: str) -> None:
+        """The held arguments that are not per row are the same in ``stage`` as when dise read the loop."""
+        now = self.values(stage)
         for name, value in reading.items():
             if name not in self.per_row and not same_value(value, now.get(name)):
                 raise InputError(f"{what}: the model's loop passes f its argument '{name}' otherwise for this batch "
@@ -145,18 +195,79 @@ class CallShape:
 
     def describe(self) -> str:
         held = ", ".join(f"{name}{' (per sample)' if name in self.per_row else ''}" for _, name in self.held)
-        return f"f's state at {_slot_text(self.state_at)}, time at {_slot_text(self.time_at)}, held: {held}"
+        guided = "" if self.guidance is None else f"; {self.guidance.describe()}"
+        return f"f's state at {_slot_text(self.state_at)}, time at {_slot_text(self.time_at)}, held: {held}{guided}"
 
     @property
     def note(self) -> str:
         rows = (f"; those with a row per sample ({_listed(self.per_row)}) go with each sample's state, whatever "
                 f"samples its solve is batched with") if self.per_row else ""
+        guided = "" if self.guidance is None else \
+            f"; the loop's {self.guidance.describe()}, as the loop's output shows it, is f"
         return (f"the loop passes f {_listed(name for _, name in self.held)} beside its time and state: dise holds "
-                f"them as the loop passes them{rows}")
+                f"them as the loop passes them{rows}{guided}")
 
     def to_dict(self) -> dict:
         return {"state_at": self.state_at, "time_at": self.time_at, "held": [name for _, name in self.held],
-                "per_row": list(self.per_row)}
+                "per_row": list(self.per_row), "guidance": None if self.guidance is None else self.guidance.to_dict()}
+
+
+def _changed(a: Call, b: Call) -> list[Slot]:
+    return [s for s in _slots(a) if not same_value(slot_value(a, s), slot_value(b, s))]
+
+
+def _unreadable(what: str, names: dict, changed: list, why: str) -> InputError:
+    moving = _listed(names[s] for s in changed) if changed else "none"
+    return InputError(f"{what} with {len(names)} arguments, and between its first calls {moving} change: {why}. dise "
+                      f"solves f of one time and one state, the rest held fixed; wrap what the loop computes each step "
+                      f"(the guided velocity) as one module f(x, t, ...), or write the loop with torchdiffeq's odeint")
+
+
+def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, state_at: Slot,
+         changed: list[Slot]) -> Guidance:
+    """``guidance`` with the weight that makes the loop's first step: the next stage's state is the first
+    state plus its velocity times the time between them (every explicit Runge-Kutta method's second stage),
+    so that velocity, against f's halves (or the pair's outputs) A and B, gives the weight; a weight as a
+    person writes it (4.0, 1.5) where it explains the step as well as the fitted one."""
+    time_at = next(s for s in changed if s != state_at)
+    if guidance.kind == "doubled":
+        a, b = (output[:n], output[n:]) if isinstance(output, torch.Tensor) and len(output) == 2 * n else (None, None)
+    else:
+        a, b = output
+    t0, t1 = (_scalar_time(slot_value(c, time_at)) for c in (first, later))
+    if not all(isinstance(v, torch.Tensor) for v in (a, b)) or t0 is None or t1 is None or t0 == t1:
+        raise InputError(f"the model's loop applies classifier-free guidance ({guidance.kind}), and dise cannot read its "
+                         f"weight from the loop's first step (f's outputs or times are not one tensor per half and one "
+                         f"time per call); wrap the guided velocity as one module f(x, t, ...)")
+    x0, x1 = (slot_value(c, state_at)[:n].double() for c in (first, later))
+    v = ((x1 - x0) / (t1 - t0)).flatten()
+    d, r = (a.double() - b.double()).flatten(), v - b.double().flatten()
+    if float(d.dot(d)) == 0:
+        raise InputError("the model's loop applies classifier-free guidance, but both halves of f's output are the "
+                         "same on its first step, so dise cannot read the guidance weight; wrap the guided velocity "
+                         "as one module f(x, t, ...)")
+    fitted = float(r.dot(d) / d.dot(d))
+
+    def residual(w: float) -> float:
+        return float((r - w * d).norm())
+    floor = 2 * residual(fitted) + 1e-9 * float(r.norm())
+    weight = next((nice for nice in (round(fitted, k) for k in range(5)) if residual(nice) <= floor), fitted)
+    return Guidance(guidance.kind, weight, guidance.alternating)
+
+
+def _scalar_time(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() and value.is_floating_point():
+        flat = value.detach().reshape(-1)
+        return float(flat[0]) if bool((flat == flat[0]).all()) else None
+    return None
+
+
+def _doubled_state(value: Any, h0: torch.Tensor, n: int) -> bool:
+    """The batch twice over, ``torch.cat([x, x])``."""
+    return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape[1:] == h0.shape[1:]
+            and len(value) == 2 * n and bool(torch.equal(value[:n], value[n:])))
 
 
 def _slot_text(slot: Slot) -> str:
@@ -171,14 +282,14 @@ def _like_state(value: Any, h0: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == h0.shape
 
 
-def _per_row(value: Any, n: int) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim >= 1 and len(value) == n
+def _per_row(value: Any, n: int, blocks: int = 1) -> bool:
+    return isinstance(value, torch.Tensor) and value.ndim >= 1 and len(value) in (n, blocks * n)
 
 
 class Conditioned(nn.Module):
     """f as the loop calls it, as f(t, x): the state and the time in their places, the held arguments
-    (``given``, by name) in theirs. Per-row ones are bound to the rows of each call by the field's
-    context (``dise_cli.rowcontext``)."""
+    (``given``, by name) in theirs; with the loop's guidance, the guided velocity (``Guidance``). Per-row
+    arguments are bound to the rows of each call by the field's context (``dise_cli.rowcontext``)."""
 
     def __init__(self, func: nn.Module, shape: CallShape, given: dict[str, Any]):
         super().__init__()
@@ -186,13 +297,25 @@ class Conditioned(nn.Module):
         self.shape = shape
         self.given = dict(given)
 
-    def forward(self, t, x):
+    def _call(self, t, x, second: bool = False):
         shape = self.shape
         placed: dict[Slot, Any] = {shape.time_at: t, shape.state_at: x}
-        placed.update({slot: self.given[name] for slot, name in shape.held})
+        placed.update({slot: self.given[name + SECOND if second and name + SECOND in self.given else name]
+                       for slot, name in shape.held})
         positional = sorted(s for s in placed if isinstance(s, int))
         args = [placed[i] for i in range(len(positional))]
         return self.func(*args, **{s: v for s, v in placed.items() if isinstance(s, str)})
+
+    def forward(self, t, x):
+        guidance = self.shape.guidance
+        if guidance is None:
+            return self._call(t, x)
+        if guidance.kind == "paired":
+            return guidance.combine(self._call(t, x), self._call(t, x, second=True))
+        n = x.shape[0]
+        twice = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t
+        out = self._call(twice, torch.cat([x, x]))
+        return guidance.combine(out[:n], out[n:])
 
 
 def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tuple, count: int = 2

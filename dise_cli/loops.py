@@ -338,16 +338,19 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
         if shape is not None:           # the loop's conditioning read (dise_cli.conditioning): held the same
             call = (tuple(args), dict(kwargs))
             try:
-                values = shape.values(call)
+                values = {name: slot_value(call, s) for s, name in shape.held}
                 state, value = slot_value(call, shape.state_at), slot_value(call, shape.time_at)
             except (IndexError, KeyError):
                 extra["arguments other than its first call's"] = None
                 return None, None
-            if not held:
+            # a guided pair's calls alternate their conditioning: each is held as its place in the pair's
+            if len(held) < shape.calls_per_stage:
                 held.append(values)
+            pattern = held[(len(times)) % shape.calls_per_stage]
             extra.update(dict.fromkeys(f"'{name}' changes between calls" for name, v in values.items()
-                                       if not same_value(v, held[0][name])))
-            return state, value
+                                       if not same_value(v, pattern[name])))
+            doubled = shape.guidance is not None and shape.guidance.kind == "doubled"
+            return (state[:len(state) // 2] if doubled and isinstance(state, torch.Tensor) else state), value
         state = args[1 - time_index] if len(args) > 1 else next(
             (v for k, v in kwargs.items() if k not in TIME_NAMES and isinstance(v, torch.Tensor)), None)
         value = args[time_index] if len(args) > time_index else next(
@@ -379,6 +382,10 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
     finally:
         for handle in handles:
             handle.remove()
+    if shape is not None and shape.calls_per_stage == 2:
+        # a guided pair is one call of the guided f, at the pair's time
+        paired = len(times) % 2 == 0 and times[0::2] == times[1::2]
+        times = times[0::2] if paired else [None]
     watched = _Watched(extra=tuple(extra), f_dtype=max(dtypes, key=lambda d: torch.finfo(d).eps, default=None),
                        rows=rows[0], integer_times=integers or None)
     if not any(t is None for t in times):

@@ -172,6 +172,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     func = getattr(block, attr)
     seen: dict[str, Any] = {}
     calls: list[Call] = []
+    outputs: list[Any] = []
 
     def hook(_mod, args, kwargs, output):
         if "h0" not in seen:
@@ -180,12 +181,16 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
 
     def watch(_mod, args, kwargs):
         seen["calls"] = seen.get("calls", 0) + 1
-        if len(calls) < 2:
+        if len(calls) < 3:
             calls.append((tuple(args), dict(kwargs)))
+
+    def answered(_mod, _args, output):
+        if len(outputs) < 3:
+            outputs.append(output)
 
     handles = [block.register_forward_hook(hook, with_kwargs=True)]
     if isinstance(func, nn.Module):
-        handles.append(func.register_forward_pre_hook(watch, with_kwargs=True))
+        handles += [func.register_forward_pre_hook(watch, with_kwargs=True), func.register_forward_hook(answered)]
     try:
         out = module(*model_args)
     finally:
@@ -216,12 +221,12 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     if isinstance(func, nn.Module) and (len(required_args(func)) > 2 or (calls and passes_conditioning(calls[0]))):
         # the loop hands f its conditioning (EDM's net(x, σ, class_labels), a flow's model(z, t, y))
         try:
-            shape = CallShape.read(func, calls, h0, n)
+            shape = CallShape.read(func, calls, outputs, h0, n)
         except InputError as exc:
             raise InputError(f"{what} {exc}") from None
         if more_args is not None:
-            _, more = first_calls(module, func, block, more_args, 1)
-            shape = shape.confirm_rows(more[0], n + 1) if more else shape
+            _, more = first_calls(module, func, block, more_args, shape.calls_per_stage)
+            shape = shape.confirm_rows(more, n + 1) if len(more) == shape.calls_per_stage else shape
     # f probed at the grid's start; on the default [0, 1], at 1: a loop's f may be undefined at 0 (a
     # denoiser's log σ), and the default's direction says nothing of the loop's
     probe = grid.flip(0) if grid_source == DEFAULT_SOURCE else grid
@@ -231,7 +236,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
             order = detect_arg_order(func, h0, float(probe[0]) * (time_scale or 1.0), layout)
             inner = func
         else:
-            order, inner = "t,x", Conditioned(func, shape, shape.values(calls[0]))
+            order, inner = "t,x", Conditioned(func, shape, shape.values(calls))
         chain = loop_func(inner, order, time_scale, loop_form)
         start = h0 if loop_form is None else loop_form.start(h0)
         if shape is not None and shape.per_row:
@@ -250,7 +255,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
                            output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
     model.join = join
-    model.call_shape, model.held = shape, (None if shape is None else shape.values(calls[0]))
+    model.call_shape, model.held = shape, (None if shape is None else shape.values(calls))
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
     model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source

@@ -447,16 +447,16 @@ class AttributeModel(OdeModel):
     def block(self) -> nn.Module:
         return self.module.get_submodule(self.block_path) if self.block_path else self.module
 
-    def _problem(self, h0: torch.Tensor, call: Call | None = None) -> Problem:
-        """The solve of the block's input ``h0``; ``call``: the loop's first call of f, where f is read with
-        its conditioning (its per-sample arguments go with the state as context columns)."""
+    def _problem(self, h0: torch.Tensor, stage: list[Call] | None = None) -> Problem:
+        """The solve of the block's input ``h0``; ``stage``: the loop's first call of f (a guided pair's two),
+        where f is read with its conditioning (its per-sample arguments go with the state as context columns)."""
         if self.loop_form is not None:
             h0 = self.loop_form.start(h0)
         context = self.field.context
         if context is not None:
             # the batch's arguments, where the field's f holds the reading's: the same wrappers around them
             func = getattr(self.block, self.func_attr)
-            chain = loop_func(Conditioned(func, self.call_shape, self.call_shape.values(call)), self.field.order,
+            chain = loop_func(Conditioned(func, self.call_shape, self.call_shape.values(stage)), self.field.order,
                               self.time_scale, self.loop_form)
             h0 = self.layout.pack(h0, context.gather(chain, len(h0), h0.dtype, h0.device, first_call=lambda: None))
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
@@ -465,12 +465,12 @@ class AttributeModel(OdeModel):
         """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
         forward stopped there."""
         func = getattr(self.block, self.func_attr)
-        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), 1)
-        if h0 is None or not calls:
+        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), self.call_shape.calls_per_stage)
+        if h0 is None or len(calls) < self.call_shape.calls_per_stage:
             raise InputError(f"the model's forward did not call its ODE function '{self.func_attr}' in its block "
                              f"'{self.block_path or '(the model itself)'}' for this batch")
-        self.call_shape.check_held(self.held, calls[0], "the model's loop")
-        return self._problem(h0, calls[0])
+        self.call_shape.check_held(self.held, calls, "the model's loop")
+        return self._problem(h0, calls)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         self._grid_argument(t)

@@ -161,3 +161,47 @@ def labelled_noise(n: int, seed: int = 0, one_hot: bool = False) -> dict[str, to
     labels = torch.randint(0, CLASSES, (n,), generator=g)
     return {"x": torch.randn(n, 2, generator=g),
             "labels": nn.functional.one_hot(labels, CLASSES).to(torch.float32) if one_hot else labels}
+
+
+class GuidedUncondFirst(ConditionalRectifiedFlow):
+    """SD3's pipeline's order: ``noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)``, the null
+    class first, a guidance scale of 4.5, midpoint steps."""
+
+    def forward(self, z, y):
+        dt, null = 1.0 / self.steps, torch.zeros_like(y)
+
+        def guided(x, t):
+            uncond, cond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([null, y])).chunk(2)
+            return uncond + 4.5 * (cond - uncond)
+        for i in range(self.steps // 2):
+            t = torch.ones(z.shape[0]) * 2 * i * dt
+            mid = z + guided(z, t) * dt
+            z = z + guided(mid, t + dt) * 2 * dt
+        return z
+
+
+class GuidedInAnInterval(ConditionalRectifiedFlow):
+    """REPA's ``guidance_low`` / ``guidance_high``: guidance only for t in an interval, so f's calls are
+    guided for some steps and not others. Refused, never misread."""
+
+    def forward(self, z, y):
+        dt, null = 1.0 / self.steps, torch.zeros_like(y)
+        for i in range(self.steps):
+            t = torch.ones(z.shape[0]) * i / self.steps
+            if i >= self.steps // 2:
+                cond, uncond = self.model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+                v = uncond + 2.0 * (cond - uncond)
+            else:
+                v = self.model(z, t, y)
+            z = z + v * dt
+        return z
+
+
+def build_guided_uncond_first() -> GuidedUncondFirst:
+    torch.manual_seed(4)
+    return GuidedUncondFirst()
+
+
+def build_guided_in_an_interval() -> GuidedInAnInterval:
+    torch.manual_seed(4)
+    return GuidedInAnInterval()

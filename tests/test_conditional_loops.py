@@ -50,7 +50,8 @@ def test_a_class_conditional_edm_loop_is_read_exactly_each_row_with_its_labels(t
     assert info["baseline"].startswith("heun2:grid=80/") and info["baseline_exact"]
     assert info["fidelity"]["difference"] == 0 and info["loop_form"]["denoiser"]
     assert info["per_sample_tensors"] == "f.func.given['class_labels'] [4]"
-    assert info["conditioning"] == {"state_at": 0, "time_at": 1, "held": ["class_labels"], "per_row": ["class_labels"]}
+    assert info["conditioning"] == {"state_at": 0, "time_at": 1, "held": ["class_labels"], "per_row": ["class_labels"],
+                                    "guidance": None}
     assert any("the loop passes f class_labels beside its time and state" in n for n in info["notes"])
     model = C.build_conditional_edm()
     join, x = _joined(data)
@@ -71,16 +72,23 @@ def test_a_class_conditional_edm_loop_is_read_exactly_each_row_with_its_labels(t
     assert float((moved - kept).abs().max()) > 0.1
 
 
-def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_sample_with_its_label(tmp_path):
-    """``model(z, t, y)`` with integer labels, 8 Euler steps: profile, train-selector, export (the
-    factory), run; the bundle's rows routed to the loop equal the model, and equal each sample alone."""
+@pytest.mark.parametrize("build, context", [
+    ("build_conditional_rectified_flow", "f.given['y'] []"),
+    ("build_guided_by_doubling", "f.given['y'] [] (2 rows per sample, in blocks of N)"),
+    ("build_guided_by_two_calls", "f.given['y (2nd call)'] [], f.given['y'] []"),
+])
+def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_sample_with_its_label(
+        tmp_path, build, context):
+    """``model(z, t, y)`` with integer labels, 8 Euler steps, plain or guided: profile, train-selector,
+    export (the factory), evaluate; the bundle's rows routed to the loop equal the model, and equal each
+    sample alone."""
     data = C.labelled_noise(24, seed=1)
-    args = _files(tmp_path, "conditional_loops:build_conditional_rectified_flow", data)
+    args = _files(tmp_path, f"conditional_loops:{build}", data)
     res = invoke("inspect", *args, *KEYS, "--json", "-")
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["baseline"] == "euler:steps=8" and info["fidelity"]["difference"] == 0
-    assert info["per_sample_tensors"] == "f.given['y'] []"
+    assert info["per_sample_tensors"] == context
     for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
                  ("train-selector", *args, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", 2,
                   "--out", tmp_path / "s.sft"),
@@ -89,7 +97,7 @@ def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_samp
                   "--batch-sizes", 8, "--repeats", 1)):
         res = invoke(*step)
         assert res.exit_code == 0, res.stderr
-    model = C.build_conditional_rectified_flow()
+    model = getattr(C, build)()
     bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
     noise, labels = data["x"], data["labels"]
     with torch.no_grad():
@@ -112,14 +120,39 @@ def test_labels_embedded_before_a_samplers_loop_are_read_in_its_block(tmp_path):
     assert info["per_sample_tensors"] == "f.given['context'] [32]"
 
 
-@pytest.mark.parametrize("build, words", [
-    ("build_guided_by_two_calls", "between its first two calls y change: the same state and time twice"),
-    ("build_guided_by_doubling", "a state of 6 rows for 3 samples (classifier-free guidance by batch doubling"),
+@pytest.mark.parametrize("build, baseline, guidance", [
+    ("build_guided_by_two_calls", "euler:steps=8", {"kind": "paired", "weight": 2.0, "alternating": ["y"]}),
+    ("build_guided_by_doubling", "euler:steps=8", {"kind": "doubled", "weight": 2.0, "alternating": []}),
+    ("build_guided_uncond_first", "midpoint:steps=4", {"kind": "doubled", "weight": -3.5, "alternating": []}),
 ])
-def test_guidance_dise_cannot_route_is_refused_in_one_line(tmp_path, build, words):
-    res = invoke("inspect", *_files(tmp_path, f"conditional_loops:{build}", C.labelled_noise(16)), *KEYS)
+def test_classifier_free_guidance_around_f_is_read_as_the_guided_velocity(tmp_path, build, baseline, guidance):
+    """Guidance as minRF writes it (two calls a step, with the labels and with the null class) and as SiT
+    and SD3 write it (the batch doubled around f, the conditional half first or second): the guided
+    velocity, its weight read from the loop's first step, is f, exactly; each row keeps its labels and
+    its null labels whatever rows it is solved with."""
+    data = C.labelled_noise(16, seed=4)
+    info = _inspect(tmp_path, build, data)
+    assert info["baseline"] == baseline and info["fidelity"]["difference"] == 0
+    assert info["conditioning"]["guidance"] == guidance
+    note = next(n for n in info["notes"] if n.startswith("dise saw no solver call"))
+    assert "classifier-free guidance by" in note
+    model = getattr(C, build)()
+    join, x = _joined(data)
+    ode = read_model(model, x, join=join)
+    solver = Dopri5(rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        together = ode.forward_with(x, lambda p: solver.solve(p.field, p.h0, p.t).ys)
+        alone = torch.cat([ode.forward_with(x[i:i + 1], lambda p: solver.solve(p.field, p.h0, p.t).ys)
+                           for i in range(len(x))])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)    # float32 f; a wrong label is O(1) off
+
+
+def test_guidance_on_some_steps_only_is_refused_in_one_line(tmp_path):
+    """REPA's guidance interval: guided calls on some steps, plain ones on others."""
+    res = invoke("inspect", *_files(tmp_path, "conditional_loops:build_guided_in_an_interval", C.labelled_noise(16)),
+                 *KEYS)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert words in res.stderr
+    assert "guidance by batch doubling around f; 'y' changes between calls" in res.stderr
 
 
 def test_the_call_shape_tells_state_time_and_conditioning_apart():
@@ -129,18 +162,34 @@ def test_the_call_shape_tells_state_time_and_conditioning_apart():
     h0, y, fixed = torch.randn(3, 2), torch.tensor([0, 1, 2]), torch.zeros(3, 5)
     calls = [((h0, torch.zeros(3), y), {"extra": fixed, "scale": 2.0}),
              ((h0 + 1, torch.ones(3), y.clone()), {"extra": fixed, "scale": 2.0})]
-    shape = CallShape.read(net, calls, h0, 3)
+    shape = CallShape.read(net, calls, [None, None], h0, 3)
     assert (shape.state_at, shape.time_at) == (0, 1) and shape.per_row == ("y", "extra")
     assert [name for _, name in shape.held] == ["y", "extra", "scale"]
-    assert shape.confirm_rows(((h0, 0, torch.zeros(4)), {"extra": fixed, "scale": 2.0}), 4).per_row == ("y",)
+    assert shape.confirm_rows([((h0, 0, torch.zeros(4)), {"extra": fixed, "scale": 2.0})], 4).per_row == ("y",)
     # f as dise calls it puts each argument back in its place
     seen = []
     net.forward = lambda *a, **k: seen.append((a, k)) or a[0]
-    Conditioned(net, shape, shape.values(calls[0]))(torch.tensor(0.5), h0)
+    Conditioned(net, shape, shape.values(calls))(torch.tensor(0.5), h0)
     (a, k), = seen
     assert a[0] is h0 and float(a[1]) == 0.5 and a[2] is y and k == {"extra": fixed, "scale": 2.0}
     with pytest.raises(InputError, match="argument 'scale' otherwise for this batch"):
-        shape.check_held(shape.values(calls[0]), ((h0, 0, y), {"extra": fixed, "scale": 3.0}), "the model's loop")
+        shape.check_held(shape.values(calls), [((h0, 0, y), {"extra": fixed, "scale": 3.0})], "the model's loop")
+
+
+def test_the_guidance_weight_is_read_from_the_first_step_as_a_person_writes_it():
+    """The next stage's state is the first plus the guided velocity times the time between them: the
+    weight that explains it, 7.5 exactly where that does, 1/3 where 0.3333 would not."""
+    net = C.LabelledVelocity()
+    h0, y, null = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.int64)
+    cond, uncond = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    for scale in (7.5, 1 / 3):
+        v = uncond + scale * (cond - uncond)
+        calls = [((h0, torch.zeros(3), y), {}), ((h0, torch.zeros(3), null), {}),
+                 ((h0 + 0.25 * v, torch.full((3,), 0.25), y), {})]
+        shape = CallShape.read(net, calls, [cond, uncond, None], h0, 3)
+        assert shape.guidance.kind == "paired" and shape.guidance.alternating == ("y",)
+        assert shape.guidance.weight == (7.5 if scale == 7.5 else pytest.approx(1 / 3, abs=1e-12))
+        assert shape.per_row == ("y", "y (2nd call)")
 
 
 def test_a_held_argument_that_differs_between_batches_is_refused(tmp_path):
