@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
+import conditional_loops  # noqa: E402
 import denoisers  # noqa: E402
 import families  # noqa: E402
 import tiny_models  # noqa: E402
@@ -101,6 +102,18 @@ FAMILIES = [
      lambda: (denoisers.build_k_heun(), {"x": families.make_noise(64)}), []),
     ("k-diffusion sample_euler (denoiser, 8 sigmas)", "denoisers:build_k_euler",
      lambda: (denoisers.build_k_euler(), {"x": families.make_noise(64)}), []),
+    ("EDM edm_sampler, class labels (a 2nd input)", "conditional_loops:build_conditional_edm",
+     lambda: (conditional_loops.build_conditional_edm(), conditional_loops.labelled_noise(64, one_hot=True)),
+     ["--x-key", "x,labels"]),
+    ("rectified-flow loop model(z, t, y), 8 Euler", "conditional_loops:build_conditional_rectified_flow",
+     lambda: (conditional_loops.build_conditional_rectified_flow(), conditional_loops.labelled_noise(64)),
+     ["--x-key", "x,labels"]),
+    ("the same, CFG by batch doubling, scale 2", "conditional_loops:build_guided_by_doubling",
+     lambda: (conditional_loops.build_guided_by_doubling(), conditional_loops.labelled_noise(64)),
+     ["--x-key", "x,labels"]),
+    ("the same, CFG by two calls a step, scale 2", "conditional_loops:build_guided_by_two_calls",
+     lambda: (conditional_loops.build_guided_by_two_calls(), conditional_loops.labelled_noise(64)),
+     ["--x-key", "x,labels"]),
 ]
 
 
@@ -150,10 +163,11 @@ def run(folder: Path, builder: str, setup, extra: list) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    rows = FAMILIES
+    only = sys.argv[1] if len(sys.argv) > 1 else None       # a part of the family names: those rows only
+    rows = [r for r in FAMILIES if only is None or only in r[0]]
     try:
         import torchdyn  # noqa: F401
-        rows = rows + TORCHDYN
+        rows = rows + [r for r in TORCHDYN if only is None or only in r[0]]
     except ImportError:
         print("(torchdyn is not installed: its rows are left out)")
     print(f"{'family':48} {'read by':9} {'split':10} {'own solver -> baseline':54} {'fidelity':19} {'export':9} "
