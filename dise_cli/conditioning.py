@@ -115,6 +115,7 @@ class CallShape:
     held: tuple[tuple[Slot, str], ...]
     per_row: tuple[str, ...]
     guidance: Guidance | None = None
+    output_at: int | str | None = None     # f returns several things: the velocity is this one of them
 
     @property
     def calls_per_stage(self) -> int:
@@ -142,6 +143,9 @@ class CallShape:
         states = [s for s in changed if _like_state(slot_value(first, s), h0)]
         doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
         guidance, step_from = None, calls[1]
+        rows = 2 * n if doubled and not states else n
+        output_at = _output_at(outputs[0], (rows, *h0.shape[1:]), what)
+        outputs = [pick_output(out, output_at) for out in outputs]
         if states or doubled:
             if len(changed) != 2:
                 raise _unreadable(what, names, changed, "more than a state and a time change between calls")
@@ -166,7 +170,8 @@ class CallShape:
         blocks = 2 if guidance is not None and guidance.kind == "doubled" else 1
         shape = cls(state_at=state_at, time_at=time_at, held=held, per_row=(), guidance=guidance)
         values = shape.values(calls[:shape.calls_per_stage])
-        return cls(state_at, time_at, held, tuple(k for k, v in values.items() if _per_row(v, n, blocks)), guidance)
+        return cls(state_at, time_at, held, tuple(k for k, v in values.items() if _per_row(v, n, blocks)), guidance,
+                   output_at)
 
     def values(self, stage: list[Call]) -> dict[str, Any]:
         """The held arguments of a stage's calls (one, or a guided pair), by name."""
@@ -182,7 +187,8 @@ class CallShape:
         values = self.values(stage)
         blocks = 2 if self.guidance is not None and self.guidance.kind == "doubled" else 1
         return CallShape(self.state_at, self.time_at, self.held,
-                         tuple(name for name in self.per_row if _per_row(values.get(name), n, blocks)), self.guidance)
+                         tuple(name for name in self.per_row if _per_row(values.get(name), n, blocks)), self.guidance,
+                         self.output_at)
 
     def check_held(self, reading: dict[str, Any], stage: list[Call], what: str) -> None:
         """The held arguments that are not per row are the same in ``stage`` as when dise read the loop."""
@@ -196,7 +202,9 @@ class CallShape:
     def describe(self) -> str:
         held = ", ".join(f"{name}{' (per sample)' if name in self.per_row else ''}" for _, name in self.held)
         guided = "" if self.guidance is None else f"; {self.guidance.describe()}"
-        return f"f's state at {_slot_text(self.state_at)}, time at {_slot_text(self.time_at)}, held: {held}{guided}"
+        output = "" if self.output_at is None else f"; its velocity {_output_text(self.output_at)} of what f returns"
+        return (f"f's state at {_slot_text(self.state_at)}, time at {_slot_text(self.time_at)}, held: {held or 'none'}"
+                f"{guided}{output}")
 
     @property
     def note(self) -> str:
@@ -204,12 +212,39 @@ class CallShape:
                 f"samples its solve is batched with") if self.per_row else ""
         guided = "" if self.guidance is None else \
             f"; the loop's {self.guidance.describe()}, as the loop's output shows it, is f"
-        return (f"the loop passes f {_listed(name for _, name in self.held)} beside its time and state: dise holds "
-                f"them as the loop passes them{rows}{guided}")
+        output = "" if self.output_at is None else \
+            f"; f returns several things, and its velocity is {_output_text(self.output_at)}, the one shaped like the state"
+        held = (f"the loop passes f {_listed(name for _, name in self.held)} beside its time and state: dise holds "
+                f"them as the loop passes them") if self.held else "the loop passes f a time and a state"
+        return f"{held}{rows}{guided}{output}"
 
     def to_dict(self) -> dict:
         return {"state_at": self.state_at, "time_at": self.time_at, "held": [name for _, name in self.held],
-                "per_row": list(self.per_row), "guidance": None if self.guidance is None else self.guidance.to_dict()}
+                "per_row": list(self.per_row), "guidance": None if self.guidance is None else self.guidance.to_dict(),
+                "output_at": self.output_at}
+
+
+def pick_output(out: Any, at: int | str | None) -> Any:
+    """The velocity among what f returns (a tuple's element, a dict's or a diffusers output's key)."""
+    return out if at is None else out[at]
+
+
+def _output_at(out: Any, shape: tuple, what: str) -> int | str | None:
+    """Where the velocity is in f's output ``out``: None for a tensor; else the one element or key of a tuple,
+    list or dict (diffusers' ``Transformer2DModelOutput``) that is a tensor of the state's ``shape``
+    (REPA's SiT returns ``(x, zs)``, diffusers' transformers ``(sample,)`` with ``return_dict=False``)."""
+    if isinstance(out, torch.Tensor) or out is None:
+        return None
+    items = list(out.items()) if isinstance(out, dict) else list(enumerate(out)) if isinstance(out, (tuple, list)) else []
+    found = [k for k, v in items if isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(shape)]
+    if len(found) != 1:
+        raise InputError(f"{what} and it returns {type(out).__name__} with {len(found)} tensors shaped like its state "
+                         f"{tuple(shape)}: dise takes the velocity where exactly one is")
+    return found[0]
+
+
+def _output_text(at: int | str) -> str:
+    return f"element {at}" if isinstance(at, int) else f"'{at}'"
 
 
 def _changed(a: Call, b: Call) -> list[Slot]:
@@ -304,7 +339,8 @@ class Conditioned(nn.Module):
                        for slot, name in shape.held})
         positional = sorted(s for s in placed if isinstance(s, int))
         args = [placed[i] for i in range(len(positional))]
-        return self.func(*args, **{s: v for s, v in placed.items() if isinstance(s, str)})
+        return pick_output(self.func(*args, **{s: v for s, v in placed.items() if isinstance(s, str)}),
+                           shape.output_at)
 
     def forward(self, t, x):
         guidance = self.shape.guidance

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dise_cli.conditioning import same_value, slot_value
+from dise_cli.conditioning import pick_output, same_value, slot_value
 from dise_cli.errors import InputError
 from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
@@ -373,6 +373,11 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
             integers.append(int(value.reshape(-1)[0]))
 
     def output(_module, _args, out):
+        if shape is not None:
+            try:
+                out = pick_output(out, shape.output_at)
+            except (IndexError, KeyError, TypeError):
+                return
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             dtypes.add(out.dtype)
     handles = [func.register_forward_pre_hook(record, with_kwargs=True), func.register_forward_hook(output)]

@@ -16,7 +16,7 @@ from torch import nn
 
 from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls, passes_conditioning
 from dise_cli.errors import InputError, UsageError, first_line
-from dise_cli.integrators.vector_field import VectorField, detect_arg_order
+from dise_cli.integrators.vector_field import TIME_NAMES, VectorField, detect_arg_order
 from dise_cli.inputs import InputJoin
 from dise_cli.loopform import LoopForm, loop_func
 from dise_cli.odemodel import AttributeModel, output_note, pick_output
@@ -60,7 +60,21 @@ def _func_of(module: nn.Module, by_name_only: bool) -> str | None:
     if by_name_only:
         return None
     fields = [name for name, child in module.named_children() if is_vector_field(child)]
+    if not fields:
+        # a network whose time is a keyword with a default (diffusers' transformer(hidden_states, ...,
+        # timestep=None), a pipeline's loop calls by keyword)
+        fields = [name for name, child in module.named_children() if _takes_a_time(child)]
     return fields[0] if len(fields) == 1 else None
+
+
+def _takes_a_time(module: nn.Module) -> bool:
+    """``forward`` takes a state and, among its other parameters, one named as a time."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return len(named) >= 2 and any(n in TIME_NAMES for n in named[1:])
 
 
 def find_blocks(model: nn.Module) -> list[tuple[str, str]]:
@@ -203,7 +217,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
                          f"block's forward, name another block with --ode-block, or write the loop with "
                          f"torchdiffeq's odeint")
     inner = find_blocks(func) if ode_block is None and seen.get("calls") == 1 else []
-    if len(inner) == 1:
+    if len(inner) == 1 and _calls_of(module, func, *inner[0], model_args) > 1:
         # f called once is no loop's f but a block of its own (a sampler the model hands an embedding),
         # whose loop calls its f
         again = f"{path}.{attr}.{inner[0][0]}".strip(".")
@@ -218,7 +232,8 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
             f"torchdiffeq's and torchdyn's) and read block '{path or '(the model itself)'}' by its attributes, but")
     hint = "name the block with --ode-block, or its solver with --candidates and its grid with --t-span"
     shape = None
-    if isinstance(func, nn.Module) and (len(required_args(func)) > 2 or (calls and passes_conditioning(calls[0]))):
+    if isinstance(func, nn.Module) and (len(required_args(func)) > 2 or (calls and passes_conditioning(calls[0]))
+                                        or (outputs and not isinstance(outputs[0], torch.Tensor))):
         # the loop hands f its conditioning (EDM's net(x, σ, class_labels), a flow's model(z, t, y))
         try:
             shape = CallShape.read(func, calls, outputs, h0, n)
@@ -266,6 +281,20 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     model.func_class = type(func).__name__
     model.func_modules = [chain]
     return model
+
+
+def _calls_of(module: nn.Module, outer: nn.Module, path: str, attr: str, model_args: tuple) -> int:
+    """How many times one forward of ``module`` calls the function ``attr`` of ``outer``'s submodule ``path``."""
+    func = getattr(outer.get_submodule(path) if path else outer, attr)
+    count = [0]
+    if not isinstance(func, nn.Module):
+        return 0
+    handle = func.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+    try:
+        module(*model_args)
+    finally:
+        handle.remove()
+    return count[0]
 
 
 def _conditioning_context(chain: nn.Module, inner: Conditioned, n: int) -> RowContext:

@@ -205,3 +205,80 @@ def build_guided_uncond_first() -> GuidedUncondFirst:
 def build_guided_in_an_interval() -> GuidedInAnInterval:
     torch.manual_seed(4)
     return GuidedInAnInterval()
+
+
+class TupleVelocity(LabelledVelocity):
+    """REPA's SiT: ``forward(x, t, y)`` returns ``(x, zs)``, the projector's features beside the velocity."""
+
+    def forward(self, x, t, y):
+        v = super().forward(x, t, y)
+        return v, [torch.tanh(v[:, :1])]
+
+
+class REPAEulerSampler(nn.Module):
+    """REPA's ``euler_sampler``: a float64 loop from t = 1 to 0, the model in float32 called with keywords,
+    ``model(x.to(float32), t.to(float32), y=y)[0]``, classifier-free guidance by batch doubling, the null
+    class 0, guidance over the whole interval."""
+
+    def __init__(self, num_steps: int = 6, cfg_scale: float = 1.8):
+        super().__init__()
+        self.model = TupleVelocity()
+        self.num_steps, self.cfg_scale = num_steps, cfg_scale
+
+    def forward(self, latents, y):
+        y_null = torch.zeros_like(y)
+        t_steps = torch.linspace(1, 0, self.num_steps + 1, dtype=torch.float64)
+        x_next = latents.to(torch.float64)
+        for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
+            x_cur = x_next
+            model_input, y_cur = torch.cat([x_cur] * 2, dim=0), torch.cat([y, y_null], dim=0)
+            time_input = torch.ones(model_input.size(0), dtype=torch.float64) * t_cur
+            d_cur = self.model(model_input.to(torch.float32), time_input.to(torch.float32), y=y_cur)[0].to(torch.float64)
+            d_cur_cond, d_cur_uncond = d_cur.chunk(2)
+            d_cur = d_cur_uncond + self.cfg_scale * (d_cur_cond - d_cur_uncond)
+            x_next = x_cur + (t_next - t_cur) * d_cur
+        return x_next
+
+
+def build_repa_euler() -> REPAEulerSampler:
+    torch.manual_seed(6)
+    return REPAEulerSampler()
+
+
+class KeywordTransformer(nn.Module):
+    """A diffusers-style transformer: one required argument (its time a keyword that defaults to None), a
+    text embedding per sample, ``(sample,)`` with ``return_dict=False``."""
+
+    def __init__(self, dim: int = 2, text: int = 8, hidden: int = 32):
+        super().__init__()
+        self.inp, self.txt = nn.Linear(dim + 1, hidden), nn.Linear(text, hidden)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+
+    def forward(self, hidden_states, encoder_hidden_states=None, timestep=None, return_dict=True):
+        t = timestep.reshape(-1, 1).expand(hidden_states.shape[0], 1) / 1000
+        sample = self.out(self.inp(torch.cat([hidden_states, t], 1)) + self.txt(encoder_hidden_states))
+        return (sample,) if not return_dict else {"sample": sample}
+
+
+class DiffusersStyleLoop(nn.Module):
+    """A pipeline's loop written by hand: ``transformer(hidden_states=latents, timestep=t * 1000,
+    encoder_hidden_states=prompt_embeds, return_dict=False)[0]``, Euler over sigmas from 1 to 0."""
+
+    def __init__(self, steps: int = 5):
+        super().__init__()
+        self.transformer = KeywordTransformer()
+        self.steps = steps
+
+    def forward(self, latents, prompt_embeds):
+        sigmas = torch.linspace(1, 0, self.steps + 1)
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+            t = (s * 1000).expand(latents.shape[0])
+            noise_pred = self.transformer(hidden_states=latents, timestep=t, encoder_hidden_states=prompt_embeds,
+                                          return_dict=False)[0]
+            latents = latents + (s_next - s) * noise_pred
+        return latents
+
+
+def build_diffusers_style_loop() -> DiffusersStyleLoop:
+    torch.manual_seed(7)
+    return DiffusersStyleLoop()

@@ -51,7 +51,7 @@ def test_a_class_conditional_edm_loop_is_read_exactly_each_row_with_its_labels(t
     assert info["fidelity"]["difference"] == 0 and info["loop_form"]["denoiser"]
     assert info["per_sample_tensors"] == "f.func.given['class_labels'] [4]"
     assert info["conditioning"] == {"state_at": 0, "time_at": 1, "held": ["class_labels"], "per_row": ["class_labels"],
-                                    "guidance": None}
+                                    "guidance": None, "output_at": None}
     assert any("the loop passes f class_labels beside its time and state" in n for n in info["notes"])
     model = C.build_conditional_edm()
     join, x = _joined(data)
@@ -120,20 +120,24 @@ def test_labels_embedded_before_a_samplers_loop_are_read_in_its_block(tmp_path):
     assert info["per_sample_tensors"] == "f.given['context'] [32]"
 
 
-@pytest.mark.parametrize("build, baseline, guidance", [
-    ("build_guided_by_two_calls", "euler:steps=8", {"kind": "paired", "weight": 2.0, "alternating": ["y"]}),
-    ("build_guided_by_doubling", "euler:steps=8", {"kind": "doubled", "weight": 2.0, "alternating": []}),
-    ("build_guided_uncond_first", "midpoint:steps=4", {"kind": "doubled", "weight": -3.5, "alternating": []}),
+@pytest.mark.parametrize("build, baseline, guidance, output_at, difference", [
+    ("build_guided_by_two_calls", "euler:steps=8", {"kind": "paired", "weight": 2.0, "alternating": ["y"]}, None, 0),
+    ("build_guided_by_doubling", "euler:steps=8", {"kind": "doubled", "weight": 2.0, "alternating": []}, None, 0),
+    ("build_guided_uncond_first", "midpoint:steps=4", {"kind": "doubled", "weight": -3.5, "alternating": []}, None, 0),
+    # a float64 loop around a float32 model: read in float32, round-off
+    ("build_repa_euler", "euler:steps=6", {"kind": "doubled", "weight": 1.8, "alternating": []}, 0, 1e-6),
 ])
-def test_classifier_free_guidance_around_f_is_read_as_the_guided_velocity(tmp_path, build, baseline, guidance):
-    """Guidance as minRF writes it (two calls a step, with the labels and with the null class) and as SiT
-    and SD3 write it (the batch doubled around f, the conditional half first or second): the guided
-    velocity, its weight read from the loop's first step, is f, exactly; each row keeps its labels and
-    its null labels whatever rows it is solved with."""
+def test_classifier_free_guidance_around_f_is_read_as_the_guided_velocity(tmp_path, build, baseline, guidance,
+                                                                          output_at, difference):
+    """Guidance as minRF writes it (two calls a step, with the labels and with the null class), as SiT
+    and SD3 write it (the batch doubled around f, the conditional half first or second), and REPA's
+    ``euler_sampler`` (keywords, f returning ``(x, zs)`` of which the loop takes ``[0]``): the guided
+    velocity, its weight read from the loop's first step, is f, reproduced to round-off; each row keeps
+    its labels and its null labels whatever rows it is solved with."""
     data = C.labelled_noise(16, seed=4)
     info = _inspect(tmp_path, build, data)
-    assert info["baseline"] == baseline and info["fidelity"]["difference"] == 0
-    assert info["conditioning"]["guidance"] == guidance
+    assert info["baseline"] == baseline and info["fidelity"]["difference"] <= difference
+    assert info["conditioning"]["guidance"] == guidance and info["conditioning"]["output_at"] == output_at
     note = next(n for n in info["notes"] if n.startswith("dise saw no solver call"))
     assert "classifier-free guidance by" in note
     model = getattr(C, build)()
@@ -153,6 +157,20 @@ def test_guidance_on_some_steps_only_is_refused_in_one_line(tmp_path):
                  *KEYS)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "guidance by batch doubling around f; 'y' changes between calls" in res.stderr
+
+
+def test_a_pipeline_style_loop_of_keywords_returning_a_tuple_is_read(tmp_path):
+    """diffusers' way: state, time and a text embedding per sample all by keyword, f at ``sigma * 1000``,
+    ``return_dict=False`` held, the velocity ``[0]`` of the tuple f returns."""
+    g = torch.Generator().manual_seed(8)
+    data = {"x": torch.randn(16, 2, generator=g), "labels": torch.randn(16, 8, generator=g)}
+    info = _inspect(tmp_path, "build_diffusers_style_loop", data)
+    assert info["baseline"] == "euler:steps=5" and info["t_span"] == [1.0, 0.0]
+    assert info["fidelity"]["difference"] <= 1e-6
+    assert info["conditioning"] == {"state_at": "hidden_states", "time_at": "timestep",
+                                    "held": ["encoder_hidden_states", "return_dict"],
+                                    "per_row": ["encoder_hidden_states"], "guidance": None, "output_at": 0}
+    assert info["time_scale"] == 1000
 
 
 def test_the_call_shape_tells_state_time_and_conditioning_apart():
