@@ -290,7 +290,7 @@ def recorded_grids(reading: dict, t_span: Any = None) -> tuple[torch.Tensor | No
 
 
 READING_KEYS = ("how", "kind", "solve", "layout", "time_mode", "arg_order", "scalar_time", "inputs", "output_key",
-                "time_scale", "loop_form")
+                "time_scale", "loop_form", "conditioning")
 
 
 def check_reading(now: dict, recorded: dict, what: str) -> None:

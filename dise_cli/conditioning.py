@@ -17,13 +17,16 @@ loop has samples (guidance by batch doubling).
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from dise_cli.errors import InputError
+from dise_cli.integrators.vector_field import TIME_NAMES
 
 Slot = int | str        # a positional argument's index, or a keyword argument's name
 Call = tuple[tuple, dict]   # the positional and keyword arguments of one call of f
@@ -140,7 +143,7 @@ class CallShape:
             raise InputError(f"{what} with other arguments at its later calls ({_listed(names[s] for s in _slots(first))}"
                              f", then {_listed(_names(func, calls[1]).values())}); dise holds f's conditioning fixed")
         changed = _changed(first, calls[1])
-        states = [s for s in changed if _like_state(slot_value(first, s), h0)]
+        states = _states(changed, first, names, h0)
         doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
         guidance, step_from = None, calls[1]
         rows = 2 * n if doubled and not states else n
@@ -151,20 +154,24 @@ class CallShape:
                 raise _unreadable(what, names, changed, "more than a state and a time change between calls")
             state_at = (states or doubled)[0]
             if doubled and not states:
-                guidance = _fit(Guidance("doubled", 0.0), outputs[0], n, first, calls[1], state_at, changed)
+                guidance = _fit(Guidance("doubled", 0.0), outputs[0], n, first, calls[1], state_at)
         else:
             # the same state and time twice, other conditioning: a guided pair, whose next call is the next stage's
-            if len(calls) < 3 or not changed:
+            if not changed:
+                raise _unreadable(what, names, changed, "its first two calls are the same (a guidance whose "
+                                  "conditional and unconditional calls coincide on the rows dise read, their labels "
+                                  "all the null label? then give data whose first rows hold other classes)")
+            if len(calls) < 3:
                 raise _unreadable(what, names, changed, "the same state and time twice, with other conditioning")
             alternating = tuple(names[s] for s in changed)
             moved = _changed(first, calls[2])
-            states = [s for s in moved if _like_state(slot_value(first, s), h0)]
+            states = _states(moved, first, names, h0)
             if len(moved) != 2 or len(states) != 1:
                 raise _unreadable(what, names, changed, "the same state and time twice, with other conditioning, "
                                   "but no pair of calls like it after")
             state_at, changed, step_from = states[0], moved, calls[2]
             pair = outputs[0], outputs[1]
-            guidance = _fit(Guidance("paired", 0.0, alternating), pair, n, first, step_from, state_at, changed)
+            guidance = _fit(Guidance("paired", 0.0, alternating), pair, n, first, step_from, state_at)
         time_at = next(s for s in changed if s != state_at)
         held = tuple((s, names[s]) for s in _slots(first) if s not in changed)
         blocks = 2 if guidance is not None and guidance.kind == "doubled" else 1
@@ -258,45 +265,50 @@ def _unreadable(what: str, names: dict, changed: list, why: str) -> InputError:
                       f"(the guided velocity) as one module f(x, t, ...), or write the loop with torchdiffeq's odeint")
 
 
-def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, state_at: Slot,
-         changed: list[Slot]) -> Guidance:
-    """``guidance`` with the weight that makes the loop's first step: the next stage's state is the first
-    state plus its velocity times the time between them (every explicit Runge-Kutta method's second stage),
-    so that velocity, against f's halves (or the pair's outputs) A and B, gives the weight; a weight as a
-    person writes it (4.0, 1.5) where it explains the step as well as the fitted one."""
-    time_at = next(s for s in changed if s != state_at)
+def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, state_at: Slot) -> Guidance:
+    """``guidance`` with the weight that makes the loop's first step. The next stage's state is the first
+    state plus the time between them times the step's velocity (every explicit Runge-Kutta method's second
+    stage), and that velocity is affine in the guided output w A + (1 - w) B (A and B f's halves, or the
+    pair's outputs): the output itself for a velocity, (x - D) / σ for a denoiser D, at any scale of f's
+    time. So the step x1 - x0 = c1 A + c2 B + c3 x0 fitted over every element gives w = c1 / (c1 + c2),
+    whatever f's output is, and a weight as a person writes it (4.0, 1.5) where it explains the step as
+    well as the fitted one."""
     if guidance.kind == "doubled":
         a, b = (output[:n], output[n:]) if isinstance(output, torch.Tensor) and len(output) == 2 * n else (None, None)
     else:
         a, b = output
-    t0, t1 = (_scalar_time(slot_value(c, time_at)) for c in (first, later))
-    if not all(isinstance(v, torch.Tensor) for v in (a, b)) or t0 is None or t1 is None or t0 == t1:
+    x0, x1 = (slot_value(c, state_at)[:n] for c in (first, later))
+    if not all(isinstance(v, torch.Tensor) and v.shape == x0.shape for v in (a, b)):
         raise InputError(f"the model's loop applies classifier-free guidance ({guidance.kind}), and dise cannot read its "
-                         f"weight from the loop's first step (f's outputs or times are not one tensor per half and one "
-                         f"time per call); wrap the guided velocity as one module f(x, t, ...)")
-    x0, x1 = (slot_value(c, state_at)[:n].double() for c in (first, later))
-    v = ((x1 - x0) / (t1 - t0)).flatten()
-    d, r = (a.double() - b.double()).flatten(), v - b.double().flatten()
-    if float(d.dot(d)) == 0:
-        raise InputError("the model's loop applies classifier-free guidance, but both halves of f's output are the "
-                         "same on its first step, so dise cannot read the guidance weight; wrap the guided velocity "
-                         "as one module f(x, t, ...)")
-    fitted = float(r.dot(d) / d.dot(d))
+                         f"weight from the loop's first step (f's outputs are not one tensor per half shaped like the "
+                         f"state); wrap the guided velocity as one module f(x, t, ...)")
+    if bool(torch.equal(a, b)):
+        raise InputError("the model's loop applies classifier-free guidance, but f's conditional and unconditional "
+                         "outputs are the same on the rows dise read it on (do their labels all equal the null "
+                         "label? give data whose first rows hold other classes), so dise cannot read the guidance "
+                         "weight")
+    step = (x1 - x0).double().flatten()
+    columns = torch.stack([a.double().flatten(), b.double().flatten(), x0.double().flatten()], 1)
 
-    def residual(w: float) -> float:
-        return float((r - w * d).norm())
-    floor = 2 * residual(fitted) + 1e-9 * float(r.norm())
-    weight = next((nice for nice in (round(fitted, k) for k in range(5)) if residual(nice) <= floor), fitted)
+    def residual(w: float | None) -> tuple[float, float]:
+        """The fit's residual and w (``None``: fitted), the output's share c1 + c2 beside it."""
+        if w is None:
+            c = torch.linalg.lstsq(columns, step.unsqueeze(1)).solution.flatten()
+            share = float(c[0] + c[1])
+            return float((step - columns @ c).norm()), (float(c[0]) / share if share else float("nan"))
+        guided = torch.stack([w * columns[:, 0] + (1 - w) * columns[:, 1], columns[:, 2]], 1)
+        c = torch.linalg.lstsq(guided, step.unsqueeze(1)).solution.flatten()
+        return float((step - guided @ c).norm()), w
+    least, fitted = residual(None)
+    size = float(step.norm())
+    if not math.isfinite(fitted) or least > 1e-4 * size:
+        raise InputError(f"the model's loop applies classifier-free guidance ({guidance.kind}), but its first step is "
+                         f"no combination w A + (1 - w) B of f's two outputs (a velocity, or a denoiser's), off by "
+                         f"{least / max(size, 1e-300):.2g} of the step (guidance rescaled per sample, or clamped?); "
+                         f"wrap the guided velocity as one module f(x, t, ...)")
+    floor = 2 * least + 1e-9 * size
+    weight = next((nice for nice in (round(fitted, k) for k in range(5)) if residual(nice)[0] <= floor), fitted)
     return Guidance(guidance.kind, weight, guidance.alternating)
-
-
-def _scalar_time(value: Any) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() and value.is_floating_point():
-        flat = value.detach().reshape(-1)
-        return float(flat[0]) if bool((flat == flat[0]).all()) else None
-    return None
 
 
 def _doubled_state(value: Any, h0: torch.Tensor, n: int) -> bool:
@@ -313,12 +325,34 @@ def _listed(names) -> str:
     return ", ".join(str(n) for n in names)
 
 
+def _states(changed: list[Slot], call: Call, names: dict, h0: torch.Tensor) -> list[Slot]:
+    """The changed arguments shaped like the state; of two (a time given as ``torch.full_like(x, t)``), the one
+    that is not named as a time and not one value per row."""
+    found = [s for s in changed if _like_state(slot_value(call, s), h0)]
+    if len(found) == 2:
+        def timelike(s: Slot) -> bool:
+            value = slot_value(call, s)
+            rows = value.reshape(len(value), -1)
+            return names[s] in TIME_NAMES or bool((rows == rows[:, :1]).all())
+        states = [s for s in found if not timelike(s)]
+        found = states if len(states) == 1 else found
+    return found
+
+
 def _like_state(value: Any, h0: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape == h0.shape
 
 
 def _per_row(value: Any, n: int, blocks: int = 1) -> bool:
-    return isinstance(value, torch.Tensor) and value.ndim >= 1 and len(value) in (n, blocks * n)
+    """A tensor with a row per sample (or ``blocks`` blocks of N), or a dict, list or tuple holding one (SDXL's
+    ``added_cond_kwargs``)."""
+    return bool(row_tensors(value, n, blocks))
+
+
+def row_tensors(value: Any, n: int, blocks: int = 1) -> list[torch.Tensor]:
+    """The tensors in ``value`` (itself, or in the dicts, lists and tuples it holds) with a row per sample."""
+    return [leaf for leaf in tree_leaves(value) if isinstance(leaf, torch.Tensor) and leaf.ndim >= 1
+            and len(leaf) in (n, blocks * n)]
 
 
 class Conditioned(nn.Module):

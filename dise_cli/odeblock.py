@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls, passes_conditioning
+from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls, passes_conditioning, row_tensors
 from dise_cli.errors import InputError, UsageError, first_line
 from dise_cli.integrators.vector_field import TIME_NAMES, VectorField, detect_arg_order
 from dise_cli.inputs import InputJoin
@@ -299,7 +299,8 @@ def _calls_of(module: nn.Module, outer: nn.Module, path: str, attr: str, model_a
 
 def _conditioning_context(chain: nn.Module, inner: Conditioned, n: int) -> RowContext:
     """The per-sample arguments ``inner`` holds, as ``chain`` (f as dise solves it) reaches them."""
-    mine = {id(inner.given[name]) for name in inner.shape.per_row}
+    blocks = 2 if inner.shape.guidance is not None and inner.shape.guidance.kind == "doubled" else 1
+    mine = {id(t) for name in inner.shape.per_row for t in row_tensors(inner.given[name], n, blocks)}
     found = RowContext.find(chain, n)
     paths = frozenset(p for p in (found.paths if found is not None else ()) if id(resolve(chain, p)) in mine)
     context = None if found is None else found.only(paths)

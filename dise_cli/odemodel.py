@@ -461,9 +461,9 @@ class AttributeModel(OdeModel):
             h0 = self.layout.pack(h0, context.gather(chain, len(h0), h0.dtype, h0.device, first_call=lambda: None))
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
-    def _first_call(self, x: torch.Tensor) -> Problem:
+    def loop_problem(self, x: torch.Tensor) -> Problem:
         """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
-        forward stopped there."""
+        forward stopped there, its held arguments checked the reading's."""
         func = getattr(self.block, self.func_attr)
         h0, calls = first_calls(self.module, func, self.block, self.model_args(x), self.call_shape.calls_per_stage)
         if h0 is None or len(calls) < self.call_shape.calls_per_stage:
@@ -475,7 +475,7 @@ class AttributeModel(OdeModel):
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         self._grid_argument(t)
         if self.call_shape is not None:
-            return self._first_call(x)
+            return self.loop_problem(x)
         if self.kind == "root" and self.join is None:
             return self._problem(x)
         if self.kind == "sequential":
@@ -513,7 +513,7 @@ class AttributeModel(OdeModel):
             return self.decode(problem, solve(problem))
         self._grid_argument(t)
         if self.call_shape is not None:
-            problem = self._first_call(x)
+            problem = self.loop_problem(x)
 
             def answer(h, *a, **k):
                 return self.block_output(problem, solve(problem))

@@ -282,3 +282,67 @@ class DiffusersStyleLoop(nn.Module):
 def build_diffusers_style_loop() -> DiffusersStyleLoop:
     torch.manual_seed(7)
     return DiffusersStyleLoop()
+
+
+class GuidedEDM(ConditionalEDM):
+    """EDM's sampler with classifier-free guidance on the denoiser (k-diffusion's ``CFGDenoiser`` written
+    into the loop): D = D_u + 2 (D_c - D_u), the batch doubled, the null label all zeros."""
+
+    def forward(self, latents, class_labels):
+        net, scale = self.net, 2.0
+
+        def guided(x, sigma):
+            cond, uncond = net(torch.cat([x, x]), sigma, torch.cat([class_labels, torch.zeros_like(class_labels)])
+                               ).to(torch.float64).chunk(2)
+            return uncond + scale * (cond - uncond)
+        steps = self.num_steps
+        index = torch.arange(steps, dtype=torch.float64)
+        t_steps = (self.sigma_max ** (1 / self.rho) + index / (steps - 1)
+                   * (self.sigma_min ** (1 / self.rho) - self.sigma_max ** (1 / self.rho))) ** self.rho
+        t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+        x_next = latents.to(torch.float64) * t_steps[0]
+        for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+            x_hat = x_next
+            d_cur = (x_hat - guided(x_hat, t_cur)) / t_cur
+            x_next = x_hat + (t_next - t_cur) * d_cur
+            if i < steps - 1:
+                d_prime = (x_next - guided(x_next, t_next)) / t_next
+                x_next = x_hat + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+        return x_next
+
+
+def build_guided_edm() -> GuidedEDM:
+    torch.manual_seed(3)
+    return GuidedEDM(num_steps=6)
+
+
+class AddedCondUNet(nn.Module):
+    """SDXL's UNet: the text embeddings per sample inside a dict argument, ``added_cond_kwargs``."""
+
+    def __init__(self, dim: int = 2, text: int = 8, hidden: int = 32):
+        super().__init__()
+        self.inp, self.txt = nn.Linear(dim + 1, hidden), nn.Linear(text, hidden)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        nn.init.normal_(self.txt.weight, std=1.0)
+
+    def forward(self, sample, timestep, added_cond_kwargs=None):
+        t = timestep.reshape(-1, 1).expand(sample.shape[0], 1)
+        return self.out(self.inp(torch.cat([sample, t], 1)) + self.txt(added_cond_kwargs["text_embeds"]))
+
+
+class AddedCondLoop(nn.Module):
+    def __init__(self, steps: int = 6):
+        super().__init__()
+        self.unet = AddedCondUNet()
+        self.steps = steps
+
+    def forward(self, latents, text_embeds):
+        added, dt = {"text_embeds": text_embeds}, 1.0 / self.steps
+        for i in range(self.steps):
+            latents = latents + self.unet(latents, torch.tensor(i * dt), added_cond_kwargs=added) * dt
+        return latents
+
+
+def build_added_cond_loop() -> AddedCondLoop:
+    torch.manual_seed(9)
+    return AddedCondLoop()
