@@ -160,7 +160,16 @@ class CallShape:
             if not changed:
                 raise _unreadable(what, names, changed, "its first two calls are the same (a guidance whose "
                                   "conditional and unconditional calls coincide on the rows dise read, their labels "
-                                  "all the null label? then give data whose first rows hold other classes)")
+                                  "all the null label? then give data whose first rows hold other classes; or a loop "
+                                  "that calls f twice alike)")
+            wide = [s for s in changed if isinstance(v := slot_value(first, s), torch.Tensor) and v.ndim
+                    and v.is_floating_point() and len(v) > n and len(v) % n == 0 and v.shape[1:] == h0.shape[1:]]
+            if wide:
+                rows = len(slot_value(first, wide[0]))
+                raise InputError(f"{what} with a state of {rows} rows for {n} samples that is not the batch twice over "
+                                 f"(torch.cat([x, x]); rows interleaved, or halves that differ?), which dise cannot "
+                                 f"read as guidance; double the batch with torch.cat([x, x]), or wrap the guided "
+                                 f"velocity as one module f(x, t, ...)")
             if len(calls) < 3:
                 raise _unreadable(what, names, changed, "the same state and time twice, with other conditioning")
             alternating = tuple(names[s] for s in changed)
