@@ -397,10 +397,13 @@ class Conditioned(nn.Module):
         return guidance.combine(out[:n], out[n:])
 
 
-def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tuple, count: int = 2
-                ) -> tuple[torch.Tensor | None, list[Call]]:
+def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tuple, count: int = 2,
+                stop: bool = True) -> tuple[torch.Tensor | None, list[Call]]:
     """The block's input and the first ``count`` calls of ``func`` in one forward of ``module`` on
-    ``args`` (stopped there); fewer calls where the forward makes fewer."""
+    ``args``: stopped there (``stop``), or, where torch.export traces it and an exception would break its
+    record of the module calls, run to its end with every later call of ``func`` answered by the last
+    real one's output (the loop's arithmetic only, its result unused); fewer calls where the forward
+    makes fewer."""
     calls: list[Call] = []
     seen: dict[str, Any] = {}
 
@@ -410,18 +413,29 @@ def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tupl
 
     def call(_mod, a, kw):
         calls.append((tuple(a), dict(kw)))
-        if len(calls) >= count:
+        if len(calls) >= count and stop:
             raise _Enough()
     handles = [block.register_forward_pre_hook(enter, with_kwargs=True),
                func.register_forward_pre_hook(call, with_kwargs=True)]
+    original = func.forward
+    answered: list[Any] = []
+
+    def answer_once(*a, **kw):
+        if len(answered) < count:
+            answered.append(original(*a, **kw))
+        return answered[-1]
     try:
+        if not stop:
+            func.forward = answer_once
         module(*args)
     except _Enough:
         pass
     finally:
+        if not stop:
+            del func.forward
         for handle in handles:
             handle.remove()
-    return seen.get("h0"), calls
+    return seen.get("h0"), calls[:count]
 
 
 class _Enough(Exception):

@@ -80,7 +80,7 @@ class InputJoin:
         """The model's arguments from packed rows."""
         out, start = [], 0
         for shape, dtype, width in zip(self.shapes, self.dtypes, self.widths):
-            column = packed[:, start:start + width].reshape(len(packed), *shape)
+            column = packed[:, start:start + width].reshape(packed.shape[0], *shape)
             want = getattr(torch, dtype)
             if want == torch.bool:
                 column = column != 0

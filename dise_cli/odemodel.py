@@ -447,7 +447,7 @@ class AttributeModel(OdeModel):
     def block(self) -> nn.Module:
         return self.module.get_submodule(self.block_path) if self.block_path else self.module
 
-    def _problem(self, h0: torch.Tensor, stage: list[Call] | None = None) -> Problem:
+    def _problem(self, h0: torch.Tensor, stage: list[Call] | None = None, check: bool = True) -> Problem:
         """The solve of the block's input ``h0``; ``stage``: the loop's first call of f (a guided pair's two),
         where f is read with its conditioning (its per-sample arguments go with the state as context columns)."""
         if self.loop_form is not None:
@@ -458,19 +458,23 @@ class AttributeModel(OdeModel):
             func = getattr(self.block, self.func_attr)
             chain = loop_func(Conditioned(func, self.call_shape, self.call_shape.values(stage)), self.field.order,
                               self.time_scale, self.loop_form)
-            h0 = self.layout.pack(h0, context.gather(chain, len(h0), h0.dtype, h0.device, first_call=lambda: None))
+            h0 = self.layout.pack(h0, context.gather(chain, h0.shape[0], h0.dtype, h0.device, first_call=lambda: None,
+                                                     check=check))
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
-    def loop_problem(self, x: torch.Tensor) -> Problem:
+    def loop_problem(self, x: torch.Tensor, traced: bool = False) -> Problem:
         """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
-        forward stopped there, its held arguments checked the reading's."""
+        forward stopped there, its held arguments checked the reading's (``traced``: while torch.export
+        traces it, the forward run to its end and nothing compared; see ``first_calls``)."""
         func = getattr(self.block, self.func_attr)
-        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), self.call_shape.calls_per_stage)
+        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), self.call_shape.calls_per_stage,
+                                stop=not traced)
         if h0 is None or len(calls) < self.call_shape.calls_per_stage:
             raise InputError(f"the model's forward did not call its ODE function '{self.func_attr}' in its block "
                              f"'{self.block_path or '(the model itself)'}' for this batch")
-        self.call_shape.check_held(self.held, calls, "the model's loop")
-        return self._problem(h0, calls)
+        if not traced:
+            self.call_shape.check_held(self.held, calls, "the model's loop")
+        return self._problem(h0, calls, check=not traced)
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         self._grid_argument(t)

@@ -30,6 +30,7 @@ from dise_cli.integrators.vector_field import PER_ROW_MODES, TimeMode, VectorFie
 from dise_cli.inputs import InputJoin
 from dise_cli.loopform import LoopForm
 from dise_cli.odemodel import OdeModel, Problem, Solve, TracedModel, _Dispatch, extract
+from dise_cli.rowcontext import RowContext
 from dise_cli.solvecalls import intercept
 from dise_cli.states import StateLayout
 
@@ -126,7 +127,9 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
     ``torch.export`` cannot capture a part."""
     if ode.how == "attributes" and not ode.splittable:
         return {}, None, "the model's forward calls its ODE block itself and dise cannot see its solve", ""
-    if ode.field.context is not None:
+    conditioned = getattr(ode, "call_shape", None) is not None
+    if ode.field.context is not None and not (conditioned and ode.field.mode is not TimeMode.VMAP):
+        # a closure's per-sample tensors do not pass through dise::solve; a conditioned loop's ride as columns
         return {}, None, f"f reads per-sample tensors from outside its state ({ode.field.context.describe()})", ""
     x = x[:4] if len(x) >= 2 else x.expand(2, *x.shape[1:])
     batch = torch.export.Dim("batch", min=2, max=1 << 20)
@@ -165,13 +168,44 @@ def _quiet_torch_logs():
         logger.setLevel(level)
 
 
+class _StartOfLoop(nn.Module):
+    """The encoder of a loop that hands f conditioning (``dise_cli.conditioning``): the model's forward
+    up to f's first call, giving the loop's start packed with the per-sample arguments it hands f."""
+
+    def __init__(self, ode: OdeModel):
+        super().__init__()
+        self.model = ode.module
+        self.__dict__["ode"] = ode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ode.loop_problem(x, traced=True).h0
+
+
 def _split_parts(ode: OdeModel, x: torch.Tensor, problem: Problem, batch) -> dict:
     encoder = ode.encoder if ode.kind == "sequential" else nn.Identity()
+    if getattr(ode, "call_shape", None) is not None and ode.field.context is not None:
+        encoder = _StartOfLoop(ode)        # per-sample arguments to pack beside the start; held ones are f's own
     decoder = _Decoder(ode).to(x.device)
     ys = ode.layout.unpack_trajectory(problem.h0.unsqueeze(0).expand(len(problem.t), *problem.h0.shape).contiguous())
     ys_shapes = tuple({1: batch} for _ in ys) if isinstance(ys, tuple) else {1: batch}
-    return {"encoder": torch.export.export(encoder, (x,), dynamic_shapes=({0: batch},), strict=False),
+    encoded = torch.export.export(encoder, (x,), dynamic_shapes=({0: batch},), strict=False)
+    if isinstance(encoder, _StartOfLoop):
+        _drop_dead_code(encoded)
+    return {"encoder": encoded,
             "decoder": torch.export.export(decoder, (ys,), dynamic_shapes=(ys_shapes,), strict=False)}
+
+
+def _drop_dead_code(program) -> None:
+    """Remove what does not reach the program's outputs: a loop's start is traced through the whole loop
+    (f run on its first calls only, see ``conditioning.first_calls``), whose steps torch.export keeps
+    alive through the dtype checks it adds to each ``.to``; the checks go first (the program's input
+    dtype is fixed), then every node nothing uses."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default:
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
 
 
 def _whole_part(ode: TracedModel, x: torch.Tensor, batch):
@@ -240,6 +274,24 @@ class _OneRowProgram:
         return self.vmapped(t.expand(h.shape[0]) if t.ndim == 0 else t, h)
 
 
+class _WithColumns(nn.Module):
+    """An f program over the packed state, per-sample columns included, as a field of the state: the field
+    binds each call's columns (``context``), and the state is packed with them again for the program."""
+
+    def __init__(self, program: Any, layout: StateLayout):
+        super().__init__()
+        self.program, self.layout, self.columns = program, layout, None
+
+    @staticmethod
+    def context(layout: StateLayout) -> RowContext:
+        # the columns as they ride (in the state's dtype, which float64 holds exactly)
+        return RowContext(paths=((("attr", "columns"),),), shapes=((layout.context,),), dtypes=(torch.float64,))
+
+    def forward(self, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        out = self.program(t, self.layout.pack(state, self.columns))
+        return out[:, :sum(self.layout.sizes)].reshape(out.shape[0], *self.layout.shapes[0])
+
+
 class _OpCaptured(Exception):
     def __init__(self, y0: list, t: torch.Tensor):
         super().__init__("solve captured")
@@ -268,7 +320,12 @@ class ProgramModel(OdeModel):
         func = programs["ode_function"]
         if field_mode == TimeMode.VMAP.value:          # exported for one row: vmapped over the batch here
             func, field_mode = _OneRowProgram(func), TimeMode.ROWS.value
-        field = VectorField(func, field_mode, layout.as_packed())
+        # a conditioned loop's encoder gives the loop's start packed with f's per-sample arguments as columns
+        self.packed_start = reading.get("conditioning") is not None and bool(layout.context)
+        context = None
+        if layout.context:
+            func, context = _WithColumns(func, layout), _WithColumns.context(layout)
+        field = VectorField(func, field_mode, layout.as_packed(), context=context)
         t_span = torch.tensor(reading["t_span"], dtype=torch.float64)
         super().__init__(_Parts(**programs), field, t_span, layout)
         self.kind = reading["kind"] if layout_kind == "split" else "whole"
@@ -287,9 +344,12 @@ class ProgramModel(OdeModel):
         """The problem for the state's components ``y0`` (a list from ``dise::solve``, or a tensor / tuple)."""
         if isinstance(y0, list):
             y0 = tuple(y0) if self.layout.is_tuple else y0[0]
-        h0 = self.layout.pack(y0)
-        if self.loop_form is not None:
-            h0 = self.loop_form.start(h0)
+        if self.packed_start:
+            h0 = y0
+        else:
+            h0 = self.layout.pack(y0)
+            if self.loop_form is not None:
+                h0 = self.loop_form.start(h0)
         grid = self.t_span if t is None else t.detach()
         return Problem(field=self.field, h0=h0, t=grid.to(h0.device, torch.float64))
 

@@ -199,10 +199,10 @@ class RowContext:
         return self.only(frozenset(touched))
 
     def gather(self, func: Callable, n: int, dtype: torch.dtype, device: torch.device,
-               first_call: Callable[[], Any]) -> torch.Tensor:
-        """``[n, width]``: this batch's context rows as columns of the state's dtype (exactly). f makes
-        some of them on its first call (FFJORD draws its noise then): where a path holds no tensor yet,
-        ``first_call()`` runs f once on the whole batch first."""
+               first_call: Callable[[], Any], check: bool = True) -> torch.Tensor:
+        """``[n, width]``: this batch's context rows as columns of the state's dtype (exactly; ``check``: said
+        where not, which torch.export cannot trace). f makes some of them on its first call (FFJORD draws its
+        noise then): where a path holds no tensor yet, ``first_call()`` runs f once on the whole batch first."""
         if not all(isinstance(_resolve_or_none(func, p), torch.Tensor) for p in self.paths):
             first_call()
         columns = []
@@ -215,7 +215,7 @@ class RowContext:
             # a sample's rows side by side: block b's row i is sample i's
             value = value.detach().reshape(blocks, n, -1).movedim(1, 0).reshape(n, -1).to(device)
             column = value.to(dtype)
-            if not torch.equal(column.to(value.dtype), value):
+            if check and not torch.equal(column.to(value.dtype), value):
                 raise InputError(f"the ODE function's per-sample tensor {describe(path)} ({value.dtype}) does not fit "
                                  f"the state's {dtype} exactly; dise carries it with the state (keep its values "
                                  f"exact in {dtype}, e.g. class indices below 2**24 for float32)")

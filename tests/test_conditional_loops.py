@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import conditional_loops as C
@@ -271,3 +272,39 @@ def test_a_held_argument_that_differs_between_batches_is_refused(tmp_path):
             ode.forward_with(x[:5], lambda p: Euler(steps=8).solve(p.field, p.h0, p.t).ys)
     finally:
         C.ConditionalRectifiedFlow.forward = original
+
+
+@pytest.mark.parametrize("build, data", [
+    ("build_conditional_edm", C.labelled_noise(16, seed=4, one_hot=True)),
+    ("build_guided_by_two_calls", C.labelled_noise(16, seed=4)),
+])
+def test_a_pickled_conditional_loop_exports_as_programs_that_carry_each_samples_labels(tmp_path, build, data):
+    """A pickled sampler, no factory: the bundle holds the model's start of loop (its forward up to f's first
+    call, the labels packed beside the state) and f with its per-sample arguments as programs, and runs
+    without the model's code: every sample routed to the loop's own steps gives the model's output."""
+    torch.save(getattr(C, build)(), tmp_path / "whole.pt")
+    save_file(data, str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "whole.pt", "--trust-pickle", "--code-path", TESTS]
+    with_data = [*common, "--data", tmp_path / "d.safetensors", *KEYS]
+    for step in (("profile", *with_data, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *with_data, "--profile", tmp_path / "p.sft", "--epochs", 1,
+                  "--out", tmp_path / "s.sft"),
+                 ("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")):
+        res = invoke(*step)
+        assert res.exit_code == 0, res.stderr
+    assert "exported as torch.export programs" in res.stderr
+    bundle = dise_cli.load(tmp_path / "b.dise")
+    assert type(bundle.ode).__name__ == "ProgramModel"
+    noise, labels = data["x"], data["labels"]
+    model = torch.load(tmp_path / "whole.pt", weights_only=False)
+    with torch.no_grad():
+        own = model(noise, labels)
+        out, stats = bundle(noise, labels, return_stats=True)
+        loop = torch.full((len(noise),), len(stats.candidates) - 1)       # the baseline: the loop's own steps
+        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
+                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+        swapped = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels.roll(1, 0))),
+                                          lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+    torch.testing.assert_close(forced, own, rtol=0, atol=1e-5)
+    assert float((swapped - own).abs().max()) > 0.01
+    assert out.shape == own.shape and bool(torch.isfinite(out).all())

@@ -315,6 +315,30 @@ def test_a_loop_handing_f_fixed_conditioning_is_read_with_it_held(tmp_path, buil
     assert any(f"the loop passes f {held} beside" in n for n in info["notes"])
 
 
+
+def test_a_pickled_loop_handing_f_held_conditioning_exports_as_programs(tmp_path):
+    """No factory: the held text is f's own (a parameter), so the bundle's programs are the usual encoder,
+    f and decoder, and its rows routed to the loop's steps give the model's output."""
+    from dise_cli.routing import first_stage
+    model = build_conditioned_loop()
+    torch.save(model, tmp_path / "whole.pt")
+    x = families.make_noise(16)
+    save_file({"x": x}, str(tmp_path / "d.safetensors"))
+    common = [str(tmp_path / "whole.pt"), "--trust-pickle", "--code-path", TESTS]
+    for step in (["profile", *common, "--data", str(tmp_path / "d.safetensors"), "--out", str(tmp_path / "p.sft")],
+                 ["train-selector", *common, "--data", str(tmp_path / "d.safetensors"), "--profile",
+                  str(tmp_path / "p.sft"), "--epochs", "1", "--out", str(tmp_path / "s.sft")],
+                 ["export", *common, "--selector", str(tmp_path / "s.sft"), "--out", str(tmp_path / "b.dise")]):
+        res = CliRunner().invoke(app, step)
+        assert res.exit_code == 0, res.stderr
+    assert "exported as torch.export programs" in res.stderr
+    bundle = dise_cli.load(tmp_path / "b.dise")
+    with torch.no_grad():
+        _, stats = bundle(x, return_stats=True)
+        loop = torch.full((len(x),), len(stats.candidates) - 1)
+        forced = bundle.ode.forward_with(x, lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+        torch.testing.assert_close(forced, model(x), rtol=0, atol=2e-6)
+
 def test_a_scheduler_stepping_sigmas_with_f_at_sigma_times_1000_is_read_in_the_loops_time(tmp_path):
     """diffusers' flow-matching scheduler: ``latents + (sigma_next - sigma) * f(latents, sigma * 1000)``.
     f's calls at 1000, 918, ... lie far outside any grid; read at 1000 times the loop's time, the
