@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
 from dise_cli.errors import InputError
 from dise_cli.integrators.vector_field import TIME_NAMES
@@ -83,11 +83,33 @@ class Guidance:
     kind: str
     weight: float
     alternating: tuple[str, ...] = ()
+    # guidance in a limited interval of f's time (REPA's guidance_low / guidance_high, Kynkäänniemi et al.'s
+    # guidance interval): guided where low <= t <= high (None: no bound), elsewhere the loop calls f once,
+    # on the batch, with the conditioning of the doubled call's half ``plain_half``
+    low: float | None = None
+    high: float | None = None
+    plain_half: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return self.low is not None or self.high is not None
 
     def combine(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         # as the loop writes it, u + s (c - u), c the half the larger weight is on: the same rounding
         w = self.weight
         return b + w * (a - b) if w >= 0.5 else a + (1 - w) * (b - a)
+
+    def inside(self, t: Any, n: int) -> torch.Tensor:
+        """Per row of a batch of ``n``, whether f's time ``t`` (a number, one per row, or shaped like the
+        state) lies where the loop guides."""
+        t = torch.as_tensor(t)
+        rows = t.reshape(-1)[:1].expand(n) if t.ndim == 0 or t.shape[0] != n else t.reshape(n, -1)[:, 0]
+        inside = torch.ones(n, dtype=torch.bool, device=rows.device)
+        if self.low is not None:
+            inside = inside & (rows >= self.low)
+        if self.high is not None:
+            inside = inside & (rows <= self.high)
+        return inside
 
     def describe(self) -> str:
         if self.kind == "doubled":
@@ -98,10 +120,19 @@ class Guidance:
                           "the first and second call's output")
         w = self.weight
         velocity = f"B + {w:g} (A - B)" if w >= 0.5 else f"A + {1 - w:g} (B - A)"
-        return f"classifier-free guidance {how}, the velocity {velocity} (A and B {parts})"
+        where = ""
+        if self.limited:
+            bounds = " and ".join(b for b in (None if self.low is None else f"t >= {self.low:g}",
+                                             None if self.high is None else f"t <= {self.high:g}") if b)
+            where = (f", where f's {bounds} (elsewhere f on the batch once, with the conditioning of the "
+                     f"{'first' if self.plain_half == 0 else 'second'} half)")
+        return f"classifier-free guidance {how}, the velocity {velocity} (A and B {parts}){where}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "weight": self.weight, "alternating": list(self.alternating)}
+        out = {"kind": self.kind, "weight": self.weight, "alternating": list(self.alternating)}
+        if self.limited:
+            out.update(low=self.low, high=self.high, plain_half=self.plain_half)
+        return out
 
 
 SECOND = " (2nd call)"       # the name of an alternating argument as the second call of a pair passes it
@@ -142,13 +173,16 @@ class CallShape:
         if any(set(_slots(c)) != set(_slots(first)) for c in calls[1:]):
             raise InputError(f"{what} with other arguments at its later calls ({_listed(names[s] for s in _slots(first))}"
                              f", then {_listed(_names(func, calls[1]).values())}); dise holds f's conditioning fixed")
+        guided = [any(_doubled_state(slot_value(c, s), h0, n) for s in _slots(c)) for c in calls]
+        if any(guided) and not all(guided):
+            return cls._read_limited(func, calls, outputs, h0, n, guided, what)
         changed = _changed(first, calls[1])
         states = _states(changed, first, names, h0)
         doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
         guidance, step_from = None, calls[1]
         rows = 2 * n if doubled and not states else n
         output_at = _output_at(outputs[0], (rows, *h0.shape[1:]), what)
-        outputs = [pick_output(out, output_at) for out in outputs]
+        outputs = [None if out is None else pick_output(out, output_at) for out in outputs]
         if states or doubled:
             if len(changed) != 2:
                 raise _unreadable(what, names, changed, "more than a state and a time change between calls")
@@ -188,6 +222,66 @@ class CallShape:
         values = shape.values(calls[:shape.calls_per_stage])
         return cls(state_at, time_at, held, tuple(k for k, v in values.items() if _per_row(v, n, blocks)), guidance,
                    output_at)
+
+    @classmethod
+    def _read_limited(cls, func: nn.Module, calls: list[Call], outputs: list[Any], h0: torch.Tensor, n: int,
+                      guided: list[bool], what: str) -> "CallShape":
+        """A loop that doubles the batch for guidance on some calls and calls f once on the batch on the others
+        (REPA's guidance interval): the doubled calls read as guidance everywhere is, the others checked to
+        pass f the conditioning of one half of them, and the times of the two kinds told apart by one
+        interval of f's time."""
+        at = [i for i, g in enumerate(guided) if g]
+        if len(at) < 2 or at != list(range(at[0], at[-1] + 1)):
+            raise InputError(f"{what} with guidance by batch doubling on some calls only, and its doubled calls are "
+                             f"{'one call' if len(at) < 2 else 'not one run of calls'}; dise reads guidance limited to "
+                             f"one interval of time, of two calls or more; wrap the guided velocity as one module "
+                             f"f(x, t, ...)")
+        inner = cls.read(func, calls[at[0]:at[0] + 2], outputs[at[0]:at[0] + 2], h0, n)
+        doubled = inner.values(calls[at[0]:at[0] + 1])
+        halves = {0, 1}
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for call, g in zip(calls, guided):
+            t = one_time(slot_value(call, inner.time_at))
+            if t is None:
+                raise InputError(f"{what} with guidance on some calls only, at a time that differs between rows; dise "
+                                 f"reads the interval of time the loop guides in from one time per call")
+            times[g].append(t)
+            if g:
+                continue
+            state = slot_value(call, inner.state_at)
+            if not (isinstance(state, torch.Tensor) and state.shape == h0.shape):
+                raise InputError(f"{what} with guidance by batch doubling on some calls, and its other calls pass "
+                                 f"a state that is not the batch's; dise cannot read them")
+            for slot, name in inner.held:
+                halves &= _halves_matching(slot_value(call, slot), doubled[name], n, name in inner.per_row)
+            if not halves:
+                raise InputError(f"{what} with guidance by batch doubling on some calls, and its other calls pass f "
+                                 f"conditioning that is neither half of the doubled calls'; dise cannot read them")
+        low_g, high_g = min(times[True]), max(times[True])
+        if any(low_g <= t <= high_g for t in times[False]):
+            raise InputError(f"{what} with guidance by batch doubling on some calls, at times among those of its "
+                             f"unguided calls (decided per step, not by f's time, as a Heun step whose second "
+                             f"call follows its first?); dise reads guidance limited to one interval of time")
+        below = [t for t in times[False] if t < low_g]
+        above = [t for t in times[False] if t > high_g]
+        guidance = replace(inner.guidance, low=_between(max(below), low_g) if below else None,
+                           high=_between(high_g, min(above)) if above else None, plain_half=min(halves))
+        return cls(inner.state_at, inner.time_at, inner.held, inner.per_row, guidance, inner.output_at)
+
+    def is_guided_call(self, call: Call, n: int) -> bool:
+        """A doubled call of a loop that guides on some calls only."""
+        state = slot_value(call, self.state_at)
+        return isinstance(state, torch.Tensor) and state.ndim > 0 and len(state) == 2 * n
+
+    def stage(self, calls: list[Call], n: int) -> list[Call]:
+        """The calls that show f's conditioning whole: the first (a guided pair's two); of a loop that guides
+        on some calls only, the first doubled one."""
+        if self.guidance is not None and self.guidance.limited:
+            return [c for c in calls if self.is_guided_call(c, n)][:1]
+        return calls[:self.calls_per_stage]
+
+    def stage_found(self, calls: list[Call], n: int) -> bool:
+        return len(self.stage(calls, n)) == self.calls_per_stage
 
     def values(self, stage: list[Call]) -> dict[str, Any]:
         """The held arguments of a stage's calls (one, or a guided pair), by name."""
@@ -320,6 +414,54 @@ def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, stat
     return Guidance(guidance.kind, weight, guidance.alternating)
 
 
+def _halves_matching(plain: Any, doubled: Any, n: int, per_row: bool) -> set[int]:
+    """Which halves of a doubled call's argument an unguided call's equals: per row, the half's N rows of each
+    tensor of 2N rows (the rest the same); otherwise both where the same value."""
+    if not per_row:
+        return {0, 1} if same_value(plain, doubled) else set()
+    a, spec_a = tree_flatten(plain)
+    b, spec_b = tree_flatten(doubled)
+    if spec_a != spec_b:
+        return set()
+    found = {0, 1}
+    for x, y in zip(a, b):
+        if isinstance(y, torch.Tensor) and y.ndim and len(y) == 2 * n:
+            found &= {k for k in (0, 1) if same_value(x, y[k * n:(k + 1) * n])}
+        elif not same_value(x, y):
+            return set()
+    return found
+
+
+def _plain_half(value: Any, n: int, half: int) -> Any:
+    """A doubled call's per-row argument for an unguided call: each tensor of 2N rows's half ``half``."""
+    return tree_map(lambda v: v[half * n:(half + 1) * n] if isinstance(v, torch.Tensor) and v.ndim
+                    and v.shape[0] == 2 * n else v, value)
+
+
+def _between(a: float, b: float) -> float:
+    """A time well inside (a, b) as a person writes a bound: of the fewest decimals, the nearest the middle
+    (0.75 between 0.7 and 0.8, 0.4 between 0.375 and 0.5)."""
+    margin, middle = 1e-3 * (b - a), (a + b) / 2
+    top = max(abs(a), abs(b), 1.0)
+    for k in range(-int(math.log10(top)) - 1, 13):
+        unit = 10.0 ** -k
+        fits = [i * unit for i in range(math.ceil((a + margin) / unit), math.floor((b - margin) / unit) + 1)]
+        if fits:
+            return round(min(fits, key=lambda v: abs(v - middle)), max(k, 0))
+    return middle
+
+
+def one_time(value: Any) -> float | None:
+    """The one time of a call's time argument (a number, or equal in every element), else None."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() and value.is_floating_point():
+        flat = value.detach().reshape(-1)
+        if bool((flat == flat[0]).all()):
+            return float(flat[0])
+    return None
+
+
 def _doubled_state(value: Any, h0: torch.Tensor, n: int) -> bool:
     """The batch twice over, ``torch.cat([x, x])``."""
     return (isinstance(value, torch.Tensor) and value.is_floating_point() and value.shape[1:] == h0.shape[1:]
@@ -375,11 +517,14 @@ class Conditioned(nn.Module):
         self.shape = shape
         self.given = dict(given)
 
-    def _call(self, t, x, second: bool = False):
+    def _call(self, t, x, second: bool = False, plain: bool = False):
         shape = self.shape
         placed: dict[Slot, Any] = {shape.time_at: t, shape.state_at: x}
         placed.update({slot: self.given[name + SECOND if second and name + SECOND in self.given else name]
                        for slot, name in shape.held})
+        if plain:           # an unguided call of a loop that guides on some calls: one half's conditioning
+            placed.update({slot: _plain_half(placed[slot], x.shape[0], shape.guidance.plain_half)
+                           for slot, name in shape.held if name in shape.per_row})
         positional = sorted(s for s in placed if isinstance(s, int))
         args = [placed[i] for i in range(len(positional))]
         return pick_output(self.func(*args, **{s: v for s, v in placed.items() if isinstance(s, str)}),
@@ -392,36 +537,56 @@ class Conditioned(nn.Module):
         if guidance.kind == "paired":
             return guidance.combine(self._call(t, x), self._call(t, x, second=True))
         n = x.shape[0]
+        inside = None
+        if guidance.limited:
+            inside = guidance.inside(t, n)
+            # the loop's own way, one kind of call for a batch at one time; rows at times on both sides (a
+            # solve per sample), or a trace that cannot branch on values: each row its kind, from one call
+            if not (torch.compiler.is_exporting() or torch._C._functorch.is_batchedtensor(x)):
+                if not bool(inside.any()):
+                    return self._call(t, x, plain=True)
+                if bool(inside.all()):
+                    inside = None
         twice = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == n else t
         out = self._call(twice, torch.cat([x, x]))
-        return guidance.combine(out[:n], out[n:])
+        guided = guidance.combine(out[:n], out[n:])
+        if inside is None:
+            return guided
+        plain = out[n:] if guidance.plain_half else out[:n]
+        return torch.where(inside.reshape(n, *(1,) * (guided.ndim - 1)), guided, plain)
 
 
 def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tuple, count: int = 2,
-                stop: bool = True) -> tuple[torch.Tensor | None, list[Call]]:
-    """The block's input and the first ``count`` calls of ``func`` in one forward of ``module`` on
-    ``args``: stopped there (``stop``), or, where torch.export traces it and an exception would break its
-    record of the module calls, run to its end with every later call of ``func`` answered by the last
-    real one's output (the loop's arithmetic only, its result unused); fewer calls where the forward
-    makes fewer."""
+                stop: bool = True, done: Callable[[list[Call]], bool] | None = None
+                ) -> tuple[torch.Tensor | None, list[Call]]:
+    """The block's input and the first ``count`` calls of ``func`` in one forward of ``module`` on ``args``
+    (``done``: the first calls for which it holds, instead): stopped there (``stop``), or, where
+    torch.export traces it and an exception would break its record of the module calls, run to its end
+    with every later call of ``func`` answered by the last real one's output (the loop's arithmetic only,
+    its result unused); fewer calls where the forward makes fewer."""
     calls: list[Call] = []
     seen: dict[str, Any] = {}
+    enough = done or (lambda so_far: len(so_far) >= count)
 
     def enter(_mod, a, kw):
         if "h0" not in seen:
             seen["h0"] = a[0] if a else next(iter(kw.values()), None)
 
     def call(_mod, a, kw):
+        if "done" in seen:
+            return
         calls.append((tuple(a), dict(kw)))
-        if len(calls) >= count and stop:
-            raise _Enough()
+        if enough(calls):
+            seen["done"] = True
+            if stop:
+                raise _Enough()
     handles = [block.register_forward_pre_hook(enter, with_kwargs=True),
                func.register_forward_pre_hook(call, with_kwargs=True)]
     original = func.forward
     answered: list[Any] = []
 
     def answer_once(*a, **kw):
-        if len(answered) < count:
+        if len(answered) < len(calls):
             answered.append(original(*a, **kw))
         return answered[-1]
     try:
@@ -435,7 +600,7 @@ def first_calls(module: nn.Module, func: nn.Module, block: nn.Module, args: tupl
             del func.forward
         for handle in handles:
             handle.remove()
-    return seen.get("h0"), calls[:count]
+    return seen.get("h0"), calls
 
 
 class _Enough(Exception):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from dise_cli.conditioning import pick_output, same_value, slot_value
+from dise_cli.conditioning import one_time, pick_output, same_value, slot_value
 from dise_cli.errors import InputError
 from dise_cli.fidelity import max_abs, round_off
 from dise_cli.integrators import Integrator
@@ -332,7 +333,7 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
     time_index = 0 if ode.field.order == "t,x" else 1
 
     shape = getattr(ode, "call_shape", None)
-    held: list[dict] = []
+    held: dict[Any, dict] = {}
 
     def state_and_time(args, kwargs):
         if shape is not None:           # the loop's conditioning read (dise_cli.conditioning): held the same
@@ -343,14 +344,16 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
             except (IndexError, KeyError):
                 extra["arguments other than its first call's"] = None
                 return None, None
-            # a guided pair's calls alternate their conditioning: each is held as its place in the pair's
-            if len(held) < shape.calls_per_stage:
-                held.append(values)
-            pattern = held[(len(times)) % shape.calls_per_stage]
+            # a guided pair's calls alternate their conditioning: each is held as its place in the pair's; a
+            # loop guiding on some calls only holds its doubled calls' and its others' each
+            limited = shape.guidance is not None and shape.guidance.limited
+            kind = (shape.is_guided_call(call, len(x)) if limited else len(times) % shape.calls_per_stage)
+            pattern = held.setdefault(kind, values)
             extra.update(dict.fromkeys(f"'{name}' changes between calls" for name, v in values.items()
                                        if not same_value(v, pattern[name])))
-            doubled = shape.guidance is not None and shape.guidance.kind == "doubled"
-            return (state[:len(state) // 2] if doubled and isinstance(state, torch.Tensor) else state), value
+            doubled = shape.guidance is not None and shape.guidance.kind == "doubled" and \
+                isinstance(state, torch.Tensor) and state.ndim and len(state) == 2 * len(x)
+            return (state[:len(state) // 2] if doubled else state), value
         state = args[1 - time_index] if len(args) > 1 else next(
             (v for k, v in kwargs.items() if k not in TIME_NAMES and isinstance(v, torch.Tensor)), None)
         value = args[time_index] if len(args) > time_index else next(
@@ -367,7 +370,7 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
         state, value = state_and_time(args, kwargs)
         if isinstance(state, torch.Tensor) and state.ndim:
             rows[0] = max(rows[0], len(state))
-        times.append(_one_time(value))
+        times.append(one_time(value))
         if isinstance(value, torch.Tensor) and value.numel() and not value.is_floating_point() \
                 and value.dtype != torch.bool:
             integers.append(int(value.reshape(-1)[0]))
@@ -396,16 +399,6 @@ def _call_times(ode: OdeModel, func: nn.Module, x: torch.Tensor, seed: int) -> _
     if not any(t is None for t in times):
         watched.times = times if ode.time_scale is None else [t / ode.time_scale for t in times]
     return watched
-
-
-def _one_time(value) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() and value.is_floating_point():
-        flat = value.detach().reshape(-1)
-        if bool((flat == flat[0]).all()):
-            return float(flat[0])
-    return None
 
 
 def _grid_text(grid: tuple[float, ...]) -> str:

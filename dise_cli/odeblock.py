@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from dise_cli.conditioning import Call, CallShape, Conditioned, first_calls, passes_conditioning, row_tensors
 from dise_cli.errors import InputError, UsageError, first_line
@@ -28,6 +29,7 @@ TIME_ATTRS = ("integration_time", "t_span", "t", "ts", "times", "t_eval")
 TIME_ARG_NAMES = ("t", "time", "s", "tau")
 DEFAULT_T_SPAN = (0.0, 1.0)
 DEFAULT_SOURCE = "default [0, 1]"
+MAX_CALLS_READ = 512        # the calls of f a reading of a hand-written loop keeps
 
 
 def required_args(module: nn.Module) -> list[str]:
@@ -195,12 +197,17 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
 
     def watch(_mod, args, kwargs):
         seen["calls"] = seen.get("calls", 0) + 1
-        if len(calls) < 3:
+        if len(calls) < MAX_CALLS_READ:        # all of a loop's: guidance on some calls only shows late
             calls.append((tuple(args), dict(kwargs)))
 
     def answered(_mod, _args, output):
-        if len(outputs) < 3:
-            outputs.append(output)
+        # f's outputs the reading uses: the first calls', and the first two of twice the batch's rows (a
+        # guided call where the loop guides on some calls only); the others not kept
+        doubled = _rows_of(output) == 2 * len(x)
+        wanted = len(outputs) < 3 or (doubled and seen.get("doubled", 0) < 2)
+        seen["doubled"] = seen.get("doubled", 0) + doubled
+        if len(outputs) < MAX_CALLS_READ:
+            outputs.append(output if wanted else None)
 
     handles = [block.register_forward_hook(hook, with_kwargs=True)]
     if isinstance(func, nn.Module):
@@ -240,7 +247,8 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         except InputError as exc:
             raise InputError(f"{what} {exc}") from None
         if more_args is not None:
-            _, more = first_calls(module, func, block, more_args, shape.calls_per_stage)
+            _, more = first_calls(module, func, block, more_args, done=lambda so_far: shape.stage_found(so_far, n + 1))
+            more = shape.stage(more, n + 1)
             shape = shape.confirm_rows(more, n + 1) if len(more) == shape.calls_per_stage else shape
     # f probed at the grid's start; on the default [0, 1], at 1: a loop's f may be undefined at 0 (a
     # denoiser's log σ), and the default's direction says nothing of the loop's
@@ -251,7 +259,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
             order = detect_arg_order(func, h0, float(probe[0]) * (time_scale or 1.0), layout)
             inner = func
         else:
-            order, inner = "t,x", Conditioned(func, shape, shape.values(calls))
+            order, inner = "t,x", Conditioned(func, shape, shape.values(shape.stage(calls, n)))
         chain = loop_func(inner, order, time_scale, loop_form)
         start = h0 if loop_form is None else loop_form.start(h0)
         if shape is not None and shape.per_row:
@@ -270,7 +278,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
                            output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
     model.join = join
-    model.call_shape, model.held = shape, (None if shape is None else shape.values(calls))
+    model.call_shape, model.held = shape, (None if shape is None else shape.values(shape.stage(calls, n)))
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
     model.output_time_major = time_major_output(out, n, output_key)
     model.t_span_source = grid_source
@@ -347,3 +355,8 @@ def time_major_output(out: Any, n: int, key: str | None = None) -> bool:
         return True
     raise InputError(f"cannot find the batch dimension ({n}) in the model's output of shape {tuple(out.shape)}")
 
+
+def _rows_of(output: Any) -> int | None:
+    """The rows of f's output (the first tensor of a tuple, list or dict)."""
+    leaves = [v for v in tree_leaves(output) if isinstance(v, torch.Tensor) and v.ndim]
+    return len(leaves[0]) if leaves else None

@@ -466,10 +466,11 @@ class AttributeModel(OdeModel):
         """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
         forward stopped there, its held arguments checked the reading's (``traced``: while torch.export
         traces it, the forward run to its end and nothing compared; see ``first_calls``)."""
-        func = getattr(self.block, self.func_attr)
-        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), self.call_shape.calls_per_stage,
-                                stop=not traced)
-        if h0 is None or len(calls) < self.call_shape.calls_per_stage:
+        func, shape, n = getattr(self.block, self.func_attr), self.call_shape, x.shape[0]
+        h0, calls = first_calls(self.module, func, self.block, self.model_args(x), stop=not traced,
+                                done=lambda so_far: shape.stage_found(so_far, n))
+        calls = shape.stage(calls, n)
+        if h0 is None or len(calls) < shape.calls_per_stage:
             raise InputError(f"the model's forward did not call its ODE function '{self.func_attr}' in its block "
                              f"'{self.block_path or '(the model itself)'}' for this batch")
         if not traced:

@@ -155,12 +155,77 @@ def test_classifier_free_guidance_around_f_is_read_as_the_guided_velocity(tmp_pa
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)    # float32 f; a wrong label is O(1) off
 
 
-def test_guidance_on_some_steps_only_is_refused_in_one_line(tmp_path):
-    """REPA's guidance interval: guided calls on some steps, plain ones on others."""
-    res = invoke("inspect", *_files(tmp_path, "conditional_loops:build_guided_in_an_interval", C.labelled_noise(16)),
-                 *KEYS)
+@pytest.mark.parametrize("build, baseline, bounds", [
+    # guided from half way on: the switch between t = 0.375 and 0.5, read as t >= 0.4
+    ("build_guided_in_an_interval", "euler:steps=8", {"low": 0.4, "high": None}),
+    # REPA's --guidance-high 0.7 over 10 steps from t = 1: guided at 0.7 and below, not at 0.8
+    ("build_repa_guidance_interval", "euler:steps=10", {"low": None, "high": 0.75}),
+])
+def test_guidance_in_an_interval_of_time_is_read_and_routed(tmp_path, build, baseline, bounds):
+    """REPA's and Kynkäänniemi et al.'s guidance interval: the loop doubles the batch for guidance on the
+    steps whose time lies in an interval and calls f once on the others. dise reads the weight from the
+    first guided step, the interval's bounds from the times of the two kinds of call (a bound as a person
+    writes one, inside the gap the loop's calls leave), and the unguided calls' conditioning as the
+    doubled calls' first half: the loop's own steps reproduce the model, and through the pipeline the
+    bundle's rows routed to them equal the model's output; every row is guided by its own time."""
+    data = C.labelled_noise(24, seed=5)
+    args = _files(tmp_path, f"conditional_loops:{build}", data)
+    res = invoke("inspect", *args, *KEYS, "--json", "-")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["baseline"].startswith(baseline) and info["fidelity"]["difference"] <= 1e-6
+    assert info["conditioning"]["guidance"] == {"kind": "doubled", "weight": 1.8 if "repa" in build else 2.0,
+                                                "alternating": [], **bounds, "plain_half": 0}
+    for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *args, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", 1,
+                  "--out", tmp_path / "s.sft"),
+                 ("export", *args[:5], "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")):
+        res = invoke(*step)
+        assert res.exit_code == 0, res.stderr
+    model = getattr(C, build)()
+    bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
+    noise, labels = data["x"], data["labels"]
+    with torch.no_grad():
+        own = model(noise, labels)
+        _, stats = bundle(noise, labels, return_stats=True)
+        loop = torch.full((len(noise),), len(stats.candidates) - 1)
+        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
+                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+    torch.testing.assert_close(forced, own.to(forced.dtype), rtol=0, atol=1e-6)
+
+
+def test_a_solve_per_sample_guides_each_row_by_its_own_time():
+    """Rows at times on both sides of the interval's bound in one call of f: the rows inside get the guided
+    velocity, the others f's output with the labels, each equal to f called on that row alone."""
+    model = C.build_guided_in_an_interval()
+    data = C.labelled_noise(6, seed=2)
+    join, x = _joined(data)
+    ode = read_model(model, x, join=join)
+    problem = ode.encode(x)
+    t = torch.tensor([0.1, 0.3, 0.45, 0.6, 0.39, 0.41], dtype=torch.float64)
+    net, z, y = model.model, data["x"], data["labels"]
+    with torch.no_grad():
+        rows = problem.field(t, problem.h0)
+        for i, ti in enumerate(t.tolist()):
+            tt = torch.full((1,), ti, dtype=torch.float32)
+            cond = net(z[i:i + 1], tt, y[i:i + 1])
+            want = cond if ti < 0.4 else 2.0 * cond - net(z[i:i + 1], tt, torch.zeros_like(y[i:i + 1]))
+            torch.testing.assert_close(rows[i, :2].float(), want[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("a, b, bound", [(0.7, 0.8, 0.75), (0.375, 0.5, 0.4), (0.68, 0.72, 0.7), (700.0, 800.0, 750.0),
+                                         (0.69999998, 0.8, 0.75), (1.0, 80.0, 40.0), (0.7, 0.7001, 0.70005)])
+def test_an_intervals_bound_is_read_as_a_person_writes_one(a, b, bound):
+    from dise_cli.conditioning import _between
+    assert _between(a, b) == pytest.approx(bound) and a < _between(a, b) < b
+
+
+def test_guidance_on_steps_that_are_no_one_interval_is_refused_in_one_line(tmp_path):
+    """Guidance on every other step: no interval of time separates the guided calls from the others."""
+    res = invoke("inspect", *_files(tmp_path, "conditional_loops:build_guided_on_alternate_steps",
+                                    C.labelled_noise(16)), *KEYS)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "guidance by batch doubling around f; 'y' changes between calls" in res.stderr
+    assert "guidance by batch doubling on some calls only, and its doubled calls are not one run" in res.stderr
 
 
 def test_a_pipeline_style_loop_of_keywords_returning_a_tuple_is_read(tmp_path):
