@@ -114,6 +114,9 @@ FAMILIES = [
     ("the same, CFG by two calls a step, scale 2", "conditional_loops:build_guided_by_two_calls",
      lambda: (conditional_loops.build_guided_by_two_calls(), conditional_loops.labelled_noise(64)),
      ["--x-key", "x,labels"]),
+    ("REPA Euler, CFG 1.8 only where t <= 0.7, 10 steps", "conditional_loops:build_repa_guidance_interval",
+     lambda: (conditional_loops.build_repa_guidance_interval(), conditional_loops.labelled_noise(64)),
+     ["--x-key", "x,labels"]),
 ]
 
 

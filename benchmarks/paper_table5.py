@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

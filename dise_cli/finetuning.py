@@ -167,7 +167,7 @@ def validate_density(ode: OdeModel, data: Dataset, solver: EmbeddedRK, device: t
         with torch.no_grad():
             out = ode.forward_with(data.x[i:i + batch_size].to(device), solve)
         log_p.append(out.reshape(len(out), -1)[:, 0].double().cpu())
-        nfe.append(solved[0].nfe.double().cpu())
+        nfe.append(solved[0].nfe.double().cpu() + ode.calls_after_solve)
     v = torch.cat(log_p)
     v = v[torch.isfinite(v)]
     return {"nlp": float(-v.mean()) if len(v) else float("inf"), "nfe_mean": float(torch.cat(nfe).mean()),

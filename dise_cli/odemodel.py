@@ -134,6 +134,11 @@ class OdeModel:
                 f"depend on the samples it is batched with, so the figures hold for this --batch-size")
 
     @property
+    def calls_after_solve(self) -> int:
+        """Calls of f each sample costs beyond its solve: a loop's last Euler step (``LoopForm.finish``)."""
+        return int(self.loop_form is not None and self.loop_form.end_at is not None)
+
+    @property
     def h0_shape(self) -> tuple[int, ...]:
         return self.layout.state_shape
 

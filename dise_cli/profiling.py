@@ -234,7 +234,7 @@ def _profile_one(model: OdeModel, x: torch.Tensor, problem: Problem | None, cand
     out = run_model(model, x, problem, solve, seed)
     if device.type == "cuda":
         col.peak_bytes = max(col.peak_bytes or 0, torch.cuda.max_memory_allocated(device))
-    col.nfe.append(solved[0].nfe.cpu())
+    col.nfe.append(solved[0].nfe.cpu() + model.calls_after_solve)
     col.status.append(solved[0].status.cpu())
     col.steps += int(solved[0].n_steps.sum())
     if judge.task == "classification":

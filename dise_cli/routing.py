@@ -160,6 +160,7 @@ class RoutedModel(nn.Module):
                 nfe[again] += sol_b.nfe - 1                       # the shared first stage counted once
                 fallback[again] = True
         if stats is not None:
+            nfe += self.ode.calls_after_solve
             stats.append(RouteStats(integrator=choice, nfe=nfe, fallback=fallback, status=status,
                                     candidates=list(self.selector.candidates)))
         return ys

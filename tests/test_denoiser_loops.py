@@ -80,7 +80,13 @@ def test_k_diffusion_heun_through_the_pipeline_routes_to_the_loop_exactly(tmp_pa
     profile = reports["profile"]
     assert all(c["status"]["ok"] == len(x) for c in profile["candidates"])
     base = next(c for c in profile["candidates"] if c["candidate"] == info["baseline"])
-    assert base["nfe"]["max"] == 8          # the solve's calls; the last Euler step's one call is outside it
+    calls = []
+    hook = model.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    # the model's own calls of D, the last Euler step's one (after dise's solve) included: 4 Heun steps, 1 Euler
+    assert base["nfe"]["max"] == base["nfe"]["mean"] == len(calls) == 9
     bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
     assert bundle.manifest["reading"]["loop_form"]["denoiser"] and bundle.manifest["programs"]
     with torch.no_grad():
