@@ -179,6 +179,8 @@ class CallShape:
         changed = _changed(first, calls[1])
         states = _states(changed, first, names, h0)
         doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
+        if len(doubled) == 2:             # a time given as torch.full_like(x, t), doubled with the state
+            doubled = [s for s in doubled if not _timelike(first, s, names)] or doubled
         guidance, step_from = None, calls[1]
         rows = 2 * n if doubled and not states else n
         output_at = _output_at(outputs[0], (rows, *h0.shape[1:]), what)
@@ -236,7 +238,19 @@ class CallShape:
                              f"{'one call' if len(at) < 2 else 'not one run of calls'}; dise reads guidance limited to "
                              f"one interval of time, of two calls or more; wrap the guided velocity as one module "
                              f"f(x, t, ...)")
-        inner = cls.read(func, calls[at[0]:at[0] + 2], outputs[at[0]:at[0] + 2], h0, n)
+        # the guided calls read as a loop guided everywhere is, from two in a row that are a step's: the first
+        # pair, or, where the run begins with a Heun step's second call (the next at the same time), the next
+        inner, why = None, None
+        for i in at[:3]:
+            if i + 1 not in at:
+                break
+            try:
+                inner = cls.read(func, calls[i:i + 2], outputs[i:i + 2], h0, n)
+                break
+            except InputError as exc:
+                why = why or exc
+        if inner is None:
+            raise why or InputError(f"{what} with guidance by batch doubling on some calls only, which dise cannot read")
         doubled = inner.values(calls[at[0]:at[0] + 1])
         halves = {0, 1}
         times: dict[bool, list[float]] = {True: [], False: []}
@@ -409,7 +423,7 @@ def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, stat
                          f"no combination w A + (1 - w) B of f's two outputs (a velocity, or a denoiser's), off by "
                          f"{least / max(size, 1e-300):.2g} of the step (guidance rescaled per sample, or clamped?); "
                          f"wrap the guided velocity as one module f(x, t, ...)")
-    floor = 2 * least + 1e-9 * size
+    floor = 2 * least + 1e-6 * size         # a float32 loop's round-off in the step: some 1e-7 of it
     weight = next((nice for nice in (round(fitted, k) for k in range(5)) if residual(nice)[0] <= floor), fitted)
     return Guidance(guidance.kind, weight, guidance.alternating)
 
@@ -455,7 +469,7 @@ def one_time(value: Any) -> float | None:
     """The one time of a call's time argument (a number, or equal in every element), else None."""
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() and value.is_floating_point():
+    if isinstance(value, torch.Tensor) and value.numel() and value.dtype != torch.bool and not value.is_complex():
         flat = value.detach().reshape(-1)
         if bool((flat == flat[0]).all()):
             return float(flat[0])
@@ -481,13 +495,16 @@ def _states(changed: list[Slot], call: Call, names: dict, h0: torch.Tensor) -> l
     that is not named as a time and not one value per row."""
     found = [s for s in changed if _like_state(slot_value(call, s), h0)]
     if len(found) == 2:
-        def timelike(s: Slot) -> bool:
-            value = slot_value(call, s)
-            rows = value.reshape(len(value), -1)
-            return names[s] in TIME_NAMES or bool((rows == rows[:, :1]).all())
-        states = [s for s in found if not timelike(s)]
+        states = [s for s in found if not _timelike(call, s, names)]
         found = states if len(states) == 1 else found
     return found
+
+
+def _timelike(call: Call, slot: Slot, names: dict) -> bool:
+    """An argument shaped like the state that is a time: named as one, or one value per row."""
+    value = slot_value(call, slot)
+    rows = value.reshape(len(value), -1)
+    return names[slot] in TIME_NAMES or bool((rows == rows[:, :1]).all())
 
 
 def _like_state(value: Any, h0: torch.Tensor) -> bool:

@@ -29,6 +29,7 @@ from dise_cli.integrators import Integrator
 from dise_cli.integrators.fixed_grid import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 from dise_cli.integrators.vector_field import TIME_NAMES
 from dise_cli.loopform import LoopForm, TimeScaled
+from dise_cli.odeblock import MAX_CALLS_READ
 from dise_cli.odemodel import OdeModel
 from dise_cli.seeding import seeded
 
@@ -115,8 +116,13 @@ def find_loop_solver(ode: OdeModel, x: torch.Tensor, seed: int = 0, own_grid: bo
     first, second, f_dtype = watched.times, again.times, watched.f_dtype
     if watched.extra or watched.rows > half:
         # f given the loop's conditioning, or more rows than samples (guidance by batch doubling around f)
-        doubled = (f"a state of {watched.rows} rows for {half} samples: guidance by batch doubling around f",) \
-            if watched.rows > half else ()
+        read = getattr(ode, "call_shape", None)
+        doubled = () if watched.rows <= half else \
+            (f"a state of {watched.rows} rows for {half} samples: guidance by batch doubling around f",) if read is None \
+            else (f"the batch twice over on later calls ({watched.rows} rows for the {half} samples dise ran it on), "
+                  f"where the calls dise read f's conditioning from pass it once (guidance by batch doubling around f "
+                  f"that begins after call {MAX_CALLS_READ}, or whose unguided calls pass f no conditioning, "
+                  f"as class_labels=None)",)
         return LoopFinding(tuple(first or ()), None, float("inf"), False, extra=(*doubled, *watched.extra))
     if watched.integer_times:
         return LoopFinding((), None, float("inf"), False, integer_times=tuple(watched.integer_times))

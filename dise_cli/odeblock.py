@@ -29,7 +29,7 @@ TIME_ATTRS = ("integration_time", "t_span", "t", "ts", "times", "t_eval")
 TIME_ARG_NAMES = ("t", "time", "s", "tau")
 DEFAULT_T_SPAN = (0.0, 1.0)
 DEFAULT_SOURCE = "default [0, 1]"
-MAX_CALLS_READ = 512        # the calls of f a reading of a hand-written loop keeps
+MAX_CALLS_READ = 1024       # the calls of f a reading of a hand-written loop keeps
 
 
 def required_args(module: nn.Module) -> list[str]:
@@ -246,6 +246,10 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
             shape = CallShape.read(func, calls, outputs, h0, n)
         except InputError as exc:
             raise InputError(f"{what} {exc}") from None
+        if shape.guidance is not None and shape.guidance.limited and seen["calls"] > len(calls):
+            raise InputError(f"{what} the model's loop calls f {seen['calls']} times, guided on some calls only, and "
+                             f"dise reads where it guides from its first {MAX_CALLS_READ} calls; sample with fewer "
+                             f"steps for dise to read it, or wrap the guided velocity as one module f(x, t, ...)")
         if more_args is not None:
             _, more = first_calls(module, func, block, more_args, done=lambda so_far: shape.stage_found(so_far, n + 1))
             more = shape.stage(more, n + 1)

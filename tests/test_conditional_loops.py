@@ -160,6 +160,10 @@ def test_classifier_free_guidance_around_f_is_read_as_the_guided_velocity(tmp_pa
     ("build_guided_in_an_interval", "euler:steps=8", {"low": 0.4, "high": None}),
     # REPA's --guidance-high 0.7 over 10 steps from t = 1: guided at 0.7 and below, not at 0.8
     ("build_repa_guidance_interval", "euler:steps=10", {"low": None, "high": 0.75}),
+    # EDM guided for σ in [0.3, 5], each call by its own σ: the guided run begins at a Heun step's second call
+    ("build_edm_guidance_interval", "heun2:grid=80/", {"low": 0.4, "high": 4.0}),
+    # the time first, as torch.full_like(x, t): doubled with the state, and not taken for it
+    ("build_time_first_guided_later", "euler:steps=8", {"low": 0.4, "high": None}),
 ])
 def test_guidance_in_an_interval_of_time_is_read_and_routed(tmp_path, build, baseline, bounds):
     """REPA's and Kynkäänniemi et al.'s guidance interval: the loop doubles the batch for guidance on the
@@ -168,12 +172,13 @@ def test_guidance_in_an_interval_of_time_is_read_and_routed(tmp_path, build, bas
     writes one, inside the gap the loop's calls leave), and the unguided calls' conditioning as the
     doubled calls' first half: the loop's own steps reproduce the model, and through the pipeline the
     bundle's rows routed to them equal the model's output; every row is guided by its own time."""
-    data = C.labelled_noise(24, seed=5)
+    data = C.labelled_noise(24, seed=5, one_hot="edm" in build)
     args = _files(tmp_path, f"conditional_loops:{build}", data)
     res = invoke("inspect", *args, *KEYS, "--json", "-")
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
     assert info["baseline"].startswith(baseline) and info["fidelity"]["difference"] <= 1e-6
+    assert info["baseline_exact"]
     assert info["conditioning"]["guidance"] == {"kind": "doubled", "weight": 1.8 if "repa" in build else 2.0,
                                                 "alternating": [], **bounds, "plain_half": 0}
     for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
@@ -302,6 +307,12 @@ def test_the_guidance_weight_is_read_from_the_first_step_as_a_person_writes_it()
     calls = [((h0, torch.full((3,), 80e3), y), {}), ((h0, torch.full((3,), 80e3), null), {}),
              ((h0 + step, torch.full((3,), 24.4e3), y), {})]
     assert CallShape.read(net, calls, [cond, uncond, None], h0, 3).guidance.weight == 2.5
+    # a float32 loop: the step's round-off (3e-7 of it) leaves the fitted weight 4.0000x, and 4 is read
+    c32, u32, x32 = cond.float(), uncond.float(), h0.float()
+    x1 = x32 + 0.1 * (u32 + 4.0 * (c32 - u32))
+    x1 = x1 * (1 + 3e-7 * torch.randn(3, 2, generator=torch.Generator().manual_seed(0)))
+    calls = [((x32, torch.zeros(3), y), {}), ((x32, torch.zeros(3), null), {}), ((x1, torch.full((3,), 0.1), y), {})]
+    assert CallShape.read(net, calls, [c32, u32, None], x32, 3).guidance.weight == 4.0
     # the null label on every row read: the two calls' outputs agree, and dise says why it cannot read the weight
     same = [((h0, torch.zeros(3), null), {}), ((h0, torch.zeros(3), null.clone()), {})]
     with pytest.raises(InputError, match="their labels all the null label"):
