@@ -176,6 +176,12 @@ class CallShape:
         guided = [any(_doubled_state(slot_value(c, s), h0, n) for s in _slots(c)) for c in calls]
         if any(guided) and not all(guided):
             return cls._read_limited(func, calls, outputs, h0, n, guided, what)
+        if _paired_on_some_steps(calls, h0):
+            raise InputError(f"{what} twice at the same state and time on some steps and once on others: guidance by "
+                             f"two calls a step in an interval of time, which dise does not read (it reads guidance "
+                             f"in an interval by batch doubling); double the batch on the guided steps, "
+                             f"torch.cat([x, x]) with torch.cat([y, y_null]), or wrap the guided velocity as one "
+                             f"module f(x, t, ...)")
         changed = _changed(first, calls[1])
         states = _states(changed, first, names, h0)
         doubled = [s for s in changed if _doubled_state(slot_value(first, s), h0, n)]
@@ -426,6 +432,16 @@ def _fit(guidance: Guidance, output: Any, n: int, first: Call, later: Call, stat
     floor = 2 * least + 1e-6 * size         # a float32 loop's round-off in the step: some 1e-7 of it
     weight = next((nice for nice in (round(fitted, k) for k in range(5)) if residual(nice)[0] <= floor), fitted)
     return Guidance(guidance.kind, weight, guidance.alternating)
+
+
+def _paired_on_some_steps(calls: list[Call], h0: torch.Tensor) -> bool:
+    """Calls in pairs at one state (other conditioning) on some steps, and one call a step on others: the
+    state moves between two calls in a row somewhere, and stays between two others."""
+    def moves(a: Call, b: Call) -> bool | None:
+        changed = _changed(a, b)
+        return None if not changed else any(_like_state(slot_value(a, s), h0) for s in changed)
+    moved = [moves(a, b) for a, b in zip(calls, calls[1:])]
+    return False in moved and any(a and b for a, b in zip(moved, moved[1:]))
 
 
 def _halves_matching(plain: Any, doubled: Any, n: int, per_row: bool) -> set[int]:

@@ -324,6 +324,27 @@ def build_time_first_guided_later() -> TimeFirstGuidedLater:
     return TimeFirstGuidedLater()
 
 
+class PairedInAnInterval(ConditionalRectifiedFlow):
+    """Guidance by two calls a step (minRF's), from half way on. Refused."""
+
+    def forward(self, z, y):
+        dt, null = 1.0 / self.steps, torch.zeros_like(y)
+        for i in range(self.steps):
+            t = torch.ones(z.shape[0]) * i / self.steps
+            if i >= self.steps // 2:
+                vc, vu = self.model(z, t, y), self.model(z, t, null)
+                v = vu + 2.0 * (vc - vu)
+            else:
+                v = self.model(z, t, y)
+            z = z + v * dt
+        return z
+
+
+def build_paired_in_an_interval() -> PairedInAnInterval:
+    torch.manual_seed(4)
+    return PairedInAnInterval()
+
+
 class GuidedOnAlternateSteps(ConditionalRectifiedFlow):
     """Guidance on every other step: no one interval of time. Refused."""
 

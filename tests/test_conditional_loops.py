@@ -225,12 +225,17 @@ def test_an_intervals_bound_is_read_as_a_person_writes_one(a, b, bound):
     assert _between(a, b) == pytest.approx(bound) and a < _between(a, b) < b
 
 
-def test_guidance_on_steps_that_are_no_one_interval_is_refused_in_one_line(tmp_path):
-    """Guidance on every other step: no interval of time separates the guided calls from the others."""
-    res = invoke("inspect", *_files(tmp_path, "conditional_loops:build_guided_on_alternate_steps",
-                                    C.labelled_noise(16)), *KEYS)
+@pytest.mark.parametrize("build, words", [
+    # guidance on every other step: no interval of time separates the guided calls from the others
+    ("build_guided_on_alternate_steps", "guidance by batch doubling on some calls only, and its doubled calls are "
+                                        "not one run"),
+    # two calls a step in an interval: said as such (it was "'y' changes between calls")
+    ("build_paired_in_an_interval", "guidance by two calls a step in an interval of time, which dise does not read"),
+])
+def test_guidance_on_some_steps_that_dise_does_not_read_is_refused_in_one_line(tmp_path, build, words):
+    res = invoke("inspect", *_files(tmp_path, f"conditional_loops:{build}", C.labelled_noise(16)), *KEYS)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "guidance by batch doubling on some calls only, and its doubled calls are not one run" in res.stderr
+    assert words in res.stderr
 
 
 def test_a_pipeline_style_loop_of_keywords_returning_a_tuple_is_read(tmp_path):
