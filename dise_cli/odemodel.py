@@ -468,9 +468,14 @@ class AttributeModel(OdeModel):
         return Problem(field=self.field, h0=h0, t=self.t_span.to(h0.device))
 
     def loop_problem(self, x: torch.Tensor, traced: bool = False) -> Problem:
-        """The problem of a loop that passes f conditioning: the block's input and f's first call, from one
-        forward stopped there, its held arguments checked the reading's (``traced``: while torch.export
-        traces it, the forward run to its end and nothing compared; see ``first_calls``)."""
+        """The problem of a loop that passes f conditioning (see ``loop_start``)."""
+        return self.loop_start(x, traced)[0]
+
+    def loop_start(self, x: torch.Tensor, traced: bool = False) -> tuple[Problem, list[Call]]:
+        """The problem of a loop that passes f conditioning, and the calls of f it was read from: the block's
+        input and f's first call (a guided pair's two), from one forward stopped there, its held arguments
+        checked the reading's (``traced``: while torch.export traces it, the forward run to its end and
+        nothing compared; see ``first_calls``)."""
         func, shape, n = getattr(self.block, self.func_attr), self.call_shape, x.shape[0]
         h0, calls = first_calls(self.module, func, self.block, self.model_args(x), stop=not traced,
                                 done=lambda so_far: shape.stage_found(so_far, n))
@@ -480,7 +485,7 @@ class AttributeModel(OdeModel):
                              f"'{self.block_path or '(the model itself)'}' for this batch")
         if not traced:
             self.call_shape.check_held(self.held, calls, "the model's loop")
-        return self._problem(h0, calls, check=not traced)
+        return self._problem(h0, calls, check=not traced), calls
 
     def encode(self, x: torch.Tensor, t: torch.Tensor | None = None) -> Problem:
         self._grid_argument(t)

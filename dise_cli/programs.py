@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
+from dise_cli.conditioning import same_value
 from dise_cli.errors import InputError, first_line
 from dise_cli.integrators.vector_field import PER_ROW_MODES, TimeMode, VectorField
 from dise_cli.inputs import InputJoin
@@ -147,6 +149,8 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
                 programs["model"] = _whole_part(ode, x, batch)
             # serialising fails on some outputs too (a named tuple torch has no name for)
             saved = {name: _without_pickle(ep) for name, ep in programs.items()}
+    except _Unexportable as exc:
+        return {}, None, str(exc), ""
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways on user code
         return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}", ""
     return saved, layout, "", loaded_mode
@@ -172,16 +176,73 @@ class _StartOfLoop(nn.Module):
     """The encoder of a loop that hands f conditioning (``dise_cli.conditioning``): the model's forward
     up to f's first call, giving the loop's start packed with the per-sample arguments it hands f."""
 
-    def __init__(self, ode: OdeModel):
+    def __init__(self, ode: OdeModel, held: tuple[str, ...] = ()):
         super().__init__()
         self.model = ode.module
         self.__dict__["ode"] = ode
+        self.held = held          # also give these held arguments' tensors, to see what they are made from
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ode.loop_problem(x, traced=True).h0
+    def forward(self, x: torch.Tensor):
+        problem, stage = self.ode.loop_start(x, traced=True)
+        if not self.held:
+            return problem.h0
+        values = self.ode.call_shape.values(stage)
+        return (problem.h0, *(leaf for name in self.held for leaf in tree_leaves(values[name])
+                              if isinstance(leaf, torch.Tensor)))
+
+
+class _Unexportable(Exception):
+    """A model whose programs would not be the model: why, in words."""
+
+
+def _check_held_constant(ode: OdeModel, x: torch.Tensor, batch) -> None:
+    """The held arguments a loop hands f (not per sample) are baked into f's program as the reading's values:
+    right where they are the model's own (parameters, constants), wrong where the forward computes them from
+    its input (a scale from the batch's size or values), which the model rebuilt from ``--arch`` checks for
+    every batch. The start of the loop is traced giving their tensors too, and each is followed back to
+    what it is made from."""
+    shape, held = ode.call_shape, ode.held or {}
+    names = tuple(name for _, name in shape.held if name not in shape.per_row
+                  and any(isinstance(leaf, torch.Tensor) for leaf in tree_leaves(held.get(name))))
+    if not names:
+        return
+    made_from_input = []
+    start = _StartOfLoop(ode, names)
+    try:
+        program = torch.export.export(start, (x,), dynamic_shapes=({0: batch},), strict=False)
+    except Exception:  # noqa: BLE001 - a forward that fixes the batch size (torch.full((len(z),), t)) on the way
+        # traced for this batch size, and what a size changes seen by running it at others
+        program = torch.export.export(start, (x,), strict=False)
+        for rows in (x[:1], x[:2], x.repeat(3, *(1,) * (x.ndim - 1))[:2 * len(x) + 1]):
+            try:
+                _, stage = ode.loop_start(rows)
+            except InputError:
+                made_from_input = list(names)
+                break
+            now = shape.values(stage)
+            made_from_input = [name for name in names if not same_value(now[name], held[name])]
+            if made_from_input:
+                break
+    inputs = set(program.graph_signature.user_inputs)
+    output = next(node for node in program.graph.nodes if node.op == "output")
+    for name, node in zip(names, output.args[0][1:]):
+        seen, todo = set(), [node]
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            todo.extend(current.all_input_nodes)
+        if any(n.op == "placeholder" and n.name in inputs for n in seen) and name not in made_from_input:
+            made_from_input.append(name)
+    if made_from_input:
+        raise _Unexportable(f"the loop hands f {', '.join(made_from_input)}, computed from the model's input but "
+                            f"not one row per sample, which programs would hold at the value read")
 
 
 def _split_parts(ode: OdeModel, x: torch.Tensor, problem: Problem, batch) -> dict:
+    if getattr(ode, "call_shape", None) is not None:
+        _check_held_constant(ode, x, batch)
     encoder = ode.encoder if ode.kind == "sequential" else nn.Identity()
     if getattr(ode, "call_shape", None) is not None and ode.field.context is not None:
         encoder = _StartOfLoop(ode)        # per-sample arguments to pack beside the start; held ones are f's own

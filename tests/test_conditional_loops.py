@@ -389,3 +389,22 @@ def test_a_pickled_conditional_loop_exports_as_programs_that_carry_each_samples_
     torch.testing.assert_close(forced, own, rtol=0, atol=1e-5)
     assert float((swapped - own).abs().max()) > 0.01
     assert out.shape == own.shape and bool(torch.isfinite(out).all())
+
+
+def test_a_pickled_loop_handing_f_a_value_computed_from_its_batch_is_not_exported_as_programs(tmp_path):
+    """A scale the forward computes from its batch's values, handed to f beside the labels: programs would hold
+    the value read for every batch (a bundle wrong with exit 0 on a batch that reaches 3.5), so export
+    follows it back to the input, says so, and asks for the factory, whose model checks it every batch."""
+    torch.save(C.build_scale_from_the_batch(), tmp_path / "whole.pt")
+    save_file(C.labelled_noise(16, seed=4), str(tmp_path / "d.safetensors"))
+    common = [tmp_path / "whole.pt", "--trust-pickle", "--code-path", TESTS]
+    with_data = [*common, "--data", tmp_path / "d.safetensors", *KEYS]
+    for step in (("profile", *with_data, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *with_data, "--profile", tmp_path / "p.sft", "--epochs", 1,
+                  "--out", tmp_path / "s.sft")):
+        res = invoke(*step)
+        assert res.exit_code == 0, res.stderr
+    res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "the loop hands f scale, computed from the model's input but not one row per sample" in res.stderr
+    assert not (tmp_path / "b.dise").exists()
