@@ -189,6 +189,7 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     seen: dict[str, Any] = {}
     calls: list[Call] = []
     outputs: list[Any] = []
+    snapshots: list[tuple] = []     # (call, argument, tensor, its version, a copy) of the calls compared
 
     def hook(_mod, args, kwargs, output):
         if "h0" not in seen:
@@ -198,6 +199,13 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     def watch(_mod, args, kwargs):
         seen["calls"] = seen.get("calls", 0) + 1
         if len(calls) < MAX_CALLS_READ:        # all of a loop's: guidance on some calls only shows late
+            doubled = any(_rows_of(a) == 2 * len(x) for a in (*args, *kwargs.values()))
+            seen["doubled calls"] = seen.get("doubled calls", 0) + doubled
+            if len(calls) < 3 or (doubled and seen["doubled calls"] <= 4):
+                # the calls the reading compares, as they were: a loop that steps its state in place
+                # (x += dt * v) changes the tensor f was handed after the call
+                snapshots.extend((len(calls), key, v, v._version, v.detach().clone())
+                                 for key, v in [*enumerate(args), *kwargs.items()] if isinstance(v, torch.Tensor))
             calls.append((tuple(args), dict(kwargs)))
 
     def answered(_mod, _args, output):
@@ -217,6 +225,11 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     finally:
         for handle in handles:
             handle.remove()
+    for i, key, tensor, version, copy in snapshots:
+        if tensor._version != version:         # changed in place since: the value the call was handed
+            args, kwargs = calls[i]
+            calls[i] = (tuple(copy if k == key else a for k, a in enumerate(args)),
+                        {k: copy if k == key else a for k, a in kwargs.items()})
     if "h0" not in seen:
         raise InputError(f"the model's forward never called its ODE block '{path or '(the model itself)'}' "
                          f"({type(block).__name__}) through the block's forward: where its loop runs in another method "
@@ -364,3 +377,4 @@ def _rows_of(output: Any) -> int | None:
     """The rows of f's output (the first tensor of a tuple, list or dict)."""
     leaves = [v for v in tree_leaves(output) if isinstance(v, torch.Tensor) and v.ndim]
     return len(leaves[0]) if leaves else None
+

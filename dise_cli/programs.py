@@ -152,8 +152,23 @@ def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], s
     except _Unexportable as exc:
         return {}, None, str(exc), ""
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways on user code
-        return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}", ""
+        return {}, None, f"torch.export failed: {type(exc).__name__}: {first_line(exc)}{_export_hint(ode, exc)}", ""
     return saved, layout, "", loaded_mode
+
+
+def _export_hint(ode: OdeModel, exc: Exception) -> str:
+    """What in the user's code commonly makes torch.export fail as ``exc`` did, where dise can tell."""
+    text = str(exc)
+    if "data-dependent" in text or type(exc).__name__ == "GuardOnDataDependentSymNode":
+        return " (a Python if, int() or float() on a tensor's value in the model's forward or f)"
+    shape = getattr(ode, "call_shape", None)
+    if "Constraints violated" in text and shape is not None and shape.guidance is not None \
+            and shape.guidance.kind == "doubled":
+        return (" (the loop's split of f's doubled output, as chunk(2), ties the batch size; out[:n], out[n:] "
+                "exports)")
+    if "Constraints violated" in text:
+        return " (something in the forward fixes the batch size: len(x) does, x.shape[0] does not)"
+    return ""
 
 
 @contextlib.contextmanager
@@ -187,6 +202,10 @@ class _StartOfLoop(nn.Module):
         if not self.held:
             return problem.h0
         values = self.ode.call_shape.values(stage)
+        # a number worked out from the batch's size is symbolic while torch.export traces it
+        self.__dict__["sized"] = [name for name in self.held
+                                  if any(isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool))
+                                         for leaf in tree_leaves(values[name]))]
         return (problem.h0, *(leaf for name in self.held for leaf in tree_leaves(values[name])
                               if isinstance(leaf, torch.Tensor)))
 
@@ -203,17 +222,18 @@ def _check_held_constant(ode: OdeModel, x: torch.Tensor, batch) -> None:
     what it is made from."""
     shape, held = ode.call_shape, ode.held or {}
     names = tuple(name for _, name in shape.held if name not in shape.per_row
-                  and any(isinstance(leaf, torch.Tensor) for leaf in tree_leaves(held.get(name))))
+                  and any(isinstance(leaf, (torch.Tensor, int, float)) for leaf in tree_leaves(held.get(name))))
     if not names:
         return
     made_from_input = []
     start = _StartOfLoop(ode, names)
     try:
         program = torch.export.export(start, (x,), dynamic_shapes=({0: batch},), strict=False)
+        made_from_input = list(start.__dict__.get("sized", []))
     except Exception:  # noqa: BLE001 - a forward that fixes the batch size (torch.full((len(z),), t)) on the way
         # traced for this batch size, and what a size changes seen by running it at others
         program = torch.export.export(start, (x,), strict=False)
-        for rows in (x[:1], x[:2], x.repeat(3, *(1,) * (x.ndim - 1))[:2 * len(x) + 1]):
+        for rows in (x[:1], x[:2], *(x.repeat(-(-m // len(x)), *(1,) * (x.ndim - 1))[:m] for m in (2 * len(x) + 1, 67))):
             try:
                 _, stage = ode.loop_start(rows)
             except InputError:

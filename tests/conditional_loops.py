@@ -370,6 +370,36 @@ def build_scale_from_the_batch() -> ScaleFromTheBatch:
     return ScaleFromTheBatch()
 
 
+class ScaleFromTheBatchSize(ScaleFromTheBatch):
+    """The scale a Python number from the batch's size: 1 below 30 rows, 2 from 30."""
+
+    def forward(self, z, y):
+        scale, dt = 1.0 + z.shape[0] // 30, 1.0 / self.steps
+        for i in range(self.steps):
+            z = z + dt * self.model(z, torch.ones(z.shape[0]) * i * dt, y, scale=scale)
+        return z
+
+
+def build_scale_from_the_batch_size() -> ScaleFromTheBatchSize:
+    torch.manual_seed(4)
+    return ScaleFromTheBatchSize()
+
+
+class SteppedInPlace(ConditionalRectifiedFlow):
+    """``x += dt * model(x, t, y)``: the tensor f was handed changes after each call."""
+
+    def forward(self, z, y):
+        x, dt = z.clone(), 1.0 / self.steps
+        for i in range(self.steps):
+            x += dt * self.model(x, torch.ones(x.shape[0]) * i * dt, y)
+        return x
+
+
+def build_stepped_in_place() -> SteppedInPlace:
+    torch.manual_seed(4)
+    return SteppedInPlace()
+
+
 class GuidedOnAlternateSteps(ConditionalRectifiedFlow):
     """Guidance on every other step: no one interval of time. Refused."""
 

@@ -391,11 +391,13 @@ def test_a_pickled_conditional_loop_exports_as_programs_that_carry_each_samples_
     assert out.shape == own.shape and bool(torch.isfinite(out).all())
 
 
-def test_a_pickled_loop_handing_f_a_value_computed_from_its_batch_is_not_exported_as_programs(tmp_path):
-    """A scale the forward computes from its batch's values, handed to f beside the labels: programs would hold
-    the value read for every batch (a bundle wrong with exit 0 on a batch that reaches 3.5), so export
-    follows it back to the input, says so, and asks for the factory, whose model checks it every batch."""
-    torch.save(C.build_scale_from_the_batch(), tmp_path / "whole.pt")
+@pytest.mark.parametrize("build", ["build_scale_from_the_batch", "build_scale_from_the_batch_size"])
+def test_a_pickled_loop_handing_f_a_value_computed_from_its_batch_is_not_exported_as_programs(tmp_path, build):
+    """A scale the forward computes from its batch's values (a tensor) or size (a Python number), handed to f
+    beside the labels: programs would hold the value read for every batch (a bundle wrong with exit 0 on a
+    batch that reaches 3.5, or of 30 rows), so export follows it back to the input, says so, and asks for the
+    factory, whose model checks it every batch."""
+    torch.save(getattr(C, build)(), tmp_path / "whole.pt")
     save_file(C.labelled_noise(16, seed=4), str(tmp_path / "d.safetensors"))
     common = [tmp_path / "whole.pt", "--trust-pickle", "--code-path", TESTS]
     with_data = [*common, "--data", tmp_path / "d.safetensors", *KEYS]
@@ -408,3 +410,11 @@ def test_a_pickled_loop_handing_f_a_value_computed_from_its_batch_is_not_exporte
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "the loop hands f scale, computed from the model's input but not one row per sample" in res.stderr
     assert not (tmp_path / "b.dise").exists()
+
+
+def test_a_loop_stepping_its_state_in_place_is_read_as_the_steps_it_takes(tmp_path):
+    """``x += dt * v``: the calls dise compares are kept as they were handed (it read the changed tensor as
+    two calls at one state, guidance)."""
+    info = _inspect(tmp_path, "build_stepped_in_place", C.labelled_noise(16, seed=3))
+    assert info["baseline"] == "euler:steps=8" and info["fidelity"]["difference"] == 0
+    assert info["conditioning"]["guidance"] is None and info["conditioning"]["per_row"] == ["y"]
