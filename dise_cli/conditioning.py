@@ -438,8 +438,6 @@ def _paired_on_some_steps(calls: list[Call], h0: torch.Tensor) -> bool:
     """Calls in pairs at one state (other conditioning) on some steps, and one call a step on others: the
     state moves between two calls in a row somewhere, and stays between two others."""
     def moves(a: Call, b: Call) -> bool | None:
-        if any(slot_value(a, s) is slot_value(b, s) and _like_state(slot_value(a, s), h0) for s in _slots(a)):
-            return None         # one tensor handed twice: a state the loop steps in place, unknown here
         changed = _changed(a, b)
         return None if not changed else any(_like_state(slot_value(a, s), h0) for s in changed)
     moved = [moves(a, b) for a, b in zip(calls, calls[1:])]

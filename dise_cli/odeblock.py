@@ -201,11 +201,18 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
         if len(calls) < MAX_CALLS_READ:        # all of a loop's: guidance on some calls only shows late
             doubled = any(_rows_of(a) == 2 * len(x) for a in (*args, *kwargs.values()))
             seen["doubled calls"] = seen.get("doubled calls", 0) + doubled
-            if len(calls) < 3 or (doubled and seen["doubled calls"] <= 4):
-                # the calls the reading compares, as they were: a loop that steps its state in place
-                # (x += dt * v) changes the tensor f was handed after the call
-                snapshots.extend((len(calls), key, v, v._version, v.detach().clone())
-                                 for key, v in [*enumerate(args), *kwargs.items()] if isinstance(v, torch.Tensor))
+            # the calls as they were handed: a loop that steps its state in place (x += dt * v) changes the
+            # tensor f was handed after the call. The first calls and the first doubled ones are copied and
+            # the copy kept where the tensor changed; once a tensor comes back changed, every call is copied
+            tensors = [(key, v) for key, v in [*enumerate(args), *kwargs.items()] if isinstance(v, torch.Tensor)]
+            if any(t is v and t._version != version for t, version in seen.get("handed", ()) for _, v in tensors):
+                seen["in place"] = True
+            seen["handed"] = [(v, v._version) for _, v in tensors]
+            if seen.get("in place"):
+                args = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
+                kwargs = {k: a.detach().clone() if isinstance(a, torch.Tensor) else a for k, a in kwargs.items()}
+            elif len(calls) < 3 or (doubled and seen["doubled calls"] <= 4):
+                snapshots.extend((len(calls), key, v, v._version, v.detach().clone()) for key, v in tensors)
             calls.append((tuple(args), dict(kwargs)))
 
     def answered(_mod, _args, output):
