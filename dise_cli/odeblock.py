@@ -300,7 +300,8 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
     if kind == "sequential":
         encoder, decoder = sequential_split(module, path)
     model = AttributeModel(module, field, grid, layout, kind=kind, block_path=path, func_attr=attr,
-                           output_format=_output_format(seen["out"], h0, len(grid)), encoder=encoder, decoder=decoder)
+                           output_format=_output_format(seen["out"], h0, len(grid), root=not path), encoder=encoder,
+                           decoder=decoder)
     model.join = join
     model.call_shape, model.held = shape, (None if shape is None else shape.values(shape.stage(calls, n)))
     model.output_key, model.output_note = output_key, output_note(out, output_key, n)
@@ -353,7 +354,7 @@ def _grid(block: nn.Module, t_span: torch.Tensor | None, data_t: torch.Tensor | 
     return torch.tensor(DEFAULT_T_SPAN, dtype=torch.float64), DEFAULT_SOURCE
 
 
-def _output_format(out: Any, h0: torch.Tensor, n_t: int) -> str:
+def _output_format(out: Any, h0: torch.Tensor, n_t: int, root: bool = False) -> str:
     if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], torch.Tensor):
         return "torchdyn"
     if isinstance(out, torch.Tensor):
@@ -362,8 +363,11 @@ def _output_format(out: Any, h0: torch.Tensor, n_t: int) -> str:
         if out.shape == (n_t, *h0.shape):
             return "trajectory"
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    hint = ("; where the model's own forward runs its loop and then more (a decoder, a projection), move the "
+            "loop into a module of its own that the forward calls (a sampler block): dise reads that block and "
+            "runs the rest as the model does") if root else ""
     raise InputError(f"the ODE block returns {shape} for h(0) of shape {tuple(h0.shape)}; dise understands "
-                     f"the final state, the trajectory [T, N, ...], or torchdyn's (t, trajectory)")
+                     f"the final state, the trajectory [T, N, ...], or torchdyn's (t, trajectory){hint}")
 
 
 def time_major_output(out: Any, n: int, key: str | None = None) -> bool:

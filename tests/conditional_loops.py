@@ -522,3 +522,39 @@ class AddedCondLoop(nn.Module):
 def build_added_cond_loop() -> AddedCondLoop:
     torch.manual_seed(9)
     return AddedCondLoop()
+
+
+class DecodedAfterTheLoop(ConditionalRectifiedFlow):
+    """A latent sampler that decodes in the same forward: the loop, then a linear decoder."""
+
+    def __init__(self, steps: int = 6):
+        super().__init__(steps)
+        self.decoder = nn.Linear(2, 3)
+
+    def forward(self, z, y):
+        dt = 1.0 / self.steps
+        for i in range(self.steps):
+            z = z + dt * self.model(z, torch.ones(z.shape[0]) * i * dt, y)
+        return self.decoder(z)
+
+
+class DecodedAfterASampler(nn.Module):
+    """The same with the loop in a module of its own: ``self.decoder(self.sampler(z, y))``."""
+
+    def __init__(self, steps: int = 6):
+        super().__init__()
+        self.sampler = ConditionalRectifiedFlow(steps)
+        self.decoder = nn.Linear(2, 3)
+
+    def forward(self, z, y):
+        return self.decoder(self.sampler(z, y))
+
+
+def build_decoded_after_the_loop() -> DecodedAfterTheLoop:
+    torch.manual_seed(4)
+    return DecodedAfterTheLoop()
+
+
+def build_decoded_after_a_sampler() -> DecodedAfterASampler:
+    torch.manual_seed(4)
+    return DecodedAfterASampler()

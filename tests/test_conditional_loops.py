@@ -418,3 +418,14 @@ def test_a_loop_stepping_its_state_in_place_is_read_as_the_steps_it_takes(tmp_pa
     info = _inspect(tmp_path, "build_stepped_in_place", C.labelled_noise(16, seed=3))
     assert info["baseline"] == "euler:steps=8" and info["fidelity"]["difference"] == 0
     assert info["conditioning"]["guidance"] is None and info["conditioning"]["per_row"] == ["y"]
+
+
+def test_a_loop_decoded_in_the_same_forward_is_refused_saying_to_give_the_loop_a_module(tmp_path):
+    """A latent sampler decoding in the forward that runs its loop: one line that says to move the loop into a
+    module of its own; so moved, the sampler block is read exactly and the decoder runs after it."""
+    data = C.labelled_noise(16, seed=6)
+    res = invoke("inspect", *_files(tmp_path, "conditional_loops:build_decoded_after_the_loop", data), *KEYS)
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "move the loop into a module of its own that the forward calls" in res.stderr
+    info = _inspect(tmp_path, "build_decoded_after_a_sampler", data)
+    assert info["baseline"] == "euler:steps=6" and info["fidelity"]["difference"] == 0
