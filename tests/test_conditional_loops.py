@@ -42,6 +42,30 @@ def _joined(data: dict) -> torch.Tensor:
     return InputJoin.join([data["x"], data["labels"]], ["x", "labels"], "d")
 
 
+def _selector(tmp_path, with_data: list, epochs: int = 1) -> None:
+    """``dise profile`` and ``dise train-selector`` on the model and data ``with_data`` names, each exit 0."""
+    for step in (("profile", *with_data, *KEYS, "--out", tmp_path / "p.sft"),
+                 ("train-selector", *with_data, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", epochs,
+                  "--out", tmp_path / "s.sft")):
+        res = invoke(*step)
+        assert res.exit_code == 0, res.stderr
+
+
+def _export(tmp_path, model_args: list):
+    res = invoke("export", *model_args, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
+    assert res.exit_code == 0, res.stderr
+    return res
+
+
+def _through_the_loop(bundle, noise: torch.Tensor, labels: torch.Tensor, candidate: int | None = None):
+    """The bundle's output with every sample routed to ``candidate`` (the last, the loop's own steps)."""
+    k = len(bundle.selector.candidates) - 1 if candidate is None else candidate
+    loop = torch.full((len(noise),), k)
+    with torch.no_grad():
+        return bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
+                                       lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+
+
 def test_a_class_conditional_edm_loop_is_read_exactly_each_row_with_its_labels(tmp_path):
     """EDM's ``edm_sampler(net, latents, class_labels)``: Heun over its σ's from the noise times 80, the
     one-hot labels carried per sample; dise's per-sample dopri5 on the batch equals each sample solved
@@ -90,14 +114,11 @@ def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_samp
     info = json.loads(res.stdout)
     assert info["baseline"] == "euler:steps=8" and info["fidelity"]["difference"] == 0
     assert info["per_sample_tensors"] == context
-    for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
-                 ("train-selector", *args, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", 2,
-                  "--out", tmp_path / "s.sft"),
-                 ("export", *args[:5], "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise"),
-                 ("evaluate", tmp_path / "b.dise", "--data", args[-1], *KEYS, "--code-path", TESTS,
-                  "--batch-sizes", 8, "--repeats", 1)):
-        res = invoke(*step)
-        assert res.exit_code == 0, res.stderr
+    _selector(tmp_path, args, epochs=2)
+    _export(tmp_path, args[:5])
+    res = invoke("evaluate", tmp_path / "b.dise", "--data", args[-1], *KEYS, "--code-path", TESTS,
+                 "--batch-sizes", 8, "--repeats", 1)
+    assert res.exit_code == 0, res.stderr
     model = getattr(C, build)()
     bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
     noise, labels = data["x"], data["labels"]
@@ -105,10 +126,8 @@ def test_a_conditional_rectified_flow_loop_through_the_pipeline_routes_each_samp
         out, stats = bundle(noise, labels, return_stats=True)
         own = model(noise, labels)
         alone = torch.cat([bundle(noise[i:i + 1], labels[i:i + 1]) for i in range(len(noise))])
-        # every sample routed to the loop's own Euler, through the bundle's encode and solve
-        loop = torch.full((len(noise),), stats.candidates.index("euler:steps=8"))
-        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
-                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+    # every sample routed to the loop's own Euler, through the bundle's encode and solve
+    forced = _through_the_loop(bundle, noise, labels, stats.candidates.index("euler:steps=8"))
     torch.testing.assert_close(forced, own, rtol=0, atol=1e-6)
     torch.testing.assert_close(out, alone, rtol=1e-6, atol=1e-6)
 
@@ -181,21 +200,13 @@ def test_guidance_in_an_interval_of_time_is_read_and_routed(tmp_path, build, bas
     assert info["baseline_exact"]
     assert info["conditioning"]["guidance"] == {"kind": "doubled", "weight": 1.8 if "repa" in build else 2.0,
                                                 "alternating": [], **bounds, "plain_half": 0}
-    for step in (("profile", *args, *KEYS, "--out", tmp_path / "p.sft"),
-                 ("train-selector", *args, *KEYS, "--profile", tmp_path / "p.sft", "--epochs", 1,
-                  "--out", tmp_path / "s.sft"),
-                 ("export", *args[:5], "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")):
-        res = invoke(*step)
-        assert res.exit_code == 0, res.stderr
-    model = getattr(C, build)()
+    _selector(tmp_path, args)
+    _export(tmp_path, args[:5])
     bundle = dise_cli.load(tmp_path / "b.dise", code_path=[TESTS])
     noise, labels = data["x"], data["labels"]
     with torch.no_grad():
-        own = model(noise, labels)
-        _, stats = bundle(noise, labels, return_stats=True)
-        loop = torch.full((len(noise),), len(stats.candidates) - 1)
-        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
-                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+        own = getattr(C, build)()(noise, labels)
+    forced = _through_the_loop(bundle, noise, labels)
     torch.testing.assert_close(forced, own.to(forced.dtype), rtol=0, atol=1e-6)
 
 
@@ -366,26 +377,16 @@ def test_a_pickled_conditional_loop_exports_as_programs_that_carry_each_samples_
     torch.save(getattr(C, build)(), tmp_path / "whole.pt")
     save_file(data, str(tmp_path / "d.safetensors"))
     common = [tmp_path / "whole.pt", "--trust-pickle", "--code-path", TESTS]
-    with_data = [*common, "--data", tmp_path / "d.safetensors", *KEYS]
-    for step in (("profile", *with_data, "--out", tmp_path / "p.sft"),
-                 ("train-selector", *with_data, "--profile", tmp_path / "p.sft", "--epochs", 1,
-                  "--out", tmp_path / "s.sft"),
-                 ("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")):
-        res = invoke(*step)
-        assert res.exit_code == 0, res.stderr
-    assert "exported as torch.export programs" in res.stderr
+    _selector(tmp_path, [*common, "--data", tmp_path / "d.safetensors"])
+    assert "exported as torch.export programs" in _export(tmp_path, common).stderr
     bundle = dise_cli.load(tmp_path / "b.dise")
     assert type(bundle.ode).__name__ == "ProgramModel"
     noise, labels = data["x"], data["labels"]
     model = torch.load(tmp_path / "whole.pt", weights_only=False)
     with torch.no_grad():
         own = model(noise, labels)
-        out, stats = bundle(noise, labels, return_stats=True)
-        loop = torch.full((len(noise),), len(stats.candidates) - 1)       # the baseline: the loop's own steps
-        forced = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels)),
-                                         lambda p: bundle.solve_chosen(p, first_stage(p), loop))
-        swapped = bundle.ode.forward_with(bundle.ode.join.pack((noise, labels.roll(1, 0))),
-                                          lambda p: bundle.solve_chosen(p, first_stage(p), loop))
+        out = bundle(noise, labels)
+    forced, swapped = (_through_the_loop(bundle, noise, given) for given in (labels, labels.roll(1, 0)))
     torch.testing.assert_close(forced, own, rtol=0, atol=1e-5)
     assert float((swapped - own).abs().max()) > 0.01
     assert out.shape == own.shape and bool(torch.isfinite(out).all())
@@ -400,12 +401,7 @@ def test_a_pickled_loop_handing_f_a_value_computed_from_its_batch_is_not_exporte
     torch.save(getattr(C, build)(), tmp_path / "whole.pt")
     save_file(C.labelled_noise(16, seed=4), str(tmp_path / "d.safetensors"))
     common = [tmp_path / "whole.pt", "--trust-pickle", "--code-path", TESTS]
-    with_data = [*common, "--data", tmp_path / "d.safetensors", *KEYS]
-    for step in (("profile", *with_data, "--out", tmp_path / "p.sft"),
-                 ("train-selector", *with_data, "--profile", tmp_path / "p.sft", "--epochs", 1,
-                  "--out", tmp_path / "s.sft")):
-        res = invoke(*step)
-        assert res.exit_code == 0, res.stderr
+    _selector(tmp_path, [*common, "--data", tmp_path / "d.safetensors"])
     res = invoke("export", *common, "--selector", tmp_path / "s.sft", "--out", tmp_path / "b.dise")
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "the loop hands f scale, computed from the model's input but not one row per sample" in res.stderr
