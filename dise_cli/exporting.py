@@ -23,7 +23,8 @@ def export_plan(ode: OdeModel, loaded: LoadedModel, x: torch.Tensor | None = Non
     checked against the model) now; without, only what the reading rules out is known."""
     rebuilds = loaded.rebuildable
     if ode.how == "attributes" and not ode.splittable:
-        programs, reason = "no", "the model's forward calls its ODE block itself and dise cannot see its solve"
+        from dise_cli.programs import unsplit_reason
+        programs, reason = "no", unsplit_reason(ode)
     elif x is None:
         programs, reason = "tried at export", ""
     else:

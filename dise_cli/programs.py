@@ -124,11 +124,19 @@ def _field_export(ode: OdeModel, h0: torch.Tensor) -> tuple[nn.Module, tuple, An
     return part, (t0, h0), (None, {0: batch}), TimeMode.LOOP.value
 
 
+def unsplit_reason(ode: OdeModel) -> str:
+    """Why a model read by its attributes does not split into programs: its forward calls the block among
+    work of its own (before and after it), which a program of the block alone would leave out."""
+    block = ode.block_path or "(the model itself)"
+    return (f"the model's forward calls its ODE block '{block}' among work of its own, which dise does not split "
+            f"into programs")
+
+
 def export_programs(ode: OdeModel, x: torch.Tensor) -> tuple[dict[str, bytes], str | None, str, str]:
     """``({name: .pt2 bytes}, layout, note, f's loaded time mode)``; no programs (and why) where
     ``torch.export`` cannot capture a part."""
     if ode.how == "attributes" and not ode.splittable:
-        return {}, None, "the model's forward calls its ODE block itself and dise cannot see its solve", ""
+        return {}, None, unsplit_reason(ode), ""
     conditioned = getattr(ode, "call_shape", None) is not None
     if ode.field.context is not None and not (conditioned and ode.field.mode is not TimeMode.VMAP):
         # a closure's per-sample tensors do not pass through dise::solve; a conditioned loop's ride as columns
