@@ -10,9 +10,12 @@ travel with the state as context columns (``dise_cli.rowcontext``), so that ever
 labels whatever rows its solve is batched with; the others (a guidance scale, ``None``) are held as
 they are, and checked the same for every batch.
 
-What dise does not read this way, it refuses in one line: conditioning that changes between calls (a
-guidance that calls f twice a step, with and without the labels), or a state of more rows than the
-loop has samples (guidance by batch doubling).
+Classifier-free guidance around f (``Guidance``) is read too: the batch doubled (``torch.cat([x, x])``)
+or two calls a step, its weight fitted from the loop's first step, and, where the loop guides only in an
+interval of time (REPA's ``guidance_high``), the interval's bounds from the times of its guided and
+unguided calls (``CallShape._read_limited``). What dise does not read this way, it refuses in one line:
+conditioning that changes between calls otherwise, guidance on steps that are no one interval, two
+calls a step on some steps only.
 """
 from __future__ import annotations
 

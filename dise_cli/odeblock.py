@@ -208,21 +208,19 @@ def read_by_attributes(module: nn.Module, x: torch.Tensor, t_span: torch.Tensor 
             if any(t is v and t._version != version for t, version in seen.get("handed", ()) for _, v in tensors):
                 seen["in place"] = True
             seen["handed"] = [(v, v._version) for _, v in tensors]
+            # the calls the reading compares, with their outputs: the first ones, and the first doubled ones
+            # (a guided call where the loop guides on some calls only); the others' outputs are not kept
+            seen["compared"] = len(calls) < 3 or (doubled and seen["doubled calls"] <= 4)
             if seen.get("in place"):
                 args = tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args)
                 kwargs = {k: a.detach().clone() if isinstance(a, torch.Tensor) else a for k, a in kwargs.items()}
-            elif len(calls) < 3 or (doubled and seen["doubled calls"] <= 4):
+            elif seen["compared"]:
                 snapshots.extend((len(calls), key, v, v._version, v.detach().clone()) for key, v in tensors)
             calls.append((tuple(args), dict(kwargs)))
 
     def answered(_mod, _args, output):
-        # f's outputs the reading uses: the first calls', and the first two of twice the batch's rows (a
-        # guided call where the loop guides on some calls only); the others not kept
-        doubled = _rows_of(output) == 2 * len(x)
-        wanted = len(outputs) < 3 or (doubled and seen.get("doubled", 0) < 2)
-        seen["doubled"] = seen.get("doubled", 0) + doubled
-        if len(outputs) < MAX_CALLS_READ:
-            outputs.append(output if wanted else None)
+        if len(outputs) < len(calls):
+            outputs.append(output if seen["compared"] else None)
 
     handles = [block.register_forward_hook(hook, with_kwargs=True)]
     if isinstance(func, nn.Module):
@@ -384,8 +382,8 @@ def time_major_output(out: Any, n: int, key: str | None = None) -> bool:
     raise InputError(f"cannot find the batch dimension ({n}) in the model's output of shape {tuple(out.shape)}")
 
 
-def _rows_of(output: Any) -> int | None:
-    """The rows of f's output (the first tensor of a tuple, list or dict)."""
-    leaves = [v for v in tree_leaves(output) if isinstance(v, torch.Tensor) and v.ndim]
+def _rows_of(value: Any) -> int | None:
+    """The rows of one of f's arguments or outputs (its first tensor, in a tuple, list or dict)."""
+    leaves = [v for v in tree_leaves(value) if isinstance(v, torch.Tensor) and v.ndim]
     return len(leaves[0]) if leaves else None
 

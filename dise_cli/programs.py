@@ -241,7 +241,8 @@ def _check_held_constant(ode: OdeModel, x: torch.Tensor, batch) -> None:
     except Exception:  # noqa: BLE001 - a forward that fixes the batch size (torch.full((len(z),), t)) on the way
         # traced for this batch size, and what a size changes seen by running it at others
         program = torch.export.export(start, (x,), strict=False)
-        for rows in (x[:1], x[:2], *(x.repeat(-(-m // len(x)), *(1,) * (x.ndim - 1))[:m] for m in (2 * len(x) + 1, 67))):
+        larger = (x.repeat(-(-m // len(x)), *(1,) * (x.ndim - 1))[:m] for m in (2 * len(x) + 1, 67))
+        for rows in (x[:1], x[:2], *larger):
             try:
                 _, stage = ode.loop_start(rows)
             except InputError:
@@ -269,11 +270,11 @@ def _check_held_constant(ode: OdeModel, x: torch.Tensor, batch) -> None:
 
 
 def _split_parts(ode: OdeModel, x: torch.Tensor, problem: Problem, batch) -> dict:
+    encoder = ode.encoder if ode.kind == "sequential" else nn.Identity()
     if getattr(ode, "call_shape", None) is not None:
         _check_held_constant(ode, x, batch)
-    encoder = ode.encoder if ode.kind == "sequential" else nn.Identity()
-    if getattr(ode, "call_shape", None) is not None and ode.field.context is not None:
-        encoder = _StartOfLoop(ode)        # per-sample arguments to pack beside the start; held ones are f's own
+        if ode.field.context is not None:
+            encoder = _StartOfLoop(ode)    # per-sample arguments to pack beside the start; held ones are f's own
     decoder = _Decoder(ode).to(x.device)
     ys = ode.layout.unpack_trajectory(problem.h0.unsqueeze(0).expand(len(problem.t), *problem.h0.shape).contiguous())
     ys_shapes = tuple({1: batch} for _ in ys) if isinstance(ys, tuple) else {1: batch}
